@@ -1,0 +1,21 @@
+{
+  "targets": [
+    {
+      "target_name": "elasticmem",
+      "sources": [
+        "native/addon.cc",
+        "native/error.cc",
+        "native/inject.cc",
+        "native/attach.cc",
+        "native/memstore.cc",
+        "native/pager.cc"
+      ],
+      "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
+      "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
+      "cflags_cc": ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
+      "libraries": ["-llz4", "-lpthread"]
+    }
+  ]
+}

@@ -1,0 +1,144 @@
+/**
+ * Typed entry to the C++ data plane (build/Release/elasticmem.node). The addon exports
+ * a few flat functions; classes with lifetimes and events live above (native/pager.ts,
+ * kvstore/memory.ts). The error class is handed to the addon once, at load.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { ElasticmemError } from './errors.ts';
+
+export { ElasticmemError } from './errors.ts';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ADDON_PATH = path.join(here, '..', 'build', 'Release', 'elasticmem.node');
+
+/** A guest-RAM region in the target's address space. */
+export interface RegionSpec {
+  /** Start address in the target (page aligned). Passed as a decimal or 0x string to keep 64 bits exact. */
+  start: string;
+  /** Length in bytes (page multiple). */
+  length: number;
+  /** 'memfd': shared file mapping (evict by copy + fallocate PUNCH_HOLE); 'anon': private anonymous (evict by injected process_madvise DONTNEED). */
+  kind: 'memfd' | 'anon';
+  /** For memfd: a path that opens the backing file (/proc/PID/map_files/LO-HI) and the offset of `start` in it. */
+  filePath?: string;
+  fileOffset?: number;
+  /** Human name (QEMU RAM block id, memfd name). */
+  name: string;
+}
+
+export interface AcquiredUffd {
+  /** The monitor's own copy of the userfaultfd. */
+  fd: number;
+  /** The fd number of the same uffd inside the target (the target keeps it: crash safety). */
+  targetFd: number;
+  /** How it was obtained. */
+  route: 'syscall' | 'dev-userfaultfd' | 'existing';
+}
+
+export interface PagerStatsRaw {
+  faults: number;
+  zeroFills: number;
+  fetches: number;
+  evictions: number;
+  cleanDrops: number;
+  storeWrites: number;
+  prefetched: number;
+  prefetchHits: number;
+  wpFaults: number;
+  discards: number;
+  evictAborts: number;
+  residentPages: number;
+  localCapPages: number;
+  remotePages: number;
+  totalPages: number;
+  storeRetries: number;
+  lostPages: number;
+  faultLatencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
+  /** Histogram of fault latency: bucket upper bounds in µs and counts. */
+  latencyHistogram: { boundsUs: number[]; counts: number[] };
+  storeState: 'ok' | 'retrying' | 'lost';
+  storeError: string;
+  metadataBytes: number;
+  draining: boolean;
+}
+
+/** A batched request from the pager to a store written in TypeScript. */
+export interface BridgeRequest {
+  id: number;
+  op: 'get' | 'put' | 'delete';
+  pages: number[];
+  versions: number[];
+  /** For put: one 4 KiB Buffer per page. */
+  data?: Buffer[];
+}
+
+export interface PagerEvent {
+  type: 'store-down' | 'store-up' | 'page-lost' | 'progress' | 'error' | 'target-exited';
+  message: string;
+  pages?: number[];
+  done?: number;
+  total?: number;
+}
+
+export interface PagerStartOptions {
+  pid: number;
+  uffdFd: number;
+  regions: RegionSpec[];
+  capPages: number;
+  /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */
+  store: { kind: 'memory'; handle: unknown; vm: string } | { kind: 'bridge' };
+  /** Re-attach after a monitor restart: rebuild resident state from the target, remote state from `remotePages`. */
+  reattach?: boolean;
+  /** Per region, page indexes known to be in the store (reattach only). */
+  remotePages?: number[][];
+  prefetchMax?: number;
+  evictBatch?: number;
+  onRequest?: (req: BridgeRequest) => void;
+  onEvent?: (ev: PagerEvent) => void;
+}
+
+export interface NativeAddon {
+  setErrorClass(cls: typeof ElasticmemError): void;
+  // --- attach (native/attach.cc, native/inject.cc) ---
+  acquireUffd(pid: number): AcquiredUffd;
+  findTargetUffd(pid: number): AcquiredUffd | null;
+  closeFd(fd: number): void;
+  // --- pager (native/pager.cc) ---
+  pagerStart(opts: PagerStartOptions): unknown;
+  pagerStats(h: unknown): PagerStatsRaw;
+  pagerSetCap(h: unknown, capPages: number): void;
+  /** Drain every page back, unregister; resolves through onEvent progress then the callback. */
+  pagerDetach(h: unknown, done: (err: Error | null) => void): void;
+  /** Stop serving without draining (monitor shutdown that leaves the target waiting). */
+  pagerAbandon(h: unknown): void;
+  pagerComplete(h: unknown, id: number, err: string | null, data?: (Buffer | null)[]): void;
+  // --- embedded memory store (native/memstore.cc) ---
+  memStoreCreate(opts: { compress: boolean }): unknown;
+  memStorePut(h: unknown, vm: string, pages: number[], data: Buffer[]): void;
+  memStoreGet(h: unknown, vm: string, pages: number[]): (Buffer | null)[];
+  memStoreDelete(h: unknown, vm: string, pages: number[]): void;
+  memStoreDropVm(h: unknown, vm: string): void;
+  memStoreList(h: unknown, vm: string): number[];
+  memStoreUsage(h: unknown, vm?: string): { pages: number; bytes: number };
+}
+
+let cached: NativeAddon | undefined;
+
+export function loadNative(): NativeAddon {
+  if (cached) return cached;
+  const require = createRequire(import.meta.url);
+  let addon: NativeAddon;
+  try {
+    addon = require(ADDON_PATH) as NativeAddon;
+  } catch (e) {
+    throw new ElasticmemError(
+      `the native data plane is not built (${(e as Error).message.split('\n')[0]}); run: npm run setup`,
+      'EM_NATIVE_MISSING',
+    );
+  }
+  addon.setErrorClass(ElasticmemError);
+  cached = addon;
+  return addon;
+}
