@@ -5,6 +5,7 @@
       "sources": [
         "native/addon.cc",
         "native/error.cc",
+        "native/napi_util.cc",
         "native/inject.cc",
         "native/attach.cc",
         "native/memstore.cc",
