@@ -1,5 +1,286 @@
-// placeholder until the module lands
+// The embedded page store. Each page is one malloc'd block (2-byte length + payload)
+// in a per-shard hash map: no std::string per page, about 4.1 KiB per raw page plus
+// the map node. With compression on, pages are LZ4-compressed and kept raw whenever
+// LZ4 does not shrink them (so a page never costs more than raw).
+#include "memstore.h"
+
+#include <lz4.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
 #include "napi_util.h"
+
 namespace em {
-void RegisterMemStore(Napi::Env env, Napi::Object exports) {}
+
+MemStore::~MemStore() {
+  for (auto& s : shards_)
+    for (auto& vm : s.vms)
+      for (auto& kv : vm.second.pages) std::free(kv.second);
+}
+
+MemStore::Block* MemStore::make_block(const void* in4k) const {
+  char tmp[kPageSize];
+  int clen = 0;
+  // Ask LZ4 for strictly less than a page: 0 means "does not shrink", store raw.
+  if (compress_) clen = LZ4_compress_default(static_cast<const char*>(in4k), tmp, kPageSize, kPageSize - 1);
+  const bool raw = clen <= 0;
+  const size_t len = raw ? kPageSize : static_cast<size_t>(clen);
+  Block* b = static_cast<Block*>(std::malloc(offsetof(Block, data) + len));
+  if (!b) throw std::bad_alloc();
+  b->len = static_cast<uint16_t>(len);
+  std::memcpy(b->data, raw ? in4k : tmp, len);
+  return b;
+}
+
+bool MemStore::get(const std::string& vm, uint64_t key, void* out4k) const {
+  const Shard& s = shards_[shard_of(key)];
+  std::lock_guard<std::mutex> lk(s.mu);
+  auto v = s.vms.find(vm);
+  if (v == s.vms.end()) return false;
+  auto p = v->second.pages.find(key);
+  if (p == v->second.pages.end()) return false;
+  const Block* b = p->second;
+  if (b->len == kPageSize) {
+    std::memcpy(out4k, b->data, kPageSize);
+    return true;
+  }
+  int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b->data), static_cast<char*>(out4k), b->len, kPageSize);
+  if (n != static_cast<int>(kPageSize))
+    throw Error("STORE_INTEGRITY", "memory store: page " + std::to_string(key) + " of vm '" + vm +
+                                       "' failed to decompress (corrupted block)");
+  return true;
+}
+
+void MemStore::put(const std::string& vm, uint64_t key, const void* in4k) {
+  Block* nb = make_block(in4k);  // compress outside the lock
+  Shard& s = shards_[shard_of(key)];
+  Block* old = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    VmPages& v = s.vms[vm];
+    Block*& slot = v.pages[key];
+    old = slot;
+    if (old) v.bytes -= old->len;
+    slot = nb;
+    v.bytes += nb->len;
+  }
+  std::free(old);
+}
+
+void MemStore::remove(const std::string& vm, uint64_t key) {
+  Shard& s = shards_[shard_of(key)];
+  Block* old = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(s.mu);
+    auto v = s.vms.find(vm);
+    if (v == s.vms.end()) return;
+    auto p = v->second.pages.find(key);
+    if (p == v->second.pages.end()) return;
+    old = p->second;
+    v->second.bytes -= old->len;
+    v->second.pages.erase(p);
+    if (v->second.pages.empty()) s.vms.erase(v);
+  }
+  std::free(old);
+}
+
+std::vector<uint64_t> MemStore::list(const std::string& vm) const {
+  std::vector<uint64_t> out;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lk(s.mu);
+    auto v = s.vms.find(vm);
+    if (v == s.vms.end()) continue;
+    out.reserve(out.size() + v->second.pages.size());
+    for (const auto& kv : v->second.pages) out.push_back(kv.first);
+  }
+  return out;
+}
+
+void MemStore::drop_vm(const std::string& vm) {
+  for (auto& s : shards_) {
+    VmPages gone;
+    {
+      std::lock_guard<std::mutex> lk(s.mu);
+      auto v = s.vms.find(vm);
+      if (v == s.vms.end()) continue;
+      gone = std::move(v->second);
+      s.vms.erase(v);
+    }
+    for (auto& kv : gone.pages) std::free(kv.second);  // free outside the lock
+  }
+}
+
+MemStore::Usage MemStore::usage(const std::string& vm) const {
+  Usage u;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lk(s.mu);
+    auto v = s.vms.find(vm);
+    if (v == s.vms.end()) continue;
+    u.pages += v->second.pages.size();
+    u.bytes += v->second.bytes;
+  }
+  return u;
+}
+
+MemStore::Usage MemStore::usage() const {
+  Usage u;
+  for (const auto& s : shards_) {
+    std::lock_guard<std::mutex> lk(s.mu);
+    for (const auto& v : s.vms) {
+      u.pages += v.second.pages.size();
+      u.bytes += v.second.bytes;
+    }
+  }
+  return u;
+}
+
+// ---------------------------------------------------------------------------------
+// N-API bindings. A handle is an External holding a heap shared_ptr<MemStore>, type
+// tagged so a pager handle (or any other External) is rejected instead of misread.
+
+namespace {
+
+const napi_type_tag kMemStoreTag = {0x656c61737469636dull, 0x6d656d73746f7265ull};  // "elasticm" "memstore"
+
+using Holder = std::shared_ptr<MemStore>;
+
+// Page keys arrive as JS numbers: integers in [0, 2^53].
+uint64_t KeyOf(const Napi::Value& v, uint32_t i) {
+  if (!v.IsNumber()) throw Error("EM_BAD_ARG", "page key #" + std::to_string(i) + " must be a number");
+  double d = v.As<Napi::Number>().DoubleValue();
+  if (!(d >= 0) || d > 9007199254740992.0 || std::floor(d) != d)
+    throw Error("EM_BAD_ARG", "page key #" + std::to_string(i) + " must be an integer in [0, 2^53], got " +
+                                  v.ToString().Utf8Value());
+  return static_cast<uint64_t>(d);
+}
+
+Napi::Array ArgArray(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  if (info.Length() <= i || !info[i].IsArray())
+    throw Error("EM_BAD_ARG", std::string("argument '") + name + "' must be an array");
+  return info[i].As<Napi::Array>();
+}
+
+Napi::Value Create(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    bool compress = false;
+    if (info.Length() > 0 && info[0].IsObject()) {
+      Napi::Value c = info[0].As<Napi::Object>().Get("compress");
+      compress = c.IsBoolean() && c.As<Napi::Boolean>().Value();
+    }
+    auto* holder = new Holder(std::make_shared<MemStore>(compress));
+    auto ext = Napi::External<Holder>::New(info.Env(), holder, [](Napi::Env, Holder* h) { delete h; });
+    ext.TypeTag(&kMemStoreTag);
+    return ext;
+  });
+}
+
+Napi::Value Put(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto store = MemStoreFromValue(info[0]);
+    std::string vm = ArgString(info, 1, "vm");
+    Napi::Array keys = ArgArray(info, 2, "pages");
+    Napi::Array data = ArgArray(info, 3, "data");
+    if (keys.Length() != data.Length())
+      throw Error("EM_BAD_ARG", "pages and data differ in length (" + std::to_string(keys.Length()) + " vs " +
+                                    std::to_string(data.Length()) + ")");
+    // Validate everything first: a bad argument changes nothing.
+    std::vector<uint64_t> ks(keys.Length());
+    std::vector<const uint8_t*> ptrs(keys.Length());
+    for (uint32_t i = 0; i < keys.Length(); i++) {
+      ks[i] = KeyOf(keys.Get(i), i);
+      Napi::Value d = data.Get(i);
+      if (!d.IsBuffer() || d.As<Napi::Buffer<uint8_t>>().Length() != MemStore::kPageSize)
+        throw Error("EM_BAD_ARG", "data #" + std::to_string(i) + " must be a Buffer of exactly 4096 bytes");
+      ptrs[i] = d.As<Napi::Buffer<uint8_t>>().Data();
+    }
+    for (size_t i = 0; i < ks.size(); i++) store->put(vm, ks[i], ptrs[i]);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value Get(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    auto store = MemStoreFromValue(info[0]);
+    std::string vm = ArgString(info, 1, "vm");
+    Napi::Array keys = ArgArray(info, 2, "pages");
+    std::vector<uint64_t> ks(keys.Length());
+    for (uint32_t i = 0; i < keys.Length(); i++) ks[i] = KeyOf(keys.Get(i), i);
+    Napi::Array out = Napi::Array::New(env, ks.size());
+    for (uint32_t i = 0; i < ks.size(); i++) {
+      auto buf = Napi::Buffer<uint8_t>::New(env, MemStore::kPageSize);
+      if (store->get(vm, ks[i], buf.Data())) out.Set(i, buf);
+      else out.Set(i, env.Null());
+    }
+    return out;
+  });
+}
+
+Napi::Value Delete(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto store = MemStoreFromValue(info[0]);
+    std::string vm = ArgString(info, 1, "vm");
+    Napi::Array keys = ArgArray(info, 2, "pages");
+    std::vector<uint64_t> ks(keys.Length());
+    for (uint32_t i = 0; i < keys.Length(); i++) ks[i] = KeyOf(keys.Get(i), i);
+    for (uint64_t k : ks) store->remove(vm, k);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value DropVm(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    auto store = MemStoreFromValue(info[0]);
+    store->drop_vm(ArgString(info, 1, "vm"));
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value List(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    auto store = MemStoreFromValue(info[0]);
+    std::vector<uint64_t> ks = store->list(ArgString(info, 1, "vm"));
+    Napi::Array out = Napi::Array::New(env, ks.size());
+    for (uint32_t i = 0; i < ks.size(); i++) out.Set(i, Napi::Number::New(env, static_cast<double>(ks[i])));
+    return out;
+  });
+}
+
+Napi::Value UsageOf(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    auto store = MemStoreFromValue(info[0]);
+    MemStore::Usage u;
+    if (info.Length() > 1 && !info[1].IsUndefined() && !info[1].IsNull()) u = store->usage(ArgString(info, 1, "vm"));
+    else u = store->usage();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("pages", Napi::Number::New(env, static_cast<double>(u.pages)));
+    o.Set("bytes", Napi::Number::New(env, static_cast<double>(u.bytes)));
+    return o;
+  });
+}
+
+}  // namespace
+
+std::shared_ptr<MemStore> MemStoreFromValue(Napi::Value v) {
+  if (v.IsEmpty() || !v.IsExternal() || !v.As<Napi::External<Holder>>().CheckTypeTag(&kMemStoreTag))
+    throw Error("EM_BAD_ARG", "not a memory store handle (expected the value returned by memStoreCreate)");
+  return *v.As<Napi::External<Holder>>().Data();
+}
+
+void RegisterMemStore(Napi::Env env, Napi::Object exports) {
+  exports.Set("memStoreCreate", Napi::Function::New(env, Create));
+  exports.Set("memStorePut", Napi::Function::New(env, Put));
+  exports.Set("memStoreGet", Napi::Function::New(env, Get));
+  exports.Set("memStoreDelete", Napi::Function::New(env, Delete));
+  exports.Set("memStoreDropVm", Napi::Function::New(env, DropVm));
+  exports.Set("memStoreList", Napi::Function::New(env, List));
+  exports.Set("memStoreUsage", Napi::Function::New(env, UsageOf));
+}
+
 }  // namespace em
