@@ -66,7 +66,7 @@ export interface Target {
   regionSpecs(): RegionSpec[];
   /** SIGKILL the target and wait for it to be gone (idempotent). */
   kill(): Promise<void>;
-  /** Resolves when the process has exited. */
+  /** Resolves when the target has exited (code as a shell reports it: 128+N after signal N). */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   /** Everything the target wrote to stderr so far. */
   stderr(): string;
@@ -87,15 +87,20 @@ function procHex(n: bigint): string {
 export async function startTarget(t: TeardownContext, opts: TargetOptions): Promise<Target> {
   const bin = buildTarget();
   const args = [String(opts.memfdMiB), String(opts.anonMiB)];
-  // setpriv execs in place, so the child's pid is the target's pid (runuser would fork).
-  const proc =
+  // The target runs as a grandchild under a small sh that waits for it, never as our
+  // direct child: libuv's SIGCHLD handler calls waitpid() on its own children, and
+  // would swallow the ptrace stops of the thread elasticmem injects into and report
+  // them as an exit. QEMU is never the monitor's child either. `exec 3<&0` hands our
+  // stdin pipe to the background job (sh gives background jobs /dev/null otherwise).
+  // setpriv execs in place, so the target's pid is the one it prints.
+  const launch = 'exec 3<&0; "$@" <&3 3<&- & exec 3<&-; wait $!';
+  const argv =
     opts.user === 'nobody'
-      ? spawn('setpriv', ['--reuid=nobody', '--regid=nogroup', '--clear-groups', bin, ...args], {
-          stdio: ['pipe', 'pipe', 'pipe'],
-          cwd: '/',
-        })
-      : spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'] });
+      ? ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', bin, ...args]
+      : [bin, ...args];
+  const proc = spawn('sh', ['-c', launch, 'em-target-launcher', ...argv], { stdio: ['pipe', 'pipe', 'pipe'], cwd: '/' });
 
+  let targetPid = 0; // known once the target printed its JSON line
   let stderrText = '';
   proc.stderr!.setEncoding('utf8');
   proc.stderr!.on('data', (d: string) => {
@@ -109,7 +114,7 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     // 'close' (not 'exit'): every reply line has been read by then.
     proc.on('close', (code, signal) => {
       exitInfo = { code, signal };
-      failPending(new Error(`em-target (pid ${proc.pid}) exited (code ${code}, signal ${signal}); stderr: ${stderrText.trim()}`));
+      failPending(new Error(`em-target (pid ${targetPid || proc.pid}) exited (code ${code}, signal ${signal}); stderr: ${stderrText.trim()}`));
       resolve(exitInfo);
     });
     proc.on('error', (e) => {
@@ -139,12 +144,12 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     if (lines.length) return Promise.resolve(lines.shift()!);
     if (exitInfo)
       return Promise.reject(
-        new Error(`em-target (pid ${proc.pid}) is not running (code ${exitInfo.code}, signal ${exitInfo.signal}) for '${what}'; stderr: ${stderrText.trim()}`),
+        new Error(`em-target (pid ${targetPid || proc.pid}) is not running (code ${exitInfo.code}, signal ${exitInfo.signal}) for '${what}'; stderr: ${stderrText.trim()}`),
       );
     return new Promise<string>((resolve, reject) => {
       const timer = setTimeout(() => {
         waiter = undefined;
-        reject(new Error(`em-target (pid ${proc.pid}): no reply to '${what}' within ${timeoutMs} ms`));
+        reject(new Error(`em-target (pid ${targetPid || proc.pid}): no reply to '${what}' within ${timeoutMs} ms`));
       }, timeoutMs);
       waiter = {
         resolve: (l) => {
@@ -161,10 +166,16 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
 
   async function kill(): Promise<void> {
     if (!exitInfo) {
-      try {
-        proc.kill('SIGKILL');
-      } catch {
-        /* already gone */
+      // Kill the target itself (the launcher then exits with 137); the launcher too if
+      // the target never started.
+      for (const pid of [targetPid, proc.pid]) {
+        if (!pid) continue;
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* already gone */
+        }
+        if (pid === targetPid) break;
       }
       await exited;
     }
@@ -183,6 +194,7 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     await kill();
     throw new Error(`em-target printed '${first}' instead of its region JSON; stderr: ${stderrText.trim()}`);
   }
+  targetPid = info.pid;
 
   // One command at a time; after a timeout the reply stream is out of step, so refuse further commands.
   let chain: Promise<unknown> = Promise.resolve();
