@@ -1,0 +1,123 @@
+/**
+ * Daemon configuration (YAML). Every key is checked; an unknown or malformed key is an
+ * error that names it, and the daemon does not start.
+ *
+ *   store: memory:                 # default store for attach without --store
+ *   socket: /run/elasticmem/elasticmem.sock
+ *   state: /run/elasticmem/state.json
+ *   limits:
+ *     maxVms: 16                   # attached VMs at once
+ *     minLocal: 16M                # smallest resident cap attach/resize accept
+ *   vms:
+ *     guest1:                      # libvirt name or UUID, pid:<PID>, qmp:<path>
+ *       store: redis://127.0.0.1:6379
+ *       local: 64M                 # cap used when attach has no --local
+ */
+import fs from 'node:fs';
+import YAML from 'yaml';
+import { ElasticmemError } from '../../native/errors.ts';
+import { parseSize } from '../size.ts';
+
+export interface VmOverride { store?: string; local?: number }
+
+export interface Config {
+  store: string;
+  socket?: string;
+  state: string;
+  limits: { maxVms: number; minLocal: number };
+  vms: Record<string, VmOverride>;
+  /** Where it came from, for messages. */
+  source: string;
+}
+
+export const DEFAULT_STATE = '/run/elasticmem/state.json';
+
+export function defaultConfig(): Config {
+  return { store: 'memory:', state: DEFAULT_STATE, limits: { maxVms: 16, minLocal: 16 * 1024 * 1024 }, vms: {}, source: '(defaults)' };
+}
+
+const SCHEMES = ['memory:', 'file://', 'redis://', 'rediss://', 'redis+cluster://', 'memcached://', 'aerospike://'];
+
+/** Syntactic check of a store URI; reachability is checked at attach. */
+export function checkStoreUri(uri: unknown, where: string): string {
+  if (typeof uri !== 'string' || !SCHEMES.some((s) => uri.startsWith(s))) {
+    throw new ElasticmemError(
+      `${where}: ${JSON.stringify(uri)} is not a store URI; use one of memory:, file:///path, redis://host:port, redis+cluster://h1:p1,h2:p2, memcached://h1:p1, aerospike://h1:p1/namespace`,
+      'BAD_STORE_URI',
+    );
+  }
+  return uri;
+}
+
+function fail(file: string, key: string, msg: string): never {
+  throw new ElasticmemError(`config ${file}: ${key}: ${msg}`, 'BAD_CONFIG');
+}
+
+function onlyKeys(file: string, where: string, obj: Record<string, unknown>, allowed: string[]): void {
+  for (const k of Object.keys(obj)) {
+    if (!allowed.includes(k)) fail(file, where ? `${where}.${k}` : k, `unknown key; allowed here: ${allowed.join(', ')}`);
+  }
+}
+
+const isMap = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+function wrap<T>(file: string, key: string, f: () => T): T {
+  try { return f(); } catch (e) { fail(file, key, (e as Error).message); }
+}
+
+export function parseConfig(text: string, file: string): Config {
+  let doc: unknown;
+  try {
+    doc = YAML.parse(text);
+  } catch (e) {
+    throw new ElasticmemError(`config ${file}: not valid YAML: ${(e as Error).message.split('\n')[0]}`, 'BAD_CONFIG');
+  }
+  const cfg = defaultConfig();
+  cfg.source = file;
+  if (doc === null || doc === undefined) return cfg;
+  if (!isMap(doc)) fail(file, '(top level)', 'must be a mapping of keys like store:, limits:, vms:');
+  onlyKeys(file, '', doc, ['store', 'socket', 'state', 'limits', 'vms']);
+  if (doc.store !== undefined) cfg.store = wrap(file, 'store', () => checkStoreUri(doc.store, 'store'));
+  if (doc.socket !== undefined) {
+    if (typeof doc.socket !== 'string' || !doc.socket.startsWith('/')) fail(file, 'socket', 'must be an absolute path');
+    cfg.socket = doc.socket;
+  }
+  if (doc.state !== undefined) {
+    if (typeof doc.state !== 'string' || !doc.state.startsWith('/')) fail(file, 'state', 'must be an absolute path');
+    cfg.state = doc.state;
+  }
+  if (doc.limits !== undefined) {
+    const l = doc.limits;
+    if (!isMap(l)) fail(file, 'limits', 'must be a mapping with maxVms and/or minLocal');
+    onlyKeys(file, 'limits', l, ['maxVms', 'minLocal']);
+    if (l.maxVms !== undefined) {
+      if (typeof l.maxVms !== 'number' || !Number.isInteger(l.maxVms) || l.maxVms < 1) fail(file, 'limits.maxVms', `must be a whole number >= 1, got ${JSON.stringify(l.maxVms)}`);
+      cfg.limits.maxVms = l.maxVms;
+    }
+    if (l.minLocal !== undefined) cfg.limits.minLocal = wrap(file, 'limits.minLocal', () => parseSize(l.minLocal, 'minLocal'));
+  }
+  if (doc.vms !== undefined) {
+    if (!isMap(doc.vms)) fail(file, 'vms', 'must be a mapping from VM name to { store, local }');
+    for (const [name, v] of Object.entries(doc.vms)) {
+      const key = `vms.${name}`;
+      if (!isMap(v)) fail(file, key, 'must be a mapping with store and/or local');
+      onlyKeys(file, key, v, ['store', 'local']);
+      const o: VmOverride = {};
+      if (v.store !== undefined) o.store = wrap(file, `${key}.store`, () => checkStoreUri(v.store, 'store'));
+      if (v.local !== undefined) o.local = wrap(file, `${key}.local`, () => parseSize(v.local, 'local'));
+      cfg.vms[name] = o;
+    }
+  }
+  return cfg;
+}
+
+export function loadConfig(file: string | undefined): Config {
+  if (!file) return defaultConfig();
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ElasticmemError(`config ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'BAD_CONFIG');
+  }
+  return parseConfig(text, file);
+}

@@ -1,0 +1,49 @@
+/**
+ * Sizes on the command line, in config files and in requests: `512M`, `2G`, `64K`
+ * (binary units), or a plain byte count that is a whole number of 4 KiB pages.
+ */
+import { ElasticmemError } from '../native/errors.ts';
+
+export const PAGE = 4096;
+const UNITS: Record<string, number> = { K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
+
+/** Parse a size into bytes. `what` names the value in the error (e.g. "--local"). */
+export function parseSize(input: unknown, what = 'size'): number {
+  const text = typeof input === 'number' ? String(input) : typeof input === 'string' ? input.trim() : '';
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT])?(?:i?B)?$/i.exec(text);
+  if (!m) {
+    throw new ElasticmemError(
+      `${what}: '${String(input)}' is not a size; use a number with a K, M or G suffix, e.g. 512M or 2G`,
+      'BAD_SIZE',
+    );
+  }
+  const num = Number(m[1]);
+  const unit = m[2] ? UNITS[m[2].toUpperCase()]! : 1;
+  const bytes = Math.round(num * unit);
+  if (!m[2] && !Number.isInteger(num)) {
+    throw new ElasticmemError(`${what}: '${text}' is not a whole number of bytes; e.g. 512M`, 'BAD_SIZE');
+  }
+  if (bytes <= 0) throw new ElasticmemError(`${what}: '${text}' must be larger than zero; e.g. 512M`, 'BAD_SIZE');
+  if (bytes % PAGE !== 0) {
+    throw new ElasticmemError(
+      `${what}: '${text}' (${bytes} bytes) is not a multiple of the 4 KiB page size; use a K, M or G suffix, e.g. 512M`,
+      'BAD_SIZE',
+    );
+  }
+  if (!Number.isSafeInteger(bytes)) throw new ElasticmemError(`${what}: '${text}' is too large`, 'BAD_SIZE');
+  return bytes;
+}
+
+/** Human-readable binary size: 268435456 -> "256M", 1536 MiB -> "1.5G". */
+export function formatSize(bytes: number): string {
+  const abs = Math.abs(bytes);
+  for (const [u, f] of [['T', UNITS.T!], ['G', UNITS.G!], ['M', UNITS.M!], ['K', UNITS.K!]] as const) {
+    if (abs >= f) {
+      const v = bytes / f;
+      return `${Number.isInteger(v) ? v : v.toFixed(1)}${u}`;
+    }
+  }
+  return `${bytes}B`;
+}
+
+export const pagesOf = (bytes: number): number => Math.floor(bytes / PAGE);

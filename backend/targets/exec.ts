@@ -1,0 +1,13 @@
+/** Running helper programs (virsh) with a timeout, output captured, errors with stderr. */
+import { execFile } from 'node:child_process';
+
+export interface ExecResult { stdout: string; stderr: string; code: number }
+
+export function exec(cmd: string, args: string[], timeoutMs = 30_000): Promise<ExecResult> {
+  return new Promise((resolve) => {
+    execFile(cmd, args, { timeout: timeoutMs, maxBuffer: 32 * 1024 * 1024, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : -1) : 0;
+      resolve({ stdout, stderr: stderr || (err && code === -1 ? err.message : ''), code });
+    });
+  });
+}

@@ -1,0 +1,40 @@
+/** Facts about a process from /proc. */
+import fs from 'node:fs';
+
+/** Start time in clock ticks since boot (field 22 of /proc/PID/stat), or null if the process is gone. */
+export function startTimeOf(pid: number): number | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // comm (field 2) may contain spaces and parentheses: split after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return Number(rest[19]);
+  } catch {
+    return null;
+  }
+}
+
+/** Is this exact process (pid and start time) still alive and not a zombie? */
+export function processAlive(pid: number, startTime: number): boolean {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return rest[0] !== 'Z' && rest[0] !== 'X' && Number(rest[19]) === startTime;
+  } catch {
+    return false;
+  }
+}
+
+export function cmdlineOf(pid: number): string[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').filter((s) => s.length > 0);
+  } catch {
+    return [];
+  }
+}
+
+export function isQemu(pid: number): boolean {
+  const argv0 = cmdlineOf(pid)[0] ?? '';
+  let comm = '';
+  try { comm = fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim(); } catch { /* gone */ }
+  return /qemu/.test(argv0.slice(argv0.lastIndexOf('/') + 1)) || /qemu/.test(comm);
+}

@@ -1,0 +1,121 @@
+/**
+ * A QEMU not managed by libvirt, named by `pid:<PID>` or `qmp:<socket path>`. We talk to
+ * it through its QMP socket (our own client). For pid: the socket is found on QEMU's
+ * command line (-qmp unix:PATH, or -chardev socket,path=PATH with -mon mode=control);
+ * for qmp: the pid is found from the socket's peer credentials.
+ *
+ * Stable VM id (the store's key prefix): QEMU's `-uuid` (query-uuid) when it has one;
+ * otherwise `qemu-<pid>-<start time>`, which names this QEMU process uniquely for its
+ * whole life on this host (a guest's RAM lives exactly as long as its process).
+ */
+import net from 'node:net';
+import fs from 'node:fs';
+import { ElasticmemError } from '../../native/errors.ts';
+import { peerCred } from '../daemon/peercred.ts';
+import { QmpClient } from './qmp.ts';
+import { discoverGuestMemory, type Monitor } from './ramblocks.ts';
+import { cmdlineOf, isQemu, startTimeOf } from './proc.ts';
+import type { Target, TargetKind } from './target.ts';
+
+/** QMP socket path from a QEMU command line, or null. */
+export function qmpSocketFromCmdline(argv: string[]): string | null {
+  const chardevs = new Map<string, string>();
+  const monitors: string[] = [];
+  for (let i = 0; i < argv.length - 1; i++) {
+    const a = argv[i]!.replace(/^--/, '-');
+    const v = argv[i + 1]!;
+    if (a === '-qmp') {
+      const m = /^unix:([^,]+)/.exec(v);
+      if (m) return m[1]!;
+    }
+    if (a === '-chardev' && v.startsWith('socket')) {
+      const id = /(?:^|,)id=([^,]+)/.exec(v)?.[1];
+      const p = /(?:^|,)path=([^,]+)/.exec(v)?.[1];
+      if (id && p) chardevs.set(id, p);
+    }
+    if (a === '-mon' && /mode=control/.test(v)) {
+      const c = /(?:^|,)chardev=([^,]+)/.exec(v)?.[1];
+      if (c) monitors.push(c);
+    }
+  }
+  for (const c of monitors) if (chardevs.has(c)) return chardevs.get(c)!;
+  return null;
+}
+
+function socketMonitor(client: QmpClient): Monitor & { close(): void } {
+  return {
+    qmp: (cmd, args) => client.execute(cmd, args),
+    hmp: (line) => client.execute<string>('human-monitor-command', { 'command-line': line }),
+    close: () => client.close(),
+  };
+}
+
+async function pidOfQmpSocket(path: string): Promise<number> {
+  const sock = net.connect(path);
+  await new Promise<void>((resolve, reject) => {
+    sock.once('connect', () => resolve());
+    sock.once('error', (e: NodeJS.ErrnoException) => reject(new ElasticmemError(`cannot connect to QMP socket ${path}: ${e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nobody listens (QEMU exited?)' : e.message}`, e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'VM_NOT_FOUND' : 'QMP_UNREACHABLE')));
+  });
+  try {
+    const cred = await peerCred(sock);
+    const qemu = cred.pids.find((p) => isQemu(p));
+    if (!qemu) throw new ElasticmemError(`the process behind ${path} (pid ${cred.pids.join(',')}) is not QEMU`, 'NOT_QEMU');
+    return qemu;
+  } finally {
+    sock.destroy();
+  }
+}
+
+async function build(kind: TargetKind, pid: number, qmpPath: string): Promise<Target> {
+  const startTime = startTimeOf(pid);
+  if (startTime === null) throw new ElasticmemError(`process ${pid} is not running`, 'VM_NOT_RUNNING');
+  const open = async () => socketMonitor(await QmpClient.connect(qmpPath));
+  const mon = await open();
+  let uuid: string;
+  try {
+    const status = await mon.qmp<{ status: string }>('query-status');
+    if (status.status !== 'running' && status.status !== 'paused' && status.status !== 'prelaunch') {
+      throw new ElasticmemError(`QEMU pid ${pid} is not running (status: ${status.status})`, 'VM_NOT_RUNNING');
+    }
+    uuid = (await mon.qmp<{ UUID: string }>('query-uuid')).UUID;
+  } finally {
+    mon.close();
+  }
+  const vmId = uuid && !/^0{8}-0{4}-0{4}-0{4}-0{12}$/.test(uuid) ? uuid : `qemu-${pid}-${startTime}`;
+  const spec = kind === 'pid' ? `pid:${pid}` : `qmp:${qmpPath}`;
+  return {
+    kind,
+    spec,
+    name: spec,
+    vmId,
+    pid,
+    startTime,
+    aliases: [`pid:${pid}`, `qmp:${qmpPath}`, vmId],
+    openMonitor: open,
+    async setRequestedSize(device, bytes) {
+      const m = await open();
+      try {
+        await m.qmp('qom-set', { path: `/machine/peripheral/${device}`, property: 'requested-size', value: bytes });
+      } finally { m.close(); }
+    },
+    async discover() {
+      const m = await open();
+      try { return await discoverGuestMemory(pid, m); } finally { m.close(); }
+    },
+  };
+}
+
+export async function resolvePid(pidText: string): Promise<Target> {
+  if (!/^\d+$/.test(pidText) || Number(pidText) <= 0) throw new ElasticmemError(`pid:${pidText}: not a process id; e.g. pid:12345`, 'VM_NOT_FOUND');
+  const pid = Number(pidText);
+  if (!fs.existsSync(`/proc/${pid}`)) throw new ElasticmemError(`pid:${pid}: no such process`, 'VM_NOT_FOUND');
+  if (!isQemu(pid)) throw new ElasticmemError(`pid:${pid} is not a QEMU process (${cmdlineOf(pid)[0] ?? 'unknown'})`, 'NOT_QEMU');
+  const path = qmpSocketFromCmdline(cmdlineOf(pid));
+  if (!path) throw new ElasticmemError(`pid:${pid} has no QMP Unix socket on its command line; start QEMU with -qmp unix:/path/qmp.sock,server=on,wait=off and attach qmp:/path/qmp.sock`, 'NO_QMP');
+  return build('pid', pid, path);
+}
+
+export async function resolveQmp(path: string): Promise<Target> {
+  if (!path.startsWith('/')) throw new ElasticmemError(`qmp:${path}: give the absolute path of the QMP socket, e.g. qmp:/run/vm1/qmp.sock`, 'VM_NOT_FOUND');
+  return build('qmp', await pidOfQmpSocket(path), path);
+}

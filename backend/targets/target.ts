@@ -1,0 +1,33 @@
+/** What the daemon needs from an attachable VM, whatever kind of handle names it. */
+import type { Monitor, GuestMemory } from './ramblocks.ts';
+
+export type TargetKind = 'libvirt' | 'pid' | 'qmp';
+
+export interface GrowResult {
+  device: string;
+  requestedBytes: number;
+  pluggedBytes: number;
+  guestRamBytes: number;
+  /** True when the guest plugged the whole request before the wait ended. */
+  complete: boolean;
+}
+
+export interface Target {
+  readonly kind: TargetKind;
+  /** What to type to name it again (libvirt domain name, pid:N, qmp:/path). */
+  readonly spec: string;
+  /** Display name in logs and lists. */
+  readonly name: string;
+  /** Stable id: store keys are per vmId. libvirt UUID, QEMU -uuid, or pid+start time. */
+  readonly vmId: string;
+  readonly pid: number;
+  /** Process start time (clock ticks since boot): with pid, identifies this QEMU process. */
+  readonly startTime: number;
+  /** Other names that designate the same VM (UUID, pid:N). */
+  readonly aliases: string[];
+  /** A monitor connection; close it when done (QMP sockets serve one client at a time). */
+  openMonitor(): Promise<Monitor & { close(): void }>;
+  /** Set the hot-plug device's requested size (virtio-mem). */
+  setRequestedSize(device: string, bytes: number): Promise<void>;
+  discover(): Promise<GuestMemory>;
+}
