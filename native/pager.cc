@@ -1,5 +1,911 @@
-// placeholder until the module lands
-#include "napi_util.h"
+#include "pager.h"
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "attach.h"
+#include "error.h"
+#include "inject.h"
+#include "uffd.h"
+
 namespace em {
-void RegisterPager(Napi::Env env, Napi::Object exports) {}
+
+namespace {
+constexpr size_t kMaxMsgs = 64;           // uffd messages read per batch
+constexpr size_t kDrainBatch = 256;       // pages fetched per drain step
+constexpr int kIovMax = 1024;
+constexpr uint64_t kRetryMinMs = 50, kRetryMaxMs = 5000;
+
+bool all_zero(const uint8_t* p) {
+  const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
+  for (size_t i = 0; i < kPageSize / 8; i += 4)
+    if (w[i] | w[i + 1] | w[i + 2] | w[i + 3]) return false;
+  return true;
+}
+void sleep_ms(uint64_t ms) {
+  struct timespec ts = {(time_t)(ms / 1000), (long)((ms % 1000) * 1000000)};
+  nanosleep(&ts, nullptr);
+}
+}  // namespace
+
+uint64_t Pager::now_us() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+Pager::Pager(PagerConfig cfg, std::unique_ptr<StoreBackend> store, EventSink sink)
+    : cfg_(std::move(cfg)), store_(std::move(store)), sink_(std::move(sink)) {
+  cap_ = cfg_.cap_pages;
+  if (cfg_.evict_batch == 0) cfg_.evict_batch = 256;
+  if (cfg_.evict_batch > 1024) cfg_.evict_batch = 1024;
+  if (cfg_.prefetch_max > 256) cfg_.prefetch_max = 256;
+}
+
+Pager::~Pager() {
+  stop_threads();
+  for (auto& r : regions_)
+    if (r.fd >= 0) close(r.fd);
+  if (pidfd_ >= 0) close(pidfd_);
+  if (stop_efd_ >= 0) close(stop_efd_);
+  if (cfg_.uffd >= 0) close(cfg_.uffd);
+}
+
+void Pager::emit(PagerEvent ev) {
+  if (sink_) sink_(std::move(ev));
+}
+
+// ---------------------------------------------------------------- set-up
+
+void Pager::open_regions() {
+  uint64_t total = 0;
+  for (auto& rc : cfg_.regions) {
+    if (rc.start % kPageSize || rc.length % kPageSize || rc.length == 0)
+      throw Error("EM_BAD_REGION", "region '" + rc.name + "' is not page aligned or is empty");
+    Region r;
+    static_cast<RegionConfig&>(r) = rc;
+    r.first = (uint32_t)total;
+    r.npages = (uint32_t)(rc.length / kPageSize);
+    total += r.npages;
+    if (total >= kNil) throw Error("EM_BAD_REGION", "guest RAM too large for the page table (16 TiB max)");
+    if (r.memfd) {
+      r.fd = open(rc.file_path.c_str(), O_RDWR | O_CLOEXEC);
+      if (r.fd < 0) throw_sys("open", "opening the memfd of region '" + rc.name + "' at " + rc.file_path);
+    }
+    regions_.push_back(std::move(r));
+  }
+  std::sort(regions_.begin(), regions_.end(), [](const Region& a, const Region& b) { return a.start < b.start; });
+  table_.assign(total, PageMeta{});
+}
+
+// Which pages of a region are resident now: memfd holes (SEEK_DATA/SEEK_HOLE) or
+// pagemap present/swapped bits for private memory.
+void Pager::scan_resident(Region& r, std::vector<uint8_t>& present) {
+  present.assign(r.npages, 0);
+  if (r.memfd) {
+    off_t end = (off_t)(r.file_offset + r.length);
+    off_t pos = (off_t)r.file_offset;
+    while (pos < end) {
+      off_t data = lseek(r.fd, pos, SEEK_DATA);
+      if (data < 0) {
+        if (errno == ENXIO) break;
+        throw_sys("lseek(SEEK_DATA)", "scanning resident pages of '" + r.name + "'");
+      }
+      if (data >= end) break;
+      off_t hole = lseek(r.fd, data, SEEK_HOLE);
+      if (hole < 0) throw_sys("lseek(SEEK_HOLE)", "scanning resident pages of '" + r.name + "'");
+      if (hole > end) hole = end;
+      for (off_t o = data; o < hole; o += kPageSize) present[(o - (off_t)r.file_offset) / kPageSize] = 1;
+      pos = hole;
+    }
+    return;
+  }
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/pagemap", cfg_.pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_sys("open", std::string("reading ") + path);
+  std::vector<uint64_t> buf(4096);
+  for (uint32_t i = 0; i < r.npages; i += buf.size()) {
+    size_t n = std::min<size_t>(buf.size(), r.npages - i);
+    off_t off = (off_t)((r.start / kPageSize + i) * 8);
+    ssize_t got = pread(fd, buf.data(), n * 8, off);
+    if (got != (ssize_t)(n * 8)) {
+      int err = got < 0 ? errno : EIO;
+      close(fd);
+      throw_sys("pread", std::string("reading ") + path, err);
+    }
+    for (size_t j = 0; j < n; j++) present[i + j] = (buf[j] >> 62) & 3 ? 1 : 0;  // bit 63 present, 62 swapped
+  }
+  close(fd);
+}
+
+void Pager::build_state() {
+  std::vector<uint8_t> present;
+  for (size_t ri = 0; ri < regions_.size(); ri++) {
+    Region& r = regions_[ri];
+    scan_resident(r, present);
+    std::vector<uint8_t> remote(r.npages, 0);
+    if (cfg_.reattach) {
+      // remote_pages is indexed like cfg_.regions (unsorted); find this region's entry by start.
+      for (size_t ci = 0; ci < cfg_.regions.size() && ci < cfg_.remote_pages.size(); ci++)
+        if (cfg_.regions[ci].start == r.start)
+          for (uint32_t p : cfg_.remote_pages[ci])
+            if (p < r.npages) remote[p] = 1;
+    }
+    for (uint32_t i = 0; i < r.npages; i++) {
+      uint32_t idx = r.first + i;
+      PageMeta& m = table_[idx];
+      if (present[i]) {
+        m.state = kResDirty;
+        if (remote[i]) m.flags |= kFlStoreCopy;
+        list_insert(idx, false);
+        resident_++;
+      } else if (remote[i]) {
+        m.state = kRemote;
+        m.flags |= kFlStoreCopy;
+        m.prev = 0;
+        remote_++;
+      }
+    }
+  }
+}
+
+void Pager::start() {
+  open_regions();
+  pidfd_ = (int)syscall(SYS_pidfd_open, cfg_.pid, 0);
+  if (pidfd_ < 0) throw_sys("pidfd_open", "watching process " + std::to_string(cfg_.pid));
+  stop_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (stop_efd_ < 0) throw_sys("eventfd", "creating the pager's stop signal");
+  bool any_memfd = std::any_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
+  if (!cfg_.reattach) {
+    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+    uint64_t got = uffd_api(cfg_.uffd, want);
+    if ((got & want) != want) throw Error("EM_UFFD_FEATURES", "the kernel lacks userfaultfd features the pager needs (missing/write-protect on shmem)");
+  }
+  // (Re-)registering with the same uffd is allowed, so a take-over registers too.
+  for (auto& r : regions_) {
+    uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
+    if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
+      throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
+  }
+  build_state();
+  if (cfg_.reattach) {
+    // The dead monitor may have left pages write-protected and faulting threads whose
+    // messages it had read: unprotect everything (resident pages are treated as dirty)
+    // and wake every waiter so each fault is delivered again to us.
+    for (auto& r : regions_) {
+      uffd_writeprotect(cfg_.uffd, r.start, r.length, false);
+      uffd_wake(cfg_.uffd, r.start, r.length);
+    }
+  }
+  fault_thread_ = std::thread([this] { fault_loop(); });
+  evict_thread_ = std::thread([this] { evict_loop(); });
+  if (resident_ > cap_) evict_cv_.notify_one();
+}
+
+// ---------------------------------------------------------------- helpers
+
+int Pager::region_of(uint64_t addr) const {
+  // regions_ is sorted by start; a VM has few regions, so a linear scan is fine.
+  for (size_t i = 0; i < regions_.size(); i++)
+    if (addr >= regions_[i].start && addr < regions_[i].start + regions_[i].length) return (int)i;
+  return -1;
+}
+
+const Pager::Region& Pager::region_at(uint32_t idx) const {
+  for (auto& r : regions_)
+    if (idx >= r.first && idx < r.first + r.npages) return r;
+  throw Error("EM_INTERNAL", "page index out of range");
+}
+
+uint64_t Pager::addr_of(uint32_t idx) const {
+  const Region& r = region_at(idx);
+  return r.start + (uint64_t)(idx - r.first) * kPageSize;
+}
+
+// Store key: index of the region in the attach request (stable across restarts) << 32 | page.
+uint64_t Pager::key_of(uint32_t idx) const {
+  const Region& r = region_at(idx);
+  uint64_t ri = 0;
+  for (size_t ci = 0; ci < cfg_.regions.size(); ci++)
+    if (cfg_.regions[ci].start == r.start) ri = ci;
+  return (ri << 32) | (idx - r.first);
+}
+
+void Pager::list_insert(uint32_t idx, bool hot) {
+  PageMeta& m = table_[idx];
+  m.flags &= ~(kFlRef | kFlProtected);
+  if (hot && !cfg_.fifo) {
+    m.flags |= kFlProtected;
+    protected_.push_back(table_, idx);
+  } else {
+    probation_.push_back(table_, idx);
+  }
+}
+
+void Pager::list_remove(uint32_t idx) {
+  if (table_[idx].flags & kFlProtected) protected_.remove(table_, idx);
+  else probation_.remove(table_, idx);
+  table_[idx].flags &= ~kFlProtected;
+}
+
+void Pager::for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn) {
+  size_t i = 0;
+  while (i < sorted.size()) {
+    size_t j = i + 1;
+    const Region& r = region_at(sorted[i]);
+    while (j < sorted.size() && sorted[j] == sorted[j - 1] + 1 && sorted[j] < r.first + r.npages) j++;
+    fn(Run{sorted[i], (uint32_t)(j - i)});
+    i = j;
+  }
+}
+
+void Pager::wake_deferred() {
+  std::vector<uint32_t> w;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    w.swap(deferred_);
+  }
+  for (uint32_t idx : w) uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
+}
+
+// ---------------------------------------------------------------- store with retry
+
+// Invariant 5: a store that cannot answer never leads to a zero-filled page; the
+// caller waits, retrying with exponential backoff, and the state is visible in stats.
+template <class F>
+bool Pager::with_retry(const char* what, F&& op) {
+  uint64_t backoff = kRetryMinMs;
+  bool reported = false;
+  while (!stop_) {
+    try {
+      op();
+      if (reported) {
+        {
+          std::lock_guard<std::mutex> g(store_state_mu_);
+          store_state_ = "ok";
+          store_error_.clear();
+        }
+        emit({"store-up", std::string("store ") + store_->name() + " answers again", {}, 0, 0});
+      }
+      return true;
+    } catch (const Error& e) {
+      store_retries_++;
+      if (e.code() == "STORE_INTEGRITY") throw;  // retrying cannot fix a corrupt page
+      {
+        std::lock_guard<std::mutex> g(store_state_mu_);
+        store_state_ = "retrying";
+        store_error_ = std::string(what) + ": " + e.what();
+      }
+      if (!reported) {
+        reported = true;
+        emit({"store-down", std::string(what) + " failed, retrying with backoff: " + e.what(), {}, 0, 0});
+      }
+    }
+    for (uint64_t waited = 0; waited < backoff && !stop_; waited += 10) sleep_ms(10);
+    backoff = std::min(backoff * 2, kRetryMaxMs);
+  }
+  return false;
+}
+
+bool Pager::store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found) {
+  return with_retry("fetching pages", [&] { store_->get(keys.data(), vers.data(), keys.size(), out, found); });
+}
+bool Pager::store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data) {
+  return with_retry("storing evicted pages", [&] { store_->put(keys.data(), vers.data(), keys.size(), data); });
+}
+bool Pager::store_del(std::vector<uint64_t>& keys) {
+  if (keys.empty()) return true;
+  return with_retry("deleting discarded pages", [&] { store_->del(keys.data(), keys.size()); });
+}
+
+// ---------------------------------------------------------------- fault thread
+
+void Pager::fault_loop() {
+  struct uffd_msg msgs[kMaxMsgs];
+  std::vector<uint32_t> fetch;
+  std::vector<uint64_t> dels;
+  while (!stop_) {
+    struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
+    int pr = poll(p, 3, -1);
+    if (pr < 0) {
+      if (errno == EINTR) continue;
+      emit({"error", std::string("poll on the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
+      return;
+    }
+    if (stop_) return;
+    if (p[2].revents & POLLIN) {
+      emit({"target-exited", "process " + std::to_string(cfg_.pid) + " exited", {}, 0, 0});
+      stop_ = true;
+      evict_cv_.notify_all();
+      return;
+    }
+    if (!(p[0].revents & POLLIN)) continue;
+    ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
+    if (got < 0) {
+      if (errno == EAGAIN || errno == EINTR) continue;
+      emit({"error", std::string("reading the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
+      return;
+    }
+    uint64_t t0 = now_us();
+    size_t n = (size_t)got / sizeof(struct uffd_msg);
+    fetch.clear();
+    dels.clear();
+    try {
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        for (size_t i = 0; i < n; i++) {
+          if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // no other events were requested
+          uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t)(kPageSize - 1);
+          int ri = region_of(addr);
+          if (ri < 0) continue;
+          uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
+          faults_++;
+          if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) handle_wp(idx);
+          else handle_missing(idx, fetch, dels);
+        }
+      }
+      if (!dels.empty()) store_del(dels);
+      if (!fetch.empty()) {
+        std::lock_guard<std::mutex> fg(fetch_mu_);
+        fetch_pages(fetch, true, true);
+      }
+    } catch (const Error& e) {
+      emit({"error", std::string("fault handling failed: ") + e.what(), {}, 0, 0});
+    }
+    uint64_t dt = now_us() - t0;
+    for (size_t i = 0; i < n; i++) latency_.record(dt);
+    if (resident_ > cap_) evict_cv_.notify_one();
+  }
+}
+
+// A write to a write-protected page. Clean page: it becomes dirty (its stored copy is
+// now stale) and writable. Page being evicted: the eviction is abandoned for it
+// (invariant 1) unless the drop is already committed, in which case the writer waits
+// until the page is gone and then faults it back from the store.
+void Pager::handle_wp(uint32_t idx) {
+  wp_faults_++;
+  PageMeta& m = table_[idx];
+  uint64_t addr = addr_of(idx);
+  switch (m.state) {
+    case kResClean:
+      m.state = kResDirty;
+      m.flags |= kFlRef;
+      uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
+      break;
+    case kResDirty:
+      uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
+      break;
+    case kEvicting:
+      if (m.flags & kFlDropping) {
+        deferred_.push_back(idx);
+      } else {
+        m.flags |= kFlAbort;
+        uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
+      }
+      break;
+    default:  // not resident any more: let the writer retry and take a missing fault
+      uffd_wake(cfg_.uffd, addr, kPageSize);
+  }
+}
+
+// A missing fault. Remote pages are queued for one batched fetch; never-written pages
+// are zero-filled; a missing fault on a page believed resident means QEMU discarded it
+// (balloon, virtio-mem unplug): zeros, and the stored copy is deleted.
+void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels) {
+  PageMeta& m = table_[idx];
+  uint64_t addr = addr_of(idx);
+  switch (m.state) {
+    case kRemote:
+      if (!(m.flags & kFlLost)) fetch.push_back(idx);
+      return;
+    case kAbsent:
+      if (uffd_zeropage(cfg_.uffd, addr, kPageSize, true) == CopyResult::kExists) {
+        uffd_wake(cfg_.uffd, addr, kPageSize);
+        return;
+      }
+      zero_fills_++;
+      m.state = kResDirty;
+      list_insert(idx, false);
+      resident_++;
+      return;
+    case kEvicting:
+      if (m.flags & kFlDropping) {
+        deferred_.push_back(idx);
+        return;
+      }
+      if (uffd_zeropage(cfg_.uffd, addr, kPageSize, true) == CopyResult::kExists) {
+        uffd_wake(cfg_.uffd, addr, kPageSize);
+        return;
+      }
+      m.flags |= kFlAbort;  // discarded under the evictor: its copy-out is void
+      zero_fills_++;
+      discards_++;
+      return;
+    default:  // kResDirty / kResClean
+      if (uffd_zeropage(cfg_.uffd, addr, kPageSize, true) == CopyResult::kExists) {
+        uffd_wake(cfg_.uffd, addr, kPageSize);  // a duplicate fault already resolved
+        return;
+      }
+      zero_fills_++;
+      discards_++;
+      m.state = kResDirty;
+      if (m.flags & kFlStoreCopy) {
+        m.flags &= ~kFlStoreCopy;
+        dels.push_back(key_of(idx));
+      }
+      return;
+  }
+}
+
+// Fetch remote pages (plus, on sequential faults, the remote pages that follow) in one
+// store batch and map each contiguous run with one UFFDIO_COPY. wp=true maps them
+// write-protected so the first write marks them dirty (dirty tracking).
+void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch) {
+  std::sort(faulted.begin(), faulted.end());
+  faulted.erase(std::unique(faulted.begin(), faulted.end()), faulted.end());
+  std::vector<uint32_t> want;
+  std::vector<uint8_t> is_prefetch;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (uint32_t idx : faulted) {
+      if (table_[idx].state != kRemote) continue;
+      if (!want.empty() && idx <= want.back()) continue;  // already covered by a prefetch run
+      want.push_back(idx);
+      is_prefetch.push_back(0);
+      if (!prefetch || cfg_.prefetch_max == 0) continue;
+      bool seq = last_fault_ != kNil && idx > last_fault_ && idx - last_fault_ <= cfg_.prefetch_max + 1;
+      seq_streak_ = seq ? std::min<uint32_t>(seq_streak_ + 1, 16) : 0;
+      last_fault_ = idx;
+      if (!seq_streak_) continue;
+      uint32_t n = std::min<uint32_t>(cfg_.prefetch_max, 1u << std::min<uint32_t>(seq_streak_ + 1, 8));
+      const Region& r = region_at(idx);
+      for (uint32_t j = idx + 1; j < r.first + r.npages && j <= idx + n; j++) {
+        if (table_[j].state != kRemote || (table_[j].flags & kFlLost)) break;
+        want.push_back(j);
+        is_prefetch.push_back(1);
+        last_fault_ = j;
+      }
+    }
+  }
+  if (want.empty()) return;
+  std::vector<uint64_t> keys(want.size());
+  std::vector<uint32_t> vers(want.size());
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (size_t i = 0; i < want.size(); i++) {
+      keys[i] = key_of(want[i]);
+      vers[i] = table_[want[i]].version;
+    }
+  }
+  std::vector<uint8_t> data(want.size() * kPageSize);
+  std::unique_ptr<bool[]> found(new bool[want.size()]());
+  try {
+    if (!store_get(keys, vers, data.data(), found.get())) return;  // stopping
+  } catch (const Error& e) {  // integrity failure: never map it; the faulting thread waits
+    std::lock_guard<std::mutex> g(mu_);
+    PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
+    for (uint32_t idx : want) {
+      table_[idx].flags |= kFlLost;
+      lost_pages_++;
+      ev.pages.push_back(key_of(idx));
+    }
+    emit(std::move(ev));
+    return;
+  }
+  std::lock_guard<std::mutex> g(mu_);
+  PagerEvent lost{"page-lost", "", {}, 0, 0};
+  size_t i = 0;
+  while (i < want.size()) {
+    // a run: contiguous pages, all found, all still remote
+    size_t j = i;
+    const Region& r = region_at(want[i]);
+    auto ok = [&](size_t k) { return found[k] && table_[want[k]].state == kRemote; };
+    if (!ok(i)) {
+      if (!found[i] && table_[want[i]].state == kRemote) {
+        // Invariant 2/5: the store lost a page we stored. Never zero-fill it: leave the
+        // fault pending (the vCPU waits, the VM is effectively paused) and say so.
+        table_[want[i]].flags |= kFlLost;
+        lost_pages_++;
+        lost.pages.push_back(keys[i]);
+      }
+      i++;
+      continue;
+    }
+    while (j + 1 < want.size() && want[j + 1] == want[j] + 1 && want[j + 1] < r.first + r.npages && ok(j + 1)) j++;
+    size_t count = j - i + 1;
+    uint64_t copied = 0;
+    uint64_t dst = addr_of(want[i]);
+    CopyResult cr = uffd_copy(cfg_.uffd, dst, data.data() + i * kPageSize, count * kPageSize, wp, true, &copied);
+    size_t done = (size_t)(copied / kPageSize);
+    for (size_t k = i; k < i + done; k++) {
+      uint32_t idx = want[k];
+      PageMeta& m = table_[idx];
+      bool hot = evict_clock_ - m.prev <= cap_;  // refault distance within the cap: it was hot
+      m.state = wp ? kResClean : kResDirty;
+      m.flags |= kFlStoreCopy;
+      list_insert(idx, hot);
+      resident_++;
+      remote_--;
+      if (is_prefetch[k]) prefetched_++; else fetches_++;
+    }
+    if (cr == CopyResult::kExists) {
+      // Something mapped this page behind our back (e.g. a second, unregistered mapping of
+      // the memfd wrote it). The page in memory is then authoritative: treat it as dirty.
+      uint32_t idx = want[i + done];
+      PageMeta& m = table_[idx];
+      m.state = kResDirty;
+      m.flags |= kFlStoreCopy;
+      list_insert(idx, false);
+      resident_++;
+      remote_--;
+      uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
+      i = i + done + 1;
+      continue;
+    }
+    i = j + 1;
+  }
+  if (!lost.pages.empty()) {
+    lost.message = std::to_string(lost.pages.size()) +
+                   " page(s) known to be stored are missing from the store (restarted without persistence?): "
+                   "their faults are held, never zero-filled";
+    emit(std::move(lost));
+  }
+}
+
+// ---------------------------------------------------------------- evictor
+
+void Pager::pick_victims(size_t n, std::vector<uint32_t>& out) {
+  // SLRU with refault-based admission: pages enter probation; pages that refault soon
+  // after eviction (ghost hit) enter the protected list. Probation pages written since
+  // they entered (write-protect trap) are promoted instead of evicted. Protected is
+  // held to 3/4 of the cap; its overflow is demoted to probation.
+  uint32_t cap = cap_;
+  uint32_t protected_max = cap - cap / 4;
+  size_t scanned = 0, scan_limit = 4 * n + 64;
+  while (out.size() < n && (probation_.size || protected_.size)) {
+    while (protected_.size > protected_max) {
+      uint32_t d = protected_.head;
+      list_remove(d);
+      probation_.push_back(table_, d);
+    }
+    uint32_t idx;
+    if (probation_.size) {
+      idx = probation_.head;
+      if ((table_[idx].flags & kFlRef) && !cfg_.fifo && scanned++ < scan_limit) {
+        list_remove(idx);
+        list_insert(idx, true);
+        continue;
+      }
+    } else {
+      idx = protected_.head;
+    }
+    list_remove(idx);
+    out.push_back(idx);
+  }
+}
+
+void Pager::read_pages(const std::vector<uint32_t>& idxs, uint8_t* out) {
+  // idxs sorted; read contiguous runs with one call each.
+  size_t pos = 0;
+  std::vector<struct iovec> local, remote;
+  for_runs(idxs, [&](const Run& run) {
+    const Region& r = region_at(run.first);
+    uint8_t* dst = out + pos * kPageSize;
+    size_t bytes = (size_t)run.count * kPageSize;
+    if (r.memfd) {
+      off_t off = (off_t)(r.file_offset + (uint64_t)(run.first - r.first) * kPageSize);
+      size_t done = 0;
+      while (done < bytes) {
+        ssize_t got = pread(r.fd, dst + done, bytes - done, off + (off_t)done);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) throw_sys("pread", "copying pages out of '" + r.name + "'", got < 0 ? errno : EIO);
+        done += (size_t)got;
+      }
+    } else {
+      struct iovec l = {dst, bytes};
+      struct iovec rm = {reinterpret_cast<void*>(addr_of(run.first)), bytes};
+      ssize_t got = process_vm_readv(cfg_.pid, &l, 1, &rm, 1, 0);
+      if (got != (ssize_t)bytes) throw_sys("process_vm_readv", "copying pages out of '" + r.name + "'", got < 0 ? errno : EIO);
+    }
+    pos += run.count;
+  });
+}
+
+void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
+  std::vector<struct iovec> anon;
+  for_runs(idxs, [&](const Run& run) {
+    const Region& r = region_at(run.first);
+    if (r.memfd) {
+      off_t off = (off_t)(r.file_offset + (uint64_t)(run.first - r.first) * kPageSize);
+      if (fallocate(r.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)run.count * kPageSize) != 0)
+        throw_sys("fallocate(PUNCH_HOLE)", "dropping evicted pages of '" + r.name + "'");
+    } else {
+      anon.push_back({reinterpret_cast<void*>(addr_of(run.first)), (size_t)run.count * kPageSize});
+    }
+  });
+  for (size_t i = 0; i < anon.size(); i += kIovMax)
+    remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i));
+}
+
+// Evict up to `want` pages. Returns the number of pages that left host memory.
+size_t Pager::evict_batch(size_t want) {
+  std::vector<uint32_t> victims, dirty, clean;
+  std::vector<uint32_t> versions;
+  // Phase 1: choose, mark evicting, write-protect the dirty ones (invariant 1: from here
+  // a guest write traps instead of being lost).
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    pick_victims(want, victims);
+    std::sort(victims.begin(), victims.end());
+    for (uint32_t idx : victims) {
+      PageMeta& m = table_[idx];
+      bool is_clean = m.state == kResClean && (m.flags & kFlStoreCopy);
+      m.state = kEvicting;
+      m.flags &= ~(kFlAbort | kFlDropping | kFlRef);
+      (is_clean ? clean : dirty).push_back(idx);
+    }
+    try {
+      for_runs(dirty, [&](const Run& run) {
+        uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
+      });
+    } catch (...) {
+      for (uint32_t idx : victims) {
+        table_[idx].state = kResDirty;
+        list_insert(idx, false);
+      }
+      throw;
+    }
+  }
+  if (victims.empty()) return 0;
+  // Phase 2: copy the dirty pages out and store them (invariant 3: store before drop).
+  std::vector<uint8_t> buf(dirty.size() * kPageSize);
+  std::vector<uint8_t> zero(dirty.size(), 0);
+  std::vector<uint64_t> put_keys, del_keys;
+  std::vector<uint32_t> put_vers;
+  std::vector<uint8_t> put_data;
+  bool stored = true;
+  try {
+    if (!dirty.empty()) read_pages(dirty, buf.data());
+    std::lock_guard<std::mutex> g(mu_);
+    for (size_t i = 0; i < dirty.size(); i++) {
+      PageMeta& m = table_[dirty[i]];
+      if (all_zero(buf.data() + i * kPageSize)) {
+        zero[i] = 1;  // zero pages are never stored
+        if (m.flags & kFlStoreCopy) del_keys.push_back(key_of(dirty[i]));
+      } else {
+        put_keys.push_back(key_of(dirty[i]));
+        put_vers.push_back(m.version + 1);
+      }
+    }
+  } catch (const Error& e) {
+    stored = false;
+    emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
+  }
+  if (stored && !put_keys.empty()) {
+    put_data.resize(put_keys.size() * kPageSize);
+    for (size_t i = 0, k = 0; i < dirty.size(); i++)
+      if (!zero[i]) memcpy(put_data.data() + (k++) * kPageSize, buf.data() + i * kPageSize, kPageSize);
+    stored = store_put(put_keys, put_vers, put_data.data());
+  }
+  if (stored) stored = store_del(del_keys);
+  // Phase 3a: commit the drop for pages nobody touched meanwhile.
+  std::vector<uint32_t> drop;
+  std::vector<uint8_t> drop_zero;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    size_t vi = 0;
+    for (size_t i = 0; i < dirty.size(); i++) {
+      PageMeta& m = table_[dirty[i]];
+      if (stored && !zero[i]) {
+        m.version = put_vers[vi++];
+        m.flags |= kFlStoreCopy;
+        store_writes_++;
+      }
+      if (stored && zero[i]) m.flags &= ~kFlStoreCopy;
+      if (!stored || (m.flags & kFlAbort)) {
+        if (m.flags & kFlAbort) evict_aborts_++;
+        m.flags &= ~kFlAbort;
+        m.state = kResDirty;
+        // it stays write-protected if no write came: the next write traps and is harmless
+        list_insert(dirty[i], true);
+        continue;
+      }
+      m.flags |= kFlDropping;
+      drop.push_back(dirty[i]);
+      drop_zero.push_back(zero[i]);
+    }
+    for (uint32_t idx : clean) {
+      PageMeta& m = table_[idx];
+      if (m.flags & kFlAbort) {
+        evict_aborts_++;
+        m.flags &= ~kFlAbort;
+        m.state = kResDirty;
+        list_insert(idx, true);
+        continue;
+      }
+      m.flags |= kFlDropping;
+      drop.push_back(idx);
+      drop_zero.push_back(0);
+    }
+  }
+  if (drop.empty()) return 0;
+  // Drop outside the lock: for private memory this injects into the target, whose
+  // threads may need the fault thread meanwhile.
+  std::vector<size_t> order(drop.size());
+  for (size_t i = 0; i < order.size(); i++) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return drop[a] < drop[b]; });
+  std::vector<uint32_t> sorted_drop(drop.size());
+  std::vector<uint8_t> sorted_zero(drop.size());
+  for (size_t i = 0; i < order.size(); i++) { sorted_drop[i] = drop[order[i]]; sorted_zero[i] = drop_zero[order[i]]; }
+  bool dropped = true;
+  try {
+    drop_pages(sorted_drop);
+  } catch (const Error& e) {
+    dropped = false;
+    emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
+  }
+  // Phase 3b: the pages are gone from host memory.
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (size_t i = 0; i < sorted_drop.size(); i++) {
+      uint32_t idx = sorted_drop[i];
+      PageMeta& m = table_[idx];
+      m.flags &= ~kFlDropping;
+      if (!dropped) {  // still resident and write-protected; the store has it: clean
+        m.state = sorted_zero[i] ? kResDirty : kResClean;
+        list_insert(idx, false);
+        continue;
+      }
+      bool was_clean = std::find(clean.begin(), clean.end(), idx) != clean.end();
+      if (was_clean) clean_drops_++;
+      m.state = sorted_zero[i] ? kAbsent : kRemote;
+      if (!sorted_zero[i]) remote_++;
+      m.prev = evict_clock_++;
+      m.next = kNil;
+      resident_--;
+      evictions_++;
+    }
+  }
+  wake_deferred();
+  return dropped ? sorted_drop.size() : 0;
+}
+
+void Pager::evict_loop() {
+  while (!stop_) {
+    {
+      std::unique_lock<std::mutex> lk(evict_mu_);
+      evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
+                         [&] { return stop_ || (!draining_ && !evict_paused_ && resident_ > cap_); });
+    }
+    if (stop_ || draining_ || resident_ <= cap_) continue;
+    uint32_t cap = cap_;
+    uint64_t slack = std::max<uint64_t>(16, std::min<uint64_t>(cfg_.evict_batch, cap / 16));
+    uint64_t low = cap > slack ? cap - slack : 0;
+    uint64_t total = resident_ > low ? resident_ - low : 0;
+    bool report = total > 4096;  // a big shrink: show progress
+    uint64_t done = 0, last_report = now_us();
+    while (!stop_ && !draining_ && resident_ > low && cap_ == cap) {
+      size_t want = (size_t)std::min<uint64_t>(cfg_.evict_batch, resident_ - low);
+      size_t got = 0;
+      try {
+        got = evict_batch(want);
+      } catch (const Error& e) {
+        emit({"error", std::string("eviction failed: ") + e.what(), {}, 0, 0});
+        sleep_ms(100);
+      }
+      done += got;
+      if (report && now_us() - last_report > 250000) {
+        last_report = now_us();
+        emit({"progress", "evicting to the new cap", {}, done, total});
+      }
+      if (got == 0) break;  // nothing evictable right now (all pages busy)
+    }
+    if (report) emit({"progress", "evicted to the cap", {}, done, done});
+  }
+}
+
+// ---------------------------------------------------------------- control
+
+PagerStats Pager::stats() {
+  PagerStats s{};
+  s.faults = faults_; s.zero_fills = zero_fills_; s.fetches = fetches_; s.evictions = evictions_;
+  s.clean_drops = clean_drops_; s.store_writes = store_writes_; s.prefetched = prefetched_;
+  s.wp_faults = wp_faults_; s.discards = discards_; s.evict_aborts = evict_aborts_;
+  s.store_retries = store_retries_; s.lost_pages = lost_pages_;
+  s.resident = resident_; s.cap = cap_; s.remote = remote_; s.total_pages = table_.size();
+  s.metadata_bytes = table_.capacity() * sizeof(PageMeta);
+  s.draining = draining_;
+  {
+    std::lock_guard<std::mutex> g(store_state_mu_);
+    s.store_state = lost_pages_ ? "lost" : store_state_;
+    s.store_error = store_error_;
+  }
+  s.latency = latency_.summary();
+  return s;
+}
+
+void Pager::set_cap(uint32_t pages) {
+  cap_ = pages;
+  evict_cv_.notify_one();
+}
+
+void Pager::stop_threads() {
+  stop_ = true;
+  if (store_) store_->cancel();
+  if (stop_efd_ >= 0) {
+    uint64_t one = 1;
+    ssize_t w = write(stop_efd_, &one, sizeof one);
+    (void)w;
+  }
+  evict_cv_.notify_all();
+  if (fault_thread_.joinable() && fault_thread_.get_id() != std::this_thread::get_id()) fault_thread_.join();
+  if (evict_thread_.joinable() && evict_thread_.get_id() != std::this_thread::get_id()) evict_thread_.join();
+}
+
+// Invariant 6: bring every page back, unprotect, unregister, and close the target's
+// uffd; the fault thread keeps serving the guest until the range is unregistered.
+void Pager::detach() {
+  draining_ = true;
+  evict_cv_.notify_all();
+  if (evict_thread_.joinable()) evict_thread_.join();  // no eviction in flight from here on
+  std::vector<uint32_t> remote;
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (uint32_t i = 0; i < table_.size(); i++)
+      if (table_[i].state == kRemote) remote.push_back(i);
+  }
+  uint64_t total = remote.size(), done = 0, last_report = 0;
+  emit({"progress", "draining pages back", {}, 0, total});
+  for (size_t i = 0; i < remote.size() && !stop_; i += kDrainBatch) {
+    std::vector<uint32_t> chunk(remote.begin() + i, remote.begin() + std::min(remote.size(), i + kDrainBatch));
+    {
+      std::lock_guard<std::mutex> fg(fetch_mu_);
+      fetch_pages(chunk, false, false);
+    }
+    done += chunk.size();
+    if (now_us() - last_report > 200000 || done == total) {
+      last_report = now_us();
+      emit({"progress", "draining pages back", {}, done, total});
+    }
+  }
+  if (stop_) throw Error("EM_DETACH_ABORTED", "detach interrupted: the target exited or the monitor is stopping");
+  if (lost_pages_ > 0)
+    throw Error("EM_PAGES_LOST", std::to_string((uint64_t)lost_pages_) +
+                                     " page(s) are missing from the store; the VM stays attached and waits on them. "
+                                     "Restore the store's data and detach again.");
+  {
+    std::lock_guard<std::mutex> g(mu_);
+    for (uint32_t i = 0; i < table_.size(); i++)
+      if (table_[i].state == kRemote)
+        throw Error("EM_DETACH_INCOMPLETE", "some pages could not be brought back; the VM stays attached");
+  }
+  for (auto& r : regions_) {
+    uffd_writeprotect(cfg_.uffd, r.start, r.length, false);
+    uffd_unregister(cfg_.uffd, r.start, r.length);  // wakes every waiter
+  }
+  stop_threads();
+  if (cfg_.target_uffd >= 0) {
+    // The target held its own reference for crash safety; the VM is whole again, so close it.
+    RemoteTask task(cfg_.pid);
+    long rc = task.syscall(SYS_close, cfg_.target_uffd);
+    if (rc < 0) throw Error("EM_SYSCALL", "closing the userfaultfd inside the target failed", (int)-rc, "close");
+  }
+  close(cfg_.uffd);
+  cfg_.uffd = -1;
+}
+
+void Pager::abandon() {
+  stop_threads();
+}
+
 }  // namespace em

@@ -1,0 +1,150 @@
+// The pager of one attached target: a fault thread serving userfaultfd events in
+// batches, an eviction thread driven by watermarks around the resident cap, and
+// the page-state table they share. See docs/architecture.md for the state machine
+// and where each invariant of DESIGN.md is enforced.
+#pragma once
+#include <sys/types.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "latency.h"
+#include "page_table.h"
+#include "store_backend.h"
+
+namespace em {
+
+struct RegionConfig {
+  uint64_t start = 0;
+  uint64_t length = 0;
+  bool memfd = false;          // shared memfd (punch holes) vs private anonymous (injected DONTNEED)
+  std::string file_path;       // memfd only: /proc/PID/map_files/LO-HI
+  uint64_t file_offset = 0;    // memfd only: offset of start in the file
+  std::string name;
+};
+
+struct PagerConfig {
+  pid_t pid = 0;
+  int uffd = -1;               // the monitor's copy; the pager owns it from start()
+  int target_uffd = -1;        // the same uffd's number inside the target (closed there on detach)
+  std::vector<RegionConfig> regions;
+  uint32_t cap_pages = 0;
+  bool reattach = false;
+  std::vector<std::vector<uint32_t>> remote_pages;  // reattach: per region, pages the store holds
+  uint32_t prefetch_max = 64;
+  uint32_t evict_batch = 256;
+  bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
+};
+
+struct PagerEvent {
+  std::string type;  // store-down, store-up, page-lost, progress, error, target-exited
+  std::string message;
+  std::vector<uint64_t> pages;
+  uint64_t done = 0, total = 0;
+};
+
+struct PagerStats {
+  uint64_t faults, zero_fills, fetches, evictions, clean_drops, store_writes, prefetched, wp_faults, discards,
+      evict_aborts, store_retries, lost_pages;
+  uint64_t resident, cap, remote, total_pages, metadata_bytes;
+  std::string store_state, store_error;
+  bool draining;
+  LatencyHistogram::Summary latency;
+};
+
+class Pager {
+ public:
+  using EventSink = std::function<void(PagerEvent)>;
+  Pager(PagerConfig cfg, std::unique_ptr<StoreBackend> store, EventSink sink);
+  ~Pager();
+
+  void start();                           // UFFDIO_API/REGISTER (or take over), build state, start threads
+  PagerStats stats();
+  void set_cap(uint32_t pages);
+  void detach();                          // blocking: drain every page back, unregister, close (throws on failure)
+  void abandon();                         // stop serving; the target keeps its uffd and waits
+
+ private:
+  struct Region : RegionConfig {
+    int fd = -1;
+    uint32_t first = 0, npages = 0;
+  };
+  struct Run { uint32_t first, count; };
+
+  // --- set-up ---
+  void open_regions();
+  void scan_resident(Region& r, std::vector<uint8_t>& present);
+  void build_state();
+  // --- fault thread ---
+  void fault_loop();
+  void handle_wp(uint32_t idx);
+  void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels);
+  void fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch);
+  // --- evictor ---
+  void evict_loop();
+  size_t evict_batch(size_t want);
+  void pick_victims(size_t n, std::vector<uint32_t>& out);
+  void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
+  void drop_pages(const std::vector<uint32_t>& idx);
+  // --- store with retry (invariant 5) ---
+  bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
+  bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
+  bool store_del(std::vector<uint64_t>& keys);
+  template <class F> bool with_retry(const char* what, F&& op);
+  // --- helpers ---
+  int region_of(uint64_t addr) const;
+  uint64_t addr_of(uint32_t idx) const;
+  uint64_t key_of(uint32_t idx) const;
+  const Region& region_at(uint32_t idx) const;
+  void list_insert(uint32_t idx, bool hot);
+  void list_remove(uint32_t idx);
+  void wake_deferred();
+  void for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn);
+  void emit(PagerEvent ev);
+  void stop_threads();
+  static uint64_t now_us();
+
+  PagerConfig cfg_;
+  std::unique_ptr<StoreBackend> store_;
+  EventSink sink_;
+  std::vector<Region> regions_;
+  int pidfd_ = -1;
+  int stop_efd_ = -1;
+
+  std::mutex mu_;                 // guards table_, lists, deferred_, resident_
+  std::vector<PageMeta> table_;
+  PageList probation_, protected_;
+  std::vector<uint32_t> deferred_;   // faults on pages being dropped: woken after the drop
+  uint32_t evict_clock_ = 0;
+  std::atomic<uint64_t> resident_{0};
+  std::atomic<uint64_t> remote_{0};
+  std::atomic<uint32_t> cap_{0};
+
+  std::mutex fetch_mu_;           // serialises fetch_pages between the fault thread and the drain
+  std::mutex evict_mu_;
+  std::condition_variable evict_cv_;
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> draining_{false};
+  std::atomic<bool> evict_paused_{false};
+  std::thread fault_thread_, evict_thread_;
+
+  // sequential-fault detection for prefetch
+  uint32_t last_fault_ = kNil;
+  uint32_t seq_streak_ = 0;
+
+  std::mutex store_state_mu_;
+  std::string store_state_ = "ok", store_error_;
+
+  std::atomic<uint64_t> faults_{0}, zero_fills_{0}, fetches_{0}, evictions_{0}, clean_drops_{0}, store_writes_{0},
+      prefetched_{0}, wp_faults_{0}, discards_{0}, evict_aborts_{0}, store_retries_{0}, lost_pages_{0};
+  LatencyHistogram latency_;
+};
+
+}  // namespace em

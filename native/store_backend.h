@@ -1,0 +1,25 @@
+// The two verbs (plus delete) the pager needs from a page store, reached from the
+// pager's own threads. Implementations: the native memory store (no JavaScript on
+// the hot path) and the batched bridge to stores written in TypeScript.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace em {
+
+class StoreBackend {
+ public:
+  virtual ~StoreBackend() = default;
+  // Fetch n pages into out (n * 4 KiB). found[i] = false when the store has no such page.
+  // Throws em::Error (code STORE_*) when the store cannot answer.
+  virtual void get(const uint64_t* keys, const uint32_t* versions, size_t n, uint8_t* out, bool* found) = 0;
+  // Store n pages; returns only once the store acknowledged every one.
+  virtual void put(const uint64_t* keys, const uint32_t* versions, size_t n, const uint8_t* data) = 0;
+  virtual void del(const uint64_t* keys, size_t n) = 0;
+  // Unblock any call waiting on the store (shutdown).
+  virtual void cancel() {}
+  virtual std::string name() const = 0;
+};
+
+}  // namespace em
