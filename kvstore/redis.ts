@@ -1,0 +1,288 @@
+/**
+ * `redis://host:port[/db]`, `rediss://` (TLS), `redis+cluster://h1:p1,h2:p2` — pages in
+ * Redis through the official `redis` client, Buffer replies, one command per batch.
+ *
+ * Keys: em:{<vm tag>:<group>}:<page>, group = floor(page / 64). The hash tag keeps 64
+ * neighbouring pages of one VM in one cluster slot, so an eviction or prefetch batch of
+ * nearby pages is one MSET/MGET on one node; a scattered batch is split per tag and the
+ * parts go out at once (the client pipelines commands issued in the same tick). On a
+ * single server the tag is harmless and the code path is the same. The VM tag has no
+ * ':' '{' '}' or glob characters (raw.ts vmTag), so "em:{<tag>:*" matches exactly one
+ * VM's pages: list/usage/dropVm use SCAN with that pattern, on every master of a cluster.
+ *
+ * Failure semantics: the offline queue is disabled and every command has a timeout, so
+ * while the server is down or paused each batch fails within opTimeoutMs with
+ * STORE_UNAVAILABLE (the pager retries with backoff) instead of hanging; the client
+ * reconnects by itself with capped backoff and the next batch succeeds.
+ */
+import { createClient, createCluster, RESP_TYPES } from 'redis';
+import type { StoreUsage } from './types.ts';
+import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
+import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
+import type { HostPort } from './uri.ts';
+
+export const GROUP = 64;
+
+export interface RedisSpec {
+  tls: boolean;
+  nodes: HostPort[];
+  cluster: boolean;
+  db?: number;
+  username?: string;
+  password?: string;
+}
+
+type Arg = string | Buffer;
+/** What we need from a client or a cluster: send one command routed by its first key. */
+interface Conn {
+  send<T>(firstKey: string | undefined, readonly: boolean, args: Arg[]): Promise<T>;
+  /** One client per master (the single client itself when not a cluster). */
+  masters(): Promise<Conn[]>;
+  close(): Promise<void>;
+}
+
+const BUFFERS = { [RESP_TYPES.BLOB_STRING]: Buffer } as const;
+
+export function pageKey(tag: string, page: number): string {
+  return `em:{${tag}:${Math.floor(page / GROUP)}}:${page}`;
+}
+function vmPattern(tag: string): string {
+  return `em:{${tag}:*`;
+}
+function pageOfKey(key: string): number {
+  return Number(key.slice(key.lastIndexOf(':') + 1));
+}
+
+export class RedisStore implements RawStore {
+  readonly capabilities: { persistent: boolean; maxBatch: number };
+  private closed = false;
+
+  private constructor(readonly uri: string, private readonly conn: Conn, private readonly cluster: boolean, persistent: boolean) {
+    this.capabilities = { persistent, maxBatch: 1024 };
+  }
+
+  static async open(uri: string, spec: RedisSpec, t: NetTimeouts = DEFAULT_TIMEOUTS): Promise<RedisStore> {
+    const conn = spec.cluster ? await connectCluster(spec, t) : await connectSingle(spec, t);
+    // Persistence is asked, not guessed: AOF on means acknowledged writes survive a restart.
+    let persistent = false;
+    try {
+      const m = await conn.masters();
+      const r = await m[0]!.send<unknown[]>(undefined, true, ['CONFIG', 'GET', 'appendonly']);
+      persistent = String(r?.[1]) === 'yes';
+    } catch {
+      persistent = false; // CONFIG disabled (managed Redis): do not claim persistence
+    }
+    return new RedisStore(uri, conn, spec.cluster, persistent);
+  }
+
+  async getRaw(vm: string, pages: readonly number[]): Promise<(Buffer | null)[]> {
+    if (pages.length === 0) return [];
+    const tag = vmTag(vm);
+    if (!this.cluster) {
+      const args: Arg[] = new Array(pages.length + 1);
+      args[0] = 'MGET';
+      for (let i = 0; i < pages.length; i++) args[i + 1] = pageKey(tag, pages[i]!);
+      return this.run(() => this.conn.send<(Buffer | null)[]>(undefined, true, args), 'MGET');
+    }
+    const out: (Buffer | null)[] = new Array(pages.length);
+    await Promise.all(bySlot(tag, pages).map(async ({ keys, idx }) => {
+      const r = await this.run(() => this.conn.send<(Buffer | null)[]>(keys[0], true, ['MGET', ...keys]), 'MGET');
+      for (let j = 0; j < idx.length; j++) out[idx[j]!] = r[j] ?? null;
+    }));
+    return out;
+  }
+
+  async putRaw(vm: string, pages: readonly number[], values: readonly Buffer[]): Promise<void> {
+    if (pages.length === 0) return;
+    const tag = vmTag(vm);
+    if (!this.cluster) {
+      const args: Arg[] = new Array(pages.length * 2 + 1);
+      args[0] = 'MSET';
+      for (let i = 0; i < pages.length; i++) {
+        args[2 * i + 1] = pageKey(tag, pages[i]!);
+        args[2 * i + 2] = values[i]!;
+      }
+      await this.run(() => this.conn.send(undefined, false, args), 'MSET');
+      return;
+    }
+    await Promise.all(bySlot(tag, pages).map(({ keys, idx }) => {
+      const args: Arg[] = ['MSET'];
+      for (let j = 0; j < keys.length; j++) args.push(keys[j]!, values[idx[j]!]!);
+      return this.run(() => this.conn.send(keys[0], false, args), 'MSET');
+    }));
+  }
+
+  async delete(vm: string, pages: readonly number[]): Promise<void> {
+    if (pages.length === 0) return;
+    const tag = vmTag(vm);
+    await Promise.all(bySlot(tag, pages, !this.cluster).map(({ keys }) =>
+      this.run(() => this.conn.send(keys[0], false, ['UNLINK', ...keys]), 'UNLINK')));
+  }
+
+  async dropVm(vm: string): Promise<void> {
+    await this.scan(vmPattern(vmTag(vm)), async (node, keys) => {
+      // Keys of one scan page can span slots: delete per key group on that node.
+      const groups = new Map<string, string[]>();
+      for (const k of keys) {
+        const tag = k.slice(0, k.indexOf('}') + 1);
+        let g = groups.get(tag);
+        if (!g) groups.set(tag, (g = []));
+        g.push(k);
+      }
+      await Promise.all([...groups.values()].map((g) => this.run(() => node.send(g[0], false, ['UNLINK', ...g]), 'UNLINK')));
+    });
+  }
+
+  async list(vm: string): Promise<number[]> {
+    const out: number[] = [];
+    await this.scan(vmPattern(vmTag(vm)), async (_node, keys) => { for (const k of keys) out.push(pageOfKey(k)); });
+    return out;
+  }
+
+  async usage(vm?: string): Promise<StoreUsage> {
+    let pages = 0;
+    let bytes = 0;
+    await this.scan(vm === undefined ? 'em:{*' : vmPattern(vmTag(vm)), async (node, keys) => {
+      pages += keys.length;
+      const lens = await Promise.all(keys.map((k) => this.run(() => node.send<number>(k, true, ['STRLEN', k]), 'STRLEN')));
+      for (const l of lens) bytes += Number(l);
+    });
+    return { pages, bytes };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.conn.close();
+  }
+
+  /** SCAN every master for `pattern`, handing each page of keys to `each`. */
+  private async scan(pattern: string, each: (node: Conn, keys: string[]) => Promise<void>): Promise<void> {
+    const masters = await this.run(() => this.conn.masters(), 'cluster topology');
+    for (const node of masters) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await this.run(
+          () => node.send<[Buffer | string, (Buffer | string)[]]>(undefined, true, ['SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000']),
+          'SCAN',
+        );
+        cursor = String(next);
+        if (keys.length) await each(node, keys.map(String));
+      } while (cursor !== '0');
+    }
+  }
+
+  private async run<T>(fn: () => Promise<T>, what: string): Promise<T> {
+    if (this.closed) throw new ElasticmemError(`the store ${this.uri} is closed`, 'STORE_CLOSED');
+    try {
+      return await fn();
+    } catch (e) {
+      throw mapError(e, `${this.uri}: ${what}`);
+    }
+  }
+}
+
+/** Group pages by hash tag (one cluster slot each); `one` = a single group (non-cluster). */
+function bySlot(tag: string, pages: readonly number[], one = false): { keys: string[]; idx: number[] }[] {
+  if (one) return [{ keys: pages.map((p) => pageKey(tag, p)), idx: pages.map((_, i) => i) }];
+  const groups = new Map<number, { keys: string[]; idx: number[] }>();
+  for (let i = 0; i < pages.length; i++) {
+    const g = Math.floor(pages[i]! / GROUP);
+    let e = groups.get(g);
+    if (!e) groups.set(g, (e = { keys: [], idx: [] }));
+    e.keys.push(pageKey(tag, pages[i]!));
+    e.idx.push(i);
+  }
+  return [...groups.values()];
+}
+
+export function mapError(e: unknown, what: string): ElasticmemError {
+  if (e instanceof ElasticmemError) return e;
+  const msg = describe(e);
+  const name = (e as Error)?.constructor?.name ?? '';
+  if (name === 'ErrorReply' || name === 'SimpleError' || name === 'BlobError') {
+    if (/^OOM/.test(msg)) return new ElasticmemError(`store full: ${what}: ${msg}`, 'STORE_FULL');
+    if (/^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|READONLY)/.test(msg)) return unavailable(what, e);
+    if (/^(NOAUTH|WRONGPASS|NOPERM)/.test(msg))
+      return new ElasticmemError(`store refused the credentials: ${what}: ${msg} (check user:password in the URI)`, 'STORE_UNAVAILABLE');
+    return new ElasticmemError(`store error: ${what}: ${msg}`, 'STORE_ERROR');
+  }
+  if (name === 'TimeoutError' || (e as Error)?.name === 'TimeoutError') return unavailable(`${what} timed out`);
+  return unavailable(what, e);
+}
+
+function socketOptions(spec: RedisSpec, t: NetTimeouts, everReady: () => boolean) {
+  return {
+    tls: spec.tls as false, // typed as a union in the client; true selects TLS
+    connectTimeout: t.connectTimeoutMs,
+    noDelay: true,
+    keepAlive: true,
+    // Before the first connection: give up at once (openStore reports STORE_UNAVAILABLE).
+    // Afterwards: retry forever with capped backoff; batches fail fast meanwhile.
+    reconnectStrategy: (retries: number, cause: Error) =>
+      everReady() ? Math.min(50 * 2 ** Math.min(retries, 6), 2000) : cause,
+  };
+}
+
+async function connectSingle(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
+  const node = spec.nodes[0]!;
+  let ready = false;
+  const client = createClient({
+    socket: { host: node.host, port: node.port, ...socketOptions(spec, t, () => ready) },
+    username: spec.username,
+    password: spec.password,
+    database: spec.db ?? 0,
+    disableOfflineQueue: true,
+    commandOptions: { typeMapping: BUFFERS, timeout: t.opTimeoutMs },
+  });
+  client.on('error', () => { /* reported through the failing command; keep the process alive */ });
+  try {
+    await withTimeout(client.connect(), t.connectTimeoutMs + 1000, `connecting to ${node.host}:${node.port}`);
+  } catch (e) {
+    client.destroy();
+    throw mapError(e, `cannot connect to redis at ${node.host}:${node.port} (is redis-server running and reachable?)`);
+  }
+  ready = true;
+  const conn: Conn = {
+    send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => client.sendCommand(args) as Promise<T>,
+    masters: async () => [conn],
+    close: async () => { try { await client.close(); } catch { client.destroy(); } },
+  };
+  return conn;
+}
+
+async function connectCluster(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
+  let ready = false;
+  const cluster = createCluster({
+    rootNodes: spec.nodes.map((n) => ({ socket: { host: n.host, port: n.port, ...socketOptions(spec, t, () => ready) } })),
+    defaults: {
+      socket: socketOptions(spec, t, () => ready),
+      username: spec.username,
+      password: spec.password,
+      disableOfflineQueue: true,
+    },
+    commandOptions: { typeMapping: BUFFERS, timeout: t.opTimeoutMs },
+    useReplicas: false,
+    maxCommandRedirections: 16,
+  });
+  cluster.on('error', () => { /* reported through the failing command */ });
+  const where = spec.nodes.map((n) => `${n.host}:${n.port}`).join(',');
+  try {
+    await withTimeout(cluster.connect(), t.connectTimeoutMs * 2 + 1000, `connecting to the redis cluster at ${where}`);
+  } catch (e) {
+    try { cluster.destroy(); } catch { /* already down */ }
+    throw mapError(e, `cannot connect to the redis cluster at ${where} (are the nodes up, with cluster-enabled yes?)`);
+  }
+  ready = true;
+  const wrap = (c: { sendCommand(args: Arg[]): Promise<unknown> }): Conn => ({
+    send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => c.sendCommand(args) as Promise<T>,
+    masters: async () => [],
+    close: async () => {},
+  });
+  const conn: Conn = {
+    send: <T>(k: string | undefined, ro: boolean, args: Arg[]) => cluster.sendCommand(k, ro, args) as Promise<T>,
+    masters: async () => Promise.all(cluster.masters.map(async (m) => wrap(await cluster.nodeClient(m) as never))),
+    close: async () => { try { await cluster.close(); } catch { cluster.destroy(); } },
+  };
+  return conn;
+}
