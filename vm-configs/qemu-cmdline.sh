@@ -16,14 +16,21 @@ guest="$(cd "$here/.." && pwd)/.cache/guest"
 
 mem=256 maxmem=2048 qmp="" serial="" private=0 name="elasticmem-guest"
 cmdline_extra="em.size=64 em.pattern=seq em.write=0.25 em.seed=1 em.passes=0"
+# Fixed part of the guest command line: serial console; a panic reboots, and -no-reboot
+# turns that into an exit; swiotlb=noforce saves the 64 MiB bounce buffer the kernel
+# would reserve because maxmem reaches above 4 GiB (virtio does not need it).
+cmdline_base="console=ttyS0 panic=-1 swiotlb=noforce"
+cmdline_full=""
 
 usage() {
   cat <<EOF
-usage: $0 --qmp SOCKET --serial FILE [--mem MiB] [--maxmem MiB] [--private] [--name NAME] [--append 'em.size=.. ...']
+usage: $0 --qmp SOCKET --serial FILE [--mem MiB] [--maxmem MiB] [--private] [--name NAME]
+          [--append 'em.size=.. ...' | --cmdline 'FULL KERNEL COMMAND LINE']
   --mem      boot RAM in MiB (default $mem)
   --maxmem   ceiling for hot-add in MiB (default $maxmem); the virtio-mem device may grow to maxmem-mem
   --private  boot RAM as private anonymous memory (QEMU's default) instead of a shared memfd
-  --append   workload parameters for the guest kernel command line (default: $cmdline_extra)
+  --append   workload parameters added to "$cmdline_base" (default: $cmdline_extra)
+  --cmdline  the whole guest kernel command line instead (test/helpers/qemu.ts uses this)
 EOF
 }
 
@@ -36,6 +43,7 @@ while [[ $# -gt 0 ]]; do
     --private) private=1; shift ;;
     --name) name="$2"; shift 2 ;;
     --append) cmdline_extra="$2"; shift 2 ;;
+    --cmdline) cmdline_full="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "qemu-cmdline.sh: unknown option '$1'" >&2; usage >&2; exit 2 ;;
   esac
@@ -70,7 +78,7 @@ args+=(
   -device "virtio-mem-pci,id=vm0,memdev=vmem0,node=0,requested-size=0,bus=rp1"
   -kernel "$guest/vmlinuz"
   -initrd "$guest/initrd.img"
-  -append "console=ttyS0 panic=-1 $cmdline_extra"
+  -append "${cmdline_full:-$cmdline_base $cmdline_extra}"
   -serial "file:$serial"
   -qmp "unix:$qmp,server,nowait"
   -no-reboot

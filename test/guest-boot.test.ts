@@ -1,0 +1,170 @@
+/**
+ * The test guest under real libvirtd and plain QEMU: the workload verifies every page
+ * with corrupt=0, guest RAM is (or is not) a shared memfd as the templates promise,
+ * virtio-mem hot-add reaches the guest, and the workload's checker really catches a
+ * page damaged from outside (so corrupt=0 elsewhere means something).
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import { bootDomain, ensureLibvirtd, setVirtioMemRequested } from './helpers/libvirt.ts';
+import { bootQemu, qmpCommand } from './helpers/qemu.ts';
+import { workloadPage, type WorkloadPass } from './helpers/guest.ts';
+
+const MiB = 1024 * 1024;
+
+interface Mapping {
+  start: bigint;
+  end: bigint;
+  perms: string;
+  path: string;
+}
+
+function mappings(pid: number): Mapping[] {
+  return fs
+    .readFileSync(`/proc/${pid}/maps`, 'utf8')
+    .split('\n')
+    .filter(Boolean)
+    .map((line) => {
+      const [range, perms, , , , ...rest] = line.split(/\s+/);
+      const [lo, hi] = range.split('-');
+      return { start: BigInt('0x' + lo), end: BigInt('0x' + hi), perms, path: rest.join(' ') };
+    });
+}
+
+function sizeOf(m: Mapping): number {
+  return Number(m.end - m.start);
+}
+
+function assertClean(t: import('ava').ExecutionContext, passes: WorkloadPass[], pages: number): void {
+  for (const p of passes) {
+    t.is(p.corrupt, 0, `pass ${p.pass} reported corrupt=${p.corrupt}`);
+    t.is(p.pages, pages);
+    t.is(p.verified, pages);
+  }
+}
+
+test.before(async () => {
+  await ensureLibvirtd();
+});
+
+test.serial('libvirt memfd domain: workload verifies every page with corrupt=0 over 5 passes', async (t) => {
+  const started = Date.now();
+  const dom = await bootDomain(t, {
+    memMiB: 256,
+    template: 'memfd',
+    workload: { sizeMiB: 64, pattern: 'seq', write: 0.5, seed: 7, passes: 5 },
+  });
+  const start = await dom.console.waitFor(/ELASTICMEM-WORKLOAD-START size=64 pages=16384 pattern=seq .*uptime_ms=(\d+)/, 60_000);
+  t.log(`guest up after ${start[1]} ms guest time, ${Date.now() - started} ms wall (define+start+boot)`);
+  const done = await dom.console.waitFor(/ELASTICMEM-WORKLOAD-DONE corrupt=(\d+)/, 120_000);
+  t.is(done[1], '0');
+  t.is(dom.console.passes.length, 5);
+  assertClean(t, dom.console.passes, 16384);
+  t.deepEqual(dom.console.passes.map((p) => p.pass), [1, 2, 3, 4, 5]);
+  t.log(`pass ms: ${dom.console.passes.map((p) => p.ms).join(' ')}`);
+  t.true((dom.console.memTotalKb ?? 0) > 150 * 1024, `MemTotal ${dom.console.memTotalKb} kB`);
+});
+
+test.serial('libvirt private-memory domain: workload verifies every page with corrupt=0 (random pattern)', async (t) => {
+  const dom = await bootDomain(t, {
+    memMiB: 256,
+    template: 'private',
+    workload: { sizeMiB: 64, pattern: 'random', write: 0.3, seed: 11, passes: 5 },
+  });
+  const done = await dom.console.waitFor(/ELASTICMEM-WORKLOAD-DONE corrupt=(\d+)/, 120_000);
+  t.is(done[1], '0');
+  t.is(dom.console.passes.length, 5);
+  assertClean(t, dom.console.passes, 16384);
+});
+
+test.serial('QEMU of the memfd domain maps guest RAM from a shared memfd; the private one does not', async (t) => {
+  const workload = { sizeMiB: 32, pattern: 'zipf' as const, write: 0.2, seed: 3, passes: 2 };
+  const shared = await bootDomain(t, { memMiB: 256, template: 'memfd', workload });
+  const priv = await bootDomain(t, { memMiB: 256, template: 'private', workload });
+  await shared.console.waitFor(/ELASTICMEM-WORKLOAD-DONE corrupt=0/, 120_000);
+  await priv.console.waitFor(/ELASTICMEM-WORKLOAD-DONE corrupt=0/, 120_000);
+
+  const ramSize = 256 * MiB;
+  const sharedMaps = mappings(shared.pid);
+  const sharedRam = sharedMaps.filter((m) => m.path.startsWith('/memfd:') && m.perms.includes('s') && sizeOf(m) === ramSize);
+  t.is(sharedRam.length, 1, `memfd domain: expected one shared 256 MiB memfd mapping, got:\n${sharedMaps.filter((m) => m.path.startsWith('/memfd:')).map((m) => `${m.perms} ${sizeOf(m)} ${m.path}`).join('\n')}`);
+  // The virtio-mem region is a shared memfd too (mapped from the start, size = max - mem).
+  t.true(sharedMaps.some((m) => m.path.startsWith('/memfd:') && m.perms.includes('s') && sizeOf(m) === shared.virtioMemMiB * MiB));
+
+  const privMaps = mappings(priv.pid);
+  t.false(privMaps.some((m) => m.path.startsWith('/memfd:') && sizeOf(m) >= ramSize), 'private domain must not map RAM from a memfd');
+  t.true(privMaps.some((m) => m.path === '' && m.perms.startsWith('rw-p') && sizeOf(m) >= ramSize), 'private domain maps RAM as private anonymous memory');
+});
+
+test.serial('virtio-mem hot-add through libvirt (virsh update-memory-device) raises the guest MemTotal', async (t) => {
+  const dom = await bootDomain(t, {
+    memMiB: 256,
+    maxMemMiB: 1280,
+    template: 'memfd',
+    workload: { sizeMiB: 32, pattern: 'seq', write: 0.25, seed: 5, passes: 0, pauseMs: 200 },
+  });
+  await dom.console.waitForPasses(2, 60_000);
+  const before = dom.console.memTotalKb;
+  t.truthy(before);
+  const t0 = Date.now();
+  await setVirtioMemRequested(dom.name, 256);
+  const after = await dom.console.waitForMemTotal(before! + 256 * 1024, 30_000);
+  t.log(`MemTotal ${before} -> ${after} kB in ${Date.now() - t0} ms`);
+  t.is(after - before!, 256 * 1024);
+  // The workload keeps running cleanly on the grown guest.
+  const n = dom.console.passes.length;
+  await dom.console.waitForPasses(n + 2, 30_000);
+  assertClean(t, dom.console.passes, 8192);
+});
+
+test.serial('the workload catches a guest page damaged from the host (its corrupt=0 is meaningful)', async (t) => {
+  const seed = 4242;
+  const dom = await bootDomain(t, {
+    memMiB: 256,
+    template: 'memfd',
+    // write=0: page 7 stays at generation 0, so the host knows its exact content.
+    workload: { sizeMiB: 16, pattern: 'seq', write: 0, seed, passes: 0, pauseMs: 300 },
+  });
+  await dom.console.waitForPasses(1, 60_000);
+  const ram = mappings(dom.pid).find((m) => m.path.startsWith('/memfd:') && sizeOf(m) === 256 * MiB);
+  if (!ram) return t.fail('no 256 MiB memfd mapping in QEMU');
+  // Open QEMU's RAM file and look for workload page 7 at page-aligned offsets.
+  const want = workloadPage(seed, 7, 0);
+  const fd = fs.openSync(`/proc/${dom.pid}/map_files/${ram.start.toString(16)}-${ram.end.toString(16)}`, 'r+');
+  t.teardown(() => fs.closeSync(fd));
+  const chunk = Buffer.alloc(4 * MiB);
+  let found = -1;
+  for (let off = 0; off < sizeOf(ram) && found < 0; off += chunk.length) {
+    const n = fs.readSync(fd, chunk, 0, chunk.length, off);
+    for (let p = 0; p + 4096 <= n; p += 4096) {
+      if (chunk.readBigUInt64LE(p) === want.readBigUInt64LE(0) && chunk.subarray(p, p + 4096).equals(want)) {
+        found = off + p;
+        break;
+      }
+    }
+  }
+  t.true(found >= 0, 'workload page 7 found in guest RAM');
+  const from = dom.console.mark();
+  fs.writeSync(fd, Buffer.from('DAMAGED!'), 0, 8, found + 3 * 8);
+  const hit = await dom.console.waitFor(/ELASTICMEM-CORRUPT pass=(\d+) page=7 word=3 /, 30_000, { from });
+  const bad = await dom.console.waitFor(new RegExp(`ELASTICMEM-WORKLOAD pass=${hit[1]} pages=4096 verified=4096 corrupt=1 `), 10_000, { from });
+  t.truthy(bad);
+  // The workload repaired the page: the next pass is clean again.
+  await dom.console.waitFor(new RegExp(`ELASTICMEM-WORKLOAD pass=${+hit[1] + 1} pages=4096 verified=4096 corrupt=0 `), 10_000, { from });
+});
+
+test.serial('plain QEMU from vm-configs/qemu-cmdline.sh: workload clean, QMP virtio-mem hot-add reaches the guest', async (t) => {
+  const vm = await bootQemu(t, {
+    memMiB: 256,
+    maxMemMiB: 1280,
+    memory: 'memfd',
+    workload: { sizeMiB: 32, pattern: 'zipf', write: 0.25, seed: 9, passes: 0, pauseMs: 200 },
+  });
+  await vm.console.waitForPasses(3, 60_000);
+  assertClean(t, vm.console.passes, 8192);
+  t.true(mappings(vm.pid).some((m) => m.path.startsWith('/memfd:') && sizeOf(m) === 256 * MiB), 'boot RAM on a memfd');
+  const before = vm.console.memTotalKb!;
+  await qmpCommand(vm.qmpPath, 'qom-set', { path: `/machine/peripheral/${vm.virtioMemId}`, property: 'requested-size', value: 128 * MiB });
+  const after = await vm.console.waitForMemTotal(before + 128 * 1024, 30_000);
+  t.is(after - before, 128 * 1024);
+});
