@@ -1,0 +1,34 @@
+import { call } from '../client.ts';
+import { parse, printJson, SOCKET_OPT, UsageError, type Command } from '../command.ts';
+import { formatSize, parseSize } from '../../size.ts';
+
+const usage = `usage: elasticmem resize <vm> --local SIZE [--json] [--socket PATH]
+
+Change how much of an attached VM's RAM stays resident, while it runs. Shrinking
+evicts pages to the store at once; growing lets more pages stay.
+
+  --local SIZE   new resident cap (K/M/G suffixes), at most the guest's RAM
+
+examples:
+  elasticmem resize web1 --local 256M
+  elasticmem resize pid:4242 --local 2G
+`;
+
+const cmd: Command = {
+  name: 'resize',
+  summary: 'change the resident cap of an attached VM',
+  usage,
+  async run(args) {
+    const { values, positionals, help } = parse('resize', args, { ...SOCKET_OPT, local: { type: 'string' }, json: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM to resize (e.g. elasticmem resize web1 --local 256M)' });
+    if (help) { process.stdout.write(usage); return 0; }
+    if (values.local === undefined) {
+      throw new UsageError('resize: --local SIZE is required, e.g. --local 256M');
+    }
+    parseSize(values.local, '--local');
+    const r = (await call('resize', { vm: positionals[0], local: values.local }, { socket: values.socket })) as Record<string, unknown>;
+    if (values.json) printJson(r);
+    else process.stdout.write(`resized ${r.name}: local ${formatSize(r.previousLocalBytes as number)} -> ${formatSize(r.localBytes as number)}\n`);
+    return 0;
+  },
+};
+export default cmd;

@@ -1,0 +1,66 @@
+import { Observable } from 'rxjs';
+import { call } from '../client.ts';
+import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
+import { renderWatch, renderWatchLine } from '../render.ts';
+import type { PublicStats, StatsSample } from '../../stats/stream.ts';
+import { formatSize, PAGE } from '../../size.ts';
+
+const usage = `usage: elasticmem stats <vm> [--json] [--watch] [--socket PATH]
+
+Counters of an attached VM's pager.
+
+  --json    one JSON object: faults, zeroFills, fetches, evictions, cleanDrops,
+            storeWrites, prefetched, residentPages, localCapPages, remotePages,
+            faultLatencyUs {p50, p99}, storeState, storeError, ...
+  --watch   live view refreshed every second: rates per second, resident pages
+            against the cap, fault latency (with --json: one JSON sample per line)
+
+examples:
+  elasticmem stats web1
+  elasticmem stats web1 --json | jq .faultLatencyUs
+  elasticmem stats web1 --watch
+`;
+
+function renderOnce(s: PublicStats): string {
+  return [
+    `${s.name} (${s.vm})  store ${s.store}  store state ${s.storeState}${s.storeError ? ` (${s.storeError})` : ''}`,
+    `  resident ${formatSize(s.residentPages * PAGE)} of cap ${formatSize(s.localCapPages * PAGE)}, remote ${formatSize(s.remotePages * PAGE)}`,
+    `  faults ${s.faults}  zeroFills ${s.zeroFills}  fetches ${s.fetches}  prefetched ${s.prefetched}`,
+    `  evictions ${s.evictions}  cleanDrops ${s.cleanDrops}  storeWrites ${s.storeWrites}`,
+    `  fault latency p50 ${s.faultLatencyUs.p50} us, p99 ${s.faultLatencyUs.p99} us`,
+    '',
+  ].join('\n');
+}
+
+const cmd: Command = {
+  name: 'stats',
+  summary: 'show pager counters of a VM (--watch for a live view)',
+  usage,
+  async run(args) {
+    const { values, positionals, help } = parse('stats', args, { ...SOCKET_OPT, json: { type: 'boolean' }, watch: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM (e.g. elasticmem stats web1)' });
+    if (help) { process.stdout.write(usage); return 0; }
+    if (!values.watch) {
+      const s = (await call('stats', { vm: positionals[0] }, { socket: values.socket })) as PublicStats;
+      if (values.json) printJson(s); else process.stdout.write(renderOnce(s));
+      return 0;
+    }
+    // The daemon streams rxjs samples of the native counters; we render each one.
+    const abort = new AbortController();
+    const onSig = () => abort.abort();
+    process.once('SIGINT', onSig);
+    const samples = new Observable<StatsSample>((sub) => {
+      call('watch', { vm: positionals[0] }, { socket: values.socket, signal: abort.signal, onStream: (d) => sub.next(d as StatsSample) })
+        .then(() => sub.complete(), (e) => sub.error(e));
+    });
+    const tty = process.stdout.isTTY;
+    await new Promise<void>((resolve, reject) => {
+      samples.subscribe({
+        next: (s) => process.stdout.write(values.json ? JSON.stringify(s) + '\n' : tty ? renderWatch(s) : renderWatchLine(s)),
+        complete: () => resolve(),
+        error: (e) => reject(e),
+      });
+    }).finally(() => process.off('SIGINT', onSig));
+    return 0;
+  },
+};
+export default cmd;

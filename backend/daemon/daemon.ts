@@ -1,0 +1,399 @@
+/**
+ * The elasticmem daemon: one monitor for every VM on the host. Owns the sessions
+ * (attached VMs), answers control requests, watches VM lifecycles, and keeps the state
+ * file that lets a restarted daemon take its VMs over.
+ */
+import { ElasticmemError } from '../../native/errors.ts';
+import { loadNative } from '../../native/index.ts';
+import { Pager } from '../../native/pager.ts';
+import type { Request } from '../protocol.ts';
+import { resolveTarget, type Target } from '../targets/index.ts';
+import { domState } from '../targets/libvirt.ts';
+import { processAlive } from '../targets/proc.ts';
+import { formatSize, parseSize } from '../size.ts';
+import { statsStream } from '../stats/stream.ts';
+import type { Config } from './config.ts';
+import { ControlServer, type RequestContext } from './server.ts';
+import { Session, capPagesOf } from './session.ts';
+import { StorePool } from './stores.ts';
+import { readState, writeState, type StateEntry } from './state.ts';
+import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
+import { log } from './log.ts';
+
+const LIFECYCLE_POLL_MS = 1000;
+/** How long to wait for libvirt's lifecycle event after QEMU is gone before calling it a crash. */
+const EXIT_REASON_WAIT_MS = 3000;
+
+export class Daemon {
+  private sessions = new Map<string, Session>();
+  /** Specs with an attach in flight: a second attach of the same VM is refused at once. */
+  private attaching = new Set<string>();
+  private stores = new StorePool();
+  private server: ControlServer;
+  private events = new LibvirtEvents();
+  private poller?: NodeJS.Timeout;
+  private closing = false;
+
+  constructor(readonly config: Config, readonly socketPath: string) {
+    this.server = new ControlServer(socketPath, (req, ctx) => this.handle(req, ctx));
+  }
+
+  async start(): Promise<void> {
+    await this.server.listen();
+    this.events.start();
+    this.events.on('lifecycle', (ev: LifecycleEvent) => this.onLifecycle(ev));
+    this.poller = setInterval(() => void this.pollLifecycle(), LIFECYCLE_POLL_MS);
+    log('-', 'daemon started', `socket ${this.socketPath}, default store ${this.config.store}, config ${this.config.source}`);
+    await this.restore();
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  private async handle(req: Request, ctx: RequestContext): Promise<unknown> {
+    const a = req.args;
+    switch (req.op) {
+      case 'ping': return { pid: process.pid, vms: this.sessions.size, protocol: 1 };
+      case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
+      case 'attach': return this.attach(a.vm as string, a.local as string | undefined, a.store as string | undefined);
+      case 'resize': return this.resize(a.vm as string, a.local as string);
+      case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false);
+      case 'detach': return this.detach(a.vm as string, ctx);
+      case 'stats': return this.find(a.vm as string, true).stats();
+      case 'watch': return this.watch(a.vm as string, (a.intervalMs as number | undefined) ?? 1000, ctx);
+    }
+  }
+
+  /** The session for what the user typed (name, UUID, pid:N, qmp:path). */
+  private find(spec: string, mustBeLive = false): Session {
+    for (const s of this.sessions.values()) {
+      if (s.matches(spec)) {
+        if (mustBeLive && (s.state === 'crashed' || !s.pager)) {
+          throw new ElasticmemError(`VM '${s.name}' is not running any more (${s.state}); its stored pages are kept until: elasticmem detach ${s.target.spec}`, 'VM_NOT_RUNNING');
+        }
+        return s;
+      }
+    }
+    throw new ElasticmemError(`VM '${spec}' is not attached; see: elasticmem list`, 'NOT_ATTACHED');
+  }
+
+  private findOrNull(spec: string): Session | null {
+    for (const s of this.sessions.values()) if (s.matches(spec)) return s;
+    return null;
+  }
+
+  private checkCap(bytes: number, guestRam: number, name: string): void {
+    if (bytes < this.config.limits.minLocal) {
+      throw new ElasticmemError(`--local ${formatSize(bytes)} is below the minimum of ${formatSize(this.config.limits.minLocal)} (limits.minLocal); the guest kernel alone needs more`, 'CAP_TOO_SMALL');
+    }
+    if (bytes > guestRam) {
+      throw new ElasticmemError(`--local ${formatSize(bytes)} is more than the ${formatSize(guestRam)} of RAM VM '${name}' has; choose at most ${formatSize(guestRam)}`, 'CAP_TOO_LARGE');
+    }
+  }
+
+  async attach(spec: string, local: string | undefined, storeArg: string | undefined): Promise<unknown> {
+    // Validate everything that needs no VM first: bad input changes nothing.
+    const override = this.config.vms[spec];
+    const capBytes = local !== undefined ? parseSize(local, '--local') : override?.local;
+    if (capBytes === undefined) throw new ElasticmemError(`attach ${spec}: --local SIZE is required (no vms.${spec}.local in the config); e.g. --local 512M`, 'BAD_REQUEST');
+    const existing = this.findOrNull(spec);
+    if (existing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeUri}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
+    if (this.attaching.has(spec)) throw new ElasticmemError(`VM '${spec}' is being attached right now`, 'ALREADY_ATTACHED');
+    this.attaching.add(spec);
+    try {
+      const target = await resolveTarget(spec);
+      const dup = [...this.sessions.values()].find((s) => s.vmId === target.vmId || s.target.pid === target.pid);
+      if (dup) throw new ElasticmemError(`VM '${target.name}' is already attached (as '${dup.name}'); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
+      const live = [...this.sessions.values()].filter((s) => s.state !== 'crashed').length;
+      if (live >= this.config.limits.maxVms) throw new ElasticmemError(`${live} VMs are attached, the limit is ${this.config.limits.maxVms} (limits.maxVms in the config)`, 'TOO_MANY_VMS');
+      const storeUri = storeArg ?? this.config.vms[target.name]?.store ?? this.config.vms[target.vmId]?.store ?? override?.store ?? this.config.store;
+      const memory = await target.discover();
+      this.checkCap(capBytes, memory.guestRamBytes, target.name);
+      const native = loadNative();
+      // A QEMU that already holds a userfaultfd was attached by a daemon that died: take it over.
+      const left = native.findTargetUffd(target.pid);
+      if (left) native.closeFd(left.fd);
+      const store = await this.stores.acquire(storeUri);
+      const session = new Session(target, storeUri, capBytes);
+      session.memory = memory;
+      session.store = store;
+      try {
+        session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: !!left });
+      } catch (e) {
+        await this.stores.release(storeUri);
+        throw e;
+      }
+      session.state = 'attached';
+      this.sessions.set(target.vmId, session);
+      this.wire(session);
+      this.saveState();
+      log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
+        `pid ${target.pid}, ${memory.regions.length} RAM blocks (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${store.uri}`);
+      return { ...session.summary(), tookOver: !!left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
+    } finally {
+      this.attaching.delete(spec);
+    }
+  }
+
+  /** Pager events -> session state and log lines. */
+  private wire(s: Session): void {
+    const p = s.pager!;
+    p.on('store-down', (ev: { message: string }) => {
+      s.storeState = 'retrying'; s.storeError = ev.message;
+      log(s.name, 'store down', `${ev.message}; faults wait and retry, evictions paused`);
+    });
+    p.on('store-up', () => {
+      s.storeState = 'ok'; s.storeError = '';
+      log(s.name, 'store up', 'faults and evictions resumed');
+    });
+    p.on('page-lost', (ev: { message: string; pages?: number[] }) => {
+      s.storeState = 'lost'; s.storeError = ev.message; s.lostPages += ev.pages?.length ?? 0;
+      log(s.name, 'PAGES LOST', `${ev.message}${ev.pages ? ` (${ev.pages.length} pages)` : ''}; the VM is paused, nothing was zero-filled`);
+    });
+    p.on('error', (ev: { message: string }) => log(s.name, 'pager error', ev.message));
+    p.on('target-exited', () => void this.onTargetGone(s));
+  }
+
+  async resize(spec: string, local: string): Promise<unknown> {
+    const bytes = parseSize(local, '--local');
+    const s = this.find(spec, true);
+    return s.serial(async () => {
+      if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}; cannot resize now`, 'VM_BUSY');
+      this.checkCap(bytes, s.memory!.guestRamBytes, s.name);
+      const before = s.capBytes;
+      s.pager!.setCap(capPagesOf(bytes));
+      s.capBytes = bytes;
+      this.saveState();
+      log(s.name, 'resized', `local ${formatSize(before)} -> ${formatSize(bytes)}`);
+      return { ...s.summary(), previousLocalBytes: before };
+    });
+  }
+
+  async grow(spec: string, sizeText: string, wait: boolean): Promise<unknown> {
+    const bytes = parseSize(sizeText, 'SIZE');
+    const s = this.find(spec, true);
+    const target = s.target as Target;
+    return s.serial(async () => {
+      const mon = await target.openMonitor();
+      let dev: { id: string; requested: number; max: number; block: number; plugged: number };
+      try {
+        const devs = await mon.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
+        const vm = devs.filter((d) => d.type === 'virtio-mem');
+        if (vm.length === 0) {
+          const dimms = devs.filter((d) => d.type === 'dimm').length;
+          throw new ElasticmemError(`VM '${s.name}' has no virtio-mem device${dimms ? ` (it has ${dimms} DIMMs; DIMM hot-add is not supported, use virtio-mem)` : ''}; add one, e.g. <memory model='virtio-mem'> as in vm-configs/libvirt/memfd.xml, and <maxMemory> above <memory>`, 'NO_HOTPLUG_DEVICE');
+        }
+        const cands = vm.map((d) => ({ id: String(d.data.id ?? ''), requested: Number(d.data['requested-size'] ?? 0), max: Number(d.data['max-size'] ?? 0), block: Number(d.data['block-size'] ?? 2 << 20), plugged: Number(d.data.size ?? 0) }));
+        const room = cands.find((d) => d.max - d.requested >= bytes);
+        if (!room) {
+          const most = Math.max(...cands.map((d) => d.max - d.requested));
+          throw new ElasticmemError(`cannot grow VM '${s.name}' by ${formatSize(bytes)}: its virtio-mem device has ${formatSize(most)} left (max-size ${formatSize(cands[0]!.max)}); grow by at most ${formatSize(most)}`, 'GROW_TOO_LARGE');
+        }
+        if (bytes % room.block !== 0) throw new ElasticmemError(`grow size ${formatSize(bytes)} is not a multiple of the virtio-mem block size ${formatSize(room.block)}`, 'BAD_SIZE');
+        if (!room.id) throw new ElasticmemError(`the virtio-mem device of '${s.name}' has no id; cannot address it`, 'NO_HOTPLUG_DEVICE');
+        dev = room;
+      } finally {
+        mon.close();
+      }
+      const newReq = dev.requested + bytes;
+      await target.setRequestedSize!(dev.id, newReq);
+      log(s.name, 'grow requested', `virtio-mem ${dev.id} requested-size ${formatSize(dev.requested)} -> ${formatSize(newReq)} (its backend has been under the pager since attach)`);
+      // Wait for the guest driver to plug the blocks (it does so within seconds).
+      let plugged = dev.plugged;
+      const deadline = Date.now() + (wait ? 60_000 : 0);
+      for (;;) {
+        const m = await target.openMonitor();
+        try {
+          const devs = await m.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
+          plugged = Number(devs.find((d) => d.data.id === dev.id)?.data.size ?? plugged);
+        } finally { m.close(); }
+        if (plugged >= newReq || Date.now() >= deadline) break;
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      const bootBytes = s.memory!.guestRamBytes - dev.plugged;
+      s.memory!.guestRamBytes = bootBytes + plugged;
+      log(s.name, plugged >= newReq ? 'grown' : 'grow pending', `guest plugged ${formatSize(plugged)} of ${formatSize(newReq)}; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+      return { name: s.name, device: dev.id, requestedBytes: newReq, pluggedBytes: plugged, guestRamBytes: s.memory!.guestRamBytes, complete: plugged >= newReq };
+    });
+  }
+
+  async detach(spec: string, ctx: RequestContext): Promise<unknown> {
+    const s = this.find(spec);
+    return s.serial(async () => {
+      if (s.state === 'crashed' || s.state === 'orphaned' || !s.pager) {
+        // QEMU is gone: what remains is its stored pages. Deleting them is this command's job.
+        const store = await this.stores.acquire(s.storeUri);
+        try { await store.dropVm(s.vmId); } finally { await this.stores.release(s.storeUri); }
+        if (s.store) await this.stores.release(s.storeUri);
+        this.sessions.delete(s.vmId);
+        this.saveState();
+        log(s.name, 'detached', `QEMU was gone; its stored pages were deleted from ${s.storeUri}`);
+        return { name: s.name, vm: s.vmId, drained: false, deletedStoredPages: true };
+      }
+      if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}`, 'VM_BUSY');
+      s.state = 'detaching';
+      const t0 = Date.now();
+      const onProgress = (ev: { done?: number; total?: number }) => ctx.stream({ progress: { done: ev.done ?? 0, total: ev.total ?? 0 } });
+      s.pager.on('progress', onProgress);
+      try {
+        await s.pager.detach();
+      } catch (e) {
+        s.state = 'attached';
+        log(s.name, 'detach failed', `${(e as Error).message}; still attached`);
+        throw e;
+      } finally {
+        s.pager.off('progress', onProgress);
+      }
+      // Every page is back in the VM: the stored copies are obsolete.
+      await s.store!.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${e.message}`));
+      await this.stores.release(s.storeUri);
+      this.sessions.delete(s.vmId);
+      this.saveState();
+      const ms = Date.now() - t0;
+      log(s.name, 'detached', `all pages drained back in ${ms} ms; the VM runs without elasticmem`);
+      return { name: s.name, vm: s.vmId, drained: true, ms };
+    });
+  }
+
+  private async watch(spec: string, intervalMs: number, ctx: RequestContext): Promise<unknown> {
+    const s = this.find(spec, true);
+    if (!(intervalMs >= 100 && intervalMs <= 60_000)) throw new ElasticmemError('intervalMs must be within 100..60000', 'BAD_REQUEST');
+    await new Promise<void>((resolve) => {
+      const sub = statsStream(() => s.stats(), intervalMs).subscribe({
+        next: (sample) => {
+          ctx.stream(sample);
+          if (!this.sessions.has(s.vmId) || s.state === 'crashed') { sub.unsubscribe(); resolve(); }
+        },
+        error: () => resolve(),
+      });
+      ctx.signal.addEventListener('abort', () => { sub.unsubscribe(); resolve(); }, { once: true });
+    });
+    return { name: s.name, ended: this.sessions.has(s.vmId) ? 'client' : 'detached' };
+  }
+
+  // ---------------------------------------------------------------- lifecycle
+
+  private onLifecycle(ev: LifecycleEvent): void {
+    for (const s of this.sessions.values()) {
+      if (s.target.kind === 'libvirt' && s.name === ev.domain && ev.event === 'Stopped') void this.onTargetGone(s);
+    }
+  }
+
+  private async pollLifecycle(): Promise<void> {
+    for (const s of this.sessions.values()) {
+      if ((s.state === 'attached' || s.state === 'detaching') && !processAlive(s.target.pid, s.target.startTime)) void this.onTargetGone(s);
+    }
+  }
+
+  private handlingExit = new Set<string>();
+
+  /** QEMU is gone. A normal shutdown deletes the VM's pages; a crash keeps them. */
+  private async onTargetGone(s: Session): Promise<void> {
+    if (s.state === 'crashed' || this.handlingExit.has(s.vmId) || this.closing) return;
+    if (processAlive(s.target.pid, s.target.startTime)) return;
+    this.handlingExit.add(s.vmId);
+    try {
+      s.pager?.abandon();
+      let reason = 'unknown';
+      if (s.target.kind === 'libvirt') {
+        const deadline = Date.now() + EXIT_REASON_WAIT_MS;
+        for (;;) {
+          const ev = this.events.last.get(s.name);
+          if (ev && ev.event === 'Stopped' && ev.at >= s.attachedAt) { reason = ev.detail.toLowerCase(); break; }
+          try {
+            const st = await domState(s.name);
+            if (st.state === 'shut off' && st.reason) { reason = st.reason.toLowerCase(); break; }
+          } catch { /* transient domain gone: wait for the event */ }
+          if (Date.now() > deadline) break;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      const normal = reason === 'shutdown' || reason === 'destroyed' || reason === 'shutdown finished';
+      if (normal) {
+        await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${e.message}`));
+        await this.stores.release(s.storeUri);
+        this.sessions.delete(s.vmId);
+        this.saveState();
+        log(s.name, 'domain shut down', `reason ${reason}; detached and its stored pages deleted`);
+      } else {
+        s.state = 'crashed';
+        s.pager = undefined;
+        s.note = `QEMU pid ${s.target.pid} ended (${reason}); stored pages kept in ${s.storeUri} until: elasticmem detach ${s.target.spec}`;
+        this.saveState();
+        log(s.name, 'QEMU crashed', s.note);
+      }
+    } finally {
+      this.handlingExit.delete(s.vmId);
+    }
+  }
+
+  // ---------------------------------------------------------------- restart
+
+  private saveState(): void {
+    const entries: StateEntry[] = [...this.sessions.values()].filter((s) => s.state !== 'attaching').map((s) => ({
+      spec: s.target.spec, name: s.name, kind: s.target.kind, vmId: s.vmId, pid: s.target.pid, startTime: s.target.startTime,
+      store: s.storeUri, capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
+    }));
+    try { writeState(this.config.state, entries); } catch (e) { log('-', 'warning', `cannot write state file ${this.config.state}: ${(e as Error).message}`); }
+  }
+
+  /** Take over the VMs a previous daemon left (state file), or remember their pages. */
+  private async restore(): Promise<void> {
+    const entries = readState(this.config.state);
+    for (const e of entries) {
+      const stub = { kind: e.kind as Target['kind'], spec: e.spec, name: e.name, vmId: e.vmId, pid: e.pid, startTime: e.startTime, aliases: [e.spec, e.name, e.vmId, `pid:${e.pid}`] };
+      const alive = processAlive(e.pid, e.startTime);
+      if (e.status === 'crashed' || !alive) {
+        const s = new Session(stub, e.store, e.capBytes);
+        s.state = 'crashed';
+        s.note = `QEMU pid ${e.pid} is gone; stored pages kept in ${e.store} until: elasticmem detach ${e.spec}`;
+        this.sessions.set(e.vmId, s);
+        log(e.name, 'restored as crashed', s.note);
+        continue;
+      }
+      if (e.store === 'memory:') {
+        const s = new Session(stub, e.store, e.capBytes);
+        s.state = 'orphaned';
+        s.note = `the previous daemon kept this VM's evicted pages in its own memory (memory:), which died with it; the VM cannot be resumed safely. Use a persistent store (file://, redis://) to survive daemon restarts`;
+        this.sessions.set(e.vmId, s);
+        log(e.name, 'CANNOT RE-ATTACH', s.note);
+        continue;
+      }
+      try {
+        const r = await this.attach(e.spec, String(e.capBytes), e.store);
+        log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
+      } catch (err) {
+        log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${e.store}`);
+      }
+    }
+    this.saveState();
+  }
+
+  // ---------------------------------------------------------------- shutdown
+
+  /**
+   * Daemon stop (SIGTERM/SIGINT). VMs on a persistent store are left waiting on their
+   * userfaultfd for the next daemon (state file kept); VMs on `memory:` are drained back
+   * first, since their pages would die with this process.
+   */
+  async stop(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    clearInterval(this.poller);
+    this.events.stop();
+    await this.server.close();
+    for (const s of this.sessions.values()) {
+      if (!s.pager || s.state !== 'attached') continue;
+      if (s.storeUri === 'memory:' || !s.store?.capabilities.persistent) {
+        log(s.name, 'draining before daemon exit', 'its store does not outlive the daemon');
+        try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', (e as Error).message); }
+      } else {
+        s.pager.abandon();
+        log(s.name, 'left for the next daemon', `QEMU keeps its userfaultfd; pages stay in ${s.storeUri}`);
+      }
+    }
+    this.saveState();
+    await this.stores.closeAll();
+    log('-', 'daemon stopped');
+  }
+}
+

@@ -1,0 +1,76 @@
+/** One attached VM: its target, store, pager and what the daemon knows about it. */
+import type { Pager } from '../../native/pager.ts';
+import type { PageStore } from '../../kvstore/types.ts';
+import type { Target } from '../targets/index.ts';
+import type { GuestMemory } from '../targets/ramblocks.ts';
+import { toPublic, type PublicStats } from '../stats/stream.ts';
+import { PAGE } from '../size.ts';
+
+export type SessionState = 'attaching' | 'attached' | 'detaching' | 'crashed' | 'orphaned';
+
+export class Session {
+  state: SessionState = 'attaching';
+  pager?: Pager;
+  store?: PageStore;
+  memory?: GuestMemory;
+  attachedAt = Date.now();
+  /** Serialises operations on this VM (resize during detach, two resizes...). */
+  private chain: Promise<unknown> = Promise.resolve();
+  /** Last store state the pager reported ('ok' | 'retrying' | 'lost') and why. */
+  storeState = 'ok';
+  storeError = '';
+  lostPages = 0;
+  note = '';
+
+  constructor(
+    readonly target: Pick<Target, 'kind' | 'spec' | 'name' | 'vmId' | 'pid' | 'startTime' | 'aliases'> & Partial<Target>,
+    readonly storeUri: string,
+    public capBytes: number,
+  ) {}
+
+  get name(): string { return this.target.name; }
+  get vmId(): string { return this.target.vmId; }
+
+  matches(spec: string): boolean {
+    return spec === this.target.name || spec === this.target.spec || spec === this.target.vmId || this.target.aliases.includes(spec);
+  }
+
+  /** Run fn after every earlier operation on this VM finished. */
+  serial<T>(fn: () => Promise<T>): Promise<T> {
+    const next = this.chain.then(fn, fn);
+    this.chain = next.catch(() => undefined);
+    return next;
+  }
+
+  summary(): Record<string, unknown> {
+    const s = this.pager && this.state !== 'crashed' ? safeStats(this) : undefined;
+    return {
+      name: this.name,
+      vm: this.vmId,
+      kind: this.target.kind,
+      pid: this.target.pid,
+      state: this.state,
+      store: this.storeUri,
+      localBytes: this.capBytes,
+      guestRamBytes: this.memory?.guestRamBytes ?? null,
+      managedBytes: this.memory?.managedBytes ?? null,
+      backing: this.memory?.backing ?? null,
+      residentPages: s?.residentPages ?? null,
+      remotePages: s?.remotePages ?? null,
+      storeState: s?.storeState ?? this.storeState,
+      attachedAt: new Date(this.attachedAt).toISOString(),
+      ...(this.note ? { note: this.note } : {}),
+    };
+  }
+
+  stats(): PublicStats {
+    if (!this.pager) throw new Error('not attached');
+    return toPublic(this.pager.stats(), { vm: this.vmId, name: this.name, store: this.storeUri, state: this.state });
+  }
+}
+
+function safeStats(s: Session): PublicStats | undefined {
+  try { return s.stats(); } catch { return undefined; }
+}
+
+export const capPagesOf = (bytes: number) => Math.floor(bytes / PAGE);

@@ -1,0 +1,67 @@
+/**
+ * Live statistics as rxjs streams: one sample of the native counters per interval,
+ * paired with the previous one to give rates per second. The daemon streams these to
+ * `stats --watch`; the terminal view only renders them.
+ */
+import { Observable, interval, map, pairwise, startWith, share } from 'rxjs';
+import type { PagerStatsRaw } from '../../native/index.ts';
+
+/** The public stats object (DESIGN.md names), as `stats --json` prints it. */
+export interface PublicStats {
+  vm: string;
+  name: string;
+  store: string;
+  state: string;
+  faults: number;
+  zeroFills: number;
+  fetches: number;
+  evictions: number;
+  cleanDrops: number;
+  storeWrites: number;
+  prefetched: number;
+  residentPages: number;
+  localCapPages: number;
+  remotePages: number;
+  totalPages: number;
+  faultLatencyUs: { p50: number; p99: number; p90?: number; max?: number; count?: number };
+  storeState: string;
+  storeError: string;
+  [extra: string]: unknown;
+}
+
+export interface StatsSample {
+  t: number;
+  stats: PublicStats;
+  /** Per-second rates since the previous sample. */
+  rates: { faults: number; fetches: number; evictions: number; storeWrites: number; zeroFills: number; prefetched: number };
+}
+
+export const RATE_KEYS = ['faults', 'fetches', 'evictions', 'storeWrites', 'zeroFills', 'prefetched'] as const;
+
+export function toPublic(raw: PagerStatsRaw, meta: { vm: string; name: string; store: string; state: string }): PublicStats {
+  const { latencyHistogram: _h, faultLatencyUs, ...rest } = raw;
+  return { ...meta, ...rest, faultLatencyUs: { ...faultLatencyUs } };
+}
+
+/** Sample `read` every intervalMs; each emission carries rates against the previous sample. */
+export function statsStream(read: () => PublicStats, intervalMs = 1000): Observable<StatsSample> {
+  const samples = interval(intervalMs).pipe(
+    startWith(-1),
+    map(() => ({ t: Date.now(), stats: read() })),
+  );
+  return samples.pipe(
+    startWith(null),
+    pairwise(),
+    map(([prev, cur]) => {
+      const c = cur!;
+      const dt = prev ? (c.t - prev.t) / 1000 : 0;
+      const rate = (k: (typeof RATE_KEYS)[number]) => (prev && dt > 0 ? Math.max(0, (c.stats[k] - prev.stats[k]) / dt) : 0);
+      return {
+        t: c.t,
+        stats: c.stats,
+        rates: { faults: rate('faults'), fetches: rate('fetches'), evictions: rate('evictions'), storeWrites: rate('storeWrites'), zeroFills: rate('zeroFills'), prefetched: rate('prefetched') },
+      };
+    }),
+    share(),
+  );
+}
