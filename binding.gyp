@@ -9,7 +9,9 @@
         "native/inject.cc",
         "native/attach.cc",
         "native/memstore.cc",
-        "native/pager.cc"
+        "native/uffd.cc",
+        "native/pager.cc",
+        "native/pager_napi.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

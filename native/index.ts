@@ -45,7 +45,6 @@ export interface PagerStatsRaw {
   cleanDrops: number;
   storeWrites: number;
   prefetched: number;
-  prefetchHits: number;
   wpFaults: number;
   discards: number;
   evictAborts: number;
@@ -84,7 +83,12 @@ export interface PagerEvent {
 
 export interface PagerStartOptions {
   pid: number;
+  /** The monitor's uffd copy; pagerStart takes ownership of it, even when it throws. */
   uffdFd: number;
+  /** The uffd's fd number inside the target, closed there by detach. */
+  uffdTargetFd?: number;
+  /** Replacement policy: 'slru' (default: refault-aware segmented LRU) or 'fifo' (FluidMem/umap, for comparison). */
+  policy?: 'slru' | 'fifo';
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */
@@ -114,6 +118,8 @@ export interface NativeAddon {
   /** Stop serving without draining (monitor shutdown that leaves the target waiting). */
   pagerAbandon(h: unknown): void;
   pagerComplete(h: unknown, id: number, err: string | null, data?: (Buffer | null)[]): void;
+  /** Exclusive flock on a per-target lock file (EM_ALREADY_ATTACHED when another live monitor holds it); returns the fd. */
+  targetLock(path: string): number;
   // --- embedded memory store (native/memstore.cc) ---
   memStoreCreate(opts: { compress: boolean }): unknown;
   memStorePut(h: unknown, vm: string, pages: number[], data: Buffer[]): void;

@@ -4,6 +4,8 @@
  * re-emits native events. With the `memory:` store the native side never calls back.
  */
 import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
+import path from 'node:path';
 import { loadNative, ElasticmemError, type RegionSpec, type PagerStatsRaw, type PagerEvent, type BridgeRequest, type AcquiredUffd } from './index.ts';
 import type { PageStore } from '../kvstore/types.ts';
 
@@ -18,6 +20,10 @@ export interface PagerAttachOptions {
   reattach?: boolean;
   prefetchMax?: number;
   evictBatch?: number;
+  /** Replacement policy (default 'slru'); 'fifo' exists to measure the difference. */
+  policy?: 'slru' | 'fifo';
+  /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
+  lockDir?: string;
 }
 
 /** Anything that exposes the native memory-store handle (kvstore/memory.ts). */
@@ -35,16 +41,47 @@ export class Pager extends EventEmitter {
   private handle: unknown;
   private closed = false;
 
-  private constructor(readonly opts: PagerAttachOptions, uffd: AcquiredUffd, handle: unknown) {
+  private constructor(readonly opts: PagerAttachOptions, uffd: AcquiredUffd, handle: unknown, private lockFd: number) {
     super();
     this.uffd = uffd;
     this.handle = handle;
+    // 'error' events from the data plane must never crash the monitor when nobody listens.
+    this.on('error', () => {});
+  }
+
+  private releaseLock(): void {
+    if (this.lockFd >= 0) loadNative().closeFd(this.lockFd);
+    this.lockFd = -1;
   }
 
   static async attach(opts: PagerAttachOptions): Promise<Pager> {
     const native = loadNative();
+    validate(opts);
+    const lockFd = lockTarget(opts.pid, opts.lockDir);
+    try {
+      return await Pager.attachLocked(opts, lockFd);
+    } catch (e) {
+      native.closeFd(lockFd);
+      throw e;
+    }
+  }
+
+  private static async attachLocked(opts: PagerAttachOptions, lockFd: number): Promise<Pager> {
+    const native = loadNative();
     let uffd: AcquiredUffd;
     let remotePages: number[][] | undefined;
+    if (!opts.reattach) {
+      const left = native.findTargetUffd(opts.pid);
+      if (left) {
+        native.closeFd(left.fd);
+        throw new ElasticmemError(
+          `process ${opts.pid} already holds a userfaultfd (fd ${left.targetFd}), most likely left by an elasticmem monitor that died; take it over with a re-attach instead of a fresh attach`,
+          'EM_UFFD_PRESENT',
+        );
+      }
+      // A fresh attach: anything stored under this VM id is from an earlier, finished session.
+      await opts.store.dropVm(opts.vmId);
+    }
     if (opts.reattach) {
       const found = native.findTargetUffd(opts.pid);
       if (!found) throw new ElasticmemError(`process ${opts.pid} holds no userfaultfd to take over; attach it normally`, 'EM_NO_UFFD_TO_TAKE_OVER');
@@ -63,6 +100,8 @@ export class Pager extends EventEmitter {
     const handle = native.pagerStart({
       pid: opts.pid,
       uffdFd: uffd.fd,
+      uffdTargetFd: uffd.targetFd,
+      policy: opts.policy,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },
@@ -73,7 +112,7 @@ export class Pager extends EventEmitter {
       onRequest: (req) => pager?.serve(req),
       onEvent: (ev) => pager?.emit(ev.type, ev),
     });
-    pager = new Pager(opts, uffd, handle);
+    pager = new Pager(opts, uffd, handle, lockFd);
     return pager;
   }
 
@@ -103,8 +142,10 @@ export class Pager extends EventEmitter {
   detach(): Promise<void> {
     return new Promise((resolve, reject) => {
       loadNative().pagerDetach(this.handle, (err) => {
+        if (err) return reject(err);
         this.closed = true;
-        if (err) reject(err); else resolve();
+        this.releaseLock();
+        resolve();
       });
     });
   }
@@ -114,7 +155,40 @@ export class Pager extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     loadNative().pagerAbandon(this.handle);
+    this.releaseLock();
   }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+}
+
+const PAGE = 4096;
+
+function validate(opts: PagerAttachOptions): void {
+  if (!Number.isInteger(opts.pid) || opts.pid <= 0) throw new ElasticmemError(`'${opts.pid}' is not a process id`, 'EM_BAD_ARG');
+  if (!opts.regions.length) throw new ElasticmemError(`no guest RAM regions to attach in process ${opts.pid}`, 'EM_ATTACH_NO_REGION');
+  const totalPages = opts.regions.reduce((a, r) => a + r.length / PAGE, 0);
+  if (!Number.isInteger(opts.capPages) || opts.capPages < 1)
+    throw new ElasticmemError(`the local cap must be at least one page, got ${opts.capPages}`, 'EM_BAD_CAP');
+  if (opts.capPages > totalPages)
+    throw new ElasticmemError(
+      `the local cap (${opts.capPages} pages = ${(opts.capPages * PAGE) / 2 ** 20} MiB) is larger than the guest RAM being paged (${totalPages} pages = ${(totalPages * PAGE) / 2 ** 20} MiB): choose a smaller --local`,
+      'EM_BAD_CAP',
+    );
+}
+
+function lockTarget(pid: number, dir = '/run/elasticmem/locks'): number {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // The process start time makes the lock name unique even if the pid is reused.
+  let start = '0';
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '0';
+  } catch {
+    throw new ElasticmemError(`no process with pid ${pid}: check the pid (it may have exited)`, 'EM_NO_PROCESS', 3);
+  }
+  return loadNative().targetLock(path.join(dir, `${pid}-${start}.lock`));
 }
 
 export type { PagerEvent, PagerStatsRaw, RegionSpec };

@@ -3,6 +3,10 @@
 // thread-safe channels that carry events and requests to JavaScript.
 #include <napi.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -458,6 +462,25 @@ Napi::Value PagerComplete(const Napi::CallbackInfo& info) {
   });
 }
 
+// Hold an exclusive flock on a per-target lock file for as long as this monitor serves
+// the target: a second monitor is refused, while a monitor that died (kill -9) releases
+// it with its fds, so a restarted one may take over. Returns the fd (close to release).
+Napi::Value TargetLock(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    std::string path = ArgString(info, 0, "path");
+    int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) throw_sys("open", "creating the attach lock " + path);
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+      int err = errno;
+      close(fd);
+      if (err == EWOULDBLOCK)
+        throw Error("EM_ALREADY_ATTACHED", "this process is already attached by a running elasticmem monitor (lock " + path + " is held); detach it first", err, "flock");
+      throw_sys("flock", "locking " + path, err);
+    }
+    return Napi::Number::New(info.Env(), fd);
+  });
+}
+
 }  // namespace
 
 void RegisterPager(Napi::Env env, Napi::Object exports) {
@@ -467,6 +490,7 @@ void RegisterPager(Napi::Env env, Napi::Object exports) {
   exports.Set("pagerDetach", Napi::Function::New(env, PagerDetach));
   exports.Set("pagerAbandon", Napi::Function::New(env, PagerAbandon));
   exports.Set("pagerComplete", Napi::Function::New(env, PagerComplete));
+  exports.Set("targetLock", Napi::Function::New(env, TargetLock));
 }
 
 }  // namespace em

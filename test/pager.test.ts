@@ -1,0 +1,173 @@
+/**
+ * The pager against a real process (test/fixtures/target.c) and the real kernel:
+ * content integrity under churn for both RAM kinds, the lost-write race, zero and
+ * clean pages, resize, detach, and bad input. Crash recovery is in pager-crash.test.ts.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import { startTarget, parseReply, type Target } from './helpers/target.ts';
+import { Pager } from '../native/pager.ts';
+import { openStore } from '../kvstore/index.ts';
+import type { PageStore } from '../kvstore/types.ts';
+import type { RegionSpec } from '../native/index.ts';
+
+const PAGE = 4096;
+const MiB = 2 ** 20;
+
+async function memoryStore(t: { teardown(fn: () => unknown): void }): Promise<PageStore> {
+  const s = await openStore('memory:');
+  t.teardown(() => s.close());
+  return s;
+}
+
+function region(target: Target, kind: 'memfd' | 'anon'): RegionSpec {
+  return target.regionSpecs().find((r) => r.kind === kind)!;
+}
+
+async function attach(t: { teardown(fn: () => unknown): void }, target: Target, regions: RegionSpec[], capPages: number, store: PageStore, extra: Partial<Parameters<typeof Pager.attach>[0]> = {}) {
+  const pager = await Pager.attach({ pid: target.pid, vmId: `test-${target.pid}`, regions, capPages, store, ...extra });
+  t.teardown(() => pager.abandon());
+  return pager;
+}
+
+async function waitFor(cond: () => boolean, ms = 20000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('condition not reached in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+function uffdCount(pid: number): number {
+  let n = 0;
+  for (const fd of fs.readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === 'anon_inode:[userfaultfd]') n++;
+    } catch { /* closed meanwhile */ }
+  }
+  return n;
+}
+
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`${kind}: 4 writer threads over 128 MiB with the cap at 10% keep every page intact`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 128 : 1, anonMiB: kind === 'anon' ? 128 : 1 });
+    await target.cmd(`fill ${kind} 7`);
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const cap = Math.floor(r.length / PAGE / 10);
+    const pager = await attach(t, target, [r], cap, store);
+    await waitFor(() => pager.stats().residentPages <= cap);
+    const churn = parseReply(await target.cmd(`churn ${kind} 6000 4 0.5`));
+    t.is(churn.corrupt, 0, 'no corruption seen by the writers');
+    t.true(churn.writes > 1000, `writes happened (${churn.writes})`);
+    const v = parseReply(await target.cmd(`verify ${kind}`));
+    t.is(v.corrupt, 0, `verify: first bad page ${v.firstbad}`);
+    const s = pager.stats();
+    t.true(s.evictions > 1000, `evictions ${s.evictions}`);
+    t.true(s.fetches > 1000, `fetches ${s.fetches}`);
+    t.true(s.residentPages <= cap + 300, `resident ${s.residentPages} near cap ${cap}`);
+    t.true(s.metadataBytes <= (r.length / 2 ** 30) * 4 * MiB + 4096, 'metadata within 4 MiB per GiB');
+    t.log(kind, JSON.stringify({ churn, faults: s.faults, fetches: s.fetches, evictions: s.evictions, wp: s.wpFaults, aborts: s.evictAborts, p50: s.faultLatencyUs.p50, p99: s.faultLatencyUs.p99 }));
+  });
+}
+
+test('memfd: writes racing eviction are never lost (write-protect before copy-out)', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+  await target.cmd('fill memfd 3');
+  const store = await memoryStore(t);
+  const r = region(target, 'memfd');
+  // A cap of 32 pages over 4096: the 64 hammered pages are evicted again and again while written.
+  const pager = await attach(t, target, [r], 32, store, { evictBatch: 16, prefetchMax: 0 });
+  const results = await Promise.all([target.cmd('hammer memfd 100 64 4000')]);
+  t.true(parseReply(results[0]!).writes > 100);
+  const v = parseReply(await target.cmd('verify memfd'));
+  t.is(v.corrupt, 0, `first bad page ${v.firstbad}`);
+  const s = pager.stats();
+  t.true(s.evictions > 500, `evictions ${s.evictions}`);
+  t.true(s.wpFaults > 0, 'writes hit write-protected pages');
+  t.log(JSON.stringify({ evictions: s.evictions, wpFaults: s.wpFaults, evictAborts: s.evictAborts }));
+});
+
+test('zero pages are never stored and clean pages are not rewritten', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 32, anonMiB: 1 });
+  const pages = (32 * MiB) / PAGE;
+  await target.cmd('fill memfd 5');
+  await target.cmd(`zero memfd 0 ${pages / 2}`); // first half all zeros, second half data
+  const store = await memoryStore(t);
+  const r = region(target, 'memfd');
+  const cap = 256;
+  const pager = await attach(t, target, [r], cap, store);
+  await waitFor(() => pager.stats().residentPages <= cap);
+  let s = pager.stats();
+  t.true(s.storeWrites <= pages / 2, `storeWrites ${s.storeWrites} must not include the ${pages / 2} zero pages`);
+  t.true(s.storeWrites >= pages / 2 - cap, `data pages were stored (${s.storeWrites})`);
+  const usage = await store.usage(`test-${target.pid}`);
+  t.true(usage.pages <= pages / 2, `store holds ${usage.pages} pages, only data pages`);
+  // Read everything (no writes): pages come back clean; evicting them again costs no store write.
+  const writesBefore = s.storeWrites;
+  const v = parseReply(await target.cmd('verify memfd'));
+  t.is(v.corrupt, 0);
+  await waitFor(() => pager.stats().residentPages <= cap);
+  s = pager.stats();
+  t.true(s.cleanDrops > pages / 4, `clean drops ${s.cleanDrops}`);
+  t.is(s.storeWrites, writesBefore, 'no page was rewritten after a read-only pass');
+});
+
+test('resize down and up under load, then detach restores every page and leaves no registration', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 64, anonMiB: 1 });
+  await target.cmd('fill memfd 9');
+  const store = await memoryStore(t);
+  const r = region(target, 'memfd');
+  const total = r.length / PAGE;
+  const pager = await attach(t, target, [r], total / 2, store);
+  const churn = target.cmd('churn memfd 5000 2 0.3');
+  await new Promise((res) => setTimeout(res, 1000));
+  pager.setCap(total / 16);
+  await waitFor(() => pager.stats().residentPages <= total / 16 + 64);
+  pager.setCap(total / 4);
+  t.is(parseReply(await churn).corrupt, 0);
+  t.is(pager.stats().localCapPages, total / 4);
+  const progress: number[] = [];
+  pager.on('progress', (e: { done?: number }) => progress.push(e.done ?? 0));
+  t.true(uffdCount(target.pid) >= 1, 'the target holds its own uffd while attached');
+  await pager.detach();
+  t.true(progress.length > 0, 'detach reported progress');
+  t.is(uffdCount(target.pid), 0, 'no userfaultfd left in the target');
+  const v = parseReply(await target.cmd('verify memfd'));
+  t.is(v.corrupt, 0);
+  // every page is back in host memory: no holes left in the memfd
+  const maps = fs.readFileSync(`/proc/${target.pid}/smaps`, 'utf8');
+  t.true(maps.includes('elasticmem-test'));
+});
+
+test('an unprivileged target (nobody) is attached through /dev/userfaultfd', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1, user: 'nobody' });
+  await target.cmd('fill memfd 11');
+  const store = await memoryStore(t);
+  const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+  t.is(pager.uffd.route, 'dev-userfaultfd');
+  t.is(parseReply(await target.cmd('churn memfd 2000 2 0.5')).corrupt, 0);
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  t.true(pager.stats().evictions > 0);
+});
+
+test('bad input: dead pid, missing region, cap too large, second attach', async (t) => {
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  const r = region(target, 'memfd');
+  const dead = await Pager.attach({ pid: 999999, vmId: 'x', regions: [r], capPages: 10, store }).catch((e) => e);
+  t.is(dead.code, 'EM_NO_PROCESS');
+  t.regex(dead.message, /999999/);
+  const { findMemfdRegions } = await import('../native/regions.ts');
+  const missing = (() => { try { findMemfdRegions(target.pid, 'no-such-memfd'); } catch (e) { return e as { code: string }; } })();
+  t.is(missing?.code, 'EM_ATTACH_NO_REGION');
+  const big = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: r.length / PAGE + 1, store }).catch((e) => e);
+  t.is(big.code, 'EM_BAD_CAP');
+  t.is(uffdCount(target.pid), 0, 'a refused attach leaves the target untouched');
+  const first = await attach(t, target, [r], 128, store);
+  const second = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: 128, store }).catch((e) => e);
+  t.is(second.code, 'EM_ALREADY_ATTACHED');
+  t.is(uffdCount(target.pid), 1);
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  t.true(first.stats().totalPages > 0);
+});
