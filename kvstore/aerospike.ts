@@ -1,0 +1,175 @@
+/**
+ * `aerospike://h1:p1[,h2:p2]/namespace[/set]` — pages in Aerospike through the official
+ * client, one batchRead / batchWrite / batchRemove per batch.
+ *
+ * Records: key (namespace, set, "<vm tag>:<page>") with bins vm (string), pg (page
+ * number) and v (the envelope). list/usage/dropVm scan the set with a filter
+ * expression vm == <vm>, so one VM never sees another's pages; they need no secondary
+ * index and are only used for recovery and reporting.
+ *
+ * NOT RUN HERE: no Aerospike server can be installed on this machine (only npm and
+ * Debian apt are reachable), so this adapter is exercised by the conformance suite only
+ * when AEROSPIKE_HOSTS is set (test/kvstore-aerospike.test.ts); otherwise that test
+ * reports itself skipped with that reason.
+ */
+import { createRequire } from 'node:module';
+import type { StoreUsage } from './types.ts';
+import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
+import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
+import type { HostPort } from './uri.ts';
+
+// The client is a native addon; load it only when an aerospike:// store is opened.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+type Any = any;
+
+export interface AerospikeSpec {
+  hosts: HostPort[];
+  namespace: string;
+  set: string;
+  username?: string;
+  password?: string;
+}
+
+export class AerospikeStore implements RawStore {
+  readonly capabilities = { persistent: true, maxBatch: 1024 };
+  private closed = false;
+
+  private constructor(readonly uri: string, private readonly as: Any, private readonly client: Any, private readonly spec: AerospikeSpec, private readonly t: NetTimeouts) {}
+
+  static async open(uri: string, spec: AerospikeSpec, t: NetTimeouts = DEFAULT_TIMEOUTS): Promise<AerospikeStore> {
+    let as: Any;
+    try {
+      as = createRequire(import.meta.url)('aerospike');
+    } catch (e) {
+      throw new ElasticmemError(`the aerospike client cannot be loaded: ${describe(e)} (run npm install)`, 'STORE_UNAVAILABLE');
+    }
+    // The C client logs seed failures to stdout by default; errors reach the caller typed instead.
+    try { as.setDefaultLogging?.({ level: as.log.OFF }); } catch { /* older clients */ }
+    const policy = { totalTimeout: t.opTimeoutMs, socketTimeout: t.opTimeoutMs, maxRetries: 1 };
+    const config: Any = {
+      hosts: spec.hosts.map((h) => ({ addr: h.host, port: h.port })),
+      connTimeoutMs: t.connectTimeoutMs,
+      loginTimeoutMs: t.connectTimeoutMs,
+      policies: { batch: policy, batchWrite: policy, read: policy, write: policy, remove: policy, scan: { totalTimeout: 0, socketTimeout: t.opTimeoutMs * 6 } },
+      log: { level: as.log.OFF },
+    };
+    if (spec.username) { config.user = spec.username; config.password = spec.password ?? ''; }
+    let client: Any;
+    try {
+      client = await withTimeout(as.connect(config) as Promise<Any>, t.connectTimeoutMs * 2 + 1000, `connecting to aerospike at ${where(spec)}`);
+    } catch (e) {
+      throw mapError(as, e, `cannot connect to aerospike at ${where(spec)} (is asd running and reachable?)`);
+    }
+    return new AerospikeStore(uri, as, client, spec, t);
+  }
+
+  private key(tag: string, page: number): Any {
+    return new this.as.Key(this.spec.namespace, this.spec.set, `${tag}:${page}`);
+  }
+
+  async getRaw(vm: string, pages: readonly number[]): Promise<(Buffer | null)[]> {
+    if (pages.length === 0) return [];
+    const tag = vmTag(vm);
+    const recs = pages.map((p) => ({ type: this.as.batchType.BATCH_READ, key: this.key(tag, p), bins: ['v'] }));
+    const res: Any[] = await this.run(() => this.client.batchRead(recs), 'batchRead');
+    return res.map((r, i) => {
+      if (r.status === this.as.status.OK) {
+        const v = r.record?.bins?.v;
+        if (!Buffer.isBuffer(v)) throw new ElasticmemError(`aerospike record for page ${pages[i]} of vm '${vm}' has no bytes bin 'v'`, 'STORE_INTEGRITY');
+        return v;
+      }
+      if (r.status === this.as.status.ERR_RECORD_NOT_FOUND) return null;
+      throw mapStatus(this.as, r.status, `${this.uri}: batchRead page ${pages[i]}`);
+    });
+  }
+
+  async putRaw(vm: string, pages: readonly number[], values: readonly Buffer[]): Promise<void> {
+    if (pages.length === 0) return;
+    const tag = vmTag(vm);
+    const op = this.as.operations;
+    const recs = pages.map((p, i) => ({
+      type: this.as.batchType.BATCH_WRITE,
+      key: this.key(tag, p),
+      ops: [op.write('vm', vm), op.write('pg', p), op.write('v', values[i])],
+    }));
+    const res: Any[] = await this.run(() => this.client.batchWrite(recs), 'batchWrite');
+    for (let i = 0; i < res.length; i++)
+      if (res[i].status !== this.as.status.OK) throw mapStatus(this.as, res[i].status, `${this.uri}: batchWrite page ${pages[i]}`);
+  }
+
+  async delete(vm: string, pages: readonly number[]): Promise<void> {
+    if (pages.length === 0) return;
+    const tag = vmTag(vm);
+    await this.removeKeys(pages.map((p) => this.key(tag, p)));
+  }
+
+  private async removeKeys(keys: Any[]): Promise<void> {
+    for (let i = 0; i < keys.length; i += 1024) {
+      const res: Any[] = await this.run(() => this.client.batchRemove(keys.slice(i, i + 1024)), 'batchRemove');
+      for (const r of res)
+        if (r.status !== this.as.status.OK && r.status !== this.as.status.ERR_RECORD_NOT_FOUND) throw mapStatus(this.as, r.status, `${this.uri}: batchRemove`);
+    }
+  }
+
+  /** Records of one VM (or all) from a filtered scan of the set. */
+  private async scan(vm: string | undefined, select: string[]): Promise<Any[]> {
+    const exp = this.as.exp;
+    const scan = this.client.scan(this.spec.namespace, this.spec.set, select.length ? { select } : { nobins: true });
+    const policy: Any = {};
+    if (vm !== undefined) policy.filterExpression = exp.eq(exp.binStr('vm'), exp.str(vm));
+    return this.run(() => scan.results(policy), 'scan');
+  }
+
+  async dropVm(vm: string): Promise<void> {
+    const recs = await this.scan(vm, ['pg']);
+    await this.removeKeys(recs.map((r) => r.key));
+  }
+
+  async list(vm: string): Promise<number[]> {
+    return (await this.scan(vm, ['pg'])).map((r) => Number(r.bins.pg));
+  }
+
+  async usage(vm?: string): Promise<StoreUsage> {
+    const recs = await this.scan(vm, ['v']);
+    return { pages: recs.length, bytes: recs.reduce((a, r) => a + (Buffer.isBuffer(r.bins?.v) ? r.bins.v.length : 0), 0) };
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    try { await this.client.close(false); } catch { /* already closed */ }
+  }
+
+  private async run<T>(fn: () => Promise<T>, what: string): Promise<T> {
+    if (this.closed) throw new ElasticmemError(`the store ${this.uri} is closed`, 'STORE_CLOSED');
+    try {
+      return await withTimeout(fn(), this.t.opTimeoutMs * 2, `${this.uri}: ${what}`);
+    } catch (e) {
+      throw mapError(this.as, e, `${this.uri}: ${what}`);
+    }
+  }
+}
+
+function where(spec: AerospikeSpec): string {
+  return spec.hosts.map((h) => `${h.host}:${h.port}`).join(',');
+}
+
+const UNAVAILABLE = ['ERR_TIMEOUT', 'ERR_CONNECTION', 'ERR_CLUSTER', 'ERR_INVALID_NODE', 'ERR_NO_MORE_CONNECTIONS', 'ERR_ASYNC_CONNECTION', 'ERR_INVALID_HOST', 'ERR_TLS_ERROR', 'ERR_CLUSTER_CHANGE', 'ERR_DEVICE_OVERLOAD'];
+
+function mapStatus(as: Any, status: number, what: string): ElasticmemError {
+  const name = Object.keys(as.status).find((k) => as.status[k] === status) ?? `status ${status}`;
+  if (status === as.status.ERR_SERVER_FULL) return new ElasticmemError(`store full: ${what}: ${name}`, 'STORE_FULL');
+  if (UNAVAILABLE.some((k) => as.status[k] === status)) return unavailable(`${what}: ${name}`);
+  return new ElasticmemError(`store error: ${what}: ${name}`, 'STORE_ERROR');
+}
+
+function mapError(as: Any, e: unknown, what: string): ElasticmemError {
+  if (e instanceof ElasticmemError) return e;
+  const code = (e as { code?: unknown })?.code;
+  if (typeof code === 'number') {
+    const m = mapStatus(as, code, what);
+    m.message += ` (${describe(e)})`;
+    return m;
+  }
+  return unavailable(what, e);
+}

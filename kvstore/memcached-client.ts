@@ -1,0 +1,255 @@
+/**
+ * A minimal memcached binary-protocol client for one server, built for batches: a
+ * batch is many quiet requests (GETQ / SETQ / DELETEQ: the server answers only hits
+ * and errors) followed by one NOOP, written in one socket write; the NOOP's answer
+ * closes the batch. Batches pipeline on one connection and complete in order.
+ *
+ * Why our own: memjs sends one request per key and waits for each reply (no multi-get
+ * with quiet commands), which costs one round trip per page.
+ *
+ * Failure semantics: connect timeout, and a per-batch timeout after which the
+ * connection is dropped (its state is unknown) and every pending batch fails with
+ * STORE_UNAVAILABLE. The next batch connects again.
+ */
+import net from 'node:net';
+import { ElasticmemError, unavailable } from './errors.ts';
+import type { NetTimeouts } from './raw.ts';
+
+const REQ = 0x80;
+const RES = 0x81;
+const OP_GETQ = 0x09;
+const OP_NOOP = 0x0a;
+const OP_SETQ = 0x11;
+const OP_DELETEQ = 0x14;
+const HDR = 24;
+
+const ST_OK = 0;
+const ST_NOT_FOUND = 1;
+const ST_TOO_LARGE = 3;
+const ST_NO_MEMORY = 0x82;
+
+interface Batch {
+  noop: number; // opaque of the closing NOOP
+  onReply(opcode: number, status: number, opaque: number, value: Buffer): void;
+  resolve(): void;
+  reject(e: Error): void;
+  timer: NodeJS.Timeout;
+}
+
+export class McConn {
+  private sock: net.Socket | null = null;
+  private connecting: Promise<net.Socket> | null = null;
+  private queue: Batch[] = [];
+  private buf: Buffer = Buffer.alloc(0);
+  private opaque = 1;
+  private closed = false;
+
+  constructor(readonly host: string, readonly port: number, private readonly t: NetTimeouts) {}
+
+  get where(): string { return `memcached ${this.host}:${this.port}`; }
+
+  /** Fetch values: out[idx[i]] = value of keys[i] (null when missing). */
+  async getMany(keys: Buffer[], idx: number[], out: (Buffer | null)[]): Promise<void> {
+    const base = this.take(keys.length + 1);
+    let size = HDR * (keys.length + 1);
+    for (const k of keys) size += k.length;
+    const req = Buffer.allocUnsafe(size);
+    let o = 0;
+    for (let i = 0; i < keys.length; i++) o = writeReq(req, o, OP_GETQ, keys[i]!, 0, null, (base + i) >>> 0);
+    writeReq(req, o, OP_NOOP, null, 0, null, (base + keys.length) >>> 0);
+    for (const i of idx) out[i] = null;
+    let err: Error | undefined;
+    await this.send(req, (base + keys.length) >>> 0, (_op, status, opaque, value) => {
+      const i = (opaque - base) >>> 0;
+      if (i >= keys.length) return;
+      if (status === ST_OK) out[idx[i]!] = value;
+      else if (status !== ST_NOT_FOUND) err ??= this.statusError(status, 'get');
+    });
+    if (err) throw err;
+  }
+
+  async setMany(keys: Buffer[], values: Buffer[]): Promise<void> {
+    const base = this.take(keys.length + 1);
+    let size = HDR * (keys.length + 1);
+    for (let i = 0; i < keys.length; i++) size += 8 + keys[i]!.length + values[i]!.length;
+    const req = Buffer.allocUnsafe(size);
+    let o = 0;
+    for (let i = 0; i < keys.length; i++) o = writeReq(req, o, OP_SETQ, keys[i]!, 8, values[i]!, (base + i) >>> 0);
+    writeReq(req, o, OP_NOOP, null, 0, null, (base + keys.length) >>> 0);
+    let err: Error | undefined;
+    await this.send(req, (base + keys.length) >>> 0, (_op, status) => { if (status !== ST_OK) err ??= this.statusError(status, 'set'); });
+    if (err) throw err;
+  }
+
+  async deleteMany(keys: Buffer[]): Promise<void> {
+    const base = this.take(keys.length + 1);
+    let size = HDR * (keys.length + 1);
+    for (const k of keys) size += k.length;
+    const req = Buffer.allocUnsafe(size);
+    let o = 0;
+    for (let i = 0; i < keys.length; i++) o = writeReq(req, o, OP_DELETEQ, keys[i]!, 0, null, (base + i) >>> 0);
+    writeReq(req, o, OP_NOOP, null, 0, null, (base + keys.length) >>> 0);
+    let err: Error | undefined;
+    await this.send(req, (base + keys.length) >>> 0, (_op, status) => {
+      if (status !== ST_OK && status !== ST_NOT_FOUND) err ??= this.statusError(status, 'delete');
+    });
+    if (err) throw err;
+  }
+
+  close(): void {
+    this.closed = true;
+    this.fail(new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED'));
+  }
+
+  private take(n: number): number {
+    const base = this.opaque;
+    this.opaque = (this.opaque + n) >>> 0;
+    return base;
+  }
+
+  private statusError(status: number, op: string): ElasticmemError {
+    if (status === ST_NO_MEMORY) return new ElasticmemError(`store full: ${this.where} is out of memory (${op}); give it more memory (-m) or add servers`, 'STORE_FULL');
+    if (status === ST_TOO_LARGE) return new ElasticmemError(`${this.where}: value too large (${op}); raise the item size limit (-I)`, 'STORE_ERROR');
+    return new ElasticmemError(`${this.where}: ${op} failed with status 0x${status.toString(16)}`, 'STORE_ERROR');
+  }
+
+  private async send(req: Buffer, noop: number, onReply: Batch['onReply']): Promise<void> {
+    if (this.closed) throw new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED');
+    const sock = this.sock ?? (await this.connect());
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => this.fail(unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms`)), this.t.opTimeoutMs);
+      this.queue.push({ noop, onReply, resolve, reject, timer });
+      sock.write(req);
+    });
+  }
+
+  private connect(): Promise<net.Socket> {
+    if (this.connecting) return this.connecting;
+    this.connecting = new Promise<net.Socket>((resolve, reject) => {
+      const s = net.connect({ host: this.host, port: this.port, noDelay: true });
+      const timer = setTimeout(() => {
+        s.destroy();
+        reject(unavailable(`cannot connect to ${this.where} within ${this.t.connectTimeoutMs} ms`));
+      }, this.t.connectTimeoutMs);
+      s.once('connect', () => {
+        clearTimeout(timer);
+        s.setKeepAlive(true, 10_000);
+        this.sock = s;
+        this.buf = Buffer.alloc(0);
+        s.on('data', (d: Buffer) => this.onData(d));
+        s.on('close', () => { if (this.sock === s) this.fail(unavailable(`${this.where} closed the connection`)); });
+        resolve(s);
+      });
+      s.on('error', (e) => {
+        clearTimeout(timer);
+        if (this.sock === s) this.fail(unavailable(this.where, e));
+        else reject(unavailable(`cannot connect to ${this.where} (is memcached running and reachable?)`, e));
+      });
+    }).finally(() => { this.connecting = null; });
+    return this.connecting;
+  }
+
+  /** Drop the connection and fail every pending batch. */
+  private fail(e: Error): void {
+    const s = this.sock;
+    this.sock = null;
+    this.buf = Buffer.alloc(0);
+    if (s) s.destroy();
+    const q = this.queue;
+    this.queue = [];
+    for (const b of q) { clearTimeout(b.timer); b.reject(e); }
+  }
+
+  private onData(chunk: Buffer): void {
+    let buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    let o = 0;
+    while (buf.length - o >= HDR) {
+      if (buf[o] !== RES) {
+        this.fail(unavailable(`${this.where} sent a malformed reply (magic 0x${buf[o]!.toString(16)})`));
+        return;
+      }
+      const body = buf.readUInt32BE(o + 8);
+      if (buf.length - o < HDR + body) break;
+      const opcode = buf[o + 1]!;
+      const keyLen = buf.readUInt16BE(o + 2);
+      const extLen = buf[o + 4]!;
+      const status = buf.readUInt16BE(o + 6);
+      const opaque = buf.readUInt32BE(o + 12);
+      const head = this.queue[0];
+      if (!head) {
+        this.fail(unavailable(`${this.where} sent an unexpected reply`));
+        return;
+      }
+      // A reply body is extras (GETQ: 4-byte flags), then the key (none for GETQ), then the value.
+      const value = buf.subarray(o + HDR + extLen + keyLen, o + HDR + body);
+      o += HDR + body;
+      if (opcode === OP_NOOP && opaque === head.noop) {
+        this.queue.shift();
+        clearTimeout(head.timer);
+        head.resolve();
+      } else {
+        head.onReply(opcode, status, opaque, value);
+      }
+    }
+    this.buf = o === buf.length ? Buffer.alloc(0) : buf.subarray(o);
+  }
+}
+
+function writeReq(b: Buffer, o: number, op: number, key: Buffer | null, extras: number, value: Buffer | null, opaque: number): number {
+  const kl = key ? key.length : 0;
+  const vl = value ? value.length : 0;
+  b[o] = REQ;
+  b[o + 1] = op;
+  b.writeUInt16BE(kl, o + 2);
+  b[o + 4] = extras;
+  b[o + 5] = 0;
+  b.writeUInt16BE(0, o + 6);
+  b.writeUInt32BE(extras + kl + vl, o + 8);
+  b.writeUInt32BE(opaque, o + 12);
+  b.writeUInt32BE(0, o + 16);
+  b.writeUInt32BE(0, o + 20);
+  o += HDR;
+  if (extras) { b.fill(0, o, o + extras); o += extras; } // flags 0, expiry 0 (never)
+  if (key) o += key.copy(b, o);
+  if (value) o += value.copy(b, o);
+  return o;
+}
+
+/**
+ * `lru_crawler metadump all` on a separate text-protocol connection: every key the
+ * server holds with its size. memcached has no other way to enumerate keys; used only
+ * by list/usage/dropVm (recovery, reporting), never on the fault path.
+ */
+export function metadump(host: string, port: number, t: NetTimeouts): Promise<{ key: string; size: number }[]> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect({ host, port });
+    const out: { key: string; size: number }[] = [];
+    let rest = '';
+    let done = false;
+    const finish = (e?: Error) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      s.destroy();
+      if (e) reject(e); else resolve(out);
+    };
+    const timer = setTimeout(() => finish(unavailable(`memcached ${host}:${port}: metadump did not finish within ${t.opTimeoutMs * 6} ms`)), t.opTimeoutMs * 6);
+    s.setEncoding('latin1');
+    s.once('connect', () => s.write('lru_crawler metadump all\r\n'));
+    s.on('data', (d: string) => {
+      // Key lines end in "\n", the final END in "\r\n".
+      const lines = (rest + d).split('\n');
+      rest = lines.pop()!;
+      for (const raw of lines) {
+        const line = raw.endsWith('\r') ? raw.slice(0, -1) : raw;
+        if (line === 'END') return finish();
+        if (line.startsWith('BUSY') || line.startsWith('ERROR') || line.startsWith('CLIENT_ERROR') || line.startsWith('SERVER_ERROR'))
+          return finish(new ElasticmemError(`memcached ${host}:${port}: lru_crawler metadump: ${line}`, line.startsWith('BUSY') ? 'STORE_UNAVAILABLE' : 'STORE_ERROR'));
+        const m = /^key=(\S+) .*\bsize=(\d+)/.exec(line);
+        if (m) out.push({ key: decodeURIComponent(m[1]!), size: Number(m[2]) });
+      }
+    });
+    s.once('error', (e) => finish(unavailable(`memcached ${host}:${port}`, e)));
+    s.once('close', () => finish(unavailable(`memcached ${host}:${port} closed the connection during metadump`)));
+  });
+}
