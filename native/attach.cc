@@ -314,6 +314,21 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n) {
     if (reinterpret_cast<uintptr_t>(iov[i].iov_base) % 4096 != 0)
       throw Error("EM_BAD_ARG", "range " + std::to_string(i) + " does not start on a page boundary", EINVAL);
   require_process(pid);
+  // Merge touching ranges: one range is one page-table walk and one TLB flush in the
+  // target, instead of one per page (a flush interrupts every CPU the target runs on).
+  std::vector<struct iovec> merged;
+  merged.reserve(n);
+  for (size_t i = 0; i < n; i++) {
+    if (iov[i].iov_len == 0) continue;
+    if (!merged.empty() &&
+        static_cast<char*>(merged.back().iov_base) + merged.back().iov_len == static_cast<char*>(iov[i].iov_base))
+      merged.back().iov_len += iov[i].iov_len;
+    else
+      merged.push_back(iov[i]);
+  }
+  if (merged.empty()) return;
+  iov = merged.data();
+  n = merged.size();
   std::unique_ptr<RemoteTask> task = borrow_thread(pid);
   long pfd = task->check("opening a pidfd of the target inside itself", SYS_pidfd_open, pid_in_own_namespace(pid), 0);
   try {
@@ -412,18 +427,22 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
   });
 }
 
-// TEST ONLY: drop [start, start+length) of the target with remote_madvise_dontneed,
-// one iovec per page so the batching (1024 per call) is exercised. The pager calls
-// the C++ function directly.
+// TEST ONLY: remote_madvise_dontneed of one page every `stridePages` pages of
+// [start, start+length) (stride 1: the whole range, merged into one; stride 2: every
+// other page, so many separate ranges exercise the batching). The pager calls the C++
+// function directly.
 Napi::Value TestMadviseDontneed(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     pid_t pid = ArgPid(info, 0);
     uint64_t start = ArgAddr(info, 1, "start");
     int64_t length = ArgInt(info, 2, "length");
+    int64_t stride = info.Length() > 3 && !info[3].IsUndefined() ? ArgInt(info, 3, "stridePages") : 1;
     if (length <= 0 || length % 4096 != 0)
       throw Error("EM_BAD_ARG", "length must be a positive multiple of 4096", EINVAL);
-    std::vector<struct iovec> iov(static_cast<size_t>(length / 4096));
-    for (size_t i = 0; i < iov.size(); i++) iov[i] = {reinterpret_cast<void*>(start + i * 4096), 4096};
+    if (stride < 1) throw Error("EM_BAD_ARG", "stridePages must be at least 1", EINVAL);
+    std::vector<struct iovec> iov;
+    for (int64_t p = 0; p < length / 4096; p += stride)
+      iov.push_back({reinterpret_cast<void*>(start + static_cast<uint64_t>(p) * 4096), 4096});
     remote_madvise_dontneed(pid, iov.data(), iov.size());
     return info.Env().Undefined();
   });

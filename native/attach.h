@@ -56,7 +56,8 @@ bool find_target_uffd(pid_t pid, Acquired* out);
 // MADV_DONTNEED the given ranges of `pid`'s memory from inside it: a remote
 // process_madvise accepts only COLD/PAGEOUT/WILLNEED, but on itself any advice works.
 // One injection session per call: pidfd_open(self), process_madvise in batches of up
-// to 1024 ranges (every byte checked), close. Throws em::Error with errno.
+// to 1024 ranges (touching ranges merged first; every byte checked), close. Throws
+// em::Error with errno; ranges before a failing one have been dropped by then.
 // If a range is registered with a uffd using UFFD_FEATURE_EVENT_REMOVE, the target
 // blocks until that uffd's reader reads the UFFD_EVENT_REMOVE: keep it reading.
 void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n);

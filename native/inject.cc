@@ -336,6 +336,11 @@ void require_process(pid_t pid) {
   unsigned long flags = 0;
   if (!task_stat(pid, pid, &state, &flags)) throw_gone(pid, "");
   if (state == 'Z' || state == 'X') throw_gone(pid, "(it is a zombie)");
+  std::string tgid = status_field(pid, "Tgid");
+  if (!tgid.empty() && std::atoi(tgid.c_str()) != pid)
+    throw Error("EM_BAD_ARG", "pid " + std::to_string(pid) + " is a thread of process " + tgid +
+                                  ", not a process: pass the process id",
+                EINVAL);
 }
 
 struct RemoteTask::Impl {

@@ -12,28 +12,36 @@ import { fileURLToPath } from 'node:url';
 import type { RegionSpec } from '../../native/index.ts';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const TARGET_SOURCE = path.join(root, 'test', 'fixtures', 'target.c');
-export const TARGET_BIN = path.join(root, '.cache', 'bin', 'em-target');
 
-/** Compile the target when the binary is missing or older than its source. Returns the binary path. */
-export function buildTarget(): string {
-  const src = fs.statSync(TARGET_SOURCE);
+/**
+ * Compile test/fixtures/<name>.c into .cache/bin/<binName> when the binary is missing
+ * or older than its source. Returns the binary path.
+ */
+export function buildFixture(name: string, binName = name): string {
+  const source = path.join(root, 'test', 'fixtures', `${name}.c`);
+  const bin = path.join(root, '.cache', 'bin', binName);
+  const src = fs.statSync(source);
   let fresh = false;
   try {
-    fresh = fs.statSync(TARGET_BIN).mtimeMs >= src.mtimeMs;
+    fresh = fs.statSync(bin).mtimeMs >= src.mtimeMs;
   } catch {
     fresh = false;
   }
   if (!fresh) {
-    fs.mkdirSync(path.dirname(TARGET_BIN), { recursive: true });
+    fs.mkdirSync(path.dirname(bin), { recursive: true });
     // Compile to a temporary name and rename: concurrent test files never see a half-written binary.
-    const tmp = `${TARGET_BIN}.${process.pid}.tmp`;
-    execFileSync('gcc', ['-O2', '-pthread', '-Wall', '-o', tmp, TARGET_SOURCE], { stdio: 'pipe' });
-    fs.renameSync(tmp, TARGET_BIN);
+    const tmp = `${bin}.${process.pid}.tmp`;
+    execFileSync('gcc', ['-O2', '-pthread', '-Wall', '-o', tmp, source], { stdio: 'pipe' });
+    fs.renameSync(tmp, bin);
   }
-  // `nobody` must be able to run it: the .cache folders are created 0755 by default; make sure.
-  fs.chmodSync(TARGET_BIN, 0o755);
-  return TARGET_BIN;
+  // `nobody` must be able to run it.
+  fs.chmodSync(bin, 0o755);
+  return bin;
+}
+
+/** Compile the target (test/fixtures/target.c -> .cache/bin/em-target) if needed. Returns the binary path. */
+export function buildTarget(): string {
+  return buildFixture('target', 'em-target');
 }
 
 export interface TargetRegion {

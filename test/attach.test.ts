@@ -1,0 +1,350 @@
+/**
+ * The attach half of the data plane against the real kernel and a real target
+ * (test/fixtures/target.c): a userfaultfd created inside the target by syscall
+ * injection, by both routes; the target keeps its copy; injections leave the target
+ * running correctly; an existing uffd is found again; remote MADV_DONTNEED; bad input.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { loadNative, ElasticmemError } from '../native/index.ts';
+import { startTarget, parseReply, buildFixture, type TeardownContext } from './helpers/target.ts';
+
+const native = loadNative();
+/** Test-only export of native/attach.cc: remote_madvise_dontneed of one page every stridePages (default 1) in [start, start+length). */
+const testOnly = native as unknown as { _testMadviseDontneed(pid: number, start: string, length: number, stridePages?: number): void };
+
+const PAGE = 4096;
+const UFFD_LINK = 'anon_inode:[userfaultfd]';
+
+function uffdsOf(pid: number): number[] {
+  const dir = `/proc/${pid}/fd`;
+  return fs
+    .readdirSync(dir)
+    .filter((f) => {
+      try {
+        return fs.readlinkSync(`${dir}/${f}`) === UFFD_LINK;
+      } catch {
+        return false;
+      }
+    })
+    .map(Number)
+    .sort((a, b) => a - b);
+}
+
+function isOwnUffd(fd: number): boolean {
+  return fs.readlinkSync(`/proc/self/fd/${fd}`) === UFFD_LINK;
+}
+
+/** Close the monitor's copy at teardown unless the test already did. */
+function closeLater(t: TeardownContext, fd: number): { close(): void } {
+  let open = true;
+  const close = () => {
+    if (open) native.closeFd(fd);
+    open = false;
+  };
+  t.teardown(close);
+  return { close };
+}
+
+/** Expected "read" sum of a page that uffd-serve filled: 512 words each equal to the page address. */
+function servedSum(addr: bigint): string {
+  return ((addr * 512n) & ((1n << 64n) - 1n)).toString();
+}
+
+interface Server {
+  proc: ChildProcess;
+  /** Resolves with the next line matching `re` (lines seen earlier count too). */
+  waitFor(re: RegExp, timeoutMs?: number): Promise<string>;
+  lines: string[];
+  release(): void;
+}
+
+/** Run test/fixtures/uffd-serve.c on the monitor's uffd (passed as its fd 3) over one region of the target. */
+async function serve(t: TeardownContext, fd: number, start: string, length: number, shmem: boolean, stall = false): Promise<Server> {
+  const bin = buildFixture('uffd-serve');
+  const args = [start, String(length), shmem ? '1' : '0', ...(stall ? ['stall'] : [])];
+  const proc = spawn(bin, args, { stdio: ['pipe', 'pipe', 'inherit', fd] });
+  proc.stdin!.on('error', () => {});
+  t.teardown(async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      const gone = new Promise((r) => proc.once('close', r));
+      proc.kill('SIGKILL');
+      await gone;
+    }
+  });
+  const lines: string[] = [];
+  const waiters: Array<() => void> = [];
+  createInterface({ input: proc.stdout! }).on('line', (l) => {
+    lines.push(l);
+    for (const w of waiters.splice(0)) w();
+  });
+  const waitFor = (re: RegExp, timeoutMs = 10_000) =>
+    new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const hit = lines.find((l) => re.test(l));
+        if (hit) {
+          clearTimeout(timer);
+          resolve(hit);
+          return true;
+        }
+        const err = lines.find((l) => l.startsWith('error'));
+        if (err) {
+          clearTimeout(timer);
+          reject(new Error(`uffd-serve: ${err}`));
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => reject(new Error(`uffd-serve: no line matching ${re} within ${timeoutMs} ms; got ${JSON.stringify(lines)}`)), timeoutMs);
+      if (!check()) {
+        const again = () => {
+          if (!check()) waiters.push(again);
+        };
+        waiters.push(again);
+      }
+    });
+  await waitFor(/^ready$/);
+  return { proc, waitFor, lines, release: () => proc.stdin!.write('serve\n') };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('acquireUffd on a root target creates the uffd with the userfaultfd syscall; the target keeps it', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 4, anonMiB: 4 });
+  const before = uffdsOf(tg.pid);
+  t.deepEqual(before, []);
+  const a = native.acquireUffd(tg.pid);
+  const copy = closeLater(t, a.fd);
+  t.is(a.route, 'syscall');
+  t.true(isOwnUffd(a.fd), 'the monitor holds a userfaultfd');
+  t.deepEqual(uffdsOf(tg.pid), [a.targetFd], 'the target holds exactly the new uffd, no helper fds');
+  // The monitor's copy going away must not take the target's reference with it.
+  copy.close();
+  t.deepEqual(uffdsOf(tg.pid), [a.targetFd]);
+  t.is(await tg.cmd('ping'), 'ok');
+});
+
+test('acquireUffd on a target running as nobody takes the /dev/userfaultfd route', async (t) => {
+  const unprivileged = fs.readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
+  const tg = await startTarget(t, { memfdMiB: 4, anonMiB: 4, user: 'nobody' });
+  t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^Uid:\s+65534\s/m, 'target runs as nobody');
+  const a = native.acquireUffd(tg.pid);
+  closeLater(t, a.fd);
+  // With vm.unprivileged_userfaultfd=0 the injected userfaultfd() fails with EPERM for
+  // nobody, so only the /dev/userfaultfd route can have produced it.
+  t.is(a.route, unprivileged === '0' ? 'dev-userfaultfd' : 'syscall');
+  t.true(isOwnUffd(a.fd));
+  t.deepEqual(uffdsOf(tg.pid), [a.targetFd], 'socket pair and /dev/userfaultfd copies were closed in the target');
+  t.is(await tg.cmd('ping'), 'ok');
+});
+
+for (const user of [undefined, 'nobody'] as const) {
+  test(`the acquired uffd serves the target's faults, user- and kernel-mode (${user ?? 'root'} target)`, async (t) => {
+    const tg = await startTarget(t, { memfdMiB: 4, anonMiB: 4, user });
+    const a = native.acquireUffd(tg.pid);
+    closeLater(t, a.fd);
+    const srv = await serve(t, a.fd, tg.memfd.start, tg.memfd.length, true);
+    const base = BigInt(tg.memfd.start);
+
+    // A user-mode fault on a never-written page of the memfd.
+    const p7 = base + 7n * BigInt(PAGE);
+    const reply7 = await tg.cmd('read memfd 7');
+    t.is(reply7.split('sum=')[1], servedSum(p7), 'page content came from uffd-serve');
+    await srv.waitFor(new RegExp(`^served 0x${p7.toString(16)}$`));
+
+    // A kernel-mode fault: read(2) from /dev/zero into a missing page. A user-mode-only
+    // uffd would not see it (the kernel would just allocate the page).
+    const p9 = base + 9n * BigInt(PAGE);
+    t.is(await tg.cmd('kzero memfd 9'), 'ok');
+    await srv.waitFor(new RegExp(`^fault 0x${p9.toString(16)}$`));
+    t.is(await tg.cmd('read memfd 9'), 'ok sum=0');
+  });
+}
+
+test('200 injections while 2 threads churn leave the target correct (registers and interrupted syscalls restored)', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+  const [memfd] = tg.regionSpecs();
+  t.is((await tg.cmd('fill memfd 42')).trim(), `ok pages=${memfd.length / PAGE}`);
+
+  // The main thread sits in pthread_join (futex) while its 2 threads churn: every
+  // injection interrupts that futex wait and must restart it. MADV_DONTNEED on a
+  // shared mapping only unmaps pages (the memfd keeps them), so content must stay intact.
+  const churnMs = 10_000;
+  const churnStart = Date.now();
+  const churn = tg.cmd(`churn memfd ${churnMs} 2 0.3`);
+  const took: number[] = [];
+  const acquired: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const t0 = performance.now();
+    testOnly._testMadviseDontneed(tg.pid, memfd.start, memfd.length, i % 2 ? 1 : 2);
+    took.push(performance.now() - t0);
+    if (i % 40 === 0) {
+      const a = native.acquireUffd(tg.pid);
+      native.closeFd(a.fd);
+      acquired.push(a.targetFd);
+    }
+    await sleep(2);
+  }
+  const injectedWithin = Date.now() - churnStart;
+  const res = parseReply(await churn);
+  took.sort((a, b) => a - b);
+  t.log(`remote MADV_DONTNEED of 16 MiB (alternately 1 range and 2048 ranges) during churn: p50 ${took[100].toFixed(2)} ms, p99 ${took[198].toFixed(2)} ms`);
+  t.true(injectedWithin < churnMs, `all injections happened during the churn (${injectedWithin} ms)`);
+  t.is(res.corrupt, 0, 'no page read back wrong during churn');
+  t.true(res.writes > 1000 && res.reads > 1000, `churn made progress: ${JSON.stringify(res)}`);
+  t.deepEqual(parseReply(await tg.cmd('verify memfd')), { pages: memfd.length / PAGE, corrupt: 0, firstbad: -1 });
+  t.deepEqual(uffdsOf(tg.pid), acquired.sort((a, b) => a - b), 'each acquire left exactly its uffd in the target');
+
+  // Idle target: the main thread is blocked in read(2) on stdin; each injection interrupts it.
+  for (let i = 0; i < 50; i++) {
+    testOnly._testMadviseDontneed(tg.pid, memfd.start, PAGE * 16);
+    if (i % 10 === 9) t.is(await tg.cmd('ping'), 'ok');
+  }
+  t.deepEqual(parseReply(await tg.cmd('verify memfd')), { pages: memfd.length / PAGE, corrupt: 0, firstbad: -1 });
+});
+
+test('findTargetUffd finds the uffd the target kept after the monitor closed its copy', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 2 });
+  t.is(native.findTargetUffd(tg.pid), null, 'a target without a uffd has none to take over');
+  const a = native.acquireUffd(tg.pid);
+  native.closeFd(a.fd); // the monitor "dies"
+  const found = native.findTargetUffd(tg.pid);
+  t.truthy(found);
+  closeLater(t, found!.fd);
+  t.is(found!.route, 'existing');
+  t.is(found!.targetFd, a.targetFd);
+  t.true(isOwnUffd(found!.fd));
+  // It is the same uffd: serving faults through the found copy works.
+  const srv = await serve(t, found!.fd, tg.anon.start, tg.anon.length, false);
+  const p3 = BigInt(tg.anon.start) + 3n * BigInt(PAGE);
+  t.is((await tg.cmd('read anon 3')).split('sum=')[1], servedSum(p3));
+  t.true(srv.lines.includes(`served 0x${p3.toString(16)}`));
+});
+
+test('remote MADV_DONTNEED drops private anonymous pages: the target reads zeros', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 10 });
+  const pages = tg.anon.length / PAGE;
+  await tg.cmd('fill anon 7');
+  const before = parseReply(await tg.cmd('read anon 5')).sum;
+  t.not(before, 0);
+  // Every other page of the first 2200: 1100 separate ranges, more than one
+  // process_madvise batch of 1024.
+  testOnly._testMadviseDontneed(tg.pid, tg.anon.start, 2200 * PAGE, 2);
+  t.is(await tg.cmd('read anon 4'), 'ok sum=0');
+  t.not(await tg.cmd('read anon 5'), 'ok sum=0');
+  t.is(await tg.cmd('read anon 2198'), 'ok sum=0');
+  t.deepEqual(parseReply(await tg.cmd('verify anon 0 2200')), { pages: 2200, corrupt: 1100, firstbad: 0 });
+  for (const p of [1, 3, 999, 2049, 2199]) t.deepEqual(parseReply(await tg.cmd(`verify anon ${p} 1`)).corrupt, 0, `odd page ${p} kept`);
+  // A contiguous run (merged into one range).
+  testOnly._testMadviseDontneed(tg.pid, (BigInt(tg.anon.start) + 2200n * BigInt(PAGE)).toString(), 100 * PAGE);
+  t.deepEqual(parseReply(await tg.cmd('verify anon 2200 100')), { pages: 100, corrupt: 100, firstbad: 2200 });
+  t.deepEqual(parseReply(await tg.cmd(`verify anon 2300 ${pages - 2300}`)), { pages: pages - 2300, corrupt: 0, firstbad: -1 });
+
+  // The last page plus one past the end of the mapping: the kernel drops the ranges
+  // before the failing one, then reports ENOMEM, which arrives with its errno.
+  const end = (BigInt(tg.anon.start) + BigInt(tg.anon.length) - BigInt(PAGE)).toString();
+  const e = t.throws(() => testOnly._testMadviseDontneed(tg.pid, end, 2 * PAGE), { instanceOf: ElasticmemError });
+  t.is(e?.code, 'EM_INJECT');
+  t.is(e?.errno, os.constants.errno.ENOMEM);
+  t.is(e?.syscall, 'process_madvise');
+  const odd = t.throws(() => testOnly._testMadviseDontneed(tg.pid, (BigInt(tg.anon.start) + 8n).toString(), PAGE), { instanceOf: ElasticmemError });
+  t.is(odd?.code, 'EM_BAD_ARG');
+  t.deepEqual(parseReply(await tg.cmd(`verify anon 2300 ${pages - 2300}`)), { pages: pages - 2300, corrupt: 1, firstbad: pages - 1 });
+  t.is(uffdsOf(tg.pid).length, 0);
+  t.deepEqual(fs.readdirSync(`/proc/${tg.pid}/fd`).filter((f) => Number(f) > 2 && Number(f) < 200), [], 'no pidfd left in the target');
+});
+
+test('injection works while the target thread waits in a userfaultfd fault', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 2 });
+  const a = native.acquireUffd(tg.pid);
+  closeLater(t, a.fd);
+  const srv = await serve(t, a.fd, tg.anon.start, tg.anon.length, false, true);
+  const p3 = BigInt(tg.anon.start) + 3n * BigInt(PAGE);
+  const pending = tg.cmd('read anon 3');
+  await srv.waitFor(/^fault /);
+  t.regex(fs.readFileSync(`/proc/${tg.pid}/wchan`, 'utf8'), /userfault/, 'main thread is blocked in the fault');
+  // The only thread is in a user-mode fault: PTRACE_INTERRUPT takes it out of the wait,
+  // the injection runs, and on detach the thread faults again.
+  const t0 = performance.now();
+  testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, tg.memfd.length);
+  t.log(`injection during a pending fault took ${(performance.now() - t0).toFixed(2)} ms`);
+  srv.release();
+  t.is((await pending).split('sum=')[1], servedSum(p3));
+  t.is(await tg.cmd('ping'), 'ok');
+});
+
+test('bad input: dead, kernel, own and malformed pids, threads, foreign fds', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
+  const pid = tg.pid;
+  await tg.kill();
+  for (const call of [() => native.acquireUffd(pid), () => native.findTargetUffd(pid), () => testOnly._testMadviseDontneed(pid, '0x10000', PAGE)]) {
+    const e = t.throws(call, { instanceOf: ElasticmemError });
+    t.is(e?.code, 'EM_NO_PROCESS');
+    t.is(e?.errno, os.constants.errno.ESRCH);
+    t.true(e?.message.includes(String(pid)), e?.message);
+  }
+
+  const kthread = t.throws(() => native.acquireUffd(2), { instanceOf: ElasticmemError });
+  t.is(kthread?.code, 'EM_PTRACE');
+  t.is(kthread?.errno, os.constants.errno.EPERM);
+  t.regex(kthread!.message, /kernel thread/);
+
+  const self = t.throws(() => native.acquireUffd(process.pid), { instanceOf: ElasticmemError });
+  t.is(self?.code, 'EM_PTRACE');
+  t.regex(self!.message, /monitor itself/);
+
+  for (const bad of [0, -5, 1.5, 'abc', undefined]) {
+    const e = t.throws(() => (native.acquireUffd as (p: unknown) => unknown)(bad), { instanceOf: ElasticmemError });
+    t.is(e?.code, 'EM_BAD_ARG', `pid ${String(bad)}`);
+  }
+
+  // A thread id is not a process id.
+  const live = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
+  const churn = live.cmd('churn memfd 1500 2 0.1');
+  await sleep(200);
+  const tid = fs.readdirSync(`/proc/${live.pid}/task`).map(Number).find((x) => x !== live.pid)!;
+  const thr = t.throws(() => native.acquireUffd(tid), { instanceOf: ElasticmemError });
+  t.is(thr?.code, 'EM_BAD_ARG');
+  t.regex(thr!.message, /is a thread/);
+  t.is(parseReply(await churn).corrupt, 0);
+  t.deepEqual(uffdsOf(live.pid), []);
+
+  const low = t.throws(() => native.closeFd(2), { instanceOf: ElasticmemError });
+  t.is(low?.code, 'EM_BAD_ARG');
+  const ebadf = t.throws(() => native.closeFd(987654), { instanceOf: ElasticmemError });
+  t.is(ebadf?.errno, os.constants.errno.EBADF);
+});
+
+test('a target already traced by someone else gets a clear error and is left untouched', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
+  const strace = spawn('strace', ['-o', '/dev/null', '-p', String(tg.pid)], { stdio: 'ignore' });
+  t.teardown(async () => {
+    if (strace.exitCode === null && strace.signalCode === null) {
+      const gone = new Promise((r) => strace.once('close', r));
+      strace.kill('SIGKILL');
+      await gone;
+    }
+  });
+  const tracerOf = () => Number(/^TracerPid:\s+(\d+)/m.exec(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'))![1]);
+  for (let i = 0; i < 200 && tracerOf() === 0; i++) await sleep(10);
+  t.is(tracerOf(), strace.pid!);
+
+  const e = t.throws(() => native.acquireUffd(tg.pid), { instanceOf: ElasticmemError });
+  t.is(e?.code, 'EM_PTRACE');
+  t.is(e?.errno, os.constants.errno.EPERM);
+  t.regex(e!.message, new RegExp(`already traced by process ${strace.pid} \\(strace\\)`));
+  t.deepEqual(uffdsOf(tg.pid), [], 'nothing was created in the target');
+  t.is(await tg.cmd('ping'), 'ok');
+
+  // Once the other tracer is gone, the same target attaches normally.
+  const gone = new Promise((r) => strace.once('close', r));
+  strace.kill('SIGKILL');
+  await gone;
+  for (let i = 0; i < 200 && tracerOf() !== 0; i++) await sleep(10);
+  const a = native.acquireUffd(tg.pid);
+  closeLater(t, a.fd);
+  t.is(a.route, 'syscall');
+});
