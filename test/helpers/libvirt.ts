@@ -7,7 +7,7 @@
  * process no longer exists is a leftover of a killed run and is removed by
  * ensureLibvirtd(), without touching domains of test runs still alive.
  */
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { randomUUID, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -44,6 +44,29 @@ async function libvirtReady(): Promise<boolean> {
   }
 }
 
+/**
+ * Runs the start script under flock with stdio on /dev/null: a daemon that kept our
+ * pipes open would make us wait for it forever.
+ */
+function startDaemons(script: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('flock', ['/tmp/em-libvirtd.lock', 'sh', '-c', script], { stdio: 'ignore' });
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error('starting virtlogd/libvirtd took more than 30 s'));
+    }, 30_000);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start virtlogd/libvirtd: ${e.message}`));
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      if (code === 0) resolve();
+      else reject(new Error(`starting virtlogd/libvirtd failed (exit ${code}); see /var/log/libvirt/libvirtd.log`));
+    });
+  });
+}
+
 let ensured: Promise<void> | null = null;
 
 /**
@@ -56,7 +79,7 @@ export function ensureLibvirtd(): Promise<void> {
     if (!(await libvirtReady())) {
       // pgrep -x: exact process names, so nothing else matches.
       const script = 'pgrep -x virtlogd >/dev/null || virtlogd -d; pgrep -x libvirtd >/dev/null || libvirtd -d';
-      await run('flock', ['/tmp/em-libvirtd.lock', 'sh', '-c', script], { timeout: 30_000 });
+      await startDaemons(script);
       const deadline = Date.now() + 30_000;
       while (!(await libvirtReady())) {
         if (Date.now() > deadline) throw new Error('libvirtd did not answer `virsh -c qemu:///system version` within 30 s (see /var/log/libvirt/libvirtd.log)');
@@ -81,13 +104,17 @@ function pidAlive(pid: number): boolean {
   }
 }
 
-/** Removes emtest-<pid>-* domains whose test process is gone. */
+/** Removes emtest-<pid>-* domains, and their /tmp folders, whose test process is gone. */
 async function removeStaleDomains(): Promise<void> {
   const names = (await virsh(['list', '--all', '--name'])).split('\n').map((s) => s.trim()).filter(Boolean);
   for (const name of names) {
     const m = /^emtest-(\d+)-[0-9a-f]+$/.exec(name);
     if (!m || pidAlive(+m[1])) continue;
     await destroyDomain(name);
+  }
+  for (const entry of fs.readdirSync(os.tmpdir())) {
+    const m = /^emtest-(\d+)-[0-9a-f]+-/.exec(entry);
+    if (m && !pidAlive(+m[1])) fs.rmSync(path.join(os.tmpdir(), entry), { recursive: true, force: true });
   }
 }
 
@@ -155,8 +182,15 @@ export async function bootDomain(t: ExecutionContext, opts: BootOptions): Promis
   // Under /tmp, world-traversable: QEMU runs as libvirt-qemu (libvirt opens the console
   // file itself and hands QEMU the fd, but keep the folder readable for debugging).
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${name}-`));
-  fs.chmodSync(dir, 0o755);
   const consolePath = path.join(dir, 'console.log');
+  const reader = new ConsoleReader(consolePath);
+  // Registered before anything else can fail, so the folder never outlives the test.
+  t.teardown(async () => {
+    reader.close();
+    await destroyDomain(name);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  fs.chmodSync(dir, 0o755);
   const xml = fillTemplate(fs.readFileSync(path.join(TEMPLATE_DIR, `${opts.template}.xml`), 'utf8'), {
     NAME: name,
     UUID: uuid,
@@ -170,13 +204,6 @@ export async function bootDomain(t: ExecutionContext, opts: BootOptions): Promis
   });
   const xmlPath = path.join(dir, 'domain.xml');
   fs.writeFileSync(xmlPath, xml);
-
-  const reader = new ConsoleReader(consolePath);
-  t.teardown(async () => {
-    reader.close();
-    await destroyDomain(name);
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
 
   await virsh(['define', xmlPath]);
   await virsh(['start', name]);

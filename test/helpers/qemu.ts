@@ -3,6 +3,8 @@
  * comes from vm-configs/qemu-cmdline.sh, so tests run exactly what the docs show.
  * QEMU runs as a child of the test process, as root; t.teardown stops it (SIGTERM,
  * then SIGKILL) and removes its socket and console file, failed tests included.
+ * Each QEMU lives in /tmp/emqemu-<test pid>-XXXXXX with a pidfile, so a QEMU left
+ * behind by a killed test run is found and stopped by the next bootQemu().
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -50,24 +52,63 @@ export async function qemuArgs(o: { memMiB: number; maxMemMiB: number; memory: '
   return stdout.split('\n').filter((l) => l.length > 0);
 }
 
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Stops QEMUs (and removes folders) of test processes that no longer exist. */
+export function removeStaleQemus(): void {
+  const tmp = os.tmpdir();
+  for (const entry of fs.readdirSync(tmp)) {
+    const m = /^emqemu-(\d+)-/.exec(entry);
+    if (!m || pidAlive(+m[1])) continue;
+    const dir = path.join(tmp, entry);
+    try {
+      const qpid = parseInt(fs.readFileSync(path.join(dir, 'qemu.pid'), 'utf8'), 10);
+      // Only a process whose command line names this folder is ours to kill.
+      if (qpid > 0 && fs.readFileSync(`/proc/${qpid}/cmdline`, 'utf8').includes(dir)) process.kill(qpid, 'SIGKILL');
+    } catch {
+      // no pidfile or process already gone
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 export async function bootQemu(t: ExecutionContext, opts: QemuOptions = {}): Promise<BootedQemu> {
   const memMiB = opts.memMiB ?? 256;
   const maxMemMiB = opts.maxMemMiB ?? memMiB + 1024;
   const workload = opts.workload ?? DEFAULT_WORKLOAD;
   if (workload.sizeMiB > memMiB - 96) throw new Error(`workload sizeMiB ${workload.sizeMiB} does not fit in ${memMiB} MiB of guest RAM (keep ~96 MiB for the kernel)`);
   guestImage();
+  removeStaleQemus();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), `emqemu-${process.pid}-`));
   const qmpPath = path.join(dir, 'qmp.sock');
   const serialPath = path.join(dir, 'console.log');
-  const args = await qemuArgs({
-    memMiB, maxMemMiB, memory: opts.memory ?? 'memfd', qmpPath, serialPath, workload,
-    name: path.basename(dir),
-  });
+  let args: string[];
+  try {
+    args = await qemuArgs({
+      memMiB, maxMemMiB, memory: opts.memory ?? 'memfd', qmpPath, serialPath, workload,
+      name: path.basename(dir),
+    });
+  } catch (e) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`vm-configs/qemu-cmdline.sh refused the options: ${(err.stderr || err.message).trim()}`);
+  }
+  args.push('-pidfile', path.join(dir, 'qemu.pid'));
 
   let stderr = '';
   const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   child.stderr!.on('data', (d: Buffer) => {
     stderr += d.toString();
+  });
+  child.on('error', (e) => {
+    stderr += `spawn qemu-system-x86_64: ${e.message}`;
   });
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve();
