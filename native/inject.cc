@@ -325,6 +325,7 @@ std::string syscall_name(long nr) {
     case SYS_getpid: return "getpid";
     case SYS_gettid: return "gettid";
     case SYS_madvise: return "madvise";
+    case SYS_pause: return "pause";
     default: return "syscall " + std::to_string(nr);
   }
 }
@@ -351,6 +352,7 @@ struct RemoteTask::Impl {
   bool stopped = false;    // tracee is in a ptrace stop right now
   bool regs_dirty = false; // tracee's registers are not the saved ones
   bool broken = false;     // an injection failed midway: refuse further calls
+  bool trap_queued = false; // a single-step SIGTRAP may still be queued (injection cut short)
   std::vector<int> signals;  // signals that arrived while we held the thread, to re-deliver
   uint64_t map_addr = 0;   // injected scratch mapping (when the stack has no room)
   size_t map_len = 0;
@@ -361,7 +363,38 @@ struct RemoteTask::Impl {
   void restore_and_detach();
   bool interrupt_and_wait();
   void note_signal_stop(int st);
+  void consume_step_trap();
 };
+
+// True if SIGTRAP is pending for the thread itself (SigPnd of /proc/PID/task/TID/status).
+static bool sigtrap_pending(pid_t pid, pid_t tid) {
+  std::string s = read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
+  size_t at = s.find("\nSigPnd:");
+  if (at == std::string::npos) return false;
+  unsigned long long mask = std::strtoull(s.c_str() + at + 8, nullptr, 16);
+  return mask & (1ULL << (SIGTRAP - 1));
+}
+
+// An injected syscall that was interrupted (timeout) returns through the kernel's
+// single-step report, which queues a SIGTRAP for the thread. Left there, it would be
+// delivered after detach and kill the target. Resuming a stopped thread dequeues
+// pending signals before any instruction runs, so step once to take it off the queue.
+void RemoteTask::Impl::consume_step_trap() {
+  for (int i = 0; i < 8 && sigtrap_pending(pid, tid); i++) {
+    if (ptrace(PTRACE_SINGLESTEP, tid, nullptr, nullptr) != 0) return;
+    stopped = false;
+    int st = 0;
+    if (!wait_stop(pid, tid, timeout_ms, &st)) return;
+    stopped = true;
+    if (WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0) {
+      siginfo_t si {};
+      if (ptrace(PTRACE_GETSIGINFO, tid, nullptr, &si) == 0 && si.si_code <= 0) signals.push_back(SIGTRAP);
+    } else {
+      note_signal_stop(st);
+    }
+  }
+  trap_queued = false;
+}
 
 void RemoteTask::Impl::note_signal_stop(int st) {
   int sig = WSTOPSIG(st);
@@ -441,6 +474,7 @@ long RemoteTask::Impl::inject(long nr, const long a[6]) {
       int st = 0;
       if (!wait_stop(pid, tid, timeout_ms, &st)) {
         broken = true;
+        trap_queued = true;
         // Get the thread back into a stop so the destructor can restore it.
         interrupt_and_wait();
         throw Error("EM_PTRACE",
@@ -485,6 +519,7 @@ long RemoteTask::Impl::inject(long nr, const long a[6]) {
 }
 
 void RemoteTask::Impl::restore_and_detach() {
+  if (trap_queued) consume_step_trap();
   struct user_regs_struct r = saved;
   int deliver = signals.empty() ? 0 : signals.front();
   // A thread stopped inside a blocking syscall shows rax = -ERESTART*, orig_rax = nr.
@@ -675,7 +710,16 @@ pid_t RemoteTask::tid() const { return impl_->tid; }
 pid_t RemoteTask::pid() const { return impl_->pid; }
 const struct user_regs_struct& RemoteTask::saved_regs() const { return impl_->saved; }
 
-pid_t pick_thread(pid_t pid) {
+// Threads of `pid` in the order to try borrowing them:
+//   0  the main thread, when it is not blocked in a fault and not our child's leader
+//   1  any other thread in ordinary sleep or running
+//   2  threads waiting in a userfaultfd fault taken in user mode (PTRACE_INTERRUPT
+//      takes them out of the wait; they fault again after detach)
+//   3  the rest: waiting in a uffd fault inside a system call (the wait only ends when
+//      the fault is served), uninterruptible sleep, stopped or traced
+// The libuv caveat: when the target is the monitor's own child, libuv's SIGCHLD
+// handler calls waitpid(child) and would swallow the main thread's ptrace stops.
+std::vector<pid_t> thread_candidates(pid_t pid) {
   require_process(pid);
   std::vector<pid_t> tids;
   std::string dir = "/proc/" + std::to_string(pid) + "/task";
@@ -685,45 +729,43 @@ pid_t pick_thread(pid_t pid) {
     closedir(d);
   }
   if (tids.empty()) throw_gone(pid, "");
-  std::sort(tids.begin(), tids.end());
   bool our_child = std::atoi(status_field(pid, "PPid").c_str()) == getpid();
-  auto usable = [&](pid_t tid) {
+  auto rank = [&](pid_t tid) {
     char state = 0;
     unsigned long flags = 0;
-    if (!task_stat(pid, tid, &state, &flags)) return false;
-    if (state == 'D' || state == 'Z' || state == 'X' || state == 't' || state == 'T') return false;
-    std::string wchan = read_file(dir + "/" + std::to_string(tid) + "/wchan");
-    return wchan.find("userfault") == std::string::npos;
+    if (!task_stat(pid, tid, &state, &flags)) return 4;
+    if (state == 'D' || state == 'Z' || state == 'X' || state == 't' || state == 'T') return 3;
+    std::string task = dir + "/" + std::to_string(tid);
+    if (read_file(task + "/wchan").find("userfault") != std::string::npos) {
+      // /proc/.../syscall: "-1 sp pc" when blocked outside a system call (user-mode fault).
+      std::string sc = read_file(task + "/syscall");
+      return sc.compare(0, 2, "-1") == 0 ? 2 : 3;
+    }
+    if (tid == pid) return our_child ? 3 : 0;
+    return 1;
   };
-  if (!our_child && usable(pid)) return pid;
-  for (pid_t t : tids)
-    if (t != pid && usable(t)) return t;
-  return pid;  // nothing better: the main thread, and a clear timeout if it cannot stop
+  std::vector<std::pair<int, pid_t>> ranked;
+  for (pid_t t : tids) ranked.push_back({rank(t) * 2 + (t == pid ? 0 : 1), t});
+  std::sort(ranked.begin(), ranked.end());
+  std::vector<pid_t> out;
+  for (const auto& r : ranked)
+    if (r.first < 8) out.push_back(r.second);
+  if (out.empty()) throw_gone(pid, "");
+  return out;
 }
 
+pid_t pick_thread(pid_t pid) { return thread_candidates(pid).front(); }
+
 std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
-  pid_t first = pick_thread(pid);
-  try {
-    return std::make_unique<RemoteTask>(first, timeout_ms);
-  } catch (const Error& e) {
-    if (e.err() != ETIMEDOUT) throw;
-    // That thread is stuck; try the others once each.
-    std::string dir = "/proc/" + std::to_string(pid) + "/task";
-    std::vector<pid_t> tids;
-    if (DIR* d = opendir(dir.c_str())) {
-      while (struct dirent* de = readdir(d))
-        if (de->d_name[0] >= '0' && de->d_name[0] <= '9') tids.push_back(std::atoi(de->d_name));
-      closedir(d);
+  std::vector<pid_t> cands = thread_candidates(pid);
+  // A thread that does not stop costs timeout_ms: try a few, best first.
+  const size_t tries = std::min<size_t>(cands.size(), 3);
+  for (size_t i = 0;; i++) {
+    try {
+      return std::make_unique<RemoteTask>(cands[i], timeout_ms);
+    } catch (const Error& e) {
+      if (e.err() != ETIMEDOUT || i + 1 >= tries) throw;
     }
-    for (pid_t t : tids) {
-      if (t == first) continue;
-      try {
-        return std::make_unique<RemoteTask>(t, timeout_ms);
-      } catch (const Error& e2) {
-        if (e2.err() != ETIMEDOUT) throw;
-      }
-    }
-    throw;
   }
 }
 

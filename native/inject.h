@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace em {
 
@@ -64,13 +65,15 @@ class RemoteTask {
   std::shared_ptr<Impl> impl_;
 };
 
-// The thread of `pid` to borrow: the main thread unless it is blocked in a userfaultfd
-// fault, in uninterruptible sleep, or the target is the monitor's own child (libuv
-// would reap the main thread's ptrace stops); then another sleeping thread.
+// The thread of `pid` to borrow: the main thread unless it waits in a userfaultfd
+// fault, sleeps uninterruptibly, or the target is the monitor's own child (libuv
+// would reap the main thread's ptrace stops); then another thread; threads in a
+// user-mode uffd fault before threads in a kernel-mode one (inject.cc has the order).
 pid_t pick_thread(pid_t pid);
+std::vector<pid_t> thread_candidates(pid_t pid);
 
-// Seize a safe thread of `pid` (pick_thread order; moves on to the next candidate
-// when one does not stop within timeout_ms).
+// Seize the best thread of `pid` (thread_candidates order), moving on to the next
+// when one does not stop within timeout_ms (at most 3 tries).
 std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms = kInjectTimeoutMs);
 
 // Throws EM_NO_PROCESS naming the pid when it does not exist (or is a zombie).

@@ -3,11 +3,15 @@
  * (test/fixtures/target.c): a userfaultfd created inside the target by syscall
  * injection, by both routes; the target keeps its copy; injections leave the target
  * running correctly; an existing uffd is found again; remote MADV_DONTNEED; bad input.
+ * Serial: injections are synchronous calls that block the event loop, and several
+ * tests measure time.
  */
 import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { promisify } from 'node:util';
 import { createInterface } from 'node:readline';
 import { loadNative, ElasticmemError } from '../native/index.ts';
 import { startTarget, parseReply, buildFixture, type TeardownContext } from './helpers/target.ts';
@@ -112,7 +116,7 @@ async function serve(t: TeardownContext, fd: number, start: string, length: numb
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
-test('acquireUffd on a root target creates the uffd with the userfaultfd syscall; the target keeps it', async (t) => {
+test.serial('acquireUffd on a root target creates the uffd with the userfaultfd syscall; the target keeps it', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 4, anonMiB: 4 });
   const before = uffdsOf(tg.pid);
   t.deepEqual(before, []);
@@ -127,7 +131,7 @@ test('acquireUffd on a root target creates the uffd with the userfaultfd syscall
   t.is(await tg.cmd('ping'), 'ok');
 });
 
-test('acquireUffd on a target running as nobody takes the /dev/userfaultfd route', async (t) => {
+test.serial('acquireUffd on a target running as nobody takes the /dev/userfaultfd route', async (t) => {
   const unprivileged = fs.readFileSync('/proc/sys/vm/unprivileged_userfaultfd', 'utf8').trim();
   const tg = await startTarget(t, { memfdMiB: 4, anonMiB: 4, user: 'nobody' });
   t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^Uid:\s+65534\s/m, 'target runs as nobody');
@@ -142,7 +146,7 @@ test('acquireUffd on a target running as nobody takes the /dev/userfaultfd route
 });
 
 for (const user of [undefined, 'nobody'] as const) {
-  test(`the acquired uffd serves the target's faults, user- and kernel-mode (${user ?? 'root'} target)`, async (t) => {
+  test.serial(`the acquired uffd serves the target's faults, user- and kernel-mode (${user ?? 'root'} target)`, async (t) => {
     const tg = await startTarget(t, { memfdMiB: 4, anonMiB: 4, user });
     const a = native.acquireUffd(tg.pid);
     closeLater(t, a.fd);
@@ -164,7 +168,7 @@ for (const user of [undefined, 'nobody'] as const) {
   });
 }
 
-test('200 injections while 2 threads churn leave the target correct (registers and interrupted syscalls restored)', async (t) => {
+test.serial('200 injections while 2 threads churn leave the target correct (registers and interrupted syscalls restored)', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
   const [memfd] = tg.regionSpecs();
   t.is((await tg.cmd('fill memfd 42')).trim(), `ok pages=${memfd.length / PAGE}`);
@@ -206,7 +210,7 @@ test('200 injections while 2 threads churn leave the target correct (registers a
   t.deepEqual(parseReply(await tg.cmd('verify memfd')), { pages: memfd.length / PAGE, corrupt: 0, firstbad: -1 });
 });
 
-test('findTargetUffd finds the uffd the target kept after the monitor closed its copy', async (t) => {
+test.serial('findTargetUffd finds the uffd the target kept after the monitor closed its copy', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 2 });
   t.is(native.findTargetUffd(tg.pid), null, 'a target without a uffd has none to take over');
   const a = native.acquireUffd(tg.pid);
@@ -224,7 +228,7 @@ test('findTargetUffd finds the uffd the target kept after the monitor closed its
   t.true(srv.lines.includes(`served 0x${p3.toString(16)}`));
 });
 
-test('remote MADV_DONTNEED drops private anonymous pages: the target reads zeros', async (t) => {
+test.serial('remote MADV_DONTNEED drops private anonymous pages: the target reads zeros', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 10 });
   const pages = tg.anon.length / PAGE;
   await tg.cmd('fill anon 7');
@@ -257,7 +261,7 @@ test('remote MADV_DONTNEED drops private anonymous pages: the target reads zeros
   t.deepEqual(fs.readdirSync(`/proc/${tg.pid}/fd`).filter((f) => Number(f) > 2 && Number(f) < 200), [], 'no pidfd left in the target');
 });
 
-test('injection works while the target thread waits in a userfaultfd fault', async (t) => {
+test.serial('injection works while the target thread waits in a userfaultfd fault', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 2 });
   const a = native.acquireUffd(tg.pid);
   closeLater(t, a.fd);
@@ -276,7 +280,7 @@ test('injection works while the target thread waits in a userfaultfd fault', asy
   t.is(await tg.cmd('ping'), 'ok');
 });
 
-test('bad input: dead, kernel, own and malformed pids, threads, foreign fds', async (t) => {
+test.serial('bad input: dead, kernel, own and malformed pids, threads, foreign fds', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
   const pid = tg.pid;
   await tg.kill();
@@ -306,6 +310,7 @@ test('bad input: dead, kernel, own and malformed pids, threads, foreign fds', as
   const churn = live.cmd('churn memfd 1500 2 0.1');
   await sleep(200);
   const tid = fs.readdirSync(`/proc/${live.pid}/task`).map(Number).find((x) => x !== live.pid)!;
+  t.truthy(tid, 'the churn threads are running');
   const thr = t.throws(() => native.acquireUffd(tid), { instanceOf: ElasticmemError });
   t.is(thr?.code, 'EM_BAD_ARG');
   t.regex(thr!.message, /is a thread/);
@@ -318,7 +323,7 @@ test('bad input: dead, kernel, own and malformed pids, threads, foreign fds', as
   t.is(ebadf?.errno, os.constants.errno.EBADF);
 });
 
-test('a target already traced by someone else gets a clear error and is left untouched', async (t) => {
+test.serial('a target already traced by someone else gets a clear error and is left untouched', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
   const strace = spawn('strace', ['-o', '/dev/null', '-p', String(tg.pid)], { stdio: 'ignore' });
   t.teardown(async () => {
@@ -347,4 +352,123 @@ test('a target already traced by someone else gets a clear error and is left unt
   const a = native.acquireUffd(tg.pid);
   closeLater(t, a.fd);
   t.is(a.route, 'syscall');
+});
+
+test.serial('an injection into a nanosleep resumes it with its remaining time (restart_syscall)', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
+  const slept = tg.cmd('sleep 1500');
+  await sleep(50);
+  for (let i = 0; i < 20; i++) {
+    testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE);
+    await sleep(25);
+  }
+  const r = parseReply(await slept);
+  t.is(r.early, 0, 'nanosleep was not cut short by the injections');
+  t.true(r.ms >= 1500 && r.ms < 2500, `slept ${r.ms} ms for 1500 (not restarted from scratch either)`);
+});
+
+test.serial('a target stopped with SIGSTOP stays stopped through an injection and continues on SIGCONT', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
+  const state = () => fs.readFileSync(`/proc/${tg.pid}/stat`, 'utf8').split(') ')[1][0];
+  process.kill(tg.pid, 'SIGSTOP');
+  for (let i = 0; i < 100 && state() !== 'T'; i++) await sleep(10);
+  t.is(state(), 'T');
+  testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE);
+  await sleep(50);
+  t.is(state(), 'T', 'job-control stop survives the injection');
+  process.kill(tg.pid, 'SIGCONT');
+  t.is(await tg.cmd('ping'), 'ok');
+});
+
+test.serial('signals arriving during injections are delivered to the target afterwards, none lost', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 1 });
+  await tg.cmd('fill memfd 5');
+  // For 2 s a separate process sends real-time signals (they queue, so every one sent
+  // must be handled exactly once) and SIGUSR1 while we inject continuously: many
+  // arrive while the borrowed thread is stopped and must be re-delivered, not
+  // swallowed, and our own single-step SIGTRAP must never reach the target.
+  const script = `n=0; end=$((SECONDS+2)); while [ $SECONDS -lt $end ]; do
+    kill -s RTMIN+1 ${tg.pid} 2>/dev/null && n=$((n+1)); kill -s USR1 ${tg.pid} || exit 1; done; echo $n`;
+  const spammer = spawn('bash', ['-c', script], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let out = '';
+  spammer.stdout!.on('data', (d) => (out += d));
+  const done = new Promise<number | null>((r) => spammer.once('close', r));
+  t.teardown(() => {
+    spammer.kill('SIGKILL');
+  });
+  let injections = 0;
+  while (spammer.exitCode === null) {
+    testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, 8 * PAGE, 2);
+    injections++;
+    if (injections % 10 === 0) await new Promise((r) => setImmediate(r));
+  }
+  t.is(await done, 0, 'the target stayed alive throughout');
+  const sent = Number(out.trim());
+  const counts = parseReply(await tg.cmd('sigcount'));
+  t.true(sent > 100, `${sent} real-time signals sent`);
+  t.true(injections >= 10, `${injections} injections overlapped the signals`);
+  t.is(counts.rt, sent, 'every queued real-time signal was handled exactly once');
+  t.true(counts.usr1 > 0);
+  t.log(`${injections} injections while ${sent} SIGRTMIN+1 were sent; all handled`);
+  t.deepEqual(parseReply(await tg.cmd('verify memfd')).corrupt, 0);
+});
+
+test.serial('a thread waiting in a kernel-mode userfaultfd fault cannot be borrowed: clear timeout, target unharmed', async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 1 });
+  const a = native.acquireUffd(tg.pid);
+  closeLater(t, a.fd);
+  const srv = await serve(t, a.fd, tg.memfd.start, tg.memfd.length, true, true);
+  // read(2) into a missing page: the kernel itself waits for the fault, and only
+  // serving it ends the wait. The target's only thread is stuck there.
+  const pending = tg.cmd('kzero memfd 9');
+  await srv.waitFor(/^fault /);
+  const t0 = performance.now();
+  const e = t.throws(() => testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE), { instanceOf: ElasticmemError });
+  const took = performance.now() - t0;
+  t.is(e?.code, 'EM_PTRACE');
+  t.is(e?.errno, os.constants.errno.ETIMEDOUT);
+  t.regex(e!.message, /did not stop within/);
+  t.true(took < 10_000, `gave up after ${took.toFixed(0)} ms`);
+  // The abandoned attempt left nothing behind: no tracer, and the thread finishes once served.
+  t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^TracerPid:\s+0$/m);
+  srv.release();
+  t.is(await pending, 'ok');
+  t.is(await tg.cmd('read memfd 9'), 'ok sum=0');
+  testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE);
+  t.is(await tg.cmd('ping'), 'ok');
+});
+
+/** Build test/fixtures/inject-check.cc against native/inject.cc (no N-API) when a source is newer. */
+function buildInjectCheck(): string {
+  const root = path.resolve(import.meta.dirname ?? path.dirname(new URL(import.meta.url).pathname), '..');
+  const srcs = ['test/fixtures/inject-check.cc', 'native/inject.cc', 'native/error.cc'].map((f) => path.join(root, f));
+  const deps = [...srcs, path.join(root, 'native/inject.h'), path.join(root, 'native/error.h')];
+  const bin = path.join(root, '.cache', 'bin', 'inject-check');
+  const built = fs.existsSync(bin) ? fs.statSync(bin).mtimeMs : 0;
+  if (deps.some((d) => fs.statSync(d).mtimeMs > built)) {
+    fs.mkdirSync(path.dirname(bin), { recursive: true });
+    const tmp = `${bin}.${process.pid}.tmp`;
+    execFileSync('g++', ['-std=c++17', '-O2', '-pthread', '-Wall', `-I${path.join(root, 'native')}`, '-o', tmp, ...srcs], { stdio: 'pipe' });
+    fs.renameSync(tmp, bin);
+  }
+  return bin;
+}
+
+test.serial('RemoteTask: raw syscalls, scratch memory, and a hung injected syscall is timed out and undone', async (t) => {
+  const bin = buildInjectCheck();
+  const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 1 });
+  await tg.cmd('fill memfd 9');
+  const { stdout } = await promisify(execFile)(bin, [String(tg.pid)]).catch((e: { stdout?: string; message: string }) => {
+    throw new Error(`inject-check failed: ${e.stdout ?? ''} ${e.message}`);
+  });
+  const lines = stdout.trim().split('\n');
+  t.log(lines.join('\n'));
+  for (const name of ['getpid', 'raw-errno', 'check-throws', 'scratch', 'scratch-big', 'timeout', 'broken-refuses'])
+    t.true(lines.some((l) => l.startsWith(`ok ${name}`)), `check ${name}`);
+  t.is(lines.at(-1), 'done failures=0');
+  // An injected pause() that never returned was interrupted and the thread restored:
+  // no stray SIGTRAP killed the target, its read(2) on stdin resumed, memory intact.
+  t.is(await tg.cmd('ping'), 'ok');
+  t.deepEqual(parseReply(await tg.cmd('verify memfd')).corrupt, 0);
+  t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^TracerPid:\s+0$/m);
 });
