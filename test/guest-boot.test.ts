@@ -6,9 +6,11 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
-import { bootDomain, ensureLibvirtd, setVirtioMemRequested } from './helpers/libvirt.ts';
+import os from 'node:os';
+import path from 'node:path';
+import { bootDomain, ensureLibvirtd, fillTemplate, setVirtioMemRequested, virsh } from './helpers/libvirt.ts';
 import { bootQemu, qmpCommand } from './helpers/qemu.ts';
-import { workloadPage, type WorkloadPass } from './helpers/guest.ts';
+import { ConsoleReader, guestCmdline, workloadPage, type WorkloadPass } from './helpers/guest.ts';
 
 const MiB = 1024 * 1024;
 
@@ -167,4 +169,42 @@ test.serial('plain QEMU from vm-configs/qemu-cmdline.sh: workload clean, QMP vir
   await qmpCommand(vm.qmpPath, 'qom-set', { path: `/machine/peripheral/${vm.virtioMemId}`, property: 'requested-size', value: 128 * MiB });
   const after = await vm.console.waitForMemTotal(before + 128 * 1024, 30_000);
   t.is(after - before, 128 * 1024);
+});
+
+test.serial('console reader: parses CRLF lines, partial lines and MemTotal updates incrementally', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emconsole-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'console.log');
+  const reader = new ConsoleReader(file);
+  t.teardown(() => reader.close());
+  reader.poll(); // file does not exist yet: no error
+  fs.writeFileSync(file, '[    1.0] boot\r\nELASTICMEM-MEMTOTAL kb=210752\r\nELASTICMEM-WORKLOAD pass=1 pages=8192 verified=8192 corrupt=0 ms=17\r\nELASTICMEM-WORKLOAD pass=2 pages=8192 ver');
+  const waiting = reader.waitFor(/ELASTICMEM-WORKLOAD-DONE corrupt=(\d+)/, 5_000);
+  await new Promise((r) => setTimeout(r, 200));
+  t.is(reader.passes.length, 1, 'a partial line is not parsed yet');
+  fs.appendFileSync(file, 'ified=8192 corrupt=3 ms=18\r\nELASTICMEM-MEMTOTAL kb=472896\r\nELASTICMEM-WORKLOAD-DONE corrupt=3\r\n');
+  t.is((await waiting)[1], '3');
+  t.deepEqual(reader.passes, [
+    { pass: 1, pages: 8192, verified: 8192, corrupt: 0, ms: 17 },
+    { pass: 2, pages: 8192, verified: 8192, corrupt: 3, ms: 18 },
+  ]);
+  t.is(reader.memTotalKb, 472896);
+  t.is(reader.doneCorrupt, 3);
+  const from = reader.mark();
+  await t.throwsAsync(reader.waitFor(/ELASTICMEM-WORKLOAD pass=1 /, 300, { from }), { message: /no match .* within 300 ms; last lines/s });
+});
+
+test.serial('bad boot options are refused with the reason, before any domain is defined', async (t) => {
+  const before = (await virsh(['list', '--all', '--name'])).split('\n').filter((n) => n.startsWith(`emtest-${process.pid}-`));
+  const w = { sizeMiB: 32, pattern: 'seq' as const, write: 0.1, seed: 1, passes: 1 };
+  await t.throwsAsync(bootDomain(t, { memMiB: 64, template: 'memfd', workload: w }), { message: /memMiB must be an integer >= 128/ });
+  await t.throwsAsync(bootDomain(t, { memMiB: 256, maxMemMiB: 300, template: 'memfd', workload: w }), { message: /must exceed memMiB .* by at least 128 MiB/ });
+  await t.throwsAsync(bootDomain(t, { memMiB: 256, template: 'memfd', workload: { ...w, sizeMiB: 200 } }), { message: /does not fit in 256 MiB/ });
+  await t.throwsAsync(bootDomain(t, { memMiB: 256, template: 'shared' as 'memfd', workload: w }), { message: /template must be 'memfd' or 'private'/ });
+  t.throws(() => guestCmdline({ ...w, pattern: 'lru' as 'seq' }), { message: /pattern must be seq\|random\|zipf, got lru/ });
+  t.throws(() => guestCmdline({ ...w, write: 1.5 }), { message: /within 0\.\.1, got 1\.5/ });
+  t.throws(() => fillTemplate('<name>@NAME@</name><uuid>@UUID@</uuid>', { NAME: 'x' }), { message: /unfilled: @UUID@/ });
+  await t.throwsAsync(bootQemu(t, { memMiB: 256, maxMemMiB: 256, workload: w }), { message: /qemu-cmdline\.sh refused the options: .*--maxmem \(256\) must exceed --mem \(256\)/ });
+  const after = (await virsh(['list', '--all', '--name'])).split('\n').filter((n) => n.startsWith(`emtest-${process.pid}-`));
+  t.deepEqual(after, before);
 });
