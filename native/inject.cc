@@ -344,7 +344,47 @@ void require_process(pid_t pid) {
                 EINVAL);
 }
 
+// One injection session per target process at a time, within this monitor: a second
+// PTRACE_SEIZE of a thread we already hold would fail as "already traced", and two
+// sessions on different threads would stop the target twice. A busy flag rather than
+// a mutex, because a session may end on another thread than it started on.
+class PidGate {
+ public:
+  static std::shared_ptr<PidGate> of(pid_t pid) {
+    static std::mutex mu;
+    static std::map<pid_t, std::weak_ptr<PidGate>> gates;
+    std::lock_guard<std::mutex> lk(mu);
+    std::shared_ptr<PidGate> g = gates[pid].lock();
+    if (!g) {
+      g = std::make_shared<PidGate>();
+      gates[pid] = g;
+    }
+    for (auto it = gates.begin(); it != gates.end();) it = it->second.expired() ? gates.erase(it) : std::next(it);
+    return g;
+  }
+  bool enter(int timeout_ms) {
+    std::unique_lock<std::mutex> lk(mu_);
+    if (!cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [this] { return !busy_; })) return false;
+    busy_ = true;
+    return true;
+  }
+  void leave() {
+    std::lock_guard<std::mutex> lk(mu_);
+    busy_ = false;
+    cv_.notify_one();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool busy_ = false;
+};
+
 struct RemoteTask::Impl {
+  ~Impl() {
+    if (gate) gate->leave();
+  }
+  std::shared_ptr<PidGate> gate;  // held (entered) for the whole session
   pid_t tid = 0, pid = 0;
   int timeout_ms = kInjectTimeoutMs;
   struct user_regs_struct saved {};
@@ -575,6 +615,13 @@ RemoteTask::RemoteTask(pid_t tid, int timeout_ms) : impl_(std::make_shared<Impl>
   if (m.pid == getpid())
     throw Error("EM_PTRACE", "process " + std::to_string(m.pid) + " is the monitor itself; cannot attach to it", EPERM,
                 "PTRACE_SEIZE");
+  std::shared_ptr<PidGate> gate = PidGate::of(m.pid);
+  if (!gate->enter(timeout_ms))
+    throw Error("EM_PTRACE",
+                "another syscall injection into process " + std::to_string(m.pid) + " by this monitor is still running after " +
+                    std::to_string(timeout_ms) + " ms",
+                EBUSY, "PTRACE_SEIZE");
+  m.gate = gate;
   // Find the gadget before stopping anything: scanning libc takes milliseconds.
   m.gadget = find_gadget(m.pid);
   std::shared_ptr<Impl> keep = impl_;
@@ -757,7 +804,25 @@ std::vector<pid_t> thread_candidates(pid_t pid) {
 pid_t pick_thread(pid_t pid) { return thread_candidates(pid).front(); }
 
 std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
+  // Fast path, the common case: the main thread is fine; ranking every thread of a
+  // QEMU (dozens) reads three /proc files each.
+  require_process(pid);
+  std::string leader = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid);
+  char state = 0;
+  unsigned long flags = 0;
+  bool leader_ok = task_stat(pid, pid, &state, &flags) && (state == 'S' || state == 'R') &&
+                   read_file(leader + "/wchan").find("userfault") == std::string::npos &&
+                   std::atoi(status_field(pid, "PPid").c_str()) != getpid();
+  if (leader_ok) {
+    try {
+      return std::make_unique<RemoteTask>(pid, timeout_ms);
+    } catch (const Error& e) {
+      if (e.err() != ETIMEDOUT) throw;
+    }
+  }
   std::vector<pid_t> cands = thread_candidates(pid);
+  if (leader_ok) cands.erase(std::remove(cands.begin(), cands.end(), pid), cands.end());
+  if (cands.empty()) throw Error("EM_PTRACE", "no thread of process " + std::to_string(pid) + " could be stopped", ETIMEDOUT);
   // A thread that does not stop costs timeout_ms: try a few, best first.
   const size_t tries = std::min<size_t>(cands.size(), 3);
   for (size_t i = 0;; i++) {

@@ -454,7 +454,7 @@ function buildInjectCheck(): string {
   return bin;
 }
 
-test.serial('RemoteTask: raw syscalls, scratch memory, and a hung injected syscall is timed out and undone', async (t) => {
+test.serial('RemoteTask: raw syscalls, scratch memory, a hung injected syscall timed out and undone, sessions serialised', async (t) => {
   const bin = buildInjectCheck();
   const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 1 });
   await tg.cmd('fill memfd 9');
@@ -463,7 +463,7 @@ test.serial('RemoteTask: raw syscalls, scratch memory, and a hung injected sysca
   });
   const lines = stdout.trim().split('\n');
   t.log(lines.join('\n'));
-  for (const name of ['getpid', 'raw-errno', 'check-throws', 'scratch', 'scratch-big', 'timeout', 'broken-refuses'])
+  for (const name of ['getpid', 'raw-errno', 'check-throws', 'scratch', 'scratch-big', 'timeout', 'broken-refuses', 'serialised'])
     t.true(lines.some((l) => l.startsWith(`ok ${name}`)), `check ${name}`);
   t.is(lines.at(-1), 'done failures=0');
   // An injected pause() that never returned was interrupted and the thread restored:
