@@ -57,7 +57,7 @@ export class RedisStore implements RawStore {
   readonly capabilities: { persistent: boolean; maxBatch: number };
   private closed = false;
 
-  private constructor(readonly uri: string, private readonly conn: Conn, private readonly cluster: boolean, persistent: boolean) {
+  private constructor(readonly uri: string, private readonly conn: Conn, private readonly cluster: boolean, persistent: boolean, private readonly opTimeoutMs: number) {
     this.capabilities = { persistent, maxBatch: 1024 };
   }
 
@@ -67,12 +67,14 @@ export class RedisStore implements RawStore {
     let persistent = false;
     try {
       const m = await conn.masters();
-      const r = await m[0]!.send<unknown[]>(undefined, true, ['CONFIG', 'GET', 'appendonly']);
-      persistent = String(r?.[1]) === 'yes';
+      const r = await withTimeout(m[0]!.send<unknown>(undefined, true, ['CONFIG', 'GET', 'appendonly']), t.opTimeoutMs, 'CONFIG GET');
+      // RESP2 gives [name, value], RESP3 / the client's transform a map.
+      const v = Array.isArray(r) ? r[1] : (r as Record<string, unknown>)?.appendonly;
+      persistent = String(v) === 'yes';
     } catch {
       persistent = false; // CONFIG disabled (managed Redis): do not claim persistence
     }
-    return new RedisStore(uri, conn, spec.cluster, persistent);
+    return new RedisStore(uri, conn, spec.cluster, persistent, t.opTimeoutMs);
   }
 
   async getRaw(vm: string, pages: readonly number[]): Promise<(Buffer | null)[]> {
@@ -172,13 +174,21 @@ export class RedisStore implements RawStore {
     }
   }
 
-  private async run<T>(fn: () => Promise<T>, what: string): Promise<T> {
-    if (this.closed) throw new ElasticmemError(`the store ${this.uri} is closed`, 'STORE_CLOSED');
-    try {
-      return await fn();
-    } catch (e) {
-      throw mapError(e, `${this.uri}: ${what}`);
-    }
+  /**
+   * Run one command with our own deadline: the client's command timeout only covers the
+   * wait to be written, not the wait for the reply from a frozen server. A timed-out
+   * command stays queued on its connection; replies keep their order, so a later put of
+   * the same page (always on the same connection) still lands after it.
+   */
+  private run<T>(fn: () => Promise<T>, what: string): Promise<T> {
+    if (this.closed) return Promise.reject(new ElasticmemError(`the store ${this.uri} is closed`, 'STORE_CLOSED'));
+    return new Promise<T>((resolve, reject) => {
+      const timer = setTimeout(() => reject(unavailable(`${this.uri}: ${what} got no reply within ${this.opTimeoutMs} ms`)), this.opTimeoutMs);
+      fn().then(
+        (v) => { clearTimeout(timer); resolve(v); },
+        (e) => { clearTimeout(timer); reject(mapError(e, `${this.uri}: ${what}`)); },
+      );
+    });
   }
 }
 

@@ -148,7 +148,7 @@ async function waitRedisReady(port: number, proc: Proc, timeoutMs = 15_000): Pro
     if (!proc.alive) throw new Error(`redis-server on port ${port} exited: ${proc.log}`);
     try {
       const { stdout } = await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), 'PING'], { timeout: 2000 });
-      if (stdout.trim() === 'PONG') return;
+      if (/^(PONG|NOAUTH)/.test(stdout.trim())) return; // NOAUTH: up, with a password
     } catch { /* not yet */ }
     if (Date.now() > until) throw new Error(`redis-server on port ${port} not ready: ${proc.log}`);
     await sleep(30);

@@ -1,0 +1,92 @@
+import test from 'ava';
+import { openStore } from '../kvstore/index.ts';
+import { startRedis } from './helpers/servers.ts';
+import { runConformance, sharedServer, pageOf, vmId, expectCode } from './kvstore-conformance.ts';
+
+const shared = sharedServer(test, (ctx) => startRedis(ctx));
+
+runConformance(test, 'redis', async (t, { fresh }) => {
+  // Fresh servers (restart / down / freeze tests) run with the AOF, fsync always.
+  const server = fresh ? await startRedis(t, { persistence: true, appendfsync: 'always' }) : await shared();
+  const open = async (o = {}) => {
+    const s = await openStore(`${server.uri}/0`, o);
+    t.teardown(() => s.close());
+    return s;
+  };
+  return {
+    store: await open(),
+    reopen: open,
+    survivesRestart: true,
+    restart: () => server.restart(),
+    stop: () => server.stop(),
+    pause: () => server.pause(),
+    resume: () => server.resume(),
+  };
+}, { server: true, envelope: true });
+
+test.serial('redis: killed (SIGKILL) and restarted with appendfsync always: no acknowledged page lost', async (t) => {
+  t.timeout(60_000);
+  const server = await startRedis(t, { persistence: true, appendfsync: 'always' });
+  const s = await openStore(server.uri);
+  t.teardown(() => s.close());
+  t.true(s.capabilities.persistent, 'AOF on: the store declares itself persistent');
+  const vm = vmId('kill');
+  const pages = Array.from({ length: 3000 }, (_, i) => i);
+  for (let i = 0; i < pages.length; i += 256) await s.put(vm, pages.slice(i, i + 256), pages.slice(i, i + 256).map((p) => pageOf(3, p, false)));
+  await server.kill('SIGKILL');
+  await server.restart();
+  let got: (Buffer | null)[] = [];
+  for (let i = 0; ; i++) {
+    try { got = await s.get(vm, pages); break; } catch (e) {
+      if ((e as { code?: string }).code !== 'STORE_UNAVAILABLE' || i > 100) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  t.true(got.every((g, p) => g !== null && g.readDoubleLE(4) === p), 'every acknowledged page is back');
+});
+
+test.serial('redis: restarted without persistence: pages are missing (null), never invented', async (t) => {
+  t.timeout(60_000);
+  const server = await startRedis(t, { persistence: false });
+  const s = await openStore(server.uri);
+  t.teardown(() => s.close());
+  t.false(s.capabilities.persistent, 'no AOF: the store does not claim persistence');
+  const vm = vmId('volatile');
+  await s.put(vm, [1, 2], [pageOf(1, 1), pageOf(1, 2)]);
+  await server.restart();
+  let got: (Buffer | null)[] = [];
+  for (let i = 0; ; i++) {
+    try { got = await s.get(vm, [1, 2]); break; } catch (e) {
+      if ((e as { code?: string }).code !== 'STORE_UNAVAILABLE' || i > 100) throw e;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  t.deepEqual(got, [null, null]);
+});
+
+test.serial('redis: database number and password from the URI', async (t) => {
+  const server = await startRedis(t, { args: ['--requirepass', 's3cr%t'] });
+  const uri = `redis://:${encodeURIComponent('s3cr%t')}@127.0.0.1:${server.port}/3`;
+  const s = await openStore(uri);
+  t.teardown(() => s.close());
+  t.false(s.uri.includes('s3cr'), `password removed from store.uri (${s.uri})`);
+  const vm = vmId('auth');
+  await s.put(vm, [1], [pageOf(1, 1)]);
+  t.is((await server.cli('-a', 's3cr%t', '--no-auth-warning', '-n', '3', 'DBSIZE')).trim(), '1', 'the page went to database 3');
+  t.is((await server.cli('-a', 's3cr%t', '--no-auth-warning', '-n', '0', 'DBSIZE')).trim(), '0');
+  await expectCode(t, openStore(`redis://:wrong@127.0.0.1:${server.port}`), 'STORE_UNAVAILABLE', 'wrong password');
+  await expectCode(t, openStore(`redis://127.0.0.1:${server.port}`), 'STORE_UNAVAILABLE', 'no password');
+});
+
+test.serial('redis: a full server (maxmemory, noeviction) reports STORE_FULL', async (t) => {
+  const server = await startRedis(t, { args: ['--maxmemory', '4mb', '--maxmemory-policy', 'noeviction'] });
+  const s = await openStore(server.uri);
+  t.teardown(() => s.close());
+  const vm = vmId('full');
+  const pages = Array.from({ length: 256 }, (_, i) => i);
+  let err: unknown;
+  try {
+    for (let i = 0; i < 20; i++) await s.put(vm, pages.map((p) => p + i * 256), pages.map((p) => pageOf(1, p)));
+  } catch (e) { err = e; }
+  t.is((err as { code?: string })?.code, 'STORE_FULL', String(err));
+});
