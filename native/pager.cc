@@ -364,7 +364,17 @@ void Pager::fault_loop() {
     }
     uint64_t dt = now_us() - t0;
     for (size_t i = 0; i < n; i++) latency_.record(dt);
-    if (resident_ > cap_) evict_cv_.notify_one();
+    if (resident_ > cap_) {
+      evict_cv_.notify_one();
+      // Back-pressure: when faults outrun the evictor, give it a moment before taking
+      // more pages. Bounded, so a drop that needs this thread (an injected DONTNEED into
+      // a thread that is itself faulting) can never deadlock against it.
+      uint64_t over = (uint64_t)cap_ + 4 * cfg_.evict_batch;
+      for (int i = 0; i < 20 && resident_ > over && !stop_ && !draining_; i++) {
+        std::unique_lock<std::mutex> lk(evict_mu_);
+        evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
+      }
+    }
   }
 }
 
@@ -777,11 +787,12 @@ size_t Pager::evict_batch(size_t want) {
     }
   }
   wake_deferred();
+  evicted_cv_.notify_all();
   return dropped ? sorted_drop.size() : 0;
 }
 
 void Pager::evict_loop() {
-  while (!stop_) {
+  while (!stop_ && !draining_) {
     {
       std::unique_lock<std::mutex> lk(evict_mu_);
       evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
@@ -810,7 +821,7 @@ void Pager::evict_loop() {
       }
       if (got == 0) break;  // nothing evictable right now (all pages busy)
     }
-    if (report) emit({"progress", "evicted to the cap", {}, done, done});
+    if (report && done) emit({"progress", "evicted to the cap", {}, done, done});
   }
 }
 

@@ -130,6 +130,7 @@ class Pager {
   std::mutex fetch_mu_;           // serialises fetch_pages between the fault thread and the drain
   std::mutex evict_mu_;
   std::condition_variable evict_cv_;
+  std::condition_variable evicted_cv_;  // the evictor made progress (fault-path back-pressure)
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
   std::atomic<bool> evict_paused_{false};

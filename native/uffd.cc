@@ -101,7 +101,8 @@ void uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, boo
     struct uffdio_writeprotect wp = {};
     wp.range.start = start;
     wp.range.len = len;
-    wp.mode = (protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0) | (dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
+    // the kernel refuses DONTWAKE together with WP (nothing waits on a page being protected)
+    wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : (dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
     if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0) return;
     int err = errno;
     if (err == EAGAIN && attempt < kAgainRetries) {
