@@ -2,7 +2,7 @@
  * Daemon configuration (YAML). Every key is checked; an unknown or malformed key is an
  * error that names it, and the daemon does not start.
  *
- *   store: memory:                 # default store for attach without --store
+ *   store: "memory:"               # default store for attach without --store (quoted: a YAML value may not end in a colon)
  *   socket: /run/elasticmem/elasticmem.sock
  *   state: /run/elasticmem/state.json
  *   limits:
@@ -70,7 +70,9 @@ export function parseConfig(text: string, file: string): Config {
   try {
     doc = YAML.parse(text);
   } catch (e) {
-    throw new ElasticmemError(`config ${file}: not valid YAML: ${(e as Error).message.split('\n')[0]}`, 'BAD_CONFIG');
+    const msg = (e as Error).message.split('\n')[0]!;
+    const hint = /Nested mappings|Implicit map keys/.test(msg) ? ` (quote values that end in a colon: store: "memory:")` : '';
+    throw new ElasticmemError(`config ${file}: not valid YAML: ${msg}${hint}`, 'BAD_CONFIG');
   }
   const cfg = defaultConfig();
   cfg.source = file;

@@ -11,10 +11,8 @@ type OpenStore = (uri: string) => Promise<PageStore>;
 // kvstore/index.ts is the store engineer's module; imported lazily so the CLI (which
 // never opens a store) does not load store clients.
 async function openStoreFn(): Promise<OpenStore> {
-  const modPath = '../../kvstore/index.ts';
-  const mod = (await import(modPath)) as { openStore?: OpenStore };
-  if (typeof mod.openStore !== 'function') throw new ElasticmemError('kvstore/index.ts has no openStore()', 'STORE_ERROR');
-  return mod.openStore;
+  const mod = await import('../../kvstore/index.ts');
+  return (uri) => mod.openStore(uri);
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {

@@ -11,7 +11,7 @@ root-only control socket (directory 0700, socket 0600, peer credentials checked 
 every connection); logs one line per event on stderr.
 
   --config FILE  YAML config (default: none). Keys:
-                   store: memory:              default store for attach
+                   store: "memory:"            default store for attach (quote it)
                    socket: /path.sock          control socket
                    state: /path/state.json     state file for restarts
                    limits: { maxVms: 16, minLocal: 16M }

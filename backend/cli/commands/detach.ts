@@ -31,7 +31,7 @@ const cmd: Command = {
         if (!p) return;
         const pct = p.total ? Math.floor((100 * p.done) / p.total) : 100;
         if (tty) process.stderr.write(`\r${progressBar(p.done, p.total, 30)} ${pct}% ${p.done}/${p.total} pages`);
-        else if (pct >= last + 10 || p.done === p.total) { process.stderr.write(`drain ${pct}% ${p.done}/${p.total} pages\n`); last = pct; }
+        else if (last < 0 || pct >= last + 10 || p.done === p.total) { process.stderr.write(`drain ${pct}% ${p.done}/${p.total} pages\n`); last = pct; }
       },
     })) as Record<string, unknown>;
     if (tty) process.stderr.write('\n');
