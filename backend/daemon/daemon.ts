@@ -19,6 +19,7 @@ import { StorePool } from './stores.ts';
 import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
+import { parseStoreUri } from '../../kvstore/uri.ts';
 
 const LIFECYCLE_POLL_MS = 1000;
 /** How long to wait for libvirt's lifecycle event after QEMU is gone before calling it a crash. */
@@ -94,6 +95,7 @@ export class Daemon {
     // Validate everything that needs no VM first: bad input changes nothing.
     const override = this.config.vms[spec];
     const capBytes = local !== undefined ? parseSize(local, '--local') : override?.local;
+    if (storeArg !== undefined) parseStoreUri(storeArg);
     if (capBytes === undefined) throw new ElasticmemError(`attach ${spec}: --local SIZE is required (no vms.${spec}.local in the config); e.g. --local 512M`, 'BAD_REQUEST');
     const existing = this.findOrNull(spec);
     if (existing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeUri}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
