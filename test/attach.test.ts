@@ -472,3 +472,93 @@ test.serial('RemoteTask: raw syscalls, scratch memory, a hung injected syscall t
   t.deepEqual(parseReply(await tg.cmd('verify memfd')).corrupt, 0);
   t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^TracerPid:\s+0$/m);
 });
+
+/** Minimal QMP client: greeting, qmp_capabilities, then one command; resolves with its "return". */
+async function qmp(socketPath: string, command: string): Promise<unknown> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const sock = net.createConnection(socketPath);
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`QMP ${command}: no answer within 10 s`));
+    }, 10_000);
+    let buf = '';
+    let step = 0;
+    sock.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    sock.on('data', (d) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const msg = JSON.parse(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+        if (msg.event) continue;
+        if (step === 0 && msg.QMP) {
+          step = 1;
+          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
+        } else if (step === 1 && 'return' in msg) {
+          step = 2;
+          sock.write(JSON.stringify({ execute: command }) + '\n');
+        } else if (step === 2) {
+          clearTimeout(timer);
+          sock.end();
+          if ('return' in msg) resolve(msg.return);
+          else reject(new Error(`QMP ${command}: ${JSON.stringify(msg)}`));
+        }
+      }
+    });
+  });
+}
+
+for (const user of [undefined, 'nobody'] as const) {
+  test.serial(`a real QEMU (TCG, seccomp sandbox on${user ? ', as nobody' : ''}) gets its uffd and keeps running`, async (t) => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-attach-qemu-'));
+    fs.chmodSync(dir, 0o777);
+    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const qmpPath = path.join(dir, 'qmp.sock');
+    const qemu = [
+      'qemu-system-x86_64', '-machine', 'q35,accel=tcg', '-m', '64M',
+      '-object', 'memory-backend-memfd,id=ram,size=64M,share=on', '-machine', 'memory-backend=ram',
+      '-nodefaults', '-display', 'none', '-serial', 'none',
+      '-qmp', `unix:${qmpPath},server=on,wait=off`,
+      '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    ];
+    const argv = user ? ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...qemu] : qemu;
+    // As with the target: a grandchild under sh, never our own child (libuv's waitpid).
+    const sh = spawn('sh', ['-c', '"$@" & echo $!; wait $!', 'em-qemu-launcher', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stderr = '';
+    sh.stderr!.on('data', (d) => (stderr += d));
+    const pid: number = await new Promise((resolve) => sh.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
+    t.teardown(async () => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      if (sh.exitCode === null) await new Promise((r) => sh.once('close', r));
+    });
+    for (let i = 0; i < 300 && !fs.existsSync(qmpPath); i++) await sleep(20);
+    t.true(fs.existsSync(qmpPath), `QEMU started (stderr: ${stderr})`);
+    t.deepEqual(await qmp(qmpPath, 'query-status'), { status: 'running', singlestep: false, running: true });
+    t.regex(fs.readFileSync(`/proc/${pid}/status`, 'utf8'), /^Seccomp:\s+2$/m, 'seccomp filter active');
+
+    const a = native.acquireUffd(pid);
+    closeLater(t, a.fd);
+    t.is(a.route, user ? 'dev-userfaultfd' : 'syscall');
+    t.deepEqual(uffdsOf(pid), [a.targetFd]);
+    // Guest RAM is the 64 MiB memfd mapping; DONTNEED there only unmaps (the memfd keeps the pages).
+    const ram = fs
+      .readFileSync(`/proc/${pid}/maps`, 'utf8')
+      .split('\n')
+      .map((l) => /^([0-9a-f]+)-([0-9a-f]+) rw-s .*memfd:/.exec(l))
+      .find((m) => m && BigInt('0x' + m[2]) - BigInt('0x' + m[1]) === 64n << 20n);
+    t.truthy(ram, 'guest RAM mapping found');
+    for (let i = 0; i < 20; i++) testOnly._testMadviseDontneed(pid, '0x' + ram![1], 256 * PAGE);
+    t.deepEqual(await qmp(qmpPath, 'query-status'), { status: 'running', singlestep: false, running: true }, 'QEMU main loop still serves QMP');
+    const found = native.findTargetUffd(pid);
+    closeLater(t, found!.fd);
+    t.is(found!.targetFd, a.targetFd);
+  });
+}
