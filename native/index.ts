@@ -89,6 +89,8 @@ export interface PagerStartOptions {
   uffdTargetFd?: number;
   /** Replacement policy: 'slru' (default: refault-aware segmented LRU) or 'fifo' (FluidMem/umap, for comparison). */
   policy?: 'slru' | 'fifo';
+  /** TEST ONLY: evict without write-protecting first (loses racing writes); proves the race test can fail. */
+  _testUnsafeSkipWriteProtect?: boolean;
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

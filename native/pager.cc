@@ -665,7 +665,7 @@ size_t Pager::evict_batch(size_t want) {
       (is_clean ? clean : dirty).push_back(idx);
     }
     try {
-      for_runs(dirty, [&](const Run& run) {
+      if (!cfg_.test_skip_wp) for_runs(dirty, [&](const Run& run) {
         uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
       });
     } catch (...) {

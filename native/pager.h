@@ -41,6 +41,7 @@ struct PagerConfig {
   uint32_t prefetch_max = 64;
   uint32_t evict_batch = 256;
   bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
+  bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
 };
 
 struct PagerEvent {

@@ -22,6 +22,8 @@ export interface PagerAttachOptions {
   evictBatch?: number;
   /** Replacement policy (default 'slru'); 'fifo' exists to measure the difference. */
   policy?: 'slru' | 'fifo';
+  /** TEST ONLY: skip write-protect before copy-out (see native/index.ts). */
+  _testUnsafeSkipWriteProtect?: boolean;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
@@ -102,6 +104,7 @@ export class Pager extends EventEmitter {
       uffdFd: uffd.fd,
       uffdTargetFd: uffd.targetFd,
       policy: opts.policy,
+      _testUnsafeSkipWriteProtect: opts._testUnsafeSkipWriteProtect,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },

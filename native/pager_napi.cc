@@ -282,6 +282,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.prefetch_max = (uint32_t)Num(o, "prefetchMax", 64);
     cfg.evict_batch = (uint32_t)Num(o, "evictBatch", 256);
     cfg.reattach = o.Get("reattach").ToBoolean();
+    cfg.test_skip_wp = o.Get("_testUnsafeSkipWriteProtect").ToBoolean();
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();
