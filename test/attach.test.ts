@@ -471,6 +471,14 @@ test.serial('RemoteTask: raw syscalls, scratch memory, a hung injected syscall t
   t.is(await tg.cmd('ping'), 'ok');
   t.deepEqual(parseReply(await tg.cmd('verify memfd')).corrupt, 0);
   t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^TracerPid:\s+0$/m);
+
+  // A target killed while we hold its thread: a clear EM_NO_PROCESS, no hang.
+  const doomed = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
+  const killed = await promisify(execFile)(bin, [String(doomed.pid), 'kill']);
+  t.regex(killed.stdout, /^ok killed .*does not exist|^ok killed .*was killed/m);
+  t.regex(killed.stdout, /done failures=0/);
+  const gone = await doomed.exited;
+  t.is(gone.code, 137);
 });
 
 /** Minimal QMP client: greeting, qmp_capabilities, then one command; resolves with its "return". */
