@@ -186,3 +186,27 @@ test('bad input: dead pid, missing region, cap too large, second attach', async 
   t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
   t.true(first.stats().totalPages > 0);
 });
+
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`${kind}: pages the target discards itself (as QEMU's balloon does) read back as zeros, and their stored copies are deleted`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
+    await target.cmd(`fill ${kind} 13`);
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const pager = await attach(t, target, [r], 512, store);
+    await waitFor(() => pager.stats().residentPages <= 512);
+    // Bring pages 0..63 back (clean, with a stored copy), then discard them while resident.
+    t.is(parseReply(await target.cmd(`verify ${kind} 0 64`)).corrupt, 0);
+    const vm = `test-${target.pid}`;
+    t.is((await store.get(vm, [0]))[0] !== null, true, 'page 0 has a stored copy before the discard');
+    await target.cmd(`discard ${kind} 0 64`);
+    const v = parseReply(await target.cmd(`verify ${kind}`));
+    t.is(v.corrupt, 0, `first bad page ${v.firstbad}`);
+    const s = pager.stats();
+    t.true(s.discards >= 64, `discards ${s.discards}`);
+    t.is((await store.get(vm, [0]))[0], null, 'the stale stored copy was deleted');
+    // The kernel-mode fault path too: read(2) into an evicted page.
+    await target.cmd(`kzero ${kind} 2000`);
+    t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0);
+  });
+}
