@@ -314,6 +314,7 @@ void Pager::fault_loop() {
   struct uffd_msg msgs[kMaxMsgs];
   std::vector<uint32_t> fetch;
   std::vector<uint64_t> dels;
+  std::vector<uint32_t> writes;
   while (!stop_) {
     struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
     int pr = poll(p, 3, -1);
@@ -340,6 +341,7 @@ void Pager::fault_loop() {
     size_t n = (size_t)got / sizeof(struct uffd_msg);
     fetch.clear();
     dels.clear();
+    writes.clear();
     try {
       {
         std::lock_guard<std::mutex> g(mu_);
@@ -350,14 +352,21 @@ void Pager::fault_loop() {
           if (ri < 0) continue;
           uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
           faults_++;
-          if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) handle_wp(idx);
-          else handle_missing(idx, fetch, dels);
+          if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+            handle_wp(idx);
+          } else {
+            handle_missing(idx, fetch, dels);
+            // A write fault maps its page writable at once: write-protecting it would
+            // only cost a second fault for the write that is about to happen.
+            if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) writes.push_back(idx);
+          }
         }
       }
       if (!dels.empty()) store_del(dels);
       if (!fetch.empty()) {
         std::lock_guard<std::mutex> fg(fetch_mu_);
-        fetch_pages(fetch, true, true);
+        std::sort(writes.begin(), writes.end());
+        fetch_pages(fetch, true, true, &writes);
       }
     } catch (const Error& e) {
       emit({"error", std::string("fault handling failed: ") + e.what(), {}, 0, 0});
@@ -460,7 +469,8 @@ void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vect
 // Fetch remote pages (plus, on sequential faults, the remote pages that follow) in one
 // store batch and map each contiguous run with one UFFDIO_COPY. wp=true maps them
 // write-protected so the first write marks them dirty (dirty tracking).
-void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch) {
+void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, const std::vector<uint32_t>* writes) {
+  auto is_write = [&](uint32_t idx) { return writes && std::binary_search(writes->begin(), writes->end(), idx); };
   std::sort(faulted.begin(), faulted.end());
   faulted.erase(std::unique(faulted.begin(), faulted.end()), faulted.end());
   std::vector<uint32_t> want;
@@ -520,6 +530,8 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch) 
     size_t j = i;
     const Region& r = region_at(want[i]);
     auto ok = [&](size_t k) { return found[k] && table_[want[k]].state == kRemote; };
+    // a page faulted by a write is mapped on its own, writable (and so dirty)
+    bool writable = wp && !is_prefetch[i] && is_write(want[i]);
     if (!ok(i)) {
       if (!found[i] && table_[want[i]].state == kRemote) {
         // Invariant 2/5: the store lost a page we stored. Never zero-fill it: leave the
@@ -531,17 +543,20 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch) 
       i++;
       continue;
     }
-    while (j + 1 < want.size() && want[j + 1] == want[j] + 1 && want[j + 1] < r.first + r.npages && ok(j + 1)) j++;
+    while (!writable && j + 1 < want.size() && want[j + 1] == want[j] + 1 && want[j + 1] < r.first + r.npages && ok(j + 1) &&
+           (is_prefetch[j + 1] || !is_write(want[j + 1])))
+      j++;
     size_t count = j - i + 1;
     uint64_t copied = 0;
     uint64_t dst = addr_of(want[i]);
-    CopyResult cr = uffd_copy(cfg_.uffd, dst, data.data() + i * kPageSize, count * kPageSize, wp, true, &copied);
+    bool map_wp = wp && !writable;
+    CopyResult cr = uffd_copy(cfg_.uffd, dst, data.data() + i * kPageSize, count * kPageSize, map_wp, true, &copied);
     size_t done = (size_t)(copied / kPageSize);
     for (size_t k = i; k < i + done; k++) {
       uint32_t idx = want[k];
       PageMeta& m = table_[idx];
       bool hot = evict_clock_ - m.prev <= cap_;  // refault distance within the cap: it was hot
-      m.state = wp ? kResClean : kResDirty;
+      m.state = map_wp ? kResClean : kResDirty;
       m.flags |= kFlStoreCopy;
       list_insert(idx, hot);
       resident_++;

@@ -87,7 +87,7 @@ class Pager {
   void fault_loop();
   void handle_wp(uint32_t idx);
   void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels);
-  void fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch);
+  void fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, const std::vector<uint32_t>* writes = nullptr);
   // --- evictor ---
   void evict_loop();
   size_t evict_batch(size_t want);
