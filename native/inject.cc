@@ -179,7 +179,14 @@ bool has_syscall_at(pid_t pid, uint64_t addr) {
 }
 
 uint64_t scan_gadget(pid_t pid) {
-  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::string maps_path = "/proc/" + std::to_string(pid) + "/maps";
+  if (access(maps_path.c_str(), R_OK) != 0) {
+    int e = errno;
+    if (e == ENOENT || e == ESRCH) throw_gone(pid, "");
+    throw_ptrace("not permitted to read the memory map of process " + std::to_string(pid) + " (" + comm_of(pid) + ")", e,
+                 "open(/proc/PID/maps)");
+  }
+  std::ifstream maps(maps_path);
   if (!maps) throw_gone(pid, "(cannot read its /proc/PID/maps)");
   struct Exec {
     uint64_t lo, hi;
@@ -561,14 +568,14 @@ long RemoteTask::Impl::inject(long nr, const long a[6]) {
 void RemoteTask::Impl::restore_and_detach() {
   if (trap_queued) consume_step_trap();
   struct user_regs_struct r = saved;
-  int deliver = signals.empty() ? 0 : signals.front();
+  const bool deliver = !signals.empty();
   // A thread stopped inside a blocking syscall shows rax = -ERESTART*, orig_rax = nr.
   // Without a signal to deliver, restart it ourselves exactly as the kernel's
   // signal-return path would (as CRIU does): back over the 2-byte `syscall`, with rax
   // set to the call number (or restart_syscall for a restart block). With a signal to
   // deliver, leave the registers exact so the kernel decides between EINTR and restart
   // according to the handler's SA_RESTART.
-  if (deliver == 0 && static_cast<long>(r.orig_rax) >= 0) {
+  if (!deliver && static_cast<long>(r.orig_rax) >= 0) {
     long err = -static_cast<long>(r.rax);
     if (err == kERESTARTSYS || err == kERESTARTNOINTR || err == kERESTARTNOHAND) {
       r.rax = r.orig_rax;
@@ -587,12 +594,14 @@ void RemoteTask::Impl::restore_and_detach() {
     }
     regs_dirty = false;
   }
-  if (ptrace(PTRACE_DETACH, tid, nullptr, reinterpret_cast<void*>(static_cast<long>(deliver))) != 0 && errno != ESRCH)
+  // Signals taken off the thread's queue while we held it go back on the queue before
+  // it resumes (PTRACE_DETACH's own signal argument is ignored at an event stop, so it
+  // is not used); the thread dequeues them as soon as it runs. Their siginfo details
+  // are lost: that is the best ptrace allows.
+  for (int sig : signals) ::syscall(SYS_tgkill, pid, tid, sig);
+  if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) != 0 && errno != ESRCH)
     throw_ptrace("detaching from thread " + std::to_string(tid), errno, "PTRACE_DETACH");
   stopped = false;
-  // More than one signal: the first went with the detach, the rest are raised again
-  // (their siginfo details are lost; that is the best ptrace allows).
-  for (size_t i = 1; i < signals.size(); i++) ::syscall(SYS_tgkill, pid, tid, signals[i]);
   signals.clear();
 }
 
