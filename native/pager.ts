@@ -85,6 +85,11 @@ export class Pager extends EventEmitter {
       await opts.store.dropVm(opts.vmId);
     }
     if (opts.reattach) {
+      if (!opts.store.capabilities.persistent)
+        throw new ElasticmemError(
+          `cannot take over process ${opts.pid} with the store ${opts.store.uri}: it does not outlive a monitor, so the pages the dead monitor evicted are gone and would read back as zeros. Re-attach with the persistent store the VM was attached with (file://, redis with AOF, ...)`,
+          'EM_REATTACH_NEEDS_PERSISTENT_STORE',
+        );
       const found = native.findTargetUffd(opts.pid);
       if (!found) throw new ElasticmemError(`process ${opts.pid} holds no userfaultfd to take over; attach it normally`, 'EM_NO_UFFD_TO_TAKE_OVER');
       uffd = found;
