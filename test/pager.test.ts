@@ -179,6 +179,8 @@ test('bad input: dead pid, missing region, cap too large, second attach', async 
   const big = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: r.length / PAGE + 1, store }).catch((e) => e);
   t.is(big.code, 'EM_BAD_CAP');
   t.is(uffdCount(target.pid), 0, 'a refused attach leaves the target untouched');
+  const takeover = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: 128, store, reattach: true }).catch((e) => e);
+  t.is(takeover.code, 'EM_REATTACH_NEEDS_PERSISTENT_STORE', 'a take-over with memory: would zero-fill what the dead monitor held');
   const first = await attach(t, target, [r], 128, store);
   const second = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: 128, store }).catch((e) => e);
   t.is(second.code, 'EM_ALREADY_ATTACHED');
