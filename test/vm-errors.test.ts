@@ -1,0 +1,108 @@
+/**
+ * Bad input against a real running guest: every case gets a clear error and a non-zero
+ * exit, and the VM is untouched (no userfaultfd in QEMU, nothing attached, the guest's
+ * workload keeps verifying with corrupt=0).
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import net from 'node:net';
+import { bootDomain, virsh } from './helpers/libvirt.ts';
+import { startDaemon, holdsUffd } from './helpers/daemon.ts';
+import { freePort } from './helpers/servers.ts';
+
+const WORKLOAD = { sizeMiB: 32, pattern: 'seq' as const, write: 0.25, seed: 3, passes: 0, pauseMs: 200 };
+
+test('bad input at attach, resize and grow: clear errors, VM untouched; a stopped domain is detached and refused', async (t) => {
+  const [dom, d] = await Promise.all([
+    bootDomain(t, { memMiB: 256, maxMemMiB: 512, template: 'memfd', workload: WORKLOAD }),
+    startDaemon(t, { config: 'limits:\n  minLocal: 32M\n' }),
+  ]);
+  await dom.console.waitForPasses(1, 120_000);
+  const deadPort = await freePort();
+
+  const untouched = async (what: string) => {
+    t.false(holdsUffd(dom.pid), `${what}: no userfaultfd in QEMU`);
+    t.deepEqual(JSON.parse((await d.cli('list', '--json')).stdout), { vms: [] }, `${what}: nothing attached`);
+  };
+
+  const cases: [string[], string, RegExp][] = [
+    [['attach', 'no-such-domain', '--local', '64M'], 'VM_NOT_FOUND', /no libvirt domain 'no-such-domain'/],
+    [['attach', 'pid:999999999', '--local', '64M'], 'VM_NOT_FOUND', /pid:999999999: no such process/],
+    [['attach', `pid:${process.pid}`, '--local', '64M'], 'NOT_QEMU', /is not a QEMU process/],
+    [['attach', 'qmp:/nonexistent/qmp.sock', '--local', '64M'], 'VM_NOT_FOUND', /no such socket/],
+    [['attach', dom.name, '--local', '12Q'], 'BAD_SIZE', /'12Q' is not a size/],
+    [['attach', dom.name, '--local', '1G'], 'CAP_TOO_LARGE', /--local 1G is more than the 256M of RAM VM '.*' has; choose at most 256M/],
+    [['attach', dom.name, '--local', '16M'], 'CAP_TOO_SMALL', /below the minimum of 32M \(limits\.minLocal\)/],
+    [['attach', dom.name, '--local', '64M', '--store', 'mongo://x'], 'BAD_STORE_URI', /unknown scheme 'mongo:'/],
+    [['attach', dom.name, '--local', '64M', '--store', `redis://127.0.0.1:${deadPort}`], 'STORE_UNREACHABLE', new RegExp(`store redis://127\\.0\\.0\\.1:${deadPort} is not reachable.*nothing was attached`)],
+    [['resize', dom.name, '--local', '64M'], 'NOT_ATTACHED', /is not attached; see: elasticmem list/],
+    [['detach', dom.name], 'NOT_ATTACHED', /is not attached/],
+  ];
+  for (const [args, code, re] of cases) {
+    const t0 = Date.now();
+    const r = await d.cli(...args);
+    t.is(r.code, 1, `${args.join(' ')}: ${r.stdout}${r.stderr}`);
+    t.true(r.stderr.includes(`[${code}]`), `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re, args.join(' '));
+    t.true(Date.now() - t0 < 15_000, `${args.join(' ')} failed fast`);
+    await untouched(args.join(' '));
+  }
+
+  // A good attach, then everything that must not change it.
+  t.is((await d.cli('attach', dom.name, '--local', '64M')).code, 0);
+  for (const name of [dom.name, dom.uuid, `pid:${dom.pid}`]) {
+    const r = await d.cli('attach', name, '--local', '128M');
+    t.is(r.code, 1, name);
+    t.regex(r.stderr, /is already attached \(.*local 64M\); use resize to change the cap, or detach first|is already attached/, name);
+    t.true(r.stderr.includes('[ALREADY_ATTACHED]'), r.stderr);
+  }
+  const bad: [string[], string][] = [
+    [['resize', dom.name, '--local', '300M'], 'CAP_TOO_LARGE'],
+    [['resize', dom.name, '--local', '8M'], 'CAP_TOO_SMALL'],
+    [['grow', dom.name, '1G'], 'GROW_TOO_LARGE'],
+    [['grow', dom.name, '3M'], 'BAD_SIZE'],
+  ];
+  for (const [args, code] of bad) {
+    const r = await d.cli(...args);
+    t.is(r.code, 1, args.join(' '));
+    t.true(r.stderr.includes(`[${code}]`), `${args.join(' ')}: ${r.stderr}`);
+  }
+  const s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
+  t.is(s.localCapPages, 16384, 'cap unchanged by the refused requests');
+  const mark = dom.console.passes.length;
+  await dom.console.waitForPasses(mark + 2, 60_000);
+  t.deepEqual(dom.console.passes.filter((p) => p.corrupt !== 0), []);
+
+  // The domain is stopped by its operator: the daemon notices, detaches and deletes
+  // its pages; attaching it now is refused as not running.
+  await virsh(['destroy', dom.name]);
+  await d.waitLog(new RegExp(`\\[${dom.name}\\] domain shut down: reason destroyed; detached and its stored pages deleted`), 20_000);
+  t.deepEqual(JSON.parse((await d.cli('list', '--json')).stdout), { vms: [] });
+  const r = await d.cli('attach', dom.name, '--local', '64M');
+  t.is(r.code, 1);
+  t.regex(r.stderr, /domain '.*' is not running \(state: shut off, destroyed\); start it with: virsh start/);
+  t.true(r.stderr.includes('[VM_NOT_RUNNING]'));
+});
+
+test('a QEMU whose RAM is file-backed is refused with an explanation (qmp: target)', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const qmp = path.join(dir, 'qmp.sock');
+  // No guest needed: the firmware idles; what matters is how the RAM is mapped.
+  const q = spawn('qemu-system-x86_64', ['-machine', 'q35,accel=tcg', '-m', '128M', '-nodefaults', '-display', 'none',
+    '-object', `memory-backend-file,id=ram0,size=128M,mem-path=${path.join(dir, 'ram')},share=on`, '-numa', 'node,memdev=ram0',
+    '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: 'ignore' });
+  const exited = new Promise((r) => q.once('exit', r));
+  t.teardown(async () => { q.kill('SIGKILL'); await exited; });
+  for (let i = 0; i < 100 && !fs.existsSync(qmp); i++) await new Promise((r) => setTimeout(r, 100));
+  await new Promise<void>((resolve) => { const c = net.connect(qmp, () => { c.destroy(); resolve(); }); c.on('error', () => resolve()); });
+  const d = await startDaemon(t);
+  const r = await d.cli('attach', `qmp:${qmp}`, '--local', '64M');
+  t.is(r.code, 1);
+  t.regex(r.stderr, /RAM block 'ram0' is backed by a file \(.*\/ram.*memory-backend-file\); elasticmem supports a shared memfd/);
+  t.true(r.stderr.includes('[UNSUPPORTED_MEMORY]'));
+  t.false(holdsUffd(q.pid!));
+});
