@@ -15,7 +15,7 @@
 //   -> {"touches":T,...}           the timed result
 //   <- verify
 //   -> integrity ok pages=N | integrity corrupt=N firstbad=I   (plain text)
-//   <- exit (or EOF)
+//   <- verify (again, any number of times) | exit | EOF
 //
 // Page pattern: word 0 = page index, word 1 = seed, word 2 = generation (bumped by each
 // touch), words 3..511 = a hash of (page, word, seed). A touch reads word 0 and writes
@@ -200,15 +200,17 @@ int main(int argc, char** argv) {
          (unsigned long long)faults, pct(0.5, fault_from), pct(0.99, fault_from), (unsigned long long)mismatches);
 
   expect("verify");
-  uint64_t corrupt = 0, firstbad = (uint64_t)-1;
-  for (uint64_t p = 0; p < npages; p++) {
-    const uint64_t* w = (const uint64_t*)(base + p * PAGE);
-    int bad = w[0] != p || w[1] != seed || w[2] != gen[p];
-    for (uint64_t i = 3; !bad && i < WORDS; i++) bad = w[i] != pattern(p, i, seed);
-    if (bad) { corrupt++; if (firstbad == (uint64_t)-1) firstbad = p; }
+  for (;;) {  // verify again on request (after the pager detached), until exit or EOF
+    uint64_t corrupt = 0, firstbad = (uint64_t)-1;
+    for (uint64_t p = 0; p < npages; p++) {
+      const uint64_t* w = (const uint64_t*)(base + p * PAGE);
+      int bad = w[0] != p || w[1] != seed || w[2] != gen[p];
+      for (uint64_t i = 3; !bad && i < WORDS; i++) bad = w[i] != pattern(p, i, seed);
+      if (bad) { corrupt++; if (firstbad == (uint64_t)-1) firstbad = p; }
+    }
+    if (corrupt) printf("integrity corrupt=%llu firstbad=%llu\n", (unsigned long long)corrupt, (unsigned long long)firstbad);
+    else printf("integrity ok pages=%llu\n", (unsigned long long)npages);
+    char line[64];
+    if (!fgets(line, sizeof line, stdin) || strncmp(line, "verify", 6) != 0) return 0;
   }
-  if (corrupt) printf("integrity corrupt=%llu firstbad=%llu\n", (unsigned long long)corrupt, (unsigned long long)firstbad);
-  else printf("integrity ok pages=%llu\n", (unsigned long long)npages);
-  expect("exit");
-  return 0;
 }

@@ -1,0 +1,408 @@
+/**
+ * `elasticmem bench pager`: the per-touch cost of the pager against kernel swap and
+ * against the bare userfaultfd floor, in one run.
+ *
+ *   1. pager: the workload (workloads/workload.c) fills a shared memfd, the pager
+ *      attaches with the local cap and evicts down to it, then the workload runs its
+ *      touches (timed inside the workload), verifies every page, and the pager detaches
+ *      (and the workload verifies again after the drain);
+ *   2. kernel-swap (optional): the same workload as private memory in a memory cgroup
+ *      limited to the same cap, swapping to zram (kernel-swap.ts);
+ *   3. floor: a bare C handler's single-fault latency (uffd-floor.ts).
+ *
+ * `integrity` is "ok" only when every page of the pager run verified, before and after
+ * detach, and no touch read a wrong page.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import { Pager } from '../../native/pager.ts';
+import { findMemfdRegions } from '../../native/regions.ts';
+import { ElasticmemError } from '../../native/errors.ts';
+import type { PagerStatsRaw } from '../../native/index.ts';
+import { openStore, parseStoreUri, redactUri } from '../../kvstore/index.ts';
+import type { PageStore } from '../../kvstore/types.ts';
+import { PAGE, formatSize } from '../size.ts';
+import { buildBenchProgram, launchLineProcess, type LineProcess } from './workload-bin.ts';
+import { setupKernelSwap } from './kernel-swap.ts';
+import { measureUffdFloor, type UffdFloor } from './uffd-floor.ts';
+
+export const WORKLOADS = ['seq', 'random', 'zipf'] as const;
+export type Workload = (typeof WORKLOADS)[number];
+export const MEMFD_NAME = 'elasticmem-bench';
+
+export interface Progress {
+  phase: 'build' | 'fill' | 'evict' | 'warmup' | 'pager' | 'verify' | 'detach' | 'kernel-swap' | 'floor';
+  done: number;
+  total: number;
+}
+
+export interface PagerBenchOptions {
+  workload: Workload;
+  sizeBytes: number;
+  localBytes: number;
+  /** Store URI (DESIGN.md): memory:, file:///..., redis://..., ... */
+  store: string;
+  baseline?: 'kernel-swap';
+  policy?: 'slru' | 'fifo';
+  /** Timed touches (default: a per-workload multiple of the page count, ~5-15 s here). */
+  touches?: number;
+  /** Untimed touches before the timed ones (default: one per page). */
+  warmup?: number;
+  seed?: number;
+  prefetchMax?: number;
+  evictBatch?: number;
+  /** Repeats of each floor measurement (default 3). */
+  floorRepeats?: number;
+  onProgress?: (p: Progress) => void;
+  /** Aborting kills the workload; everything set up is undone before the promise settles. */
+  signal?: AbortSignal;
+}
+
+/** What the workload itself measured for the timed touches. */
+export interface WorkloadResult {
+  touches: number;
+  seconds: number;
+  usPerTouch: number;
+  touchUs: { p50: number; p99: number };
+  /** Touches slower than 2 µs: these took a page fault (a resident touch is ~0.1 µs). */
+  slowTouches: number;
+  slowTouchUs: { p50: number; p99: number };
+  readMismatches: number;
+}
+
+export interface Percentiles { p50: number; p99: number }
+
+export interface PagerBenchResult {
+  workload: Workload;
+  sizeBytes: number;
+  localBytes: number;
+  store: string;
+  policy: 'slru' | 'fifo';
+  touches: number;
+  warmupTouches: number;
+  seed: number;
+  usPerTouch: number;
+  kernelSwapUsPerTouch?: number;
+  ratioVsKernelSwap?: number;
+  uffdFloorUs: number;
+  /** The pager's own fault latency (fault read to fault resolved), timed touches only. */
+  faultLatencyUs: Percentiles;
+  /** Faulting touches as the workload saw them (touch to return): same vantage as the floor. */
+  touchFaultUs: Percentiles;
+  /** touchFaultUs.p50 / uffdFloorUs. */
+  p50VsFloor: number;
+  /** 1 - fetches / touches over the timed touches. */
+  hitRate: number;
+  integrity: 'ok' | 'corrupt';
+  integrityDetail: { beforeDetach: string; afterDetach: string; readMismatches: number };
+  pager: PagerPhaseStats;
+  kernelSwap?: KernelSwapResult;
+  uffdFloor: UffdFloor;
+  machine: { kernel: string; cpus: number; date: string };
+}
+
+export interface PagerPhaseStats {
+  faults: number;
+  zeroFills: number;
+  fetches: number;
+  evictions: number;
+  cleanDrops: number;
+  storeWrites: number;
+  prefetched: number;
+  wpFaults: number;
+  discards: number;
+  evictAborts: number;
+  storeRetries: number;
+  residentPages: number;
+  localCapPages: number;
+  remotePages: number;
+  totalPages: number;
+  faultLatencyUs: Percentiles & { p90: number; max: number; count: number };
+  latencyHistogram: { boundsUs: number[]; counts: number[] };
+  prefetchMax?: number;
+  evictBatch?: number;
+  secondsToCap: number;
+  detachSeconds: number;
+}
+
+export interface KernelSwapResult {
+  usPerTouch: number;
+  touchFaultUs: Percentiles;
+  slowTouches: number;
+  swapIns: number;
+  swapOuts: number;
+  hitRate: number;
+  limitBytes: number;
+  /** The workload's own memory outside the paged region (code, page tables, its arrays): added to the limit. */
+  overheadBytes: number;
+  zramAlgorithm: string;
+  integrity: 'ok' | 'corrupt';
+}
+
+const TOUCHES_PER_PAGE: Record<Workload, number> = { seq: 10, random: 20, zipf: 60 };
+
+/** Bad input is refused here, before anything is built, started or connected. */
+export function validatePagerBenchOptions(o: PagerBenchOptions): void {
+  if (!(WORKLOADS as readonly string[]).includes(o.workload))
+    throw new ElasticmemError(`unknown workload '${o.workload}': choose seq, random or zipf`, 'EM_BAD_ARG');
+  const whole = (n: number) => Number.isSafeInteger(n) && n > 0 && n % PAGE === 0;
+  if (!whole(o.sizeBytes)) throw new ElasticmemError(`--size must be a positive multiple of 4 KiB, e.g. 128M (got ${o.sizeBytes})`, 'EM_BAD_ARG');
+  if (o.sizeBytes < 1024 * 1024) throw new ElasticmemError(`--size ${formatSize(o.sizeBytes)} is too small to measure anything: use at least 1M, e.g. 128M`, 'EM_BAD_ARG');
+  if (!whole(o.localBytes)) throw new ElasticmemError(`--local must be a positive multiple of 4 KiB, e.g. 64M (got ${o.localBytes})`, 'EM_BAD_ARG');
+  if (o.localBytes >= o.sizeBytes)
+    throw new ElasticmemError(`--local (${formatSize(o.localBytes)}) must be smaller than --size (${formatSize(o.sizeBytes)}): otherwise nothing is paged; e.g. --size 128M --local 64M`, 'EM_BAD_ARG');
+  parseStoreUri(o.store); // throws a clear error naming the supported schemes
+  if (o.baseline !== undefined && o.baseline !== 'kernel-swap') throw new ElasticmemError(`unknown baseline '${o.baseline}': the only baseline is kernel-swap`, 'EM_BAD_ARG');
+  if (o.policy !== undefined && o.policy !== 'slru' && o.policy !== 'fifo') throw new ElasticmemError(`unknown policy '${o.policy}': choose slru or fifo`, 'EM_BAD_ARG');
+  for (const [k, v] of [['touches', o.touches], ['warmup', o.warmup], ['seed', o.seed], ['prefetch', o.prefetchMax], ['evict-batch', o.evictBatch]] as const) {
+    if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ElasticmemError(`--${k} must be a whole number >= 0 (got ${v})`, 'EM_BAD_ARG');
+  }
+  if (o.touches === 0) throw new ElasticmemError('--touches must be at least 1', 'EM_BAD_ARG');
+  if (o.evictBatch === 0) throw new ElasticmemError('--evict-batch must be at least 1', 'EM_BAD_ARG');
+}
+
+export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBenchResult> {
+  validatePagerBenchOptions(opts);
+  if (process.getuid?.() !== 0) throw new ElasticmemError('bench pager needs root (it attaches to a process with ptrace and userfaultfd)', 'EM_BENCH_NEEDS_ROOT');
+  const pages = opts.sizeBytes / PAGE;
+  const touches = opts.touches ?? TOUCHES_PER_PAGE[opts.workload] * pages;
+  const warmup = opts.warmup ?? pages;
+  const seed = opts.seed ?? 42;
+  const policy = opts.policy ?? 'slru';
+  const progress = opts.onProgress ?? (() => {});
+  opts.signal?.throwIfAborted();
+
+  progress({ phase: 'build', done: 0, total: 1 });
+  const bin = buildBenchProgram('workload');
+  buildBenchProgram('uffd-floor');
+  const args = (mode: 'memfd' | 'anon') => [mode, String(opts.sizeBytes), opts.workload, String(touches), String(warmup), String(seed)];
+
+  const store = await openStore(opts.store);
+  let pagerPart: Awaited<ReturnType<typeof pagerPhase>>;
+  try {
+    pagerPart = await pagerPhase(bin, args('memfd'), store, opts, policy, touches, progress);
+  } finally {
+    await store.close().catch(() => {});
+  }
+  const kernel = opts.baseline === 'kernel-swap' ? await kernelSwapPhase(bin, args('anon'), opts, touches, progress) : undefined;
+  opts.signal?.throwIfAborted();
+  progress({ phase: 'floor', done: 0, total: 1 });
+  const floor = await measureUffdFloor(opts.floorRepeats ?? 3);
+  progress({ phase: 'floor', done: 1, total: 1 });
+
+  const { wl, stats, integrity } = pagerPart;
+  const ok = integrity.before.startsWith('integrity ok') && integrity.after.startsWith('integrity ok') && wl.readMismatches === 0;
+  const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+  const result: PagerBenchResult = {
+    workload: opts.workload,
+    sizeBytes: opts.sizeBytes,
+    localBytes: opts.localBytes,
+    store: redactUri(opts.store.trim()),
+    policy,
+    touches,
+    warmupTouches: warmup,
+    seed,
+    usPerTouch: wl.usPerTouch,
+    ...(kernel ? { kernelSwapUsPerTouch: kernel.usPerTouch, ratioVsKernelSwap: round(wl.usPerTouch / kernel.usPerTouch) } : {}),
+    uffdFloorUs: floor.floorUs,
+    faultLatencyUs: { p50: stats.faultLatencyUs.p50, p99: stats.faultLatencyUs.p99 },
+    touchFaultUs: wl.slowTouchUs,
+    p50VsFloor: floor.floorUs > 0 ? round(wl.slowTouchUs.p50 / floor.floorUs) : 0,
+    hitRate: round(1 - stats.fetches / touches, 4),
+    integrity: ok ? 'ok' : 'corrupt',
+    integrityDetail: { beforeDetach: integrity.before, afterDetach: integrity.after, readMismatches: wl.readMismatches },
+    pager: stats,
+    ...(kernel ? { kernelSwap: kernel } : {}),
+    uffdFloor: floor,
+    machine: { kernel: os.release(), cpus: os.cpus().length, date: new Date().toISOString() },
+  };
+  return result;
+}
+
+// ---------------------------------------------------------------------------- phases
+
+/** Kill the workload when the caller aborts; the pending read then fails and cleanup runs. */
+function killOnAbort(proc: LineProcess, signal?: AbortSignal): () => void {
+  if (!signal) return () => {};
+  const onAbort = () => { void proc.kill(); };
+  signal.addEventListener('abort', onAbort, { once: true });
+  return () => signal.removeEventListener('abort', onAbort);
+}
+
+interface Driven { wl: WorkloadResult; integrity: string }
+
+/**
+ * go -> warm -> run -> progress... -> result -> verify -> integrity. `aroundRun` hooks
+ * snapshot counters right before the timed touches start and right after they end
+ * (the workload waits on stdin in between, so nothing else happens in the target).
+ */
+async function drive(proc: LineProcess, hooks: { beforeRun(): void; afterRun(): void }, onProgress: (done: number, total: number) => void, phase: string): Promise<Driven> {
+  const LINE_TIMEOUT = 180_000;
+  proc.send('go');
+  const warm = await proc.next(LINE_TIMEOUT, `${phase}: end of warm-up`);
+  if (!warm.includes('"warm"')) throw new ElasticmemError(`${phase}: workload said '${warm}' instead of finishing its warm-up`, 'EM_BENCH_WORKLOAD');
+  hooks.beforeRun();
+  proc.send('run');
+  let wl: WorkloadResult | undefined;
+  while (!wl) {
+    const line = await proc.next(LINE_TIMEOUT, `${phase}: touch progress`);
+    const v = JSON.parse(line) as Partial<WorkloadResult> & { progress?: number; total?: number };
+    if (v.progress !== undefined) onProgress(v.progress, v.total ?? 0);
+    else if (v.touches !== undefined) wl = v as WorkloadResult;
+  }
+  hooks.afterRun();
+  proc.send('verify');
+  const integrity = await proc.next(LINE_TIMEOUT, `${phase}: verification`);
+  return { wl, integrity };
+}
+
+async function pagerPhase(bin: string, args: string[], store: PageStore, opts: PagerBenchOptions, policy: 'slru' | 'fifo', touches: number, progress: (p: Progress) => void) {
+  progress({ phase: 'fill', done: 0, total: 1 });
+  const proc = await launchLineProcess(bin, args);
+  const unhook = killOnAbort(proc, opts.signal);
+  let pager: Pager | undefined;
+  try {
+    const regions = findMemfdRegions(proc.pid, MEMFD_NAME);
+    const capPages = opts.localBytes / PAGE;
+    const vmId = `bench-${proc.pid}`;
+    const t0 = Date.now();
+    pager = await Pager.attach({ pid: proc.pid, vmId, regions, capPages, store, policy, prefetchMax: opts.prefetchMax, evictBatch: opts.evictBatch });
+    const p = pager;
+    const total = p.stats().totalPages;
+    // Start from the steady state the cap defines: everything above it is in the store.
+    for (;;) {
+      const s = p.stats();
+      progress({ phase: 'evict', done: Math.min(total - s.residentPages, total - capPages), total: total - capPages });
+      if (s.residentPages <= capPages) break;
+      if (Date.now() - t0 > 300_000) throw new ElasticmemError(`the pager did not evict down to the cap within 300 s (resident ${s.residentPages}, cap ${capPages})`, 'EM_BENCH_TIMEOUT');
+      opts.signal?.throwIfAborted();
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const secondsToCap = (Date.now() - t0) / 1000;
+    let s0!: PagerStatsRaw;
+    let s1!: PagerStatsRaw;
+    progress({ phase: 'warmup', done: 0, total: 1 });
+    const d = await drive(proc, { beforeRun: () => { s0 = p.stats(); }, afterRun: () => { s1 = p.stats(); } }, (done, tot) => progress({ phase: 'pager', done, total: tot }), 'pager run');
+    progress({ phase: 'detach', done: 0, total: 1 });
+    const td = Date.now();
+    p.on('progress', (e: { done?: number; total?: number }) => progress({ phase: 'detach', done: e.done ?? 0, total: e.total ?? 1 }));
+    await p.detach();
+    const detachSeconds = (Date.now() - td) / 1000;
+    await store.dropVm(vmId).catch(() => {});
+    // Invariant 6 for free: after the drain every page must still be right.
+    progress({ phase: 'verify', done: 0, total: 1 });
+    proc.send('verify');
+    const after = await proc.next(180_000, 'verification after detach');
+    proc.send('exit');
+    return {
+      wl: d.wl,
+      integrity: { before: d.integrity, after },
+      stats: phaseStats(s0, s1, opts, secondsToCap, detachSeconds),
+      touches,
+    };
+  } finally {
+    unhook();
+    if (pager && !pager.isClosed) pager.abandon();
+    await proc.kill();
+  }
+}
+
+async function kernelSwapPhase(bin: string, args: string[], opts: PagerBenchOptions, touches: number, progress: (p: Progress) => void): Promise<KernelSwapResult> {
+  opts.signal?.throwIfAborted();
+  progress({ phase: 'kernel-swap', done: 0, total: 1 });
+  // Unlimited while the workload fills its memory: its own overhead (code, page tables,
+  // arrays) is then measured, and the limit set to the cap plus exactly that, so the
+  // paged memory gets the same local budget as under the pager.
+  const env = await setupKernelSwap({ limitBytes: opts.sizeBytes * 4, swapBytes: Math.max(2 * opts.sizeBytes, 64 * 1024 * 1024) });
+  let proc: LineProcess | undefined;
+  let unhook = () => {};
+  try {
+    proc = await launchLineProcess(bin, args, { cgroupDir: env.cgroupDir });
+    unhook = killOnAbort(proc, opts.signal);
+    const usageBytes = Number(fs.readFileSync(`${env.cgroupDir}/memory.usage_in_bytes`, 'utf8'));
+    const overheadBytes = Math.max(0, usageBytes - opts.sizeBytes);
+    const limitBytes = opts.localBytes + overheadBytes;
+    // Writing the limit reclaims down to it at once: swap-out happens here, untimed, like
+    // the pager's eviction down to the cap.
+    fs.writeFileSync(`${env.cgroupDir}/memory.limit_in_bytes`, String(limitBytes));
+    let c0 = env.swapCounters();
+    let c1 = c0;
+    const d = await drive(proc, { beforeRun: () => { c0 = env.swapCounters(); }, afterRun: () => { c1 = env.swapCounters(); } }, (done, tot) => progress({ phase: 'kernel-swap', done, total: tot }), 'kernel-swap run');
+    proc.send('exit');
+    const swapIns = c1.swapIns - c0.swapIns;
+    return {
+      usPerTouch: d.wl.usPerTouch,
+      touchFaultUs: d.wl.slowTouchUs,
+      slowTouches: d.wl.slowTouches,
+      swapIns,
+      swapOuts: c1.swapOuts - c0.swapOuts,
+      hitRate: Math.round((1 - swapIns / touches) * 1e4) / 1e4,
+      limitBytes,
+      overheadBytes,
+      zramAlgorithm: env.zramAlgorithm,
+      integrity: d.integrity.startsWith('integrity ok') && d.wl.readMismatches === 0 ? 'ok' : 'corrupt',
+    };
+  } finally {
+    unhook();
+    await proc?.kill();
+    await env.cleanup();
+  }
+}
+
+/** Counters over the timed touches only (s1 - s0); gauges at the end of them. */
+function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOptions, secondsToCap: number, detachSeconds: number): PagerPhaseStats {
+  const d = (k: keyof PagerStatsRaw) => (s1[k] as number) - (s0[k] as number);
+  const hist = histogramDelta(s0.latencyHistogram, s1.latencyHistogram);
+  const lat = percentilesOf(hist);
+  return {
+    faults: d('faults'),
+    zeroFills: d('zeroFills'),
+    fetches: d('fetches'),
+    evictions: d('evictions'),
+    cleanDrops: d('cleanDrops'),
+    storeWrites: d('storeWrites'),
+    prefetched: d('prefetched'),
+    wpFaults: d('wpFaults'),
+    discards: d('discards'),
+    evictAborts: d('evictAborts'),
+    storeRetries: d('storeRetries'),
+    residentPages: s1.residentPages,
+    localCapPages: s1.localCapPages,
+    remotePages: s1.remotePages,
+    totalPages: s1.totalPages,
+    faultLatencyUs: lat,
+    latencyHistogram: hist,
+    ...(opts.prefetchMax !== undefined ? { prefetchMax: opts.prefetchMax } : {}),
+    ...(opts.evictBatch !== undefined ? { evictBatch: opts.evictBatch } : {}),
+    secondsToCap,
+    detachSeconds,
+  };
+}
+
+/** Bucket-wise difference of two cumulative histograms (bounds lists may differ in length: trailing empty buckets are trimmed). */
+export function histogramDelta(a: { boundsUs: number[]; counts: number[] }, b: { boundsUs: number[]; counts: number[] }): { boundsUs: number[]; counts: number[] } {
+  const before = new Map(a.boundsUs.map((u, i) => [u, a.counts[i] ?? 0]));
+  const boundsUs: number[] = [];
+  const counts: number[] = [];
+  b.boundsUs.forEach((u, i) => {
+    boundsUs.push(u);
+    counts.push((b.counts[i] ?? 0) - (before.get(u) ?? 0));
+  });
+  while (counts.length && counts[counts.length - 1] === 0) { counts.pop(); boundsUs.pop(); }
+  return { boundsUs, counts };
+}
+
+export function percentilesOf(h: { boundsUs: number[]; counts: number[] }): PagerPhaseStats['faultLatencyUs'] {
+  const count = h.counts.reduce((x, y) => x + y, 0);
+  const pct = (q: number) => {
+    if (!count) return 0;
+    const want = Math.max(1, Math.ceil(q * count));
+    let acc = 0;
+    for (let i = 0; i < h.counts.length; i++) {
+      acc += h.counts[i]!;
+      if (acc >= want) return h.boundsUs[i]!;
+    }
+    return h.boundsUs[h.boundsUs.length - 1] ?? 0;
+  };
+  return { p50: pct(0.5), p90: pct(0.9), p99: pct(0.99), max: count ? h.boundsUs[h.boundsUs.length - 1]! : 0, count };
+}

@@ -1,0 +1,56 @@
+/**
+ * uffdFloorUs: the single-fault latency of a bare C userfaultfd handler
+ * (workloads/uffd-floor.c) measured in the same run as the pager, so the pager's fault
+ * cost can be read against what this machine's kernel allows at best.
+ */
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import { buildBenchProgram } from './workload-bin.ts';
+import { ElasticmemError } from '../../native/errors.ts';
+
+const run = promisify(execFile);
+
+export interface FloorSample {
+  faults: number;
+  kind: 'anon' | 'memfd';
+  /** Touch to return, seen by the faulting thread. */
+  roundTripUs: { p50: number; p99: number };
+  /** Handler side: read() returned to UFFDIO_COPY returned. */
+  serviceUs: { p50: number; p99: number };
+}
+
+export interface UffdFloor {
+  /** Median round trip over the repeats, anonymous memory (the headline uffdFloorUs). */
+  floorUs: number;
+  anon: FloorSample[];
+  memfd: FloorSample[];
+}
+
+export async function measureFloor(kind: 'anon' | 'memfd', faults = 4000): Promise<FloorSample> {
+  const bin = buildBenchProgram('uffd-floor');
+  try {
+    const { stdout } = await run(bin, [String(faults), kind], { timeout: 60_000 });
+    return JSON.parse(stdout.trim()) as FloorSample;
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new ElasticmemError(`the uffd floor measurement failed: ${err.stderr?.trim() || err.message}`, 'EM_BENCH_FLOOR');
+  }
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+};
+
+/** A few repeats of each kind (first touches of a fresh process are noisy); the median of the medians. */
+export async function measureUffdFloor(repeats = 3, faults = 4000): Promise<UffdFloor> {
+  const anon: FloorSample[] = [];
+  const memfd: FloorSample[] = [];
+  for (let i = 0; i < repeats; i++) {
+    anon.push(await measureFloor('anon', faults));
+    memfd.push(await measureFloor('memfd', faults));
+  }
+  return { floorUs: median(anon.map((s) => s.roundTripUs.p50)), anon, memfd };
+}
+
+export { median };

@@ -1,0 +1,189 @@
+/**
+ * `elasticmem bench pager`: routed here by commands/bench.ts. Runs locally (no daemon):
+ * it starts its own workload process and attaches the pager to it.
+ */
+import { parse, printJson, UsageError, type Command } from '../command.ts';
+import { parseSize, formatSize } from '../../size.ts';
+import { runPagerBench, WORKLOADS, type PagerBenchOptions, type PagerBenchResult, type Progress, type Workload } from '../../bench/pager-bench.ts';
+
+const usage = `usage: elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI
+                              [--baseline kernel-swap] [--policy slru|fifo] [--json]
+
+Measure what one page touch costs under the pager: a workload process fills SIZE of
+shared memory, the pager attaches with a resident cap of --local and pages the rest to
+the store, then the workload touches pages (timed from inside) and verifies every page.
+Needs root. Also measures the bare userfaultfd fault latency (the floor) in the same run.
+
+  --workload W         seq (cyclic write+read scan), random (uniform), zipf (skew 0.99)
+  --size SIZE          working set (K/M/G suffixes), e.g. 128M
+  --local SIZE         resident cap, smaller than --size, e.g. 64M
+  --store URI          page store: memory:, file:///path, redis://host:port, ...
+  --baseline kernel-swap
+                       also run the same workload as private memory in a memory cgroup
+                       limited to --local, swapping to zram (sets up and removes both)
+  --policy slru|fifo   the pager's replacement policy (default slru)
+  --touches N          timed touches (default: 10/20/60 per page for seq/random/zipf)
+  --warmup N           untimed touches first (default: one per page)
+  --seed N             workload seed (default 42)
+  --prefetch N         the pager's sequential prefetch limit in pages (default: the pager's)
+  --evict-batch N      the pager's eviction batch in pages (default: the pager's)
+  --json               one JSON object on stdout
+
+examples:
+  elasticmem bench pager --workload seq --size 128M --local 64M --store memory: --baseline kernel-swap
+  elasticmem bench pager --workload zipf --size 128M --local 64M --store memory: --policy fifo --json
+`;
+
+const OPTIONS = {
+  workload: { type: 'string' },
+  size: { type: 'string' },
+  local: { type: 'string' },
+  store: { type: 'string' },
+  baseline: { type: 'string' },
+  policy: { type: 'string' },
+  touches: { type: 'string' },
+  warmup: { type: 'string' },
+  seed: { type: 'string' },
+  prefetch: { type: 'string' },
+  'evict-batch': { type: 'string' },
+  'floor-repeats': { type: 'string' },
+  json: { type: 'boolean' },
+} as const;
+
+function count(v: string | undefined, name: string): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v.trim())) throw new UsageError(`bench pager: --${name} must be a whole number, got '${v}'`);
+  return Number(v);
+}
+
+/** Command line -> options; every mistake is a UsageError naming the option. */
+export function optionsFromArgs(values: Record<string, string | boolean | undefined>): PagerBenchOptions {
+  const need = (k: string, example: string): string => {
+    const v = values[k];
+    if (typeof v !== 'string' || v === '') throw new UsageError(`bench pager: --${k} is required, e.g. --${k} ${example}`);
+    return v;
+  };
+  const workload = need('workload', 'seq');
+  if (!(WORKLOADS as readonly string[]).includes(workload)) throw new UsageError(`bench pager: unknown workload '${workload}': choose seq, random or zipf`);
+  const size = (k: string, example: string) => {
+    try {
+      return parseSize(need(k, example), `--${k}`);
+    } catch (e) {
+      if (e instanceof UsageError) throw e;
+      throw new UsageError(`bench pager: ${(e as Error).message}`);
+    }
+  };
+  const sizeBytes = size('size', '128M');
+  const localBytes = size('local', '64M');
+  if (localBytes >= sizeBytes)
+    throw new UsageError(`bench pager: --local (${formatSize(localBytes)}) must be smaller than --size (${formatSize(sizeBytes)}), or nothing is paged; e.g. --size 128M --local 64M`);
+  const store = need('store', 'memory:');
+  const baseline = values.baseline as string | undefined;
+  if (baseline !== undefined && baseline !== 'kernel-swap') throw new UsageError(`bench pager: unknown baseline '${baseline}': the only baseline is kernel-swap`);
+  const policy = values.policy as string | undefined;
+  if (policy !== undefined && policy !== 'slru' && policy !== 'fifo') throw new UsageError(`bench pager: unknown policy '${policy}': choose slru or fifo`);
+  return {
+    workload: workload as Workload,
+    sizeBytes,
+    localBytes,
+    store,
+    baseline: baseline as 'kernel-swap' | undefined,
+    policy: policy as 'slru' | 'fifo' | undefined,
+    touches: count(values.touches as string | undefined, 'touches'),
+    warmup: count(values.warmup as string | undefined, 'warmup'),
+    seed: count(values.seed as string | undefined, 'seed'),
+    prefetchMax: count(values.prefetch as string | undefined, 'prefetch'),
+    evictBatch: count(values['evict-batch'] as string | undefined, 'evict-batch'),
+    floorRepeats: count(values['floor-repeats'] as string | undefined, 'floor-repeats'),
+  };
+}
+
+/** A one-line progress bar on a terminal, redrawn in place at most ~10 times a second. */
+function progressBar(): { update(p: Progress): void; done(): void } {
+  let last = 0;
+  let shown = false;
+  const width = 30;
+  return {
+    update(p) {
+      const now = Date.now();
+      if (now - last < 100 && p.done < p.total) return;
+      last = now;
+      const f = p.total > 0 ? Math.min(1, Math.max(0, p.done / p.total)) : 0;
+      const bar = '#'.repeat(Math.round(f * width)).padEnd(width, '.');
+      process.stderr.write(`\r\x1b[2K${p.phase.padEnd(12)} [${bar}] ${(f * 100).toFixed(0).padStart(3)}%`);
+      shown = true;
+    },
+    done() {
+      if (shown) process.stderr.write('\r\x1b[2K');
+    },
+  };
+}
+
+const f1 = (x: number | undefined) => (x === undefined ? '-' : x < 10 ? x.toFixed(2) : x.toFixed(1));
+const pct = (x: number | undefined) => (x === undefined ? '-' : `${(x * 100).toFixed(1)}%`);
+
+export function renderTable(r: PagerBenchResult): string {
+  const k = r.kernelSwap;
+  const rows: string[][] = [
+    ['', 'µs/touch', 'vs kernel', 'fault p50 / p99 µs', 'hit rate', 'integrity'],
+    ['elasticmem pager', f1(r.usPerTouch), r.ratioVsKernelSwap !== undefined ? `${r.ratioVsKernelSwap.toFixed(2)}x` : '-', `${f1(r.touchFaultUs.p50)} / ${f1(r.touchFaultUs.p99)}`, pct(r.hitRate), r.integrity],
+  ];
+  if (k) rows.push([`kernel swap (zram ${k.zramAlgorithm})`, f1(k.usPerTouch), '1.00x', `${f1(k.touchFaultUs.p50)} / ${f1(k.touchFaultUs.p99)}`, pct(k.hitRate), k.integrity]);
+  const fl = r.uffdFloor.anon;
+  const p99 = fl.map((s) => s.roundTripUs.p99).sort((a, b) => a - b)[Math.floor(fl.length / 2)];
+  rows.push(['uffd floor (bare C handler)', '-', '-', `${f1(r.uffdFloorUs)} / ${f1(p99)}`, '-', '-']);
+  const w = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
+  const line = (row: string[]) => '  ' + row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('   ');
+  const p = r.pager;
+  return [
+    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches`,
+    '',
+    ...rows.map(line),
+    '',
+    `  fault p50/p99: faulting touches as the workload saw them (> 2 µs). p50 vs floor: ${r.p50VsFloor.toFixed(2)}x`,
+    `  pager's own fault latency (read to resolved): p50 ${f1(r.faultLatencyUs.p50)} µs, p99 ${f1(r.faultLatencyUs.p99)} µs`,
+    `  pager during the timed touches: faults ${p.faults}, fetches ${p.fetches}, prefetched ${p.prefetched}, evictions ${p.evictions},`,
+    `    clean drops ${p.cleanDrops}, store writes ${p.storeWrites}, wp faults ${p.wpFaults}, evict aborts ${p.evictAborts}`,
+    k ? `  kernel swap during the timed touches: swap-ins ${k.swapIns}, swap-outs ${k.swapOuts}, cgroup limit ${formatSize(k.limitBytes)} (cap + ${Math.round(k.overheadBytes / 1024)} KiB of the workload's own memory)` : '',
+    `  integrity: ${r.integrityDetail.beforeDetach}; after detach: ${r.integrityDetail.afterDetach}`,
+    '',
+  ].filter((l, i, a) => l !== '' || a[i - 1] !== '').join('\n');
+}
+
+const cmd: Command = {
+  name: 'bench-pager',
+  summary: 'per-touch cost of the pager against kernel swap and the uffd floor',
+  usage,
+  async run(args) {
+    const { values, help } = parse('bench pager', args, OPTIONS, { min: 0, max: 0, names: '' });
+    if (help) {
+      process.stdout.write(usage);
+      return 0;
+    }
+    const opts = optionsFromArgs(values);
+    const bar = !values.json && process.stderr.isTTY ? progressBar() : undefined;
+    const ac = new AbortController();
+    // Ctrl-C: kill the workload, undo the kernel-swap set-up, detach; then exit 130.
+    const onSignal = () => ac.abort(new Error('interrupted'));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    try {
+      const result = await runPagerBench({ ...opts, signal: ac.signal, onProgress: bar ? (p) => bar.update(p) : undefined });
+      bar?.done();
+      if (values.json) printJson(result);
+      else process.stdout.write(renderTable(result));
+      return result.integrity === 'ok' && (result.kernelSwap?.integrity ?? 'ok') === 'ok' ? 0 : 1;
+    } catch (e) {
+      bar?.done();
+      if (ac.signal.aborted) {
+        process.stderr.write('elasticmem bench pager: interrupted; workload stopped and set-up undone\n');
+        return 130;
+      }
+      throw e;
+    } finally {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    }
+  },
+};
+export default cmd;
