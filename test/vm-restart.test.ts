@@ -1,0 +1,64 @@
+/**
+ * Invariant 4 end to end: kill -9 of the daemon in the middle of the guest's workload.
+ * QEMU keeps its userfaultfd, the guest waits; a restarted daemon takes the VM over
+ * (from its state file, and, with the state file gone, by an explicit attach) and the
+ * guest continues and verifies. The pages live in a persistent store (file://).
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { bootDomain } from './helpers/libvirt.ts';
+import { startDaemon, holdsUffd } from './helpers/daemon.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes over, corrupt=0', async (t) => {
+  const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
+  t.teardown(() => fs.rmSync(storeDir, { recursive: true, force: true }));
+  const fileUri = `file://${storeDir}`;
+  const [dom, d1] = await Promise.all([
+    bootDomain(t, { memMiB: 256, maxMemMiB: 384, template: 'memfd', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 31, passes: 0, pauseMs: 100 } }),
+    startDaemon(t),
+  ]);
+  const con = dom.console;
+  await con.waitForPasses(1, 120_000);
+  const a = await d1.cli('attach', dom.name, '--local', '48M', '--store', fileUri);
+  t.is(a.code, 0, a.stderr);
+  await con.waitForPasses(con.passes.length + 2, 120_000);
+
+  // 1. kill -9 in the middle of a pass: the guest stalls on its faults.
+  await d1.kill9();
+  t.true(holdsUffd(dom.pid), 'QEMU kept its userfaultfd');
+  await sleep(1500);
+  const stalled = con.passes.length;
+  await sleep(4000);
+  t.true(con.passes.length <= stalled + 1, `guest stalled without a monitor (${stalled} -> ${con.passes.length} passes)`);
+
+  // The next daemon reads the state file and takes the VM over by itself.
+  const d2 = await d1.restart();
+  await d2.waitLog(new RegExp(`\\[${dom.name}\\] attached \\(took over the userfaultfd left by a previous daemon\\)`), 30_000);
+  await d2.waitLog(new RegExp(`\\[${dom.name}\\] re-attached after daemon restart: tookOver=true`));
+  await con.waitForPasses(con.passes.length + 3, 120_000);
+  const s = JSON.parse((await d2.cli('stats', dom.name, '--json')).stdout);
+  t.is(s.localCapPages, 12288, 'the cap came back from the state file');
+  t.is(s.store, fileUri);
+
+  // 2. Again, and this time the state file is lost too: an explicit attach takes over.
+  await d2.kill9();
+  fs.rmSync(d2.state, { force: true });
+  const d3 = await d2.restart();
+  t.deepEqual(JSON.parse((await d3.cli('list', '--json')).stdout), { vms: [] });
+  const r = await d3.cli('attach', dom.name, '--local', '64M', '--store', fileUri, '--json');
+  t.is(r.code, 0, r.stderr);
+  t.true(JSON.parse(r.stdout).tookOver);
+  await con.waitForPasses(con.passes.length + 3, 120_000);
+
+  // Detach leaves the VM whole.
+  const det = await d3.cli('detach', dom.name);
+  t.is(det.code, 0, det.stderr);
+  t.false(holdsUffd(dom.pid));
+  await con.waitForPasses(con.passes.length + 2, 60_000);
+  t.deepEqual(con.passes.filter((p) => p.corrupt !== 0), []);
+  t.true(con.passes.every((p) => p.verified === p.pages));
+});
