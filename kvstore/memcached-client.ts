@@ -216,11 +216,23 @@ function writeReq(b: Buffer, o: number, op: number, key: Buffer | null, extras: 
 }
 
 /**
- * `lru_crawler metadump all` on a separate text-protocol connection: every key the
+ * `lru_crawler metadump hash` on a separate text-protocol connection: every key the
  * server holds with its size. memcached has no other way to enumerate keys; used only
  * by list/usage/dropVm (recovery, reporting), never on the fault path.
+ * The hash-table walk (memcached 1.6.10+) sees every item; the older `metadump all`
+ * walks the LRUs and misses items the LRU maintainer moves meanwhile (we saw it miss
+ * pages that had just been read), so it is only the fallback for old servers.
  */
-export function metadump(host: string, port: number, t: NetTimeouts): Promise<{ key: string; size: number }[]> {
+export async function metadump(host: string, port: number, t: NetTimeouts): Promise<{ key: string; size: number }[]> {
+  try {
+    return await metadumpOnce(host, port, t, 'hash');
+  } catch (e) {
+    if ((e as ElasticmemError).code !== 'STORE_ERROR') throw e;
+    return metadumpOnce(host, port, t, 'all');
+  }
+}
+
+function metadumpOnce(host: string, port: number, t: NetTimeouts, mode: 'hash' | 'all'): Promise<{ key: string; size: number }[]> {
   return new Promise((resolve, reject) => {
     const s = net.connect({ host, port });
     const out: { key: string; size: number }[] = [];
@@ -235,7 +247,7 @@ export function metadump(host: string, port: number, t: NetTimeouts): Promise<{ 
     };
     const timer = setTimeout(() => finish(unavailable(`memcached ${host}:${port}: metadump did not finish within ${t.opTimeoutMs * 6} ms`)), t.opTimeoutMs * 6);
     s.setEncoding('latin1');
-    s.once('connect', () => s.write('lru_crawler metadump all\r\n'));
+    s.once('connect', () => s.write(`lru_crawler metadump ${mode}\r\n`));
     s.on('data', (d: string) => {
       // Key lines end in "\n", the final END in "\r\n".
       const lines = (rest + d).split('\n');

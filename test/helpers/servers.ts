@@ -258,6 +258,8 @@ export interface MemcachedServers {
   /** Restart every instance (memcached keeps nothing across a restart). */
   restart(): Promise<void>;
   stop(): Promise<void>;
+  /** Kill one instance (SIGKILL), leaving the others up. */
+  killOne(index: number): Promise<void>;
   pause(): void;
   resume(): void;
 }
@@ -295,6 +297,7 @@ export async function startMemcached(t: TeardownContext, o: MemcachedOptions = {
       await Promise.all(ports.map((p) => waitForPort(p)));
     },
     stop: async () => { await Promise.all(procs.map((p) => p.stop('SIGTERM'))); },
+    killOne: (i) => procs[i]!.stop('SIGKILL'),
     pause: () => { for (const p of procs) p.kill('SIGSTOP'); },
     resume: () => { for (const p of procs) p.kill('SIGCONT'); },
   };
