@@ -137,6 +137,8 @@ export interface KernelSwapResult {
   overheadBytes: number;
   zramAlgorithm: string;
   integrity: 'ok' | 'corrupt';
+  /** Runs repeated because the kernel OOM-killed the workload in its cgroup (see kernelSwapPhase). */
+  oomRetries: number;
 }
 
 const TOUCHES_PER_PAGE: Record<Workload, number> = { seq: 10, random: 20, zipf: 60 };
@@ -307,7 +309,29 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
   }
 }
 
+/** The kernel OOM-killed the baseline workload in its cgroup (reclaim found nothing to swap in time). */
+class MemcgOom extends ElasticmemError {
+  constructor(limitBytes: number) {
+    super(`the kernel OOM-killed the kernel-swap baseline workload in its memory cgroup (limit ${formatSize(limitBytes)}) three times: its reclaim could not keep up at this cap; try a larger --local`, 'EM_BENCH_MEMCG_OOM');
+  }
+}
+
+/**
+ * With a small cap, memcg reclaim occasionally gives up and OOM-kills the workload
+ * although swap has room (the kernel's, not ours): retry such a run from scratch, at
+ * most three times, and say how often it happened.
+ */
 async function kernelSwapPhase(bin: string, args: string[], opts: PagerBenchOptions, touches: number, progress: (p: Progress) => void): Promise<KernelSwapResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return { ...(await kernelSwapAttempt(bin, args, opts, touches, progress)), oomRetries: attempt - 1 };
+    } catch (e) {
+      if (!(e instanceof MemcgOom) || attempt >= 3) throw e;
+    }
+  }
+}
+
+async function kernelSwapAttempt(bin: string, args: string[], opts: PagerBenchOptions, touches: number, progress: (p: Progress) => void): Promise<Omit<KernelSwapResult, 'oomRetries'>> {
   opts.signal?.throwIfAborted();
   progress({ phase: 'kernel-swap', done: 0, total: 1 });
   // Unlimited while the workload fills its memory: its own overhead (code, page tables,
@@ -316,12 +340,14 @@ async function kernelSwapPhase(bin: string, args: string[], opts: PagerBenchOpti
   const env = await setupKernelSwap({ limitBytes: opts.sizeBytes * 4, swapBytes: Math.max(2 * opts.sizeBytes, 64 * 1024 * 1024) });
   let proc: LineProcess | undefined;
   let unhook = () => {};
+  let limitBytes = opts.sizeBytes * 4;
+  const oomKills = () => Number(/oom_kill (\d+)/.exec(fs.readFileSync(`${env.cgroupDir}/memory.oom_control`, 'utf8'))?.[1] ?? 0);
   try {
     proc = await launchLineProcess(bin, args, { cgroupDir: env.cgroupDir });
     unhook = killOnAbort(proc, opts.signal);
     const usageBytes = Number(fs.readFileSync(`${env.cgroupDir}/memory.usage_in_bytes`, 'utf8'));
     const overheadBytes = Math.max(0, usageBytes - opts.sizeBytes);
-    const limitBytes = opts.localBytes + overheadBytes;
+    limitBytes = opts.localBytes + overheadBytes;
     // Writing the limit reclaims down to it at once: swap-out happens here, untimed, like
     // the pager's eviction down to the cap.
     fs.writeFileSync(`${env.cgroupDir}/memory.limit_in_bytes`, String(limitBytes));
@@ -342,6 +368,9 @@ async function kernelSwapPhase(bin: string, args: string[], opts: PagerBenchOpti
       zramAlgorithm: env.zramAlgorithm,
       integrity: d.integrity.startsWith('integrity ok') && d.wl.readMismatches === 0 ? 'ok' : 'corrupt',
     };
+  } catch (e) {
+    if (!opts.signal?.aborted && oomKills() > 0) throw new MemcgOom(limitBytes);
+    throw e;
   } finally {
     unhook();
     await proc?.kill();

@@ -4,6 +4,7 @@
  */
 import { parse, printJson, UsageError, type Command } from '../command.ts';
 import { parseSize, formatSize } from '../../size.ts';
+import { parseStoreUri } from '../../../kvstore/index.ts';
 import { runPagerBench, WORKLOADS, type PagerBenchOptions, type PagerBenchResult, type Progress, type Workload } from '../../bench/pager-bench.ts';
 
 const usage = `usage: elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI
@@ -78,6 +79,11 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
   if (localBytes >= sizeBytes)
     throw new UsageError(`bench pager: --local (${formatSize(localBytes)}) must be smaller than --size (${formatSize(sizeBytes)}), or nothing is paged; e.g. --size 128M --local 64M`);
   const store = need('store', 'memory:');
+  try {
+    parseStoreUri(store);
+  } catch (e) {
+    throw new UsageError(`bench pager: --store: ${(e as Error).message}`);
+  }
   const baseline = values.baseline as string | undefined;
   if (baseline !== undefined && baseline !== 'kernel-swap') throw new UsageError(`bench pager: unknown baseline '${baseline}': the only baseline is kernel-swap`);
   const policy = values.policy as string | undefined;
@@ -144,7 +150,7 @@ export function renderTable(r: PagerBenchResult): string {
     `  pager's own fault latency (read to resolved): p50 ${f1(r.faultLatencyUs.p50)} µs, p99 ${f1(r.faultLatencyUs.p99)} µs`,
     `  pager during the timed touches: faults ${p.faults}, fetches ${p.fetches}, prefetched ${p.prefetched}, evictions ${p.evictions},`,
     `    clean drops ${p.cleanDrops}, store writes ${p.storeWrites}, wp faults ${p.wpFaults}, evict aborts ${p.evictAborts}`,
-    k ? `  kernel swap during the timed touches: swap-ins ${k.swapIns}, swap-outs ${k.swapOuts}, cgroup limit ${formatSize(k.limitBytes)} (cap + ${Math.round(k.overheadBytes / 1024)} KiB of the workload's own memory)` : '',
+    k ? `  kernel swap during the timed touches: swap-ins ${k.swapIns}, swap-outs ${k.swapOuts}, cgroup limit ${formatSize(k.limitBytes)} (cap + ${Math.round(k.overheadBytes / 1024)} KiB of the workload's own memory)${k.oomRetries ? `, repeated ${k.oomRetries}x after a memcg OOM kill` : ''}` : '',
     `  integrity: ${r.integrityDetail.beforeDetach}; after detach: ${r.integrityDetail.afterDetach}`,
     '',
   ].filter((l, i, a) => l !== '' || a[i - 1] !== '').join('\n');

@@ -1,0 +1,93 @@
+/**
+ * `elasticmem bench pager` through the real CLI (bin/elasticmem.js): a small run with
+ * the kernel-swap baseline must report every JSON field with plausible numbers, verify
+ * every page, and leave no cgroup, zram device or process behind. Bad input is refused
+ * with exit code 2 before anything is started.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..');
+const bin = path.join(root, 'bin', 'elasticmem.js');
+
+interface Run { code: number | null; stdout: string; stderr: string }
+
+function cli(t: { teardown(fn: () => void): void }, args: string[], timeoutMs = 90_000): Promise<Run> {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd: root });
+  // SIGTERM lets the bench undo its set-up (workload, pager, cgroup, zram) itself.
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM'); });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { child.kill('SIGTERM'); reject(new Error(`elasticmem ${args.join(' ')}: no exit within ${timeoutMs} ms; stderr: ${stderr}`)); }, timeoutMs);
+    child.on('close', (code) => { clearTimeout(timer); resolve({ code, stdout, stderr }); });
+  });
+}
+
+const benchCgroups = () => {
+  try {
+    return fs.readdirSync('/sys/fs/cgroup/memory').filter((n) => n.startsWith('elasticmem-bench-'));
+  } catch {
+    return [];
+  }
+};
+const swaps = () => fs.readFileSync('/proc/swaps', 'utf8').split('\n').slice(1).filter(Boolean).map((l) => l.split(/\s+/)[0]);
+
+test('a small bench pager run reports every field, verifies every page and cleans up', async (t) => {
+  const swapsBefore = swaps();
+  const r = await cli(t, ['bench', 'pager', '--workload', 'random', '--size', '32M', '--local', '8M', '--store', 'memory:', '--baseline', 'kernel-swap', '--touches', '20000', '--floor-repeats', '1', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const lines = r.stdout.trim().split('\n');
+  t.is(lines.length, 1, 'one JSON object on stdout');
+  const j = JSON.parse(lines[0]!);
+  t.log(JSON.stringify({ usPerTouch: j.usPerTouch, kernelSwapUsPerTouch: j.kernelSwapUsPerTouch, uffdFloorUs: j.uffdFloorUs, faultLatencyUs: j.faultLatencyUs, hitRate: j.hitRate }));
+  t.is(j.workload, 'random');
+  t.is(j.sizeBytes, 32 * 2 ** 20);
+  t.is(j.localBytes, 8 * 2 ** 20);
+  t.is(j.store, 'memory:');
+  t.is(j.policy, 'slru');
+  t.is(j.touches, 20000);
+  t.is(j.integrity, 'ok');
+  t.regex(j.integrityDetail.beforeDetach, /^integrity ok pages=8192$/);
+  t.regex(j.integrityDetail.afterDetach, /^integrity ok pages=8192$/);
+  for (const k of ['usPerTouch', 'kernelSwapUsPerTouch', 'ratioVsKernelSwap', 'uffdFloorUs', 'p50VsFloor']) t.true(j[k] > 0, `${k} = ${j[k]}`);
+  t.true(j.faultLatencyUs.p50 > 0 && j.faultLatencyUs.p99 >= j.faultLatencyUs.p50, JSON.stringify(j.faultLatencyUs));
+  t.true(Math.abs(j.ratioVsKernelSwap - j.usPerTouch / j.kernelSwapUsPerTouch) < 0.01);
+  // Uniform random over 4x the cap: about 3 of 4 touches miss, under both pagers.
+  t.true(j.pager.fetches > 20000 * 0.5 && j.pager.fetches <= 20000, `fetches ${j.pager.fetches}`);
+  t.true(j.pager.evictions > 0 && j.pager.faults >= j.pager.fetches);
+  t.true(j.hitRate > 0 && j.hitRate < 0.5, `hit rate ${j.hitRate}`);
+  t.true(j.pager.residentPages <= j.pager.localCapPages + 4 * 256, `resident ${j.pager.residentPages}`);
+  t.is(j.pager.latencyHistogram.counts.reduce((a: number, b: number) => a + b, 0), j.pager.faultLatencyUs.count);
+  t.is(j.kernelSwap.integrity, 'ok');
+  t.true(j.kernelSwap.swapIns > 20000 * 0.5, `kernel swap-ins ${j.kernelSwap.swapIns}`);
+  t.true(j.kernelSwap.limitBytes >= 8 * 2 ** 20 && j.kernelSwap.limitBytes < 12 * 2 ** 20);
+  t.true(j.uffdFloor.anon.length === 1 && j.uffdFloor.memfd.length === 1);
+  // Nothing left behind.
+  t.deepEqual(benchCgroups(), []);
+  t.deepEqual(swaps(), swapsBefore);
+  t.false(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes('memcg-v1'));
+});
+
+test('bad input is refused with exit 2 and a message naming the problem', async (t) => {
+  const base = ['bench', 'pager', '--size', '32M', '--local', '8M', '--store', 'memory:'];
+  const cases: [string[], RegExp][] = [
+    [['--workload', 'loop'], /unknown workload 'loop'.*seq, random or zipf/],
+    [['--workload', 'seq', '--local', '32M'], /--local \(32M\) must be smaller than --size \(32M\)/],
+    [['--workload', 'seq', '--size', 'lots'], /--size: 'lots' is not a size/],
+    [['--workload', 'seq', '--store', 'tape://x'], /unknown scheme 'tape:'/],
+    [['--workload', 'seq', '--baseline', 'swapfile'], /only baseline is kernel-swap/],
+  ];
+  // parseArgs keeps the last value of a repeated option: each case overrides the base.
+  for (const [extra, re] of cases) {
+    const r = await cli(t, [...base, ...extra], 30_000);
+    t.is(r.code, 2, `${extra.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re);
+    t.is(r.stdout, '');
+  }
+});
