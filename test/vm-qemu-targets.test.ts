@@ -1,0 +1,86 @@
+/**
+ * QEMUs not managed by libvirt: `pid:<PID>` (QMP socket found on the command line) and
+ * `qmp:<socket>` (pid found from the socket's peer). Private and memfd RAM, grow through
+ * QMP qom-set, the live stats stream, detach; the guest verifies throughout.
+ */
+import test from 'ava';
+import { spawn } from 'node:child_process';
+import { bootQemu } from './helpers/qemu.ts';
+import { startDaemon, holdsUffd, BIN } from './helpers/daemon.ts';
+
+/** Collect `n` JSON lines of `stats --watch --json`, then stop it as Ctrl-C would. */
+function watchSamples(socket: string, vm: string, n: number): Promise<Record<string, any>[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [BIN, 'stats', vm, '--watch', '--json', '--socket', socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const out: Record<string, any>[] = [];
+    let buf = '';
+    let err = '';
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.stderr!.on('data', (d) => { err += d; });
+    child.stdout!.on('data', (d) => {
+      buf += d;
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        out.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+        if (out.length === n) child.kill('SIGINT');
+      }
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      if (out.length >= n && code === 0) resolve(out); else reject(new Error(`watch exited ${code} after ${out.length} samples: ${err}`));
+    });
+  });
+}
+
+test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0', async (t) => {
+  const [p, q, d] = await Promise.all([
+    bootQemu(t, { memMiB: 256, maxMemMiB: 512, memory: 'private', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 51, passes: 0, pauseMs: 100 } }),
+    bootQemu(t, { memMiB: 256, maxMemMiB: 512, memory: 'memfd', workload: { sizeMiB: 96, pattern: 'seq', write: 0.25, seed: 52, passes: 0, pauseMs: 100 } }),
+    startDaemon(t),
+  ]);
+  await Promise.all([p.console.waitForPasses(1, 120_000), q.console.waitForPasses(1, 120_000)]);
+
+  const ap = await d.cli('attach', `pid:${p.pid}`, '--local', '64M', '--json');
+  t.is(ap.code, 0, ap.stderr);
+  const jp = JSON.parse(ap.stdout);
+  // Boot RAM private (memory-backend-ram), the virtio-mem backend a memfd: both paged.
+  t.is(jp.backing, 'mixed');
+  t.deepEqual(jp.regions.map((r: { name: string; kind: string }) => [r.name.replace(/^.*\//, ''), r.kind]).sort(), [['ram0', 'anon'], ['vmem0', 'memfd']]);
+  t.regex(jp.vm, /^qemu-\d+-\d+$/, 'no -uuid: the id is pid + start time');
+  const aq = await d.cli('attach', `qmp:${q.qmpPath}`, '--local', '64M', '--json');
+  t.is(aq.code, 0, aq.stderr);
+  const jq = JSON.parse(aq.stdout);
+  t.is(jq.backing, 'memfd');
+  t.is(jq.pid, q.pid, 'the pid behind the QMP socket was found');
+  // The same QEMU under its other name is the same VM.
+  const dup = await d.cli('attach', `pid:${q.pid}`, '--local', '64M');
+  t.true(dup.stderr.includes('[ALREADY_ATTACHED]'), dup.stderr);
+
+  // The live view: samples each second, rates computed against the previous one.
+  const samples = await watchSamples(d.socket, `pid:${p.pid}`, 3);
+  t.is(samples.length, 3);
+  t.true(samples[2]!.t - samples[1]!.t >= 900 && samples[2]!.t - samples[1]!.t <= 2000);
+  t.is(samples[2]!.stats.localCapPages, 16384);
+  t.true(samples[2]!.rates.faults > 0, 'the squeezed guest faults every second');
+  t.true(samples[2]!.stats.faults >= samples[1]!.stats.faults);
+
+  // Grow through QMP qom-set on the plain QEMU.
+  const before = p.console.memTotalKb!;
+  const g = await d.cli('grow', `pid:${p.pid}`, '64M', '--json');
+  t.is(g.code, 0, g.stderr);
+  t.true(JSON.parse(g.stdout).complete);
+  await p.console.waitForMemTotal(before + 60 * 1024, 60_000);
+
+  for (const [vm, c] of [[`pid:${p.pid}`, p.console], [`qmp:${q.qmpPath}`, q.console]] as const) {
+    await c.waitForPasses(c.passes.length + 2, 120_000);
+    const det = await d.cli('detach', vm);
+    t.is(det.code, 0, det.stderr);
+  }
+  t.false(holdsUffd(p.pid));
+  t.false(holdsUffd(q.pid));
+  for (const c of [p.console, q.console]) {
+    await c.waitForPasses(c.passes.length + 1, 60_000);
+    t.deepEqual(c.passes.filter((x) => x.corrupt !== 0), []);
+  }
+});
