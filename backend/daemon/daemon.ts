@@ -98,6 +98,9 @@ export class Daemon {
     if (storeArg !== undefined) parseStoreUri(storeArg);
     if (capBytes === undefined) throw new ElasticmemError(`attach ${spec}: --local SIZE is required (no vms.${spec}.local in the config); e.g. --local 512M`, 'BAD_REQUEST');
     const existing = this.findOrNull(spec);
+    if (existing && (existing.state === 'crashed' || existing.state === 'orphaned')) {
+      throw new ElasticmemError(`VM '${existing.name}' has pages kept from an earlier QEMU that ended (${existing.state}); delete them first with: elasticmem detach ${existing.target.spec}`, 'ALREADY_ATTACHED');
+    }
     if (existing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeUri}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
     if (this.attaching.has(spec)) throw new ElasticmemError(`VM '${spec}' is being attached right now`, 'ALREADY_ATTACHED');
     this.attaching.add(spec);
