@@ -23,7 +23,7 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
                        also run the same workload as private memory in a memory cgroup
                        limited to --local, swapping to zram (sets up and removes both)
   --policy slru|fifo   the pager's replacement policy (default slru)
-  --touches N          timed touches (default: 10/20/60 per page for seq/random/zipf)
+  --touches N          timed touches (default: 6/12/40 per page for seq/random/zipf)
   --warmup N           untimed touches first (default: one per page)
   --seed N             workload seed (default 42)
   --prefetch N         the pager's sequential prefetch limit in pages (default: the pager's)
