@@ -1,0 +1,413 @@
+/**
+ * `elasticmem bench vm`: the test guest's own workload (vm-configs/guest/workload.c)
+ * under libvirt, unattached and then attached at 100%, 50% and 25% local memory for
+ * each store, timed by the guest itself (`ELASTICMEM-WORKLOAD ... ms=` lines).
+ *
+ * Everything goes through the product as an operator would use it: a real
+ * `elasticmem daemon` on a private socket, attach / stats / detach over the control
+ * protocol. The guest boot and console parsing are the ones the tests and the demo use
+ * (test/helpers/libvirt.ts, test/helpers/guest.ts); redis-server and memcached, when
+ * asked for by name, are started on loopback by test/helpers/servers.ts.
+ *
+ * "Local fraction" is a fraction of the guest's footprint on the host: the pages
+ * resident when it is attached at 100% (kernel + workload + whatever the guest touched),
+ * which is what the cap limits. The cap of each phase is that footprint times the
+ * fraction. Each phase is a fresh attach (so its counters and latency percentiles
+ * are its own) followed by a detach that drains every page back.
+ */
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ElasticmemError } from '../../native/errors.ts';
+import { parseStoreUri } from '../../kvstore/uri.ts';
+import { call } from '../cli/client.ts';
+import type { PublicStats } from '../stats/stream.ts';
+import { PAGE } from '../size.ts';
+import type { AccessPattern, WorkloadPass } from '../../test/helpers/guest.ts';
+
+const BIN = fileURLToPath(new URL('../../bin/elasticmem.js', import.meta.url));
+const MiB = 1024 * 1024;
+
+/** A store to measure: what the user asked for and the URI the daemon is given. */
+export interface StoreChoice {
+  /** As given on the command line (`memory:`, `redis`, `redis://10.0.0.5:6379`...). */
+  spec: string;
+  /** Started by the bench ('redis', 'memcached', 'file' in a temporary folder) or given. */
+  own: boolean;
+  kind: 'memory' | 'file' | 'redis' | 'memcached' | 'given';
+  uri?: string;
+}
+
+export interface VmBenchOptions {
+  stores: StoreChoice[];
+  /** Workload size (MiB): what the guest fills and verifies every pass. */
+  sizeMiB: number;
+  /** Guest boot RAM (MiB). */
+  guestMiB: number;
+  pattern: AccessPattern;
+  /** Fraction of pages rewritten per pass. */
+  write: number;
+  seed: number;
+  /** Local fractions of the footprint, descending; 1 means "everything fits". */
+  fractions: number[];
+  /** Passes discarded after each attach (eviction down to the cap happens in these). */
+  warmup: number;
+  /** Passes timed per phase. */
+  passes: number;
+  /** Guest sleep between passes (ms): lets the console and the host breathe. */
+  pauseMs: number;
+  /** Longest wait for one pass before the bench gives up (ms). */
+  passTimeoutMs: number;
+  onProgress?: (p: Progress) => void;
+}
+
+export interface Progress {
+  /** Passes done / planned (the unit of the progress bar). */
+  done: number;
+  total: number;
+  label: string;
+}
+
+export interface PhaseResult {
+  fraction: number;
+  localBytes: number;
+  /** Timed passes (guest-reported ms). */
+  passesMs: number[];
+  medianMs: number;
+  minMs: number;
+  maxMs: number;
+  /** medianMs over the unattached baseline's median. */
+  slowdown: number;
+  attachMs: number;
+  /** From attach until resident pages were at or below the cap (eviction of the excess). */
+  settleMs: number;
+  detachMs: number;
+  corrupt: number;
+  /** Counters of this attach (a fresh session per phase), from `stats --json` at the end of the phase. */
+  stats: Pick<PublicStats, 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched' | 'residentPages' | 'localCapPages' | 'remotePages' | 'faultLatencyUs' | 'storeState'> & Record<string, unknown>;
+  /** Pager counters over the timed passes only, per pass (stats read just before and just after them). */
+  faultsPerPass: number;
+  fetchesPerPass: number;
+  evictionsPerPass: number;
+}
+
+export interface StoreResult {
+  store: string;
+  uri: string;
+  ownServer: boolean;
+  /** Pages resident at the 100% attach: the guest's footprint on the host. */
+  footprintPages: number;
+  phases: PhaseResult[];
+  error?: string;
+}
+
+export interface VmBenchResult {
+  bench: 'vm';
+  version: 1;
+  date: string;
+  host: { hostname: string; cpus: number; cpuModel: string; kernel: string; accel: 'kvm' | 'tcg'; qemu: string };
+  guest: { memMiB: number; template: 'memfd'; workload: { sizeMiB: number; pages: number; pattern: AccessPattern; write: number; seed: number; pauseMs: number } };
+  method: { fractions: number[]; warmupPasses: number; timedPasses: number; fractionOf: 'footprint'; timing: 'guest-reported pass ms' };
+  baseline: { passesMs: number[]; medianMs: number; before: number[]; after: number[] };
+  stores: StoreResult[];
+  /** Sum of corrupt pages over every pass the guest ran (must be 0). */
+  corrupt: number;
+  guestPasses: number;
+  durationS: number;
+}
+
+export const DEFAULT_STORES = 'memory:,file,redis,memcached';
+
+/** Parse `--stores`: comma-separated names (bench-managed) or full URIs. */
+export function parseStores(list: string): StoreChoice[] {
+  const items = list.split(',').map((s) => s.trim()).filter(Boolean);
+  if (!items.length) throw new ElasticmemError(`--stores: empty list; e.g. --stores ${DEFAULT_STORES}`, 'BAD_ARG');
+  const out: StoreChoice[] = [];
+  // A memcached URI with several servers contains commas: glue host:port tails back on.
+  for (let i = 0; i < items.length; i++) {
+    let it = items[i]!;
+    while (/^(memcached|redis\+cluster|rediss\+cluster|aerospike):\/\//i.test(it) && i + 1 < items.length && /^[\w.-]+:\d+(\/.*)?$/.test(items[i + 1]!)) it += ',' + items[++i];
+    const bare = it.replace(/:$/, '').toLowerCase();
+    if (bare === 'memory') out.push({ spec: 'memory:', own: false, kind: 'memory', uri: 'memory:' });
+    else if (bare === 'file') out.push({ spec: 'file', own: true, kind: 'file' });
+    else if (bare === 'redis') out.push({ spec: 'redis', own: true, kind: 'redis' });
+    else if (bare === 'memcached') out.push({ spec: 'memcached', own: true, kind: 'memcached' });
+    else {
+      try {
+        parseStoreUri(it);
+      } catch (e) {
+        throw new ElasticmemError(`--stores: ${(e as Error).message}. Or name a store the bench starts itself: memory, file, redis, memcached`, 'BAD_ARG');
+      }
+      out.push({ spec: it, own: false, kind: 'given', uri: it });
+    }
+  }
+  const seen = new Set<string>();
+  for (const s of out) {
+    if (seen.has(s.spec)) throw new ElasticmemError(`--stores: '${s.spec}' is listed twice`, 'BAD_ARG');
+    seen.add(s.spec);
+  }
+  return out;
+}
+
+export function checkOptions(o: VmBenchOptions): void {
+  const bad = (m: string) => new ElasticmemError(m, 'BAD_ARG');
+  if (!Number.isInteger(o.sizeMiB) || o.sizeMiB < 4) throw bad(`--size-mib must be an integer >= 4, got ${o.sizeMiB}`);
+  if (!Number.isInteger(o.guestMiB) || o.guestMiB < 128) throw bad(`--guest-mib must be an integer >= 128 (the guest kernel needs ~100 MiB), got ${o.guestMiB}`);
+  if (o.sizeMiB > o.guestMiB - 96) throw bad(`--size-mib ${o.sizeMiB} does not fit a ${o.guestMiB} MiB guest (keep 96 MiB for its kernel): raise --guest-mib to at least ${o.sizeMiB + 96}`);
+  if (!['seq', 'random', 'zipf'].includes(o.pattern)) throw bad(`--pattern must be seq, random or zipf, got '${o.pattern}'`);
+  if (!(o.write >= 0 && o.write <= 1)) throw bad(`--write must be within 0..1, got ${o.write}`);
+  if (!o.fractions.length || o.fractions.some((f) => !(f > 0 && f <= 1))) throw bad(`--fractions must be numbers in (0, 1], e.g. 1,0.5,0.25; got ${o.fractions.join(',')}`);
+  if (o.fractions[0] !== 1 || o.fractions.some((f, i) => i > 0 && f >= o.fractions[i - 1]!)) throw bad(`--fractions must start with 1 and decrease (the 100% phase measures the footprint the others are fractions of), e.g. 1,0.5,0.25; got ${o.fractions.join(',')}`);
+  if (!Number.isInteger(o.passes) || o.passes < 1) throw bad(`--passes must be an integer >= 1, got ${o.passes}`);
+  if (!Number.isInteger(o.warmup) || o.warmup < 1) throw bad(`--warmup must be an integer >= 1 (the pass running at attach time is never timed), got ${o.warmup}`);
+  if (!o.stores.length) throw bad('no store to measure');
+}
+
+const median = (xs: number[]): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n === 0 ? NaN : n % 2 ? s[(n - 1) / 2]! : (s[n / 2 - 1]! + s[n / 2]!) / 2;
+};
+
+/** Cleanups run in reverse order of registration, each at most once, errors reported, never thrown. */
+export class Cleanup {
+  private fns: (() => unknown)[] = [];
+  teardown(fn: () => unknown): void { this.fns.push(fn); }
+  async run(): Promise<void> {
+    while (this.fns.length) {
+      const f = this.fns.pop()!;
+      try { await f(); } catch (e) { process.stderr.write(`bench vm cleanup: ${(e as Error).message}\n`); }
+    }
+  }
+}
+
+/** The accelerator QEMU really runs with (from its command line), not what /dev/kvm suggests. */
+function accelOf(pid: number): 'kvm' | 'tcg' {
+  try {
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    const i = argv.indexOf('-accel');
+    if (i >= 0) return argv[i + 1]?.startsWith('kvm') ? 'kvm' : 'tcg';
+    const m = argv.find((a) => /accel=/.test(a));
+    return m && /accel=kvm/.test(m) ? 'kvm' : 'tcg';
+  } catch {
+    return 'tcg';
+  }
+}
+
+function hostInfo(qemuPid: number): VmBenchResult['host'] {
+  let qemu = 'unknown';
+  try {
+    const out = execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8', timeout: 10_000 });
+    qemu = /version ([^\s,]+)/.exec(out)?.[1] ?? qemu;
+  } catch { /* reported as unknown */ }
+  return {
+    hostname: os.hostname(),
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model.trim() ?? 'unknown',
+    kernel: os.release(),
+    accel: accelOf(qemuPid),
+    qemu,
+  };
+}
+
+/** Start `elasticmem daemon` on a private socket; stopped (SIGTERM, then SIGKILL) at cleanup. */
+async function startDaemon(cl: Cleanup, dir: string): Promise<{ socket: string; log: () => string; proc: ChildProcess }> {
+  const socket = path.join(dir, 'run', 'em.sock');
+  const config = path.join(dir, 'config.yaml');
+  // Small guests: allow caps below the default 16M minimum (25% of a small footprint).
+  fs.writeFileSync(config, 'limits:\n  minLocal: 4M\n');
+  const proc = spawn(process.execPath, [BIN, 'daemon', '--socket', socket, '--state', path.join(dir, 'state.json'), '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (d: Buffer) => { log = (log + d.toString()).slice(-20_000); };
+  proc.stdout!.on('data', keep);
+  proc.stderr!.on('data', keep);
+  const exited = new Promise<void>((r) => proc.once('exit', () => r()));
+  cl.teardown(async () => {
+    if (proc.exitCode !== null || proc.signalCode !== null) return;
+    proc.kill('SIGTERM');
+    const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+    await exited;
+    clearTimeout(t);
+  });
+  for (let i = 0; ; i++) {
+    if (proc.exitCode !== null || proc.signalCode !== null) throw new ElasticmemError(`the elasticmem daemon exited before listening:\n${log}`, 'BENCH_DAEMON');
+    try {
+      await call('ping', {}, { socket });
+      break;
+    } catch {
+      if (i > 300) throw new ElasticmemError(`the elasticmem daemon did not answer on ${socket} within 30 s:\n${log}`, 'BENCH_DAEMON');
+      await sleep(100);
+    }
+  }
+  return { socket, log: () => log, proc };
+}
+
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Start the servers the user named without an address; fill in every choice's URI. */
+async function provideStores(cl: Cleanup, stores: StoreChoice[], dir: string): Promise<void> {
+  const servers = await import('../../test/helpers/servers.ts');
+  for (const s of stores) {
+    if (s.kind === 'file') {
+      const d = path.join(dir, 'file-store');
+      fs.mkdirSync(d, { recursive: true });
+      s.uri = `file://${d}`;
+    } else if (s.kind === 'redis') {
+      s.uri = (await servers.startRedis(cl)).uri;
+    } else if (s.kind === 'memcached') {
+      s.uri = (await servers.startMemcached(cl, { count: 1 })).uri;
+    }
+  }
+}
+
+/** Plan the progress units: passes. */
+function plannedPasses(o: VmBenchOptions): number {
+  return 2 * o.passes + o.warmup + o.stores.length * o.fractions.length * (o.warmup + o.passes);
+}
+
+export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenchResult> {
+  checkOptions(o);
+  if (process.getuid?.() !== 0) throw new ElasticmemError('bench vm needs root (libvirt qemu:///system, ptrace, userfaultfd); run it with sudo', 'NOT_ROOT');
+  const t0 = Date.now();
+  const { bootDomain, ensureLibvirtd } = await import('../../test/helpers/libvirt.ts');
+  const { guestImage } = await import('../../test/helpers/guest.ts');
+  try { guestImage(); } catch (e) { throw new ElasticmemError((e as Error).message, 'BENCH_SETUP'); }
+
+  const total = plannedPasses(o);
+  let done = 0;
+  const progress = (label: string, add = 0) => { done += add; o.onProgress?.({ done: Math.min(done, total), total, label }); };
+
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'elasticmem-bench-vm-'));
+  cl.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  progress('starting stores and the daemon');
+  await provideStores(cl, o.stores, dir);
+  const daemon = await startDaemon(cl, dir);
+  const rpc = (op: 'attach' | 'detach' | 'stats', args: Record<string, unknown>) => call(op, args, { socket: daemon.socket });
+
+  progress(`booting the test guest (${o.guestMiB} MiB, workload ${o.sizeMiB} MiB ${o.pattern})`);
+  await ensureLibvirtd();
+  const workload = { sizeMiB: o.sizeMiB, pattern: o.pattern, write: o.write, seed: o.seed, passes: 0, pauseMs: o.pauseMs };
+  const dom = await bootDomain(cl as never, { memMiB: o.guestMiB, maxMemMiB: o.guestMiB + 128, template: 'memfd', workload });
+  const con = dom.console;
+
+  /** Wait for `n` more passes after `from`, reporting each; returns them. */
+  const passesAfter = async (from: number, n: number, label: string): Promise<WorkloadPass[]> => {
+    for (let k = 1; k <= n; k++) {
+      await con.waitForPasses(from + k, o.passTimeoutMs).catch((e: Error) => {
+        throw new ElasticmemError(`${label}: the guest did not finish a pass within ${o.passTimeoutMs / 1000} s (${e.message.split('\n')[0]}); daemon log:\n${daemon.log().slice(-3000)}`, 'BENCH_TIMEOUT');
+      });
+      progress(label, 1);
+    }
+    return con.passes.slice(from, from + n);
+  };
+
+  /** Passes reported so far. Polls first: the reader only sees what it has read. */
+  const seenPasses = () => { con.poll(); return con.passes.length; };
+
+  // The first pass includes the fill; warm-up passes settle the guest.
+  const boot = seenPasses();
+  await passesAfter(boot, o.warmup, 'guest warm-up (not attached)');
+  const before = (await passesAfter(seenPasses(), o.passes, 'baseline: not attached')).map((p) => p.ms);
+
+  const stores: StoreResult[] = [];
+  for (const s of o.stores) {
+    const r: StoreResult = { store: s.spec, uri: s.uri!, ownServer: s.own, footprintPages: 0, phases: [] };
+    stores.push(r);
+    let attached = false;
+    try {
+      for (const f of o.fractions) {
+        const label = `${s.spec} at ${Math.round(f * 100)}% local`;
+        // 100%: the cap is the whole guest RAM (nothing evicted); the footprint is read from it.
+        const capBytes = f === 1 ? o.guestMiB * MiB : Math.max(4 * MiB, Math.round(f * r.footprintPages) * PAGE);
+        progress(`${label}: attaching`);
+        const ta = Date.now();
+        await rpc('attach', { vm: dom.name, local: String(capBytes), store: s.uri! });
+        attached = true;
+        const attachMs = Date.now() - ta;
+        if (r.footprintPages === 0) r.footprintPages = ((await rpc('stats', { vm: dom.name })) as PublicStats).residentPages;
+        // Eviction down to the cap runs in the background: time nothing until it is done.
+        progress(`${label}: evicting down to the cap`);
+        const settleMs = await settle(() => rpc('stats', { vm: dom.name }) as Promise<PublicStats>, o.passTimeoutMs, label);
+        const mark = seenPasses();
+        await passesAfter(mark, o.warmup, `${label}: warm-up`);
+        const s0 = (await rpc('stats', { vm: dom.name })) as PublicStats;
+        const timed = await passesAfter(seenPasses(), o.passes, label);
+        const st = (await rpc('stats', { vm: dom.name })) as PublicStats;
+        progress(`${label}: detaching`);
+        const td = Date.now();
+        await rpc('detach', { vm: dom.name });
+        attached = false;
+        const ms = timed.map((p) => p.ms);
+        r.phases.push({
+          fraction: f,
+          localBytes: capBytes,
+          passesMs: ms,
+          medianMs: median(ms),
+          minMs: Math.min(...ms),
+          maxMs: Math.max(...ms),
+          slowdown: NaN, // filled in once the baseline is complete
+          attachMs,
+          settleMs,
+          detachMs: Date.now() - td,
+          corrupt: con.passes.slice(mark).reduce((a, p) => a + p.corrupt, 0),
+          stats: pickStats(st),
+          faultsPerPass: Math.round((st.faults - s0.faults) / o.passes),
+          fetchesPerPass: Math.round((st.fetches - s0.fetches) / o.passes),
+          evictionsPerPass: Math.round((st.evictions - s0.evictions) / o.passes),
+        });
+      }
+    } catch (e) {
+      r.error = (e as Error).message;
+      if (attached) {
+        try {
+          await rpc('detach', { vm: dom.name });
+        } catch (d) {
+          // The guest may be wedged on a dead store: measuring the next store on it would be meaningless.
+          throw new ElasticmemError(`${s.spec}: ${r.error}; detach failed too: ${(d as Error).message}`, 'BENCH_FAILED');
+        }
+      }
+      progress(`${s.spec}: FAILED (${r.error.split('\n')[0]})`);
+    }
+  }
+
+  const after = (await passesAfter(seenPasses(), o.passes, 'baseline again: not attached')).map((p) => p.ms);
+  const baseMedian = median([...before, ...after]);
+  for (const r of stores) for (const p of r.phases) p.slowdown = +(p.medianMs / baseMedian).toFixed(3);
+
+  con.poll();
+  const corrupt = con.passes.reduce((a, p) => a + p.corrupt, 0) + (/ELASTICMEM-CORRUPT/.test(con.text()) && con.passes.every((p) => p.corrupt === 0) ? 1 : 0);
+  return {
+    bench: 'vm',
+    version: 1,
+    date: new Date().toISOString(),
+    host: hostInfo(dom.pid),
+    guest: { memMiB: o.guestMiB, template: 'memfd', workload: { sizeMiB: o.sizeMiB, pages: (o.sizeMiB * MiB) / PAGE, pattern: o.pattern, write: o.write, seed: o.seed, pauseMs: o.pauseMs } },
+    method: { fractions: o.fractions, warmupPasses: o.warmup, timedPasses: o.passes, fractionOf: 'footprint', timing: 'guest-reported pass ms' },
+    baseline: { passesMs: [...before, ...after], medianMs: baseMedian, before, after },
+    stores,
+    corrupt,
+    guestPasses: seenPasses(),
+    durationS: Math.round((Date.now() - t0) / 1000),
+  };
+}
+
+/** Poll stats until resident <= cap; returns how long it took. */
+async function settle(read: () => Promise<PublicStats>, timeoutMs: number, label: string): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    const st = await read();
+    if (st.residentPages <= st.localCapPages) return Date.now() - t0;
+    if (st.storeState !== 'ok') throw new ElasticmemError(`${label}: store ${st.storeState}: ${st.storeError}`, 'BENCH_STORE');
+    if (Date.now() - t0 > timeoutMs) throw new ElasticmemError(`${label}: ${st.residentPages} pages still resident over a cap of ${st.localCapPages} after ${timeoutMs / 1000} s`, 'BENCH_TIMEOUT');
+    await sleep(100);
+  }
+}
+
+function pickStats(s: PublicStats): PhaseResult['stats'] {
+  const keys = ['faults', 'zeroFills', 'fetches', 'evictions', 'cleanDrops', 'storeWrites', 'prefetched', 'residentPages', 'localCapPages', 'remotePages', 'totalPages', 'wpFaults', 'discards', 'evictAborts', 'storeRetries', 'lostPages', 'storeState'] as const;
+  const out: Record<string, unknown> = { faultLatencyUs: { ...s.faultLatencyUs } };
+  for (const k of keys) if (k in s) out[k] = s[k];
+  return out as PhaseResult['stats'];
+}
