@@ -38,7 +38,7 @@ const benchCgroups = () => {
 };
 const swaps = () => fs.readFileSync('/proc/swaps', 'utf8').split('\n').slice(1).filter(Boolean).map((l) => l.split(/\s+/)[0]);
 
-test('a small bench pager run reports every field, verifies every page and cleans up', async (t) => {
+test.serial('a small bench pager run reports every field, verifies every page and cleans up', async (t) => {
   const swapsBefore = swaps();
   const r = await cli(t, ['bench', 'pager', '--workload', 'random', '--size', '32M', '--local', '8M', '--store', 'memory:', '--baseline', 'kernel-swap', '--touches', '20000', '--floor-repeats', '1', '--json']);
   t.is(r.code, 0, r.stderr);
@@ -74,7 +74,7 @@ test('a small bench pager run reports every field, verifies every page and clean
   t.false(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes('memcg-v1'));
 });
 
-test('bad input is refused with exit 2 and a message naming the problem', async (t) => {
+test.serial('bad input is refused with exit 2 and a message naming the problem', async (t) => {
   const base = ['bench', 'pager', '--size', '32M', '--local', '8M', '--store', 'memory:'];
   const cases: [string[], RegExp][] = [
     [['--workload', 'loop'], /unknown workload 'loop'.*seq, random or zipf/],
@@ -90,4 +90,38 @@ test('bad input is refused with exit 2 and a message naming the problem', async 
     t.regex(r.stderr, re);
     t.is(r.stdout, '');
   }
+});
+
+test.serial('a kernel-swap set-up left by a killed run (dead owner) is undone by the next one', async (t) => {
+  const { setupKernelSwap, sweepStaleKernelSwap } = await import('../backend/bench/kernel-swap.ts');
+  const env = await setupKernelSwap({ limitBytes: 8 * 2 ** 20, swapBytes: 16 * 2 ** 20 });
+  t.teardown(() => env.cleanup().catch(() => {}));
+  t.true(fs.existsSync(env.cgroupDir));
+  t.true(swaps().includes(env.zramDevice), 'the zram device is swapped on');
+  // Re-own the state entry by a pid that is certainly dead, as a SIGKILLed bench leaves it.
+  const dead = spawn('true');
+  await new Promise((r) => dead.on('close', r));
+  const dir = '/run/elasticmem/bench-kernel-swap';
+  const mine = JSON.parse(fs.readFileSync(`${dir}/${process.pid}.json`, 'utf8')) as { owner: number };
+  t.is(mine.owner, process.pid, 'the set-up is recorded for its owner');
+  mine.owner = dead.pid!;
+  fs.writeFileSync(`${dir}/${dead.pid}.json`, JSON.stringify(mine));
+  fs.rmSync(`${dir}/${process.pid}.json`);
+  await sweepStaleKernelSwap();
+  t.false(fs.existsSync(env.cgroupDir), 'cgroup removed');
+  t.false(swaps().includes(env.zramDevice), 'swap device off');
+  t.false(fs.existsSync(`/sys/block/${path.basename(env.zramDevice)}`) && fs.readFileSync(`/sys/block/${path.basename(env.zramDevice)}/disksize`, 'utf8').trim() !== '0', 'zram device reset or removed');
+  t.false(fs.existsSync(`${dir}/${dead.pid}.json`), 'its record is gone');
+});
+
+test.serial('latency histogram deltas and percentiles', async (t) => {
+  const { histogramDelta, percentilesOf } = await import('../backend/bench/pager-bench.ts');
+  const d = histogramDelta({ boundsUs: [1, 2, 4], counts: [5, 1, 0] }, { boundsUs: [1, 2, 4, 8, 16], counts: [5, 11, 0, 89, 0] });
+  t.deepEqual(d, { boundsUs: [1, 2, 4, 8], counts: [0, 10, 0, 89] });
+  const p = percentilesOf(d);
+  t.is(p.count, 99);
+  t.is(p.p50, 8);
+  t.is(percentilesOf({ boundsUs: [1, 2], counts: [60, 40] }).p50, 1);
+  t.is(percentilesOf({ boundsUs: [1, 2], counts: [60, 40] }).p99, 2);
+  t.deepEqual(percentilesOf({ boundsUs: [], counts: [] }), { p50: 0, p90: 0, p99: 0, max: 0, count: 0 });
 });

@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { ElasticmemError } from '../../native/errors.ts';
 
 const run = promisify(execFile);
-const STATE_FILE = '/run/elasticmem/bench-kernel-swap.json';
+const STATE_DIR = '/run/elasticmem/bench-kernel-swap';
 const PRIVATE_MOUNT = '/run/elasticmem/memcg-v1';
 
 interface StateEntry {
@@ -38,27 +38,39 @@ export interface KernelSwapEnv {
   cleanup(): Promise<void>;
 }
 
+// One state file per owner process: concurrent runs never rewrite each other's record.
+const stateFile = (owner: number) => path.join(STATE_DIR, `${owner}.json`);
 function readState(): StateEntry[] {
+  let names: string[] = [];
   try {
-    return JSON.parse(fs.readFileSync(STATE_FILE, 'utf8')) as StateEntry[];
+    names = fs.readdirSync(STATE_DIR).filter((n) => /^\d+\.json$/.test(n));
   } catch {
     return [];
   }
-}
-function writeState(entries: StateEntry[]): void {
-  fs.mkdirSync(path.dirname(STATE_FILE), { recursive: true, mode: 0o700 });
-  fs.writeFileSync(STATE_FILE + '.tmp', JSON.stringify(entries));
-  fs.renameSync(STATE_FILE + '.tmp', STATE_FILE);
+  const out: StateEntry[] = [];
+  for (const n of names) {
+    try {
+      out.push(JSON.parse(fs.readFileSync(path.join(STATE_DIR, n), 'utf8')) as StateEntry);
+    } catch {
+      /* half-written by a killed run: nothing was set up after it */
+    }
+  }
+  return out;
 }
 function updateState(owner: number, fn: (e: StateEntry) => void): void {
-  const all = readState();
-  let e = all.find((x) => x.owner === owner);
-  if (!e) all.push((e = { owner }));
+  let e: StateEntry = { owner };
+  try {
+    e = JSON.parse(fs.readFileSync(stateFile(owner), 'utf8')) as StateEntry;
+  } catch {
+    /* first record */
+  }
   fn(e);
-  writeState(all);
+  fs.mkdirSync(STATE_DIR, { recursive: true, mode: 0o700 });
+  fs.writeFileSync(stateFile(owner) + '.tmp', JSON.stringify(e));
+  fs.renameSync(stateFile(owner) + '.tmp', stateFile(owner));
 }
 function dropState(owner: number): void {
-  writeState(readState().filter((x) => x.owner !== owner));
+  fs.rmSync(stateFile(owner), { force: true });
 }
 const alive = (pid: number): boolean => {
   try {
