@@ -177,7 +177,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
   progress({ phase: 'build', done: 0, total: 1 });
   const bin = buildBenchProgram('workload');
   buildBenchProgram('uffd-floor');
-  const args = (mode: 'memfd' | 'anon') => [mode, String(opts.sizeBytes), opts.workload, String(touches), String(warmup), String(seed)];
+  const args = (mode: 'memfd' | 'anon') => [mode, String(opts.sizeBytes), opts.workload, String(touches), String(warmup), String(seed), String(process.pid)];
 
   const store = await openStore(opts.store);
   let pagerPart: Awaited<ReturnType<typeof pagerPhase>>;

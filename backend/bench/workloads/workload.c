@@ -1,10 +1,12 @@
 // The `bench pager` workload: one process touching pages of a memory region the way a
 // guest would, timed from the inside, then verified page by page.
 //
-//   em-bench-workload MODE SIZE_BYTES WORKLOAD TOUCHES WARMUP SEED
+//   em-bench-workload MODE SIZE_BYTES WORKLOAD TOUCHES WARMUP SEED [MONITOR_PID]
 //     MODE      memfd (shared memfd named "elasticmem-bench", for the pager)
 //               anon  (private anonymous memory, for the kernel-swap baseline)
 //     WORKLOAD  seq (cyclic scan), random (uniform), zipf (skew 0.99, pages permuted)
+//     MONITOR_PID  exit when this process dies: a SIGKILLed benchmark must not leave
+//               us waiting forever on a page fault no monitor will serve
 //
 // Line protocol on stdin/stdout (stdout lines are JSON unless noted):
 //   -> {"ready":true,...}          after every page was filled with its pattern
@@ -22,6 +24,10 @@
 // words 0 and 2 back; verification checks all 512 words against the generation recorded here.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -75,6 +81,20 @@ static void die(const char* what) {
   exit(1);
 }
 
+static void* watchdog(void* arg) {
+  pid_t monitor = (pid_t)(intptr_t)arg;
+  int pfd = (int)syscall(SYS_pidfd_open, monitor, 0);
+  if (pfd >= 0) {
+    struct pollfd p = {pfd, POLLIN, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {}
+  } else {
+    while (kill(monitor, 0) == 0 || errno == EPERM) sleep(1);
+  }
+  // Exiting also ends a thread that sleeps in a userfaultfd fault (the wait is killable).
+  _exit(3);
+  return NULL;
+}
+
 // Wait for one command line; EOF means the benchmark went away: exit quietly.
 static void expect(const char* cmd) {
   char line[64];
@@ -109,8 +129,8 @@ static double pct(double q, size_t from) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 7) {
-    fprintf(stderr, "usage: %s memfd|anon SIZE_BYTES seq|random|zipf TOUCHES WARMUP SEED\n", argv[0]);
+  if (argc != 7 && argc != 8) {
+    fprintf(stderr, "usage: %s memfd|anon SIZE_BYTES seq|random|zipf TOUCHES WARMUP SEED [MONITOR_PID]\n", argv[0]);
     return 2;
   }
   const char* mode = argv[1];
@@ -123,6 +143,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
+  if (argc == 8) {
+    pthread_t th;
+    if (pthread_create(&th, NULL, watchdog, (void*)(intptr_t)atoi(argv[7]))) die("pthread_create");
+  }
   npages = size / PAGE;
   rng_state = seed;
 
