@@ -97,7 +97,7 @@ export interface StoreResult {
   store: string;
   uri: string;
   ownServer: boolean;
-  /** Pages resident at the 100% attach: the guest's footprint on the host. */
+  /** Pages resident at the first store's 100% attach: the guest's footprint on the host; caps are fractions of it. */
   footprintPages: number;
   phases: PhaseResult[];
   error?: string;
@@ -312,6 +312,7 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   const before = (await passesAfter(seenPasses(), o.passes, 'baseline: not attached')).map((p) => p.ms);
 
   const stores: StoreResult[] = [];
+  let footprintPages = 0;
   for (const s of o.stores) {
     const r: StoreResult = { store: s.spec, uri: s.uri!, ownServer: s.own, footprintPages: 0, phases: [] };
     stores.push(r);
@@ -320,13 +321,15 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
       for (const f of o.fractions) {
         const label = `${s.spec} at ${Math.round(f * 100)}% local`;
         // 100%: the cap is the whole guest RAM (nothing evicted); the footprint is read from it.
-        const capBytes = f === 1 ? o.guestMiB * MiB : Math.max(4 * MiB, Math.round(f * r.footprintPages) * PAGE);
+        const capBytes = f === 1 ? o.guestMiB * MiB : Math.max(4 * MiB, Math.round(f * footprintPages) * PAGE);
         progress(`${label}: attaching`);
         const ta = Date.now();
         await rpc('attach', { vm: dom.name, local: String(capBytes), store: s.uri! });
         attached = true;
         const attachMs = Date.now() - ta;
-        if (r.footprintPages === 0) r.footprintPages = ((await rpc('stats', { vm: dom.name })) as PublicStats).residentPages;
+        // One footprint for every store (measured at the first 100% attach), so all stores get the same caps.
+        if (footprintPages === 0) footprintPages = ((await rpc('stats', { vm: dom.name })) as PublicStats).residentPages;
+        r.footprintPages = footprintPages;
         // Eviction down to the cap runs in the background: time nothing until it is done.
         progress(`${label}: evicting down to the cap`);
         const settleMs = await settle(() => rpc('stats', { vm: dom.name }) as Promise<PublicStats>, o.passTimeoutMs, label);

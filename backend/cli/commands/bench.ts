@@ -7,13 +7,15 @@ const SUBS: Record<string, { file: string; summary: string }> = {
   store: { file: './bench-store.ts', summary: 'page-store latency and throughput per batch size' },
   pager: { file: './bench-pager.ts', summary: 'per-touch cost of the pager against kernel swap' },
   vm: { file: './bench-vm.ts', summary: 'the test guest at 100%, 50%, 25% local memory per store' },
+  charts: { file: './bench-charts.ts', summary: 'draw the charts (SVG) from saved --json results' },
 };
 
-const usage = `usage: elasticmem bench <store|pager|vm> [options]
+const usage = `usage: elasticmem bench <store|pager|vm|charts> [options]
 
   elasticmem bench store --store URI [--json]
   elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI [--baseline kernel-swap] [--json]
-  elasticmem bench vm [--json]
+  elasticmem bench vm [--stores LIST] [--size-mib N] [--json]
+  elasticmem bench charts [--from DIR] [--out DIR]
 
 ${Object.entries(SUBS).map(([k, v]) => `  ${k.padEnd(6)} ${v.summary}`).join('\n')}
 
@@ -28,7 +30,7 @@ const cmd: Command = {
     const [sub, ...rest] = args;
     if (!sub || sub === '--help' || sub === '-h') { (sub ? process.stdout : process.stderr).write(usage); return sub ? 0 : EXIT_USAGE; }
     const s = SUBS[sub];
-    if (!s) { process.stderr.write(`elasticmem bench: unknown benchmark '${sub}'; choose store, pager or vm\n`); return EXIT_USAGE; }
+    if (!s) { process.stderr.write(`elasticmem bench: unknown benchmark '${sub}'; choose store, pager or vm, or charts to draw their results\n`); return EXIT_USAGE; }
     const url = new URL(s.file, import.meta.url);
     if (!fs.existsSync(fileURLToPath(url))) {
       throw new ElasticmemError(`'bench ${sub}' is not available yet in this build (${fileURLToPath(url).replace(/^.*\/backend\//, 'backend/')} does not exist)`, 'NOT_AVAILABLE');

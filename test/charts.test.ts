@@ -1,0 +1,137 @@
+/**
+ * The benchmark charts: drawn from sample JSON (real outputs of bench vm, bench pager
+ * and bench store on the project machine, in test/fixtures/bench), every chart file
+ * is produced, and every data point of the input is in the SVG (vega-lite labels
+ * each mark with its values). A changed input changes the chart.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { generateCharts, loadResults, kindOf, storeLabel } from '../backend/bench/charts.ts';
+import { runCli } from './helpers/daemon.ts';
+import { REPO_ROOT } from './helpers/guest.ts';
+
+const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'bench');
+const readJson = (f: string) => JSON.parse(fs.readFileSync(path.join(FIXTURES, f), 'utf8'));
+
+function tmp(t: { teardown(fn: () => void): void }): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'em-charts-'));
+  t.teardown(() => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+/** The aria-labels of the data marks of an SVG (axis, legend and title labels excluded). */
+function markLabels(svg: string): string[] {
+  return [...svg.matchAll(/aria-label="([^"]*)"/g)].map((m) => m[1]!.replace(/&amp;/g, '&')).filter((l) => !/^(X-axis|Y-axis|Symbol legend|Title text|Gradient legend)/.test(l));
+}
+
+test('every chart is drawn from the sample results and carries every data point', async (t) => {
+  const out = tmp(t);
+  const { written, results, missing } = await generateCharts(FIXTURES, out);
+  t.deepEqual(missing, []);
+  t.is(results.vm.length, 1);
+  t.is(results.pager.length, 1);
+  t.is(results.store.length, 1);
+  t.deepEqual(written.map((w) => path.basename(w.file)).sort(), ['fault-latency.svg', 'store-latency.svg', 'touch-cost.svg', 'vm-slowdown.svg']);
+  for (const w of written) {
+    const svg = fs.readFileSync(w.file, 'utf8');
+    t.true(svg.startsWith('<svg'), `${w.file} is an SVG`);
+    t.true(svg.length > 2000, `${w.file} has content`);
+  }
+  const svgOf = (f: string) => fs.readFileSync(path.join(out, f), 'utf8');
+
+  // Guest slowdown: one point per store and fraction, with the slowdown of the JSON.
+  const vm = readJson('vm.json');
+  const vmLabels = markLabels(svgOf('vm-slowdown.svg'));
+  let points = 0;
+  for (const s of vm.stores) {
+    for (const p of s.phases) {
+      points++;
+      const want = `local memory (% of the guest footprint): ${Math.round(p.fraction * 100)}; slowdown (× unattached pass time): ${Math.round(p.slowdown * 100) / 100}; store: ${s.store};`;
+      t.true(vmLabels.some((l) => l.startsWith(want)), `vm-slowdown.svg has ${want}`);
+    }
+  }
+  t.true(points >= 6);
+
+  // Per-touch cost: the pager's and the kernel's µs per touch for the workload.
+  const pager = readJson('pager-random.json');
+  const touch = markLabels(svgOf('touch-cost.svg'));
+  const r2 = (x: number) => Math.round(x * 100) / 100;
+  t.true(touch.some((l) => l.startsWith(`workload: ${pager.workload}; µs per touch: ${r2(pager.usPerTouch)}; series: pager, memory:, slru`)), touch.join('\n'));
+  t.true(touch.some((l) => l.startsWith(`workload: ${pager.workload}; µs per touch: ${r2(pager.kernelSwapUsPerTouch)}; series: kernel swap (zram)`)), touch.join('\n'));
+  t.is(touch.filter((l) => l.startsWith('workload:')).length, 2);
+
+  // Fault latency: a step per non-empty histogram bucket, ending at all faults.
+  const h = pager.pager.latencyHistogram as { boundsUs: number[]; counts: number[] };
+  const total = h.counts.reduce((a, b) => a + b, 0);
+  const lat = markLabels(svgOf('fault-latency.svg')).filter((l) => l.startsWith('fault latency'));
+  const nonEmpty = h.counts.filter((c) => c > 0).length;
+  // One point per bucket (the line itself is labelled with its first point: same label).
+  t.is(new Set(lat).size, nonEmpty, `${lat.length} marks for ${nonEmpty} buckets`);
+  const last = h.boundsUs[h.counts.map((c, i) => (c > 0 ? i : -1)).filter((i) => i >= 0).pop()!]!;
+  t.true(lat.some((l) => l.startsWith(`fault latency (µs, log scale): ${last}; fraction of faults: 1; store: memory: (${total} faults)`)), `last step at ${last} µs reaches 1`);
+
+  // Store latency: p50 of a batch call / batch size, for put and get at every batch size.
+  const store = readJson('store-memory.json');
+  const sl = markLabels(svgOf('store-latency.svg'));
+  for (const [b, r] of Object.entries(store.batches as Record<string, { putP50Us: number; getP50Us: number }>)) {
+    for (const [op, us] of [['put', r.putP50Us], ['get', r.getP50Us]] as const) {
+      const v = r2(us / Number(b));
+      t.true(sl.some((l) => l.includes(`pages per batch (log scale): ${b};`) && l.includes(`µs per page (log scale): ${v};`) && l.includes(`op: ${op}`)), `store-latency.svg has ${op} batch ${b} = ${v} µs/page`);
+    }
+  }
+});
+
+test('a changed result changes the chart (the SVG follows the data, nothing is fixed)', async (t) => {
+  const from = tmp(t);
+  const out = tmp(t);
+  const vm = readJson('vm.json');
+  vm.stores[0].phases[2].slowdown = 42.5;
+  vm.stores[0].store = 'renamed-store';
+  fs.writeFileSync(path.join(from, 'vm.json'), JSON.stringify(vm));
+  const { written, missing } = await generateCharts(from, out);
+  t.deepEqual(written.map((w) => path.basename(w.file)), ['vm-slowdown.svg']);
+  t.is(missing.length, 2, 'says which charts it could not draw and why');
+  const labels = markLabels(fs.readFileSync(path.join(out, 'vm-slowdown.svg'), 'utf8'));
+  t.true(labels.some((l) => l.includes('slowdown (× unattached pass time): 42.5; store: renamed-store;')));
+  t.false(labels.some((l) => l.includes('store: memory:;')));
+});
+
+test('results are found by content: NDJSON, arrays, other files ignored', (t) => {
+  const from = tmp(t);
+  const pager = readJson('pager-random.json');
+  fs.writeFileSync(path.join(from, 'runs.json'), [JSON.stringify(pager), JSON.stringify({ ...pager, workload: 'zipf' })].join('\n') + '\n');
+  fs.writeFileSync(path.join(from, 'stores.json'), JSON.stringify([readJson('store-memory.json')]));
+  fs.writeFileSync(path.join(from, 'other.json'), JSON.stringify({ hello: 1 }));
+  fs.writeFileSync(path.join(from, 'notes.txt'), 'not json');
+  const r = loadResults(from);
+  t.is(r.pager.length, 2);
+  t.is(r.store.length, 1);
+  t.is(r.vm.length, 0);
+  t.deepEqual(r.ignored.map((i) => path.basename(i.file)), ['other.json']);
+  t.is(kindOf(readJson('vm.json')), 'vm');
+  t.is(kindOf({ foo: 1 }), null);
+  t.is(storeLabel('redis://127.0.0.1:6379'), 'redis');
+  t.is(storeLabel('file:///var/lib/em'), 'file');
+  t.is(storeLabel('redis+cluster://a:1,b:2'), 'redis-cluster');
+});
+
+test('bench charts through the real CLI; bad folders are refused with the fix', async (t) => {
+  const out = tmp(t);
+  const r = await runCli(['bench', 'charts', '--from', FIXTURES, '--out', out, '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  t.is(j.written.length, 4);
+  t.true(j.written.every((w: { file: string }) => fs.existsSync(w.file)));
+
+  const empty = tmp(t);
+  const e = await runCli(['bench', 'charts', '--from', empty, '--out', path.join(empty, 'charts')]);
+  t.is(e.code, 1);
+  t.regex(e.stderr, /no bench results in .*bench vm --json/);
+  t.false(fs.existsSync(path.join(empty, 'charts')), 'nothing written');
+
+  const none = await runCli(['bench', 'charts', '--from', '/nonexistent/results']);
+  t.is(none.code, 1);
+  t.regex(none.stderr, /no such folder; save results first/);
+});
