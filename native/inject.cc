@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -387,6 +388,181 @@ class PidGate {
   bool busy_ = false;
 };
 
+namespace {
+
+// ---- Crash-safe injection: the trampoline --------------------------------------
+//
+// A thread running an injected system call has foreign registers. If the monitor dies
+// meanwhile (SIGKILL, crash), the kernel detaches the thread as it is: it would
+// return from the call into whatever follows the `syscall` instruction with the
+// injected registers. So injected calls do not run on libc's `syscall; ret` but on a
+// trampoline of our own in the target:
+//
+//     syscall                      <- the injected call; rip points here
+//     <tail>                       reload every general-purpose register, rflags,
+//                                  rsp and rip from a save area and jump back
+//
+// Before pointing the thread at it, the monitor writes the registers the thread must
+// resume with (the same ones the normal restore would set, a blocked syscall already
+// rewound for restart) into a per-thread save slot, and passes the slot in rbx
+// (rbx survives the syscall). While the monitor lives, it stops the thread at the
+// syscall-exit stop (PTRACE_SYSCALL, never single-step: a dead tracer leaves TF and
+// the single-step trap armed, and the SIGTRAP would kill the target) and restores the
+// registers with ptrace as before: the tail never runs. If the monitor dies at any
+// point, the thread finishes the call by itself, runs the tail and resumes its own
+// context. The tail never touches memory the interrupted code may still use: it uses
+// 24 bytes of the thread's stack below the 128-byte red zone (dead memory by the ABI,
+// where a signal frame would land anyway) and only reads the slot, whose `armed` word
+// it clears as its last access. FS/GS bases and FPU/vector state are
+// never changed by an injection, so they need no restoring.
+//
+// Layout: one private anonymous mapping per target process, kept for the target's
+// lifetime and found again by a restarted monitor (code page r-x with a signature
+// header, then kTrampSlots slots of kSlotStride bytes, rw-). Created by the first
+// session in a process with one classic-gadget injection (an rwx mmap; the code page
+// is then sealed r-x through the trampoline): that mmap, a few microseconds once per
+// target, is the only injected call that is not crash-safe.
+//
+// Slot word 0: owner tid (u32, monitor's pid namespace) | armed (u32); word 1: a
+// sequence number (least recently armed slot is reclaimed if all are taken); then
+// rsp-136, rip, rflags, rax, rcx, rdx, rsi, rdi, rbp, r8..r15, rbx.
+constexpr size_t kTrampCodeLen = 4096;
+constexpr size_t kTrampSlots = 64;
+constexpr size_t kSlotStride = 256;
+constexpr size_t kTrampDataLen = kTrampSlots * kSlotStride;
+constexpr size_t kTailOffset = 64;  // the `syscall` instruction: after the header
+constexpr char kTrampMagic[24] = "elasticmem-inject v1";
+constexpr size_t kSlotRegsOff = 0x10;
+constexpr size_t kSlotBytes = 0xa0;
+
+// Assembled from (Intel syntax; slot in rbx, offsets as above):
+//   syscall; mov rsp,[rbx+0x10]; push [rbx+0x18]; push [rbx+0x98]; push [rbx+0x20];
+//   popfq; mov rax..r15,[rbx+0x28..0x90]; mov dword [rbx+4],0; pop rbx; ret 136
+// With rsp = original rsp - 136, the pushes put rip at rsp0-144, rbx at rsp0-152 and
+// rflags at rsp0-160 (below the red zone, where a signal frame could not reach them:
+// the kernel writes below rsp-128). popfq takes rflags; the slot is disarmed only
+// after its last read, so once `armed` is 0 nobody reads the slot again; `pop rbx`
+// and `ret 136` take rbx and rip from the stack and leave rsp = rsp0-144+8+136 = rsp0.
+const unsigned char kTail[] = {
+    0x0f, 0x05,                                // syscall
+    0x48, 0x8b, 0x63, 0x10,                    // mov rsp,[rbx+0x10]
+    0xff, 0x73, 0x18,                          // push qword [rbx+0x18]  (rip)
+    0xff, 0xb3, 0x98, 0x00, 0x00, 0x00,        // push qword [rbx+0x98]  (rbx)
+    0xff, 0x73, 0x20,                          // push qword [rbx+0x20]  (rflags)
+    0x9d,                                      // popfq
+    0x48, 0x8b, 0x43, 0x28,                    // mov rax,[rbx+0x28]
+    0x48, 0x8b, 0x4b, 0x30,                    // mov rcx,[rbx+0x30]
+    0x48, 0x8b, 0x53, 0x38,                    // mov rdx,[rbx+0x38]
+    0x48, 0x8b, 0x73, 0x40,                    // mov rsi,[rbx+0x40]
+    0x48, 0x8b, 0x7b, 0x48,                    // mov rdi,[rbx+0x48]
+    0x48, 0x8b, 0x6b, 0x50,                    // mov rbp,[rbx+0x50]
+    0x4c, 0x8b, 0x43, 0x58,                    // mov r8,[rbx+0x58]
+    0x4c, 0x8b, 0x4b, 0x60,                    // mov r9,[rbx+0x60]
+    0x4c, 0x8b, 0x53, 0x68,                    // mov r10,[rbx+0x68]
+    0x4c, 0x8b, 0x5b, 0x70,                    // mov r11,[rbx+0x70]
+    0x4c, 0x8b, 0x63, 0x78,                    // mov r12,[rbx+0x78]
+    0x4c, 0x8b, 0xab, 0x80, 0x00, 0x00, 0x00,  // mov r13,[rbx+0x80]
+    0x4c, 0x8b, 0xb3, 0x88, 0x00, 0x00, 0x00,  // mov r14,[rbx+0x88]
+    0x4c, 0x8b, 0xbb, 0x90, 0x00, 0x00, 0x00,  // mov r15,[rbx+0x90]
+    0xc7, 0x43, 0x04, 0x00, 0x00, 0x00, 0x00,  // mov dword [rbx+4],0   (disarm: last slot access)
+    0x5b,                                      // pop rbx
+    0xc2, 0x88, 0x00,                          // ret 136
+};
+
+// The code page as it must read in the target when mapped at `code`.
+std::vector<unsigned char> tramp_image(uint64_t code) {
+  std::vector<unsigned char> img(kTrampCodeLen, 0xcc);  // int3 everywhere else
+  std::memcpy(img.data(), kTrampMagic, sizeof kTrampMagic);
+  uint64_t hdr[3] = {code + kTrampCodeLen, kTrampSlots, kTailOffset};
+  std::memcpy(img.data() + sizeof kTrampMagic, hdr, sizeof hdr);
+  std::memcpy(img.data() + kTailOffset, kTail, sizeof kTail);
+  return img;
+}
+
+bool read_remote(pid_t pid, uint64_t addr, void* buf, size_t n) {
+  struct iovec l = {buf, n}, r = {reinterpret_cast<void*>(addr), n};
+  return process_vm_readv(pid, &l, 1, &r, 1, 0) == static_cast<ssize_t>(n);
+}
+
+bool write_remote(pid_t pid, uint64_t addr, const void* buf, size_t n) {
+  struct iovec l = {const_cast<void*>(buf), n}, r = {reinterpret_cast<void*>(addr), n};
+  return process_vm_writev(pid, &l, 1, &r, 1, 0) == static_cast<ssize_t>(n);
+}
+
+bool is_trampoline(pid_t pid, uint64_t code) {
+  std::vector<unsigned char> have(kTrampCodeLen);
+  unsigned char probe[16];
+  return read_remote(pid, code, have.data(), have.size()) && have == tramp_image(code) &&
+         read_remote(pid, code + kTrampCodeLen + kTrampDataLen - sizeof probe, probe, sizeof probe);
+}
+
+// A trampoline left in `pid` by an earlier session or an earlier monitor: an
+// anonymous r-x mapping holding our exact code page (checked page by page in case
+// the kernel merged it with a neighbour). 0 if none. *writable: still rwx (a monitor
+// died between creating and sealing it).
+uint64_t find_trampoline(pid_t pid, bool* writable) {
+  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    unsigned long lo, hi, off, inode;
+    char perm[8] = {0}, dev[16] = {0};
+    int n = 0;
+    if (sscanf(line.c_str(), "%lx-%lx %7s %lx %15s %lu %n", &lo, &hi, perm, &off, dev, &inode, &n) < 6) continue;
+    if ((std::strcmp(perm, "r-xp") != 0 && std::strcmp(perm, "rwxp") != 0) || inode != 0 || line.find('/', static_cast<size_t>(n)) != std::string::npos ||
+        line.find('[', static_cast<size_t>(n)) != std::string::npos)
+      continue;
+    for (uint64_t p = lo; p < hi && p < lo + 16 * kTrampCodeLen; p += kTrampCodeLen)
+      if (is_trampoline(pid, p)) {
+        *writable = perm[1] == 'w';
+        return p;
+      }
+  }
+  return 0;
+}
+
+struct TrampEntry {
+  uint64_t code = 0;
+  bool unavailable = false;  // the target refused an executable mapping: classic gadget only
+};
+std::mutex g_tramp_mu;
+std::map<GadgetKey, TrampEntry> g_tramps;
+
+// Test-only switches, read once: ELASTICMEM_TEST_INJECT_CRASH_AT=<point>[:<n>] makes
+// the monitor SIGKILL itself the n-th time (default 1st) it reaches <point>, so tests
+// can kill it in each window of an injection; ELASTICMEM_TEST_INJECT_NO_TRAMPOLINE=1
+// injects through libc's `syscall; ret` as before, to prove those tests fail without
+// the trampoline.
+struct TestSwitches {
+  std::string crash_at;
+  std::atomic<long> crash_countdown{0};
+  bool no_trampoline = false;
+  TestSwitches() {
+    if (const char* s = getenv("ELASTICMEM_TEST_INJECT_CRASH_AT")) {
+      crash_at = s;
+      long n = 1;
+      size_t colon = crash_at.find(':');
+      if (colon != std::string::npos) {
+        n = std::max(1L, std::atol(crash_at.c_str() + colon + 1));
+        crash_at.resize(colon);
+      }
+      crash_countdown = n;
+    }
+    const char* nt = getenv("ELASTICMEM_TEST_INJECT_NO_TRAMPOLINE");
+    no_trampoline = nt && std::strcmp(nt, "1") == 0;
+  }
+};
+TestSwitches& test_switches() {
+  static TestSwitches s;
+  return s;
+}
+void crash_point(const char* where) {
+  TestSwitches& s = test_switches();
+  if (s.crash_at.empty() || s.crash_at != where) return;
+  if (--s.crash_countdown == 0) kill(getpid(), SIGKILL);
+}
+
+}  // namespace
+
 struct RemoteTask::Impl {
   ~Impl() {
     if (gate) gate->leave();
@@ -396,10 +572,12 @@ struct RemoteTask::Impl {
   int timeout_ms = kInjectTimeoutMs;
   struct user_regs_struct saved {};
   uint64_t gadget = 0;
+  uint64_t tramp = 0;      // trampoline code page in the target (0: classic gadget)
+  uint64_t slot = 0;       // this session's save slot (armed while non-zero)
+  bool prepared = false;   // trampoline and slot looked up for this session
   bool stopped = false;    // tracee is in a ptrace stop right now
   bool regs_dirty = false; // tracee's registers are not the saved ones
   bool broken = false;     // an injection failed midway: refuse further calls
-  bool trap_queued = false; // a single-step SIGTRAP may still be queued (injection cut short)
   std::vector<int> signals;  // signals that arrived while we held the thread, to re-deliver
   uint64_t map_addr = 0;   // injected scratch mapping (when the stack has no room)
   size_t map_len = 0;
@@ -407,54 +585,33 @@ struct RemoteTask::Impl {
 
   void seize();
   long inject(long nr, const long a[6]);
+  long run_call(uint64_t entry, long nr, const long a[6]);
+  void prepare();
+  uint64_t create_trampoline(bool* seal);
+  void park();
+  uint64_t pick_slot();
+  void disarm();
+  struct user_regs_struct resume_regs(bool deliver) const;
   void restore_and_detach();
   bool interrupt_and_wait();
   void note_signal_stop(int st);
-  void consume_step_trap();
 };
-
-// True if SIGTRAP is pending for the thread itself (SigPnd of /proc/PID/task/TID/status).
-static bool sigtrap_pending(pid_t pid, pid_t tid) {
-  std::string s = read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/status");
-  size_t at = s.find("\nSigPnd:");
-  if (at == std::string::npos) return false;
-  unsigned long long mask = std::strtoull(s.c_str() + at + 8, nullptr, 16);
-  return mask & (1ULL << (SIGTRAP - 1));
-}
-
-// An injected syscall that was interrupted (timeout) returns through the kernel's
-// single-step report, which queues a SIGTRAP for the thread. Left there, it would be
-// delivered after detach and kill the target. Resuming a stopped thread dequeues
-// pending signals before any instruction runs, so step once to take it off the queue.
-void RemoteTask::Impl::consume_step_trap() {
-  for (int i = 0; i < 8 && sigtrap_pending(pid, tid); i++) {
-    if (ptrace(PTRACE_SINGLESTEP, tid, nullptr, nullptr) != 0) return;
-    stopped = false;
-    int st = 0;
-    if (!wait_stop(pid, tid, timeout_ms, &st)) return;
-    stopped = true;
-    if (WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0) {
-      siginfo_t si {};
-      if (ptrace(PTRACE_GETSIGINFO, tid, nullptr, &si) == 0 && si.si_code <= 0) signals.push_back(SIGTRAP);
-    } else {
-      note_signal_stop(st);
-    }
-  }
-  trap_queued = false;
-}
 
 void RemoteTask::Impl::note_signal_stop(int st) {
   int sig = WSTOPSIG(st);
   int event = st >> 16;
   // Event stops (PTRACE_INTERRUPT, group-stop under SEIZE) carry no signal to re-deliver:
-  // the kernel re-enters a pending group stop by itself on detach.
-  if (event != 0) return;
+  // the kernel re-enters a pending group stop by itself on detach. Syscall stops
+  // (SIGTRAP|0x80 with PTRACE_O_TRACESYSGOOD) are ours.
+  if (event != 0 || sig == (SIGTRAP | 0x80)) return;
   signals.push_back(sig);
 }
 
 void RemoteTask::Impl::seize() {
   std::string who = "thread " + std::to_string(tid) + " of process " + std::to_string(pid) + " (" + comm_of(pid) + ")";
-  if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
+  // TRACESYSGOOD: syscall stops report SIGTRAP|0x80, never confused with a real SIGTRAP.
+  // Never PTRACE_O_EXITKILL: a dying monitor must leave the target running.
+  if (ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(PTRACE_O_TRACESYSGOOD)) != 0) {
     int e = errno;
     if (e == ESRCH) throw_gone(pid, "");
     if (e == EPERM) {
@@ -482,6 +639,7 @@ void RemoteTask::Impl::seize() {
   stopped = true;
   note_signal_stop(st);
   if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0) throw_ptrace("reading registers of " + who, errno, "PTRACE_GETREGS");
+  crash_point("seized");
 }
 
 // PTRACE_INTERRUPT a running tracee and wait for the stop; false if it does not stop in time.
@@ -494,87 +652,14 @@ bool RemoteTask::Impl::interrupt_and_wait() {
   return true;
 }
 
-long RemoteTask::Impl::inject(long nr, const long a[6]) {
-  const std::string name = syscall_name(nr);
-  for (int attempt = 0;; attempt++) {
-    struct user_regs_struct r = saved;
-    r.rip = gadget;
-    r.rax = static_cast<unsigned long long>(nr);
-    r.orig_rax = static_cast<unsigned long long>(-1);  // not inside a syscall: no restart logic applies
-    r.rdi = a[0];
-    r.rsi = a[1];
-    r.rdx = a[2];
-    r.r10 = a[3];
-    r.r8 = a[4];
-    r.r9 = a[5];
-    if (ptrace(PTRACE_SETREGS, tid, nullptr, &r) != 0) {
-      if (errno == ESRCH) throw_gone(pid, "");
-      throw_ptrace("setting registers to inject " + name, errno, "PTRACE_SETREGS");
-    }
-    regs_dirty = true;
-    for (;;) {
-      if (ptrace(PTRACE_SINGLESTEP, tid, nullptr, nullptr) != 0) {
-        if (errno == ESRCH) throw_gone(pid, "");
-        throw_ptrace("single-stepping injected " + name, errno, "PTRACE_SINGLESTEP");
-      }
-      stopped = false;
-      int st = 0;
-      if (!wait_stop(pid, tid, timeout_ms, &st)) {
-        broken = true;
-        trap_queued = true;
-        // Get the thread back into a stop so the destructor can restore it.
-        interrupt_and_wait();
-        throw Error("EM_PTRACE",
-                    "injected " + name + " did not complete within " + std::to_string(timeout_ms) +
-                        " ms in process " + std::to_string(pid) + "; registers will be restored",
-                    ETIMEDOUT, name);
-      }
-      stopped = true;
-      struct user_regs_struct now {};
-      if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0) {
-        if (errno == ESRCH) throw_gone(pid, "");
-        throw_ptrace("reading the result of injected " + name, errno, "PTRACE_GETREGS");
-      }
-      bool trap = WSTOPSIG(st) == SIGTRAP && (st >> 16) == 0;
-      if (trap) {
-        // Ours is the kernel's single-step trap (si_code > 0); a SIGTRAP someone sent
-        // with kill() (si_code <= 0) belongs to the target and is re-delivered later.
-        siginfo_t si {};
-        if (ptrace(PTRACE_GETSIGINFO, tid, nullptr, &si) == 0 && si.si_code <= 0) trap = false;
-      }
-      if (trap && now.rip == gadget + 2) {
-        long ret = static_cast<long>(now.rax);
-        if ((ret == -kERESTARTSYS || ret == -kERESTARTNOINTR || ret == -kERESTARTNOHAND) && attempt < 16)
-          break;  // interrupted by a signal before doing anything: run it again
-        if (ret == -kERESTART_RESTARTBLOCK) ret = -EINTR;
-        return ret;
-      }
-      // Any other stop: a signal being delivered (remember it, re-deliver it after
-      // detaching) or a group/interrupt stop. It may come before our instruction ran
-      // (rip == gadget) or after the syscall with the single-step trap still queued
-      // (rip == gadget + 2); either way stepping on leads to the trap without running
-      // anything else.
-      note_signal_stop(st);
-      if (now.rip != gadget && now.rip != gadget + 2) {
-        broken = true;
-        throw Error("EM_PTRACE",
-                    "thread " + std::to_string(tid) + " left the injected " + name + " unexpectedly (rip moved)", EIO,
-                    name);
-      }
-    }
-  }
-}
-
-void RemoteTask::Impl::restore_and_detach() {
-  if (trap_queued) consume_step_trap();
+// The registers the thread resumes with. A thread stopped inside a blocking syscall
+// shows rax = -ERESTART*, orig_rax = nr. Without a signal to deliver, restart it
+// ourselves exactly as the kernel's signal-return path would (as CRIU does): back over
+// the 2-byte `syscall`, with rax set to the call number (or restart_syscall for a
+// restart block). With a signal to deliver, leave the registers exact so the kernel
+// decides between EINTR and restart according to the handler's SA_RESTART.
+struct user_regs_struct RemoteTask::Impl::resume_regs(bool deliver) const {
   struct user_regs_struct r = saved;
-  const bool deliver = !signals.empty();
-  // A thread stopped inside a blocking syscall shows rax = -ERESTART*, orig_rax = nr.
-  // Without a signal to deliver, restart it ourselves exactly as the kernel's
-  // signal-return path would (as CRIU does): back over the 2-byte `syscall`, with rax
-  // set to the call number (or restart_syscall for a restart block). With a signal to
-  // deliver, leave the registers exact so the kernel decides between EINTR and restart
-  // according to the handler's SA_RESTART.
   if (!deliver && static_cast<long>(r.orig_rax) >= 0) {
     long err = -static_cast<long>(r.rax);
     if (err == kERESTARTSYS || err == kERESTARTNOINTR || err == kERESTARTNOHAND) {
@@ -587,6 +672,270 @@ void RemoteTask::Impl::restore_and_detach() {
       r.orig_rax = static_cast<unsigned long long>(-1);
     }
   }
+  return r;
+}
+
+// Map the trampoline into the target. One classic-gadget injection: an RWX mmap, the
+// code written into it, and the caller turns it r-x through the trampoline itself
+// (*seal = true). Where writable+executable is refused (SELinux execmem, W^X policy)
+// the mapping starts read-write and mprotect runs through the gadget too. 0 if the
+// target refuses an executable mapping altogether.
+uint64_t RemoteTask::Impl::create_trampoline(bool* seal) {
+  const size_t len = kTrampCodeLen + kTrampDataLen;
+  *seal = false;
+  long a[6] = {0, static_cast<long>(len), PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0};
+  long addr = run_call(gadget, SYS_mmap, a);
+  park();
+  const bool rwx = !(addr < 0 && addr > -4096);
+  if (!rwx) {
+    a[2] = PROT_READ | PROT_WRITE;
+    addr = run_call(gadget, SYS_mmap, a);
+    park();
+    if (addr < 0 && addr > -4096) return 0;
+  }
+  uint64_t code = static_cast<uint64_t>(addr);
+  std::vector<unsigned char> img = tramp_image(code);
+  bool ok = write_remote(pid, code, img.data(), img.size());
+  if (ok && !rwx) {
+    long p[6] = {addr, static_cast<long>(kTrampCodeLen), PROT_READ | PROT_EXEC, 0, 0, 0};
+    ok = run_call(gadget, SYS_mprotect, p) == 0;
+    park();
+  }
+  if (!ok) {
+    long u[6] = {addr, static_cast<long>(len), 0, 0, 0, 0};
+    run_call(gadget, SYS_munmap, u);
+    park();
+    return 0;
+  }
+  *seal = rwx;
+  crash_point("trampoline-created");
+  return code;
+}
+
+// Between classic-gadget calls, give the thread registers it can safely resume with
+// should the monitor die: its own (a blocked syscall rewound for restart), not the
+// injected ones sitting on libc's `ret`.
+void RemoteTask::Impl::park() {
+  struct user_regs_struct r = resume_regs(false);
+  if (ptrace(PTRACE_SETREGS, tid, nullptr, &r) != 0) {
+    if (errno == ESRCH) throw_gone(pid, "");
+    throw_ptrace("restoring registers of thread " + std::to_string(tid), errno, "PTRACE_SETREGS");
+  }
+  regs_dirty = true;  // not necessarily what restore_and_detach will set (signals to deliver)
+}
+
+// This session's slot. A slot is in use while armed: its thread may still run the
+// tail (the monitor died during the call, or a signal handler interrupted the tail).
+// Any disarmed slot is free (the tail disarms with its last access), preferably one
+// this thread used before, else the least recently armed. Armed slots are reclaimed
+// only when provably idle: their thread is gone, or it is the thread we hold and it
+// sits exactly at the context the slot would restore (a monitor died after arming or
+// after restoring, before disarming). Last resort, with all 64 taken: the least
+// recently armed slot, unless it is this thread's and the thread is inside the
+// trampoline (a tail takes nanoseconds: an old armed slot is a leftover of a monitor
+// that died in one of those two windows, microseconds each; only a thread sitting in
+// a signal handler that interrupted its tail would still need it).
+uint64_t RemoteTask::Impl::pick_slot() {
+  std::vector<unsigned char> data(kTrampDataLen);
+  if (!read_remote(pid, tramp + kTrampCodeLen, data.data(), data.size()))
+    throw_sys("process_vm_readv", "reading the injection save slots of process " + std::to_string(pid));
+  const struct user_regs_struct r = resume_regs(false);
+  const bool in_trampoline = saved.rip >= tramp && saved.rip < tramp + kTrampCodeLen;
+  auto alive = [&](uint32_t t) {
+    return access(("/proc/" + std::to_string(pid) + "/task/" + std::to_string(t)).c_str(), F_OK) == 0;
+  };
+  long own = -1, idle = -1, reclaim = -1, last = -1;
+  uint64_t max_seq = 0, idle_seq = ~0ULL, last_seq = ~0ULL;
+  for (size_t i = 0; i < kTrampSlots; i++) {
+    const unsigned char* sl = &data[i * kSlotStride];
+    uint32_t owner, armed;
+    uint64_t seq, srsp, srip;
+    std::memcpy(&owner, sl, 4);
+    std::memcpy(&armed, sl + 4, 4);
+    std::memcpy(&seq, sl + 8, 8);
+    std::memcpy(&srsp, sl + 0x10, 8);
+    std::memcpy(&srip, sl + 0x18, 8);
+    max_seq = std::max(max_seq, seq);
+    const bool mine = owner == static_cast<uint32_t>(tid);
+    if (!armed) {
+      if (mine && own < 0) own = static_cast<long>(i);
+      if (seq < idle_seq) idle_seq = seq, idle = static_cast<long>(i);
+    } else if (reclaim < 0 && (mine ? (srsp + 136 == r.rsp && srip == r.rip) : !alive(owner))) {
+      reclaim = static_cast<long>(i);
+    } else if (!(mine && in_trampoline) && seq < last_seq) {
+      last_seq = seq, last = static_cast<long>(i);
+    }
+  }
+  long pick = own >= 0 ? own : idle >= 0 ? idle : reclaim >= 0 ? reclaim : last;
+  if (pick < 0)
+    throw Error("EM_PTRACE",
+                "all " + std::to_string(kTrampSlots) + " injection save slots of process " + std::to_string(pid) +
+                    " are in use by threads inside the trampoline; cannot inject crash-safely",
+                EBUSY);
+  uint64_t s = tramp + kTrampCodeLen + static_cast<uint64_t>(pick) * kSlotStride;
+  // Owner, armed, sequence and registers in one write, before the thread is pointed at the trampoline.
+  uint64_t buf[kSlotBytes / 8];
+  buf[0] = static_cast<uint64_t>(static_cast<uint32_t>(tid)) | (1ULL << 32);
+  buf[1] = max_seq + 1;
+  const uint64_t regs[] = {r.rsp - 136, r.rip, r.eflags, r.rax, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp,
+                           r.r8,        r.r9,  r.r10,    r.r11, r.r12, r.r13, r.r14, r.r15, r.rbx};
+  static_assert(sizeof regs == kSlotBytes - kSlotRegsOff, "slot layout");
+  std::memcpy(&buf[2], regs, sizeof regs);
+  if (!write_remote(pid, s, buf, sizeof buf))
+    throw_sys("process_vm_writev", "arming an injection save slot in process " + std::to_string(pid));
+  return s;
+}
+
+// After the thread has its own registers back: the slot may be reused.
+void RemoteTask::Impl::disarm() {
+  if (!slot) return;
+  uint32_t zero = 0;
+  write_remote(pid, slot + 4, &zero, sizeof zero);
+  slot = 0;
+}
+
+// Find (or create) the trampoline and arm a slot, once per session, before the
+// first injected call.
+void RemoteTask::Impl::prepare() {
+  prepared = true;
+  if (test_switches().no_trampoline) return;
+  GadgetKey key{pid, start_time_of(pid)};
+  uint64_t code = 0;
+  {
+    std::lock_guard<std::mutex> lk(g_tramp_mu);
+    auto it = g_tramps.find(key);
+    if (it != g_tramps.end()) {
+      if (it->second.unavailable) return;
+      code = it->second.code;
+    }
+  }
+  if (code && !is_trampoline(pid, code)) code = 0;
+  bool refused = false, seal = false;
+  if (!code) code = find_trampoline(pid, &seal);
+  if (!code) {
+    code = create_trampoline(&seal);
+    refused = code == 0;
+  }
+  {
+    std::lock_guard<std::mutex> lk(g_tramp_mu);
+    for (auto it = g_tramps.begin(); it != g_tramps.end();)
+      it = (it->first.pid == pid && it->first.start_time != key.start_time) ? g_tramps.erase(it) : std::next(it);
+    g_tramps[key] = TrampEntry{code, refused};
+  }
+  if (!code) return;
+  tramp = code;
+  slot = pick_slot();
+  crash_point("armed");
+  if (seal) {
+    // Code page writable no longer: through the trampoline, so crash-safe. Should it
+    // fail, the page stays rwx and still works (find_trampoline accepts both).
+    long p[6] = {static_cast<long>(code), static_cast<long>(kTrampCodeLen), PROT_READ | PROT_EXEC, 0, 0, 0};
+    run_call(tramp + kTailOffset, SYS_mprotect, p);
+  }
+}
+
+long RemoteTask::Impl::inject(long nr, const long a[6]) {
+  if (!prepared) prepare();
+  return run_call(slot ? tramp + kTailOffset : gadget, nr, a);
+}
+
+// One system call at `entry` (a `syscall` instruction), driven by syscall stops:
+// PTRACE_SYSCALL to the entry stop, again to the exit stop, where the result is read
+// and the thread stays stopped. Nothing after the `syscall` instruction ever runs
+// while the monitor lives.
+long RemoteTask::Impl::run_call(uint64_t entry, long nr, const long a[6]) {
+  const std::string name = syscall_name(nr);
+  for (int attempt = 0;; attempt++) {
+    struct user_regs_struct r = saved;
+    r.rip = entry;
+    r.rax = static_cast<unsigned long long>(nr);
+    r.orig_rax = static_cast<unsigned long long>(-1);  // not inside a syscall: no restart logic applies
+    r.rdi = a[0];
+    r.rsi = a[1];
+    r.rdx = a[2];
+    r.r10 = a[3];
+    r.r8 = a[4];
+    r.r9 = a[5];
+    if (entry != gadget) r.rbx = slot;  // the tail finds its save slot here
+    if (ptrace(PTRACE_SETREGS, tid, nullptr, &r) != 0) {
+      if (errno == ESRCH) throw_gone(pid, "");
+      throw_ptrace("setting registers to inject " + name, errno, "PTRACE_SETREGS");
+    }
+    regs_dirty = true;
+    const bool safe = entry != gadget;  // the test crash points cover crash-safe calls only
+    if (safe) crash_point("regs-set");
+    for (;;) {
+      if (ptrace(PTRACE_SYSCALL, tid, nullptr, nullptr) != 0) {
+        if (errno == ESRCH) throw_gone(pid, "");
+        throw_ptrace("running injected " + name, errno, "PTRACE_SYSCALL");
+      }
+      stopped = false;
+      int st = 0;
+      if (!wait_stop(pid, tid, timeout_ms, &st)) {
+        broken = true;
+        // Get the thread back into a stop so the destructor can restore it.
+        interrupt_and_wait();
+        throw Error("EM_PTRACE",
+                    "injected " + name + " did not complete within " + std::to_string(timeout_ms) +
+                        " ms in process " + std::to_string(pid) + "; registers will be restored",
+                    ETIMEDOUT, name);
+      }
+      stopped = true;
+      if (WSTOPSIG(st) == (SIGTRAP | 0x80) && (st >> 16) == 0) {
+        struct __ptrace_syscall_info info {};
+        if (ptrace(PTRACE_GET_SYSCALL_INFO, tid, reinterpret_cast<void*>(sizeof info), &info) <= 0) {
+          if (errno == ESRCH) throw_gone(pid, "");
+          broken = true;
+          throw_ptrace("reading the syscall stop of injected " + name, errno, "PTRACE_GET_SYSCALL_INFO");
+        }
+        if (info.instruction_pointer != entry + 2) {
+          broken = true;
+          throw Error("EM_PTRACE",
+                      "thread " + std::to_string(tid) + " stopped in a system call outside the injected " + name,
+                      EIO, name);
+        }
+        if (info.op == PTRACE_SYSCALL_INFO_ENTRY) {
+          if (safe) crash_point("entry-stop");
+          continue;
+        }
+        long ret = info.op == PTRACE_SYSCALL_INFO_EXIT ? static_cast<long>(info.exit.rval) : -ENOSYS;
+        if (safe) crash_point("exit-stop");
+        if ((ret == -kERESTARTSYS || ret == -kERESTARTNOINTR || ret == -kERESTARTNOHAND) && attempt < 16)
+          break;  // interrupted by a signal before doing anything: run it again
+        if (ret == -kERESTART_RESTARTBLOCK) ret = -EINTR;
+        return ret;
+      }
+      // Any other stop: a signal being delivered (remember it, re-deliver it after
+      // detaching) or a group/interrupt stop, before our instruction ran.
+      note_signal_stop(st);
+      if (safe) crash_point("signal-stop");
+      struct user_regs_struct now {};
+      if (ptrace(PTRACE_GETREGS, tid, nullptr, &now) != 0) {
+        if (errno == ESRCH) throw_gone(pid, "");
+        throw_ptrace("reading registers during injected " + name, errno, "PTRACE_GETREGS");
+      }
+      if (now.rip != entry && now.rip != entry + 2) {
+        broken = true;
+        throw Error("EM_PTRACE",
+                    "thread " + std::to_string(tid) + " left the injected " + name + " unexpectedly (rip moved)", EIO,
+                    name);
+      }
+    }
+  }
+}
+
+void RemoteTask::Impl::restore_and_detach() {
+  const bool deliver = !signals.empty();
+  struct user_regs_struct r = resume_regs(deliver);
+  // Signals taken off the thread's queue while we held it go back on the queue before
+  // it resumes (PTRACE_DETACH's own signal argument is ignored at an event stop, so it
+  // is not used); the thread dequeues them as soon as it runs. Their siginfo details
+  // are lost: that is the best ptrace allows. Queued before the registers are put
+  // back: should the monitor die in between, the thread still has the injected
+  // registers, handles the signals on the way out of the trampoline and restores
+  // itself; after the registers, the exact (-ERESTART*) ones need the signal pending.
+  for (int sig : signals) ::syscall(SYS_tgkill, pid, tid, sig);
+  if (deliver) crash_point("redelivered");
   if (regs_dirty || r.rip != saved.rip || r.rax != saved.rax) {
     if (ptrace(PTRACE_SETREGS, tid, nullptr, &r) != 0) {
       if (errno == ESRCH) return;  // died meanwhile: nothing left to restore
@@ -594,11 +943,8 @@ void RemoteTask::Impl::restore_and_detach() {
     }
     regs_dirty = false;
   }
-  // Signals taken off the thread's queue while we held it go back on the queue before
-  // it resumes (PTRACE_DETACH's own signal argument is ignored at an event stop, so it
-  // is not used); the thread dequeues them as soon as it runs. Their siginfo details
-  // are lost: that is the best ptrace allows.
-  for (int sig : signals) ::syscall(SYS_tgkill, pid, tid, sig);
+  crash_point("restored");
+  disarm();
   if (ptrace(PTRACE_DETACH, tid, nullptr, nullptr) != 0 && errno != ESRCH)
     throw_ptrace("detaching from thread " + std::to_string(tid), errno, "PTRACE_DETACH");
   stopped = false;
