@@ -9,9 +9,20 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bootDomain } from './helpers/libvirt.ts';
-import { startDaemon, holdsUffd } from './helpers/daemon.ts';
+import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
+import type { ConsoleReader } from './helpers/guest.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Wait for guest passes; on timeout, say what the daemon saw (stats and log). */
+async function progresses(con: ConsoleReader, d: DaemonHandle, vm: string, n: number): Promise<void> {
+  try {
+    await con.waitForPasses(con.passes.length + n, 120_000);
+  } catch (e) {
+    const st = await d.cli('stats', vm, '--json');
+    throw new Error(`${(e as Error).message.split('\n')[0]}\nstats: ${st.stdout}${st.stderr}\ndaemon log:\n${d.log()}`);
+  }
+}
 
 test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes over, corrupt=0', async (t) => {
   const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
@@ -39,7 +50,7 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   const d2 = await d1.restart();
   await d2.waitLog(new RegExp(`\\[${dom.name}\\] attached \\(took over the userfaultfd left by a previous daemon\\)`), 30_000);
   await d2.waitLog(new RegExp(`\\[${dom.name}\\] re-attached after daemon restart: tookOver=true`));
-  await con.waitForPasses(con.passes.length + 3, 120_000);
+  await progresses(con, d2, dom.name, 3);
   const s = JSON.parse((await d2.cli('stats', dom.name, '--json')).stdout);
   t.is(s.localCapPages, 12288, 'the cap came back from the state file');
   t.is(s.store, fileUri);
@@ -49,10 +60,14 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   fs.rmSync(d2.state, { force: true });
   const d3 = await d2.restart();
   t.deepEqual(JSON.parse((await d3.cli('list', '--json')).stdout), { vms: [] });
+  // Taking over with an empty, non-persistent store would turn evicted pages into zeros.
+  const wrong = await d3.cli('attach', dom.name, '--local', '64M', '--store', 'memory:');
+  t.is(wrong.code, 1);
+  t.regex(wrong.stderr, /still holds a userfaultfd from a monitor that died.*\[NEEDS_PREVIOUS_STORE\]/s);
   const r = await d3.cli('attach', dom.name, '--local', '64M', '--store', fileUri, '--json');
   t.is(r.code, 0, r.stderr);
   t.true(JSON.parse(r.stdout).tookOver);
-  await con.waitForPasses(con.passes.length + 3, 120_000);
+  await progresses(con, d3, dom.name, 3);
 
   // Detach leaves the VM whole.
   const det = await d3.cli('detach', dom.name);

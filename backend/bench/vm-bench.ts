@@ -54,6 +54,8 @@ export interface VmBenchOptions {
   fractions: number[];
   /** Passes discarded after each attach (eviction down to the cap happens in these). */
   warmup: number;
+  /** Warm-up stops early once a pass faults about as much as the one before; never beyond this. */
+  maxWarmup: number;
   /** Passes timed per phase. */
   passes: number;
   /** Guest sleep between passes (ms): lets the console and the host breathe. */
@@ -87,6 +89,11 @@ export interface PhaseResult {
   corrupt: number;
   /** Counters of this attach (a fresh session per phase), from `stats --json` at the end of the phase. */
   stats: Pick<PublicStats, 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched' | 'residentPages' | 'localCapPages' | 'remotePages' | 'faultLatencyUs' | 'storeState'> & Record<string, unknown>;
+  /** Passes run before timing (see maxWarmup) and the pager faults during each. */
+  warmupPasses: number;
+  warmupFaultsByPass: number[];
+  /** Pager faults during each timed pass (stats read after each pass: ±100 ms of alignment). */
+  faultsByPass: number[];
   /** Pager counters over the timed passes only, per pass (stats read just before and just after them). */
   faultsPerPass: number;
   fetchesPerPass: number;
@@ -109,7 +116,7 @@ export interface VmBenchResult {
   date: string;
   host: { hostname: string; cpus: number; cpuModel: string; kernel: string; accel: 'kvm' | 'tcg'; qemu: string };
   guest: { memMiB: number; template: 'memfd'; workload: { sizeMiB: number; pages: number; pattern: AccessPattern; write: number; seed: number; pauseMs: number } };
-  method: { fractions: number[]; warmupPasses: number; timedPasses: number; fractionOf: 'footprint'; timing: 'guest-reported pass ms' };
+  method: { fractions: number[]; warmupPasses: number; maxWarmupPasses: number; timedPasses: number; fractionOf: 'footprint'; timing: 'guest-reported pass ms' };
   baseline: { passesMs: number[]; medianMs: number; before: number[]; after: number[] };
   stores: StoreResult[];
   /** Sum of corrupt pages over every pass the guest ran (must be 0). */
@@ -162,6 +169,7 @@ export function checkOptions(o: VmBenchOptions): void {
   if (o.fractions[0] !== 1 || o.fractions.some((f, i) => i > 0 && f >= o.fractions[i - 1]!)) throw bad(`--fractions must start with 1 and decrease (the 100% phase measures the footprint the others are fractions of), e.g. 1,0.5,0.25; got ${o.fractions.join(',')}`);
   if (!Number.isInteger(o.passes) || o.passes < 1) throw bad(`--passes must be an integer >= 1, got ${o.passes}`);
   if (!Number.isInteger(o.warmup) || o.warmup < 1) throw bad(`--warmup must be an integer >= 1 (the pass running at attach time is never timed), got ${o.warmup}`);
+  if (!Number.isInteger(o.maxWarmup) || o.maxWarmup < o.warmup) throw bad(`--max-warmup must be an integer >= --warmup (${o.warmup}), got ${o.maxWarmup}`);
   if (!o.stores.length) throw bad('no store to measure');
 }
 
@@ -275,7 +283,7 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   const { guestImage } = await import('../../test/helpers/guest.ts');
   try { guestImage(); } catch (e) { throw new ElasticmemError((e as Error).message, 'BENCH_SETUP'); }
 
-  const total = plannedPasses(o);
+  let total = plannedPasses(o);
   let done = 0;
   const progress = (label: string, add = 0) => { done += add; o.onProgress?.({ done: Math.min(done, total), total, label }); };
 
@@ -334,10 +342,31 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
         progress(`${label}: evicting down to the cap`);
         const settleMs = await settle(() => rpc('stats', { vm: dom.name }) as Promise<PublicStats>, o.passTimeoutMs, label);
         const mark = seenPasses();
-        await passesAfter(mark, o.warmup, `${label}: warm-up`);
-        const s0 = (await rpc('stats', { vm: dom.name })) as PublicStats;
-        const timed = await passesAfter(seenPasses(), o.passes, label);
-        const st = (await rpc('stats', { vm: dom.name })) as PublicStats;
+        const stats = () => rpc('stats', { vm: dom.name }) as Promise<PublicStats>;
+        // Warm up until the replacement policy has settled on the working set: at least
+        // --warmup passes, then until a pass faults about as much as the one before
+        // (at most --max-warmup passes). Right after eviction it chose its victims with
+        // no access history, so the first passes fault more than the steady state.
+        const warmupFaults: number[] = [];
+        let last = (await stats()).faults;
+        for (;;) {
+          if (warmupFaults.length >= o.warmup) total++; // a pass beyond the plan
+          await passesAfter(seenPasses(), 1, `${label}: warm-up`);
+          const now = (await stats()).faults;
+          warmupFaults.push(now - last);
+          last = now;
+          if (warmupFaults.length >= o.warmup && (warmupFaults.length >= o.maxWarmup || steady(warmupFaults, o.sizeMiB * 256))) break;
+        }
+        const s0 = await stats();
+        const faultsByPass: number[] = [];
+        const timed: WorkloadPass[] = [];
+        for (let k = 0; k < o.passes; k++) {
+          timed.push(...(await passesAfter(seenPasses(), 1, label)));
+          const now = (await stats()).faults;
+          faultsByPass.push(now - last);
+          last = now;
+        }
+        const st = await stats();
         progress(`${label}: detaching`);
         const td = Date.now();
         await rpc('detach', { vm: dom.name });
@@ -356,6 +385,9 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
           detachMs: Date.now() - td,
           corrupt: con.passes.slice(mark).reduce((a, p) => a + p.corrupt, 0),
           stats: pickStats(st),
+          warmupPasses: warmupFaults.length,
+          warmupFaultsByPass: warmupFaults,
+          faultsByPass,
           faultsPerPass: Math.round((st.faults - s0.faults) / o.passes),
           fetchesPerPass: Math.round((st.fetches - s0.fetches) / o.passes),
           evictionsPerPass: Math.round((st.evictions - s0.evictions) / o.passes),
@@ -387,13 +419,25 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
     date: new Date().toISOString(),
     host: hostInfo(dom.pid),
     guest: { memMiB: o.guestMiB, template: 'memfd', workload: { sizeMiB: o.sizeMiB, pages: (o.sizeMiB * MiB) / PAGE, pattern: o.pattern, write: o.write, seed: o.seed, pauseMs: o.pauseMs } },
-    method: { fractions: o.fractions, warmupPasses: o.warmup, timedPasses: o.passes, fractionOf: 'footprint', timing: 'guest-reported pass ms' },
+    method: { fractions: o.fractions, warmupPasses: o.warmup, maxWarmupPasses: o.maxWarmup, timedPasses: o.passes, fractionOf: 'footprint', timing: 'guest-reported pass ms' },
     baseline: { passesMs: [...before, ...after], medianMs: baseMedian, before, after },
     stores,
     corrupt,
     guestPasses: seenPasses(),
     durationS: Math.round((Date.now() - t0) / 1000),
   };
+}
+
+/**
+ * Steady when the last two passes' fault counts differ by at most 15% (or by at most 2%
+ * of the workload's pages: small counts are noise, including the ±100 ms alignment of
+ * the stats reads with the guest's passes).
+ */
+export function steady(faults: number[], workloadPages: number): boolean {
+  if (faults.length < 2) return false;
+  const a = faults[faults.length - 2]!;
+  const b = faults[faults.length - 1]!;
+  return Math.abs(b - a) <= Math.max(0.15 * Math.max(a, b), 0.02 * workloadPages);
 }
 
 /** Poll stats until resident <= cap; returns how long it took. */

@@ -118,6 +118,12 @@ export class Daemon {
       const left = native.findTargetUffd(target.pid);
       if (left) native.closeFd(left.fd);
       const store = await this.stores.acquire(storeUri);
+      if (left && !store.capabilities.persistent) {
+        // Taking over means trusting the store for every page that is not resident. A
+        // fresh non-persistent store is empty: those pages would come back as zeros.
+        await this.stores.release(storeUri);
+        throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${storeUri} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
+      }
       const session = new Session(target, storeUri, capBytes);
       session.memory = memory;
       session.store = store;

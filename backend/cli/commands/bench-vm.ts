@@ -10,7 +10,8 @@ import { Cleanup, DEFAULT_STORES, parseStores, runVmBench, checkOptions, type Vm
 import type { AccessPattern } from '../../../test/helpers/guest.ts';
 
 const usage = `usage: elasticmem bench vm [--stores LIST] [--size-mib N] [--guest-mib N] [--pattern P]
-                          [--write F] [--fractions LIST] [--passes N] [--warmup N] [--json]
+                          [--write F] [--fractions LIST] [--passes N] [--warmup N]
+                          [--max-warmup N] [--json]
 
 Boots the test guest under libvirt (TCG here, KVM where /dev/kvm exists) and runs its
 workload: fill N MiB with a verifiable pattern, then verify every page and rewrite a
@@ -31,7 +32,10 @@ A real elasticmem daemon on a private socket does the paging. Needs root.
   --write F         fraction of pages rewritten per pass, 0..1 (default 0.25)
   --fractions LIST  local fractions of the footprint, starting at 1 (default 1,0.5,0.25)
   --passes N        timed passes per phase (default 5)
-  --warmup N        passes discarded after each attach (default 1)
+  --warmup N        passes discarded after each attach, at least (default 1)
+  --max-warmup N    more warm-up passes while the pager's faults per pass still
+                    change by more than 15% (the replacement policy learning the
+                    working set), up to N in all (default 6)
   --pause-ms N      guest pause between passes (default 50)
   --pass-timeout S  give up when one pass takes longer than S seconds (default 300)
   --seed N          workload seed (default 7)
@@ -114,7 +118,7 @@ const cmd: Command = {
   async run(args) {
     const { values, help } = parse('bench vm', args, {
       stores: { type: 'string' }, 'size-mib': { type: 'string' }, 'guest-mib': { type: 'string' }, pattern: { type: 'string' },
-      write: { type: 'string' }, fractions: { type: 'string' }, passes: { type: 'string' }, warmup: { type: 'string' },
+      write: { type: 'string' }, fractions: { type: 'string' }, passes: { type: 'string' }, warmup: { type: 'string' }, 'max-warmup': { type: 'string' },
       'pause-ms': { type: 'string' }, 'pass-timeout': { type: 'string' }, seed: { type: 'string' }, json: { type: 'boolean' },
     }, { min: 0, max: 0, names: '' });
     if (help) { process.stdout.write(usage); return 0; }
@@ -129,6 +133,7 @@ const cmd: Command = {
       fractions: (values.fractions ?? '1,0.5,0.25').split(',').map((x) => num(x, NaN, '--fractions', false)),
       passes: num(values.passes, 5, '--passes'),
       warmup: num(values.warmup, 1, '--warmup'),
+      maxWarmup: num(values['max-warmup'], Math.max(6, num(values.warmup, 1, '--warmup')), '--max-warmup'),
       pauseMs: num(values['pause-ms'], 50, '--pause-ms'),
       passTimeoutMs: num(values['pass-timeout'], 300, '--pass-timeout') * 1000,
     };
