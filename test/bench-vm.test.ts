@@ -1,0 +1,95 @@
+/**
+ * `elasticmem bench vm` end to end through the real binary: a small guest under libvirt,
+ * one store, few passes. The JSON carries every phase, the guest verified every page
+ * of every pass (corrupt=0), the squeezed phases really paged, and nothing the bench
+ * started is left behind.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import { runCli } from './helpers/daemon.ts';
+import { ensureLibvirtd, virsh } from './helpers/libvirt.ts';
+
+function pidAlive(pid: number): boolean {
+  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+}
+
+/** emtest domains whose owning process is gone: what a bench that did not clean up leaves. */
+async function orphanDomains(): Promise<string[]> {
+  const names = (await virsh(['list', '--all', '--name'])).split('\n').map((s) => s.trim()).filter(Boolean);
+  return names.filter((n) => { const m = /^emtest-(\d+)-/.exec(n); return !!m && !pidAlive(+m[1]!); });
+}
+const benchDirs = () => fs.readdirSync(os.tmpdir()).filter((d) => d.startsWith('elasticmem-bench-vm-'));
+
+test.serial('bench vm --json: baseline and 100/50/25% for one store, guest corrupt=0, the squeeze pages, nothing left behind', async (t) => {
+  await ensureLibvirtd();
+  const orphansBefore = await orphanDomains();
+  const dirsBefore = benchDirs();
+  const r = await runCli(['bench', 'vm', '--stores', 'memory:', '--size-mib', '48', '--guest-mib', '160', '--passes', '2', '--warmup', '1', '--json'], { timeoutMs: 170_000 });
+  t.is(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+
+  t.is(j.bench, 'vm');
+  t.is(j.corrupt, 0, 'the guest verified every page of every pass');
+  t.true(j.guestPasses >= 2 + 2 + 3 * 3, `${j.guestPasses} passes ran`);
+  t.is(j.guest.memMiB, 160);
+  t.is(j.guest.workload.sizeMiB, 48);
+  t.is(j.host.accel, 'tcg');
+  t.deepEqual(j.method.fractions, [1, 0.5, 0.25]);
+  t.is(j.baseline.before.length, 2);
+  t.is(j.baseline.after.length, 2);
+  t.true(j.baseline.medianMs > 0);
+
+  t.is(j.stores.length, 1);
+  const s = j.stores[0];
+  t.is(s.store, 'memory:');
+  t.is(s.error, undefined);
+  t.true(s.footprintPages > (48 << 20) / 4096, `footprint ${s.footprintPages} pages holds the 48 MiB workload`);
+  t.deepEqual(s.phases.map((p: { fraction: number }) => p.fraction), [1, 0.5, 0.25]);
+  for (const p of s.phases) {
+    for (const k of ['medianMs', 'minMs', 'maxMs', 'slowdown', 'attachMs', 'settleMs', 'detachMs', 'faultsPerPass', 'fetchesPerPass', 'evictionsPerPass']) t.is(typeof p[k], 'number', k);
+    t.is(p.passesMs.length, 2);
+    t.true(p.passesMs.every((ms: number) => ms > 0));
+    t.is(p.corrupt, 0);
+    t.is(p.stats.storeState, 'ok');
+    t.true(p.stats.residentPages <= p.stats.localCapPages + 1024, `phase ${p.fraction}: resident ${p.stats.residentPages} near cap ${p.stats.localCapPages}`);
+    for (const k of ['p50', 'p99']) t.is(typeof p.stats.faultLatencyUs[k], 'number');
+  }
+  const [full, half, quarter] = s.phases;
+  t.is(full.localBytes, 160 << 20, '100%: the cap is the whole guest RAM');
+  t.is(full.stats.evictions, 0, 'nothing evicted at 100%');
+  t.is(quarter.localBytes, Math.round(0.25 * s.footprintPages) * 4096, '25% of the footprint');
+  t.true(half.localBytes > quarter.localBytes);
+  // The workload (48 MiB) does not fit in 25% of the footprint: the guest faults every pass.
+  t.true(quarter.stats.localCapPages < (48 << 20) / 4096);
+  t.true(quarter.faultsPerPass > 500, `25%: ${quarter.faultsPerPass} faults per pass`);
+  t.true(quarter.stats.fetches > 0 && quarter.stats.evictions > 0);
+
+  // The summary table goes to stderr with --json, the progress bar too.
+  t.regex(r.stderr, /store\s+local\s+cap\s+pass ms\s+slowdown/);
+  t.regex(r.stderr, /memory:\s+100%/);
+  t.regex(r.stderr, /guest verdict: \d+ passes, corrupt=0/);
+  t.regex(r.stderr, /\[#+\.*\]\s+\d+%/);
+
+  // Nothing left: no domain of a dead process that was not there before, no work folder.
+  const orphansAfter = (await orphanDomains()).filter((n) => !orphansBefore.includes(n));
+  t.deepEqual(orphansAfter, []);
+  t.deepEqual(benchDirs().filter((d) => !dirsBefore.includes(d)), []);
+});
+
+test.serial('bench vm: bad options are refused before anything starts', async (t) => {
+  const dirsBefore = benchDirs();
+  for (const [args, re] of [
+    [['--stores', 'nosuch://x'], /--stores: .*unknown scheme 'nosuch:'.*Or name a store the bench starts itself/],
+    [['--stores', 'memory:,memory'], /'memory:' is listed twice/],
+    [['--fractions', '0.5,1'], /--fractions must start with 1 and decrease/],
+    [['--size-mib', '200', '--guest-mib', '256'], /--size-mib 200 does not fit a 256 MiB guest.*--guest-mib to at least 296/],
+    [['--passes', 'x'], /--passes must be an integer/],
+    [['--pattern', 'zigzag'], /--pattern must be seq, random or zipf/],
+  ] as [string[], RegExp][]) {
+    const r = await runCli(['bench', 'vm', ...args]);
+    t.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re);
+  }
+  t.deepEqual(benchDirs().filter((d) => !dirsBefore.includes(d)), [], 'nothing was started');
+});
