@@ -90,13 +90,13 @@ test('without a daemon, commands say how to start one', async (t) => {
 test('bench dispatches to its sub-benchmarks and names a missing one', async (t) => {
   const r = await runCli(['bench', 'nosuch']);
   t.is(r.code, 2);
-  t.regex(r.stderr, /unknown benchmark 'nosuch'; choose store, pager or vm/);
+  t.regex(r.stderr, /unknown benchmark 'nosuch'; choose store, pager or vm, or charts/);
   const h = await runCli(['bench', '--help']);
   t.is(h.code, 0);
   t.regex(h.stdout, /bench pager --workload seq\|random\|zipf/);
   // Sub-benchmarks written by other parts of the project: either they answer --help,
   // or the dispatcher says plainly that they are not there yet.
-  for (const sub of ['store', 'pager', 'vm']) {
+  for (const sub of ['store', 'pager', 'vm', 'charts']) {
     const file = path.join(import.meta.dirname, '..', 'backend', 'cli', 'commands', `bench-${sub}.ts`);
     const s = await runCli(['bench', sub, '--help']);
     if (fs.existsSync(file)) t.is(s.code, 0, `bench ${sub} --help: ${s.stderr}`);

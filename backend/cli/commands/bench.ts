@@ -24,7 +24,7 @@ Each has its own help: elasticmem bench store --help
 
 const cmd: Command = {
   name: 'bench',
-  summary: 'benchmarks: bench store | bench pager | bench vm',
+  summary: 'benchmarks: bench store | pager | vm | charts',
   usage,
   async run(args) {
     const [sub, ...rest] = args;
