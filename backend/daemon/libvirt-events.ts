@@ -14,6 +14,8 @@ export interface LifecycleEvent { domain: string; event: string; detail: string;
 export class LibvirtEvents extends EventEmitter {
   private child?: ChildProcess;
   private stopped = false;
+  /** Restart delay: grows while virsh keeps failing (libvirtd down), resets once events flow. */
+  private backoffMs = 1000;
   /** Last lifecycle event per domain name. */
   readonly last = new Map<string, LifecycleEvent>();
 
@@ -32,6 +34,7 @@ export class LibvirtEvents extends EventEmitter {
         // event 'lifecycle' for domain 'NAME': Stopped Shutdown
         const m = /event 'lifecycle' for domain '(.+)': (\S+) ?(.*)$/.exec(line);
         if (!m) continue;
+        this.backoffMs = 1000;
         const ev = { domain: m[1]!, event: m[2]!, detail: m[3]!.trim(), at: Date.now() };
         this.last.set(ev.domain, ev);
         this.emit('lifecycle', ev);
@@ -40,7 +43,9 @@ export class LibvirtEvents extends EventEmitter {
     child.on('error', () => { /* virsh missing: exit handler retries */ });
     child.on('exit', () => {
       this.child = undefined;
-      if (!this.stopped) setTimeout(() => this.start(), 2000).unref();
+      if (this.stopped) return;
+      setTimeout(() => this.start(), this.backoffMs).unref();
+      this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
     });
   }
 
