@@ -42,15 +42,22 @@ const median = (xs: number[]): number => {
   return s[Math.floor(s.length / 2)] ?? 0;
 };
 
-/** A few repeats of each kind (first touches of a fresh process are noisy); the median of the medians. */
+/** One floor sample of each kind. */
+export async function sampleFloor(faults = 4000): Promise<{ anon: FloorSample; memfd: FloorSample }> {
+  return { anon: await measureFloor('anon', faults), memfd: await measureFloor('memfd', faults) };
+}
+
+/** The floor from samples: the median of the anonymous round-trip medians. */
+export function floorOf(samples: { anon: FloorSample; memfd: FloorSample }[]): UffdFloor {
+  const anon = samples.map((s) => s.anon);
+  return { floorUs: median(anon.map((s) => s.roundTripUs.p50)), anon, memfd: samples.map((s) => s.memfd) };
+}
+
+/** A few repeats of each kind back to back (first touches of a fresh process are noisy); the median of the medians. */
 export async function measureUffdFloor(repeats = 3, faults = 4000): Promise<UffdFloor> {
-  const anon: FloorSample[] = [];
-  const memfd: FloorSample[] = [];
-  for (let i = 0; i < repeats; i++) {
-    anon.push(await measureFloor('anon', faults));
-    memfd.push(await measureFloor('memfd', faults));
-  }
-  return { floorUs: median(anon.map((s) => s.roundTripUs.p50)), anon, memfd };
+  const samples = [];
+  for (let i = 0; i < repeats; i++) samples.push(await sampleFloor(faults));
+  return floorOf(samples);
 }
 
 export { median };
