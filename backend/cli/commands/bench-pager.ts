@@ -28,6 +28,7 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
   --seed N             workload seed (default 42)
   --prefetch N         the pager's sequential prefetch limit in pages (default: the pager's)
   --evict-batch N      the pager's eviction batch in pages (default: the pager's)
+  --floor-repeats N    samples of the uffd floor, spread over the run (default 3)
   --json               one JSON object on stdout
 
 examples:
