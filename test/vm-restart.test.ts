@@ -10,9 +10,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { bootDomain } from './helpers/libvirt.ts';
 import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
+import { sleep } from './helpers/servers.ts';
 import type { ConsoleReader } from './helpers/guest.ts';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Wait for guest passes; on timeout, say what the daemon saw (stats and log). */
 async function progresses(con: ConsoleReader, d: DaemonHandle, vm: string, n: number): Promise<void> {

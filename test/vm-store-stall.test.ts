@@ -6,9 +6,7 @@
 import test from 'ava';
 import { bootDomain } from './helpers/libvirt.ts';
 import { startDaemon } from './helpers/daemon.ts';
-import { startRedis } from './helpers/servers.ts';
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+import { startRedis, sleep } from './helpers/servers.ts';
 
 test('SIGSTOP on redis-server stalls the guest; SIGCONT resumes it with corrupt=0', async (t) => {
   const [dom, d, redis] = await Promise.all([

@@ -64,22 +64,19 @@ export class Daemon {
     }
   }
 
-  /** The session for what the user typed (name, UUID, pid:N, qmp:path). */
-  private find(spec: string, mustBeLive = false): Session {
-    for (const s of this.sessions.values()) {
-      if (s.matches(spec)) {
-        if (mustBeLive && (s.state === 'crashed' || !s.pager)) {
-          throw new ElasticmemError(`VM '${s.name}' is not running any more (${s.state}); its stored pages are kept until: elasticmem detach ${s.target.spec}`, 'VM_NOT_RUNNING');
-        }
-        return s;
-      }
-    }
-    throw new ElasticmemError(`VM '${spec}' is not attached; see: elasticmem list`, 'NOT_ATTACHED');
-  }
-
   private findOrNull(spec: string): Session | null {
     for (const s of this.sessions.values()) if (s.matches(spec)) return s;
     return null;
+  }
+
+  /** The session for what the user typed (name, UUID, pid:N, qmp:path). */
+  private find(spec: string, mustBeLive = false): Session {
+    const s = this.findOrNull(spec);
+    if (!s) throw new ElasticmemError(`VM '${spec}' is not attached; see: elasticmem list`, 'NOT_ATTACHED');
+    if (mustBeLive && (s.state === 'crashed' || !s.pager)) {
+      throw new ElasticmemError(`VM '${s.name}' is not running any more (${s.state}); its stored pages are kept until: elasticmem detach ${s.target.spec}`, 'VM_NOT_RUNNING');
+    }
+    return s;
   }
 
   private checkCap(bytes: number, guestRam: number, name: string): void {

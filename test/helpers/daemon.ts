@@ -10,10 +10,9 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import { REPO_ROOT } from './guest.ts';
+import type { TeardownContext } from './servers.ts';
 
 export const BIN = path.join(REPO_ROOT, 'bin', 'elasticmem.js');
-
-export interface TeardownContext { teardown(fn: () => unknown): void }
 
 export interface CliResult { code: number; stdout: string; stderr: string }
 
