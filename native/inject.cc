@@ -511,11 +511,14 @@ uint64_t find_trampoline(pid_t pid, bool* writable) {
     if ((std::strcmp(perm, "r-xp") != 0 && std::strcmp(perm, "rwxp") != 0) || inode != 0 || line.find('/', static_cast<size_t>(n)) != std::string::npos ||
         line.find('[', static_cast<size_t>(n)) != std::string::npos)
       continue;
-    for (uint64_t p = lo; p < hi && p < lo + 16 * kTrampCodeLen; p += kTrampCodeLen)
+    // Pages near either end: a merged neighbour sits on one side of it.
+    for (uint64_t p = lo; p < hi; p += kTrampCodeLen) {
+      if (p >= lo + 16 * kTrampCodeLen && p + 16 * (kTrampCodeLen + kTrampDataLen) < hi) continue;
       if (is_trampoline(pid, p)) {
         *writable = perm[1] == 'w';
         return p;
       }
+    }
   }
   return 0;
 }

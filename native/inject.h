@@ -7,6 +7,16 @@
 // every register back exactly as it was, including a system call the thread was
 // blocked in (restarted as the kernel would have restarted it).
 //
+// Crash safety: a monitor may die (SIGKILL) at any point of an injection; the kernel
+// then detaches the thread as it is. So injected calls run on a small trampoline
+// mapped once into the target (and found again by the next monitor): `syscall`
+// followed by code that reloads the thread's own registers from a save slot the
+// monitor filled beforehand. While the monitor lives it stops the thread right after
+// the call (syscall-exit stop) and restores the registers itself; a thread whose
+// monitor died finishes the call and restores itself. Only the trampoline's own
+// creation (one mmap, once per target) runs on libc's `syscall; ret`. inject.cc has
+// the layout and the reasoning.
+//
 // Thread model: all ptrace requests of one RemoteTask run on a private tracer thread
 // it owns, so a RemoteTask may be created on one thread and used from another. If
 // that tracer thread ever has to give up, the kernel detaches the tracee by itself

@@ -225,7 +225,8 @@ test.serial('findTargetUffd finds the uffd the target kept after the monitor clo
   const srv = await serve(t, found!.fd, tg.anon.start, tg.anon.length, false);
   const p3 = BigInt(tg.anon.start) + 3n * BigInt(PAGE);
   t.is((await tg.cmd('read anon 3')).split('sum=')[1], servedSum(p3));
-  t.true(srv.lines.includes(`served 0x${p3.toString(16)}`));
+  // uffd-serve prints its line independently of the target's reply: wait for it.
+  await srv.waitFor(new RegExp(`^served 0x${p3.toString(16)}$`));
 });
 
 test.serial('remote MADV_DONTNEED drops private anonymous pages: the target reads zeros', async (t) => {
