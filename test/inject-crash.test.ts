@@ -161,6 +161,16 @@ test.serial('a monitor killed during a 1.5 s injected nanosleep: the target thre
   t.is(BigInt(sys.at(-1)!.trim()), tr.code + 64n + 2n, 'it returns to the trampoline, after its syscall instruction');
   t.is(tr.armed, 1, 'its save slot is armed');
   t.regex(fs.readFileSync(`/proc/${tg.pid}/status`, 'utf8'), /^TracerPid:\s+0$/m, 'the dead monitor no longer traces it');
+  // A new monitor borrows the same thread while it is still inside the dead monitor's
+  // call: it must leave that slot alone (another one is armed) and restart the call.
+  // (getpid: an injected nanosleep would reset the thread's restart block, so the
+  // interrupted nanosleep could not resume; no call the monitor uses does that.)
+  const m3 = startMonitor(t, bin, [String(tg.pid), 'getpid']);
+  t.is(await m3.line(/^returned /), `returned ${tg.pid}`);
+  await m3.exit;
+  const nested = trampolines(tg.pid)[0];
+  t.deepEqual([nested.used, nested.armed], [2, 1], 'a second slot was used; the first stays armed for the pending tail');
+  t.is(Number(fs.readFileSync(`/proc/${tg.pid}/task/${tid}/syscall`, 'utf8').split(' ')[0]), 219, 'the interrupted nanosleep goes on (restart_syscall)');
   const r = parseReply(await churn);
   t.is(r.corrupt, 0);
   t.true(r.writes > 100, JSON.stringify(r));
