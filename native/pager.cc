@@ -189,7 +189,7 @@ void Pager::start() {
   }
   fault_thread_ = std::thread([this] { fault_loop(); });
   evict_thread_ = std::thread([this] { evict_loop(); });
-  if (resident_ > cap_) evict_cv_.notify_one();
+  if (resident_ > high_watermark()) evict_cv_.notify_one();
 }
 
 // ---------------------------------------------------------------- helpers
@@ -316,24 +316,27 @@ void Pager::fault_loop() {
   std::vector<uint64_t> dels;
   std::vector<uint32_t> writes;
   while (!stop_) {
-    struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
-    int pr = poll(p, 3, -1);
-    if (pr < 0) {
-      if (errno == EINTR) continue;
-      emit({"error", std::string("poll on the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
-      return;
-    }
-    if (stop_) return;
-    if (p[2].revents & POLLIN) {
-      emit({"target-exited", "process " + std::to_string(cfg_.pid) + " exited", {}, 0, 0});
-      stop_ = true;
-      evict_cv_.notify_all();
-      return;
-    }
-    if (!(p[0].revents & POLLIN)) continue;
+    // Read first (the uffd is non-blocking): under load the next faults are already
+    // queued and the poll would only cost a syscall. Sleep in poll when there are none.
     ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
+    if (got < 0 && errno == EAGAIN) {
+      struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
+      int pr = poll(p, 3, -1);
+      if (pr < 0 && errno != EINTR) {
+        emit({"error", std::string("poll on the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
+        return;
+      }
+      if (stop_) return;
+      if (pr > 0 && (p[2].revents & POLLIN)) {
+        emit({"target-exited", "process " + std::to_string(cfg_.pid) + " exited", {}, 0, 0});
+        stop_ = true;
+        evict_cv_.notify_all();
+        return;
+      }
+      continue;
+    }
     if (got < 0) {
-      if (errno == EAGAIN || errno == EINTR) continue;
+      if (errno == EINTR) continue;
       emit({"error", std::string("reading the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
       return;
     }
@@ -373,13 +376,13 @@ void Pager::fault_loop() {
     }
     uint64_t dt = now_us() - t0;
     for (size_t i = 0; i < n; i++) latency_.record(dt);
-    if (resident_ > cap_) {
+    if (resident_ > high_watermark()) {
       evict_cv_.notify_one();
-      // Back-pressure: when faults outrun the evictor, give it a moment before taking
-      // more pages. Bounded, so a drop that needs this thread (an injected DONTNEED into
-      // a thread that is itself faulting) can never deadlock against it.
-      uint64_t over = (uint64_t)cap_ + 4 * cfg_.evict_batch;
-      for (int i = 0; i < 20 && resident_ > over && !stop_ && !draining_; i++) {
+      // Back-pressure: when faults outrun the evictor up to the cap, give it a moment
+      // before taking more pages. Bounded (20 ms), so a drop that needs this thread (an
+      // injected DONTNEED into a thread that is itself faulting) can never deadlock
+      // against it, and a stalled store only slows faults down.
+      for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_; i++) {
         std::unique_lock<std::mutex> lk(evict_mu_);
         evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
       }
@@ -484,6 +487,9 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
       is_prefetch.push_back(0);
       if (!prefetch || cfg_.prefetch_max == 0) continue;
       bool seq = last_fault_ != kNil && idx > last_fault_ && idx - last_fault_ <= cfg_.prefetch_max + 1;
+      // A sequential writer writes what it prefetches: map the run writable too
+      // (dirty), instead of taking a write-protect fault on every page of it.
+      uint8_t run_mark = is_write(idx) ? 2 : 1;
       seq_streak_ = seq ? std::min<uint32_t>(seq_streak_ + 1, 16) : 0;
       last_fault_ = idx;
       if (!seq_streak_) continue;
@@ -492,7 +498,7 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
       for (uint32_t j = idx + 1; j < r.first + r.npages && j <= idx + n; j++) {
         if (table_[j].state != kRemote || (table_[j].flags & kFlLost)) break;
         want.push_back(j);
-        is_prefetch.push_back(1);
+        is_prefetch.push_back(run_mark);
         last_fault_ = j;
       }
     }
@@ -530,8 +536,10 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
     size_t j = i;
     const Region& r = region_at(want[i]);
     auto ok = [&](size_t k) { return found[k] && table_[want[k]].state == kRemote; };
-    // a page faulted by a write is mapped on its own, writable (and so dirty)
-    bool writable = wp && !is_prefetch[i] && is_write(want[i]);
+    // a page faulted by a write, and the prefetched run behind it, are mapped writable
+    // (and so dirty); its run is split from write-protected neighbours
+    bool writable = wp && (is_prefetch[i] ? is_prefetch[i] == 2 : is_write(want[i]));
+    auto writable_at = [&](size_t k) { return wp && (is_prefetch[k] ? is_prefetch[k] == 2 : is_write(want[k])); };
     if (!ok(i)) {
       if (!found[i] && table_[want[i]].state == kRemote) {
         // Invariant 2/5: the store lost a page we stored. Never zero-fill it: leave the
@@ -543,8 +551,8 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
       i++;
       continue;
     }
-    while (!writable && j + 1 < want.size() && want[j + 1] == want[j] + 1 && want[j + 1] < r.first + r.npages && ok(j + 1) &&
-           (is_prefetch[j + 1] || !is_write(want[j + 1])))
+    while (j + 1 < want.size() && want[j + 1] == want[j] + 1 && want[j + 1] < r.first + r.npages && ok(j + 1) &&
+           writable_at(j + 1) == writable)
       j++;
     size_t count = j - i + 1;
     uint64_t copied = 0;
@@ -679,17 +687,22 @@ size_t Pager::evict_batch(size_t want) {
       m.flags &= ~(kFlAbort | kFlDropping | kFlRef);
       (is_clean ? clean : dirty).push_back(idx);
     }
-    try {
-      if (!cfg_.test_skip_wp) for_runs(dirty, [&](const Run& run) {
-        uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
-      });
-    } catch (...) {
-      for (uint32_t idx : victims) {
-        table_[idx].state = kResDirty;
-        list_insert(idx, false);
-      }
-      throw;
+  }
+  // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
+  // because the pages are already marked evicting: a write-protect fault that races
+  // this (left from a clean page) aborts the page's eviction, and an abort is final.
+  try {
+    if (!cfg_.test_skip_wp) for_runs(dirty, [&](const Run& run) {
+      uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
+    });
+  } catch (...) {
+    std::lock_guard<std::mutex> g(mu_);
+    for (uint32_t idx : victims) {
+      table_[idx].state = kResDirty;
+      table_[idx].flags &= ~kFlAbort;
+      list_insert(idx, false);
     }
+    throw;
   }
   if (victims.empty()) return 0;
   // Phase 2: copy the dirty pages out and store them (invariant 3: store before drop).
@@ -697,7 +710,6 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint8_t> zero(dirty.size(), 0);
   std::vector<uint64_t> put_keys, del_keys;
   std::vector<uint32_t> put_vers;
-  std::vector<uint8_t> put_data;
   bool stored = true;
   try {
     if (!dirty.empty()) read_pages(dirty, buf.data());
@@ -717,10 +729,13 @@ size_t Pager::evict_batch(size_t want) {
     emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
   }
   if (stored && !put_keys.empty()) {
-    put_data.resize(put_keys.size() * kPageSize);
+    // pack the non-zero pages to the front of buf (no copy at all when none is zero)
     for (size_t i = 0, k = 0; i < dirty.size(); i++)
-      if (!zero[i]) memcpy(put_data.data() + (k++) * kPageSize, buf.data() + i * kPageSize, kPageSize);
-    stored = store_put(put_keys, put_vers, put_data.data());
+      if (!zero[i]) {
+        if (k != i) memmove(buf.data() + k * kPageSize, buf.data() + i * kPageSize, kPageSize);
+        k++;
+      }
+    stored = store_put(put_keys, put_vers, buf.data());
   }
   if (stored) stored = store_del(del_keys);
   // Phase 3a: commit the drop for pages nobody touched meanwhile.
@@ -760,7 +775,7 @@ size_t Pager::evict_batch(size_t want) {
       }
       m.flags |= kFlDropping;
       drop.push_back(idx);
-      drop_zero.push_back(0);
+      drop_zero.push_back(2);  // 2 = clean: dropped without a store write
     }
   }
   if (drop.empty()) return 0;
@@ -787,14 +802,14 @@ size_t Pager::evict_batch(size_t want) {
       PageMeta& m = table_[idx];
       m.flags &= ~kFlDropping;
       if (!dropped) {  // still resident and write-protected; the store has it: clean
-        m.state = sorted_zero[i] ? kResDirty : kResClean;
+        m.state = sorted_zero[i] == 1 ? kResDirty : kResClean;
         list_insert(idx, false);
         continue;
       }
-      bool was_clean = std::find(clean.begin(), clean.end(), idx) != clean.end();
-      if (was_clean) clean_drops_++;
-      m.state = sorted_zero[i] ? kAbsent : kRemote;
-      if (!sorted_zero[i]) remote_++;
+      bool was_zero = sorted_zero[i] == 1;
+      if (sorted_zero[i] == 2) clean_drops_++;
+      m.state = was_zero ? kAbsent : kRemote;
+      if (!was_zero) remote_++;
       m.prev = evict_clock_++;
       m.next = kNil;
       resident_--;
@@ -806,17 +821,29 @@ size_t Pager::evict_batch(size_t want) {
   return dropped ? sorted_drop.size() : 0;
 }
 
+// Watermarks: eviction starts once residency passes cap - slack (high) and goes down
+// to cap - 2*slack (low), so the cap itself is normally never crossed; faults that
+// would cross it wait briefly for the evictor (back-pressure in fault_loop).
+uint64_t Pager::slack() const {
+  uint32_t cap = cap_;
+  return std::max<uint64_t>(1, std::min<uint64_t>(std::max<uint64_t>(16, std::min<uint64_t>(cfg_.evict_batch, cap / 16)), cap / 4));
+}
+uint64_t Pager::high_watermark() const {
+  uint32_t cap = cap_;
+  return cap > slack() ? cap - slack() : 0;
+}
+
 void Pager::evict_loop() {
   while (!stop_ && !draining_) {
     {
       std::unique_lock<std::mutex> lk(evict_mu_);
       evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
-                         [&] { return stop_ || (!draining_ && !evict_paused_ && resident_ > cap_); });
+                         [&] { return stop_ || (!draining_ && !evict_paused_ && resident_ > high_watermark()); });
     }
-    if (stop_ || draining_ || resident_ <= cap_) continue;
+    if (stop_ || draining_ || resident_ <= high_watermark()) continue;
     uint32_t cap = cap_;
-    uint64_t slack = std::max<uint64_t>(16, std::min<uint64_t>(cfg_.evict_batch, cap / 16));
-    uint64_t low = cap > slack ? cap - slack : 0;
+    uint64_t sl = slack();
+    uint64_t low = cap > 2 * sl ? cap - 2 * sl : 0;
     uint64_t total = resident_ > low ? resident_ - low : 0;
     bool report = total > 4096;  // a big shrink: show progress
     uint64_t done = 0, last_report = now_us();

@@ -111,6 +111,8 @@ class Pager {
   void emit(PagerEvent ev);
   void stop_threads();
   static uint64_t now_us();
+  uint64_t slack() const;
+  uint64_t high_watermark() const;
 
   PagerConfig cfg_;
   std::unique_ptr<StoreBackend> store_;
