@@ -36,8 +36,8 @@ test.serial('bench vm --json: baseline and 100/50/25% for one store, guest corru
   t.is(j.guest.workload.sizeMiB, 48);
   t.is(j.host.accel, 'tcg');
   t.deepEqual(j.method.fractions, [1, 0.5, 0.25]);
-  t.is(j.baseline.before.length, 2);
-  t.is(j.baseline.after.length, 2);
+  // A paired baseline (2 passes) before each of the 3 phases, and 2 at the end.
+  t.is(j.baseline.passesMs.length, 8);
   t.true(j.baseline.medianMs > 0);
 
   t.is(j.stores.length, 1);
@@ -49,6 +49,8 @@ test.serial('bench vm --json: baseline and 100/50/25% for one store, guest corru
   for (const p of s.phases) {
     for (const k of ['medianMs', 'minMs', 'maxMs', 'slowdown', 'attachMs', 'settleMs', 'detachMs', 'faultsPerPass', 'fetchesPerPass', 'evictionsPerPass']) t.is(typeof p[k], 'number', k);
     t.is(p.passesMs.length, 2);
+    t.is(p.baselineMs.length, 2);
+    t.is(p.slowdown, +(p.medianMs / p.baselineMedianMs).toFixed(3), 'slowdown against the paired baseline');
     t.true(p.passesMs.every((ms: number) => ms > 0));
     t.is(p.corrupt, 0);
     t.is(p.stats.storeState, 'ok');
@@ -66,7 +68,7 @@ test.serial('bench vm --json: baseline and 100/50/25% for one store, guest corru
   t.true(quarter.stats.fetches > 0 && quarter.stats.evictions > 0);
 
   // The summary table goes to stderr with --json, the progress bar too.
-  t.regex(r.stderr, /store\s+local\s+cap\s+pass ms\s+slowdown/);
+  t.regex(r.stderr, /store\s+local\s+cap\s+pass ms\s+base ms\s+slowdown/);
   t.regex(r.stderr, /memory:\s+100%/);
   t.regex(r.stderr, /guest verdict: \d+ passes, corrupt=0/);
   t.regex(r.stderr, /\[#+\.*\]\s+\d+%/);

@@ -227,7 +227,7 @@ export function vmSlowdownChart(vm: VmBenchResult[]): Chart | null {
     spec: {
       $schema: SCHEMA,
       ...FONT,
-      title: { text: 'Guest slowdown vs local memory (bench vm)', subtitle: `test guest ${vm[0]!.guest.memMiB} MiB, workload ${w.sizeMiB} MiB ${w.pattern} write=${w.write}; pass time / unattached pass time` },
+      title: { text: 'Guest slowdown vs local memory (bench vm)', subtitle: `test guest ${vm[0]!.guest.memMiB} MiB, workload ${w.sizeMiB} MiB ${w.pattern} write=${w.write}; pass time / unattached pass time just before (paired baseline); median of the timed passes` },
       width: 480,
       height: 300,
       layer: [

@@ -80,8 +80,13 @@ export interface PhaseResult {
   medianMs: number;
   minMs: number;
   maxMs: number;
-  /** medianMs over the unattached baseline's median. */
+  /** Unattached passes timed right before this phase's attach (its paired baseline). */
+  baselineMs: number[];
+  baselineMedianMs: number;
+  /** medianMs / baselineMedianMs. */
   slowdown: number;
+  /** minMs / min of the paired baseline: the least disturbed pass of each, for a loaded host. */
+  slowdownOfMin: number;
   attachMs: number;
   /** From attach until resident pages were at or below the cap (eviction of the excess). */
   settleMs: number;
@@ -114,10 +119,11 @@ export interface VmBenchResult {
   bench: 'vm';
   version: 1;
   date: string;
-  host: { hostname: string; cpus: number; cpuModel: string; kernel: string; accel: 'kvm' | 'tcg'; qemu: string };
+  host: { hostname: string; cpus: number; cpuModel: string; kernel: string; accel: 'kvm' | 'tcg'; qemu: string; loadAvg1: { start: number; end: number } };
   guest: { memMiB: number; template: 'memfd'; workload: { sizeMiB: number; pages: number; pattern: AccessPattern; write: number; seed: number; pauseMs: number } };
   method: { fractions: number[]; warmupPasses: number; maxWarmupPasses: number; timedPasses: number; fractionOf: 'footprint'; timing: 'guest-reported pass ms' };
-  baseline: { passesMs: number[]; medianMs: number; before: number[]; after: number[] };
+  /** Every unattached pass of the run (the paired baselines of all phases and a final one). */
+  baseline: { passesMs: number[]; medianMs: number; minMs: number; maxMs: number };
   stores: StoreResult[];
   /** Sum of corrupt pages over every pass the guest ran (must be 0). */
   corrupt: number;
@@ -204,7 +210,7 @@ function accelOf(pid: number): 'kvm' | 'tcg' {
   }
 }
 
-function hostInfo(qemuPid: number): VmBenchResult['host'] {
+function hostInfo(qemuPid: number): Omit<VmBenchResult['host'], 'loadAvg1'> {
   let qemu = 'unknown';
   try {
     const out = execFileSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8', timeout: 10_000 });
@@ -272,7 +278,7 @@ async function provideStores(cl: Cleanup, stores: StoreChoice[], dir: string): P
 
 /** Plan the progress units: passes. */
 function plannedPasses(o: VmBenchOptions): number {
-  return 2 * o.passes + o.warmup + o.stores.length * o.fractions.length * (o.warmup + o.passes);
+  return o.passes + o.warmup + o.stores.length * o.fractions.length * (o.warmup + 2 * o.passes);
 }
 
 export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenchResult> {
@@ -317,7 +323,9 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   // The first pass includes the fill; warm-up passes settle the guest.
   const boot = seenPasses();
   await passesAfter(boot, o.warmup, 'guest warm-up (not attached)');
-  const before = (await passesAfter(seenPasses(), o.passes, 'baseline: not attached')).map((p) => p.ms);
+  const loadBefore = os.loadavg()[0]!;
+  /** Every unattached pass timed, in order (each phase is paired with the ones right before it). */
+  const unattached: number[] = [];
 
   const stores: StoreResult[] = [];
   let footprintPages = 0;
@@ -330,6 +338,10 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
         const label = `${s.spec} at ${Math.round(f * 100)}% local`;
         // 100%: the cap is the whole guest RAM (nothing evicted); the footprint is read from it.
         const capBytes = f === 1 ? o.guestMiB * MiB : Math.max(4 * MiB, Math.round(f * footprintPages) * PAGE);
+        // The paired baseline: this guest, unattached, right before this phase. Other load
+        // on the host drifts over minutes; a baseline taken next to each phase cancels it.
+        const paired = (await passesAfter(seenPasses(), o.passes, `${label}: baseline, not attached`)).map((p) => p.ms);
+        unattached.push(...paired);
         progress(`${label}: attaching`);
         const ta = Date.now();
         await rpc('attach', { vm: dom.name, local: String(capBytes), store: s.uri! });
@@ -379,7 +391,10 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
           medianMs: median(ms),
           minMs: Math.min(...ms),
           maxMs: Math.max(...ms),
-          slowdown: NaN, // filled in once the baseline is complete
+          baselineMs: paired,
+          baselineMedianMs: median(paired),
+          slowdown: +(median(ms) / median(paired)).toFixed(3),
+          slowdownOfMin: +(Math.min(...ms) / Math.min(...paired)).toFixed(3),
           attachMs,
           settleMs,
           detachMs: Date.now() - td,
@@ -407,9 +422,8 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
     }
   }
 
-  const after = (await passesAfter(seenPasses(), o.passes, 'baseline again: not attached')).map((p) => p.ms);
-  const baseMedian = median([...before, ...after]);
-  for (const r of stores) for (const p of r.phases) p.slowdown = +(p.medianMs / baseMedian).toFixed(3);
+  const after = (await passesAfter(seenPasses(), o.passes, 'baseline: not attached')).map((p) => p.ms);
+  unattached.push(...after);
 
   con.poll();
   const corrupt = con.passes.reduce((a, p) => a + p.corrupt, 0) + (/ELASTICMEM-CORRUPT/.test(con.text()) && con.passes.every((p) => p.corrupt === 0) ? 1 : 0);
@@ -417,10 +431,10 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
     bench: 'vm',
     version: 1,
     date: new Date().toISOString(),
-    host: hostInfo(dom.pid),
+    host: { ...hostInfo(dom.pid), loadAvg1: { start: loadBefore, end: os.loadavg()[0]! } },
     guest: { memMiB: o.guestMiB, template: 'memfd', workload: { sizeMiB: o.sizeMiB, pages: (o.sizeMiB * MiB) / PAGE, pattern: o.pattern, write: o.write, seed: o.seed, pauseMs: o.pauseMs } },
     method: { fractions: o.fractions, warmupPasses: o.warmup, maxWarmupPasses: o.maxWarmup, timedPasses: o.passes, fractionOf: 'footprint', timing: 'guest-reported pass ms' },
-    baseline: { passesMs: [...before, ...after], medianMs: baseMedian, before, after },
+    baseline: { passesMs: unattached, medianMs: median(unattached), minMs: Math.min(...unattached), maxMs: Math.max(...unattached) },
     stores,
     corrupt,
     guestPasses: seenPasses(),

@@ -80,33 +80,37 @@ const fmtMs = (x: number) => (Number.isFinite(x) ? (x >= 100 ? x.toFixed(0) : x.
 /** The one-screen summary. */
 export function summaryTable(r: VmBenchResult): string {
   const w = r.guest.workload;
+  const b = r.baseline;
   const lines = [
-    `elasticmem bench vm   ${r.date.slice(0, 16).replace('T', ' ')} UTC   ${r.host.cpus} cpus, ${r.host.accel}, kernel ${r.host.kernel}, QEMU ${r.host.qemu}`,
-    `guest ${r.guest.memMiB} MiB (memfd), workload ${w.sizeMiB} MiB ${w.pattern} write=${w.write}; pass time reported by the guest, median of ${r.method.timedPasses}`,
-    `not attached: ${fmtMs(r.baseline.medianMs)} ms per pass (before ${r.baseline.before.join('/')}, after ${r.baseline.after.join('/')})`,
+    `elasticmem bench vm   ${r.date.slice(0, 16).replace('T', ' ')} UTC   ${r.host.cpus} cpus, ${r.host.accel}, kernel ${r.host.kernel}, QEMU ${r.host.qemu}, load ${r.host.loadAvg1.start.toFixed(1)}-${r.host.loadAvg1.end.toFixed(1)}`,
+    `guest ${r.guest.memMiB} MiB (memfd), workload ${w.sizeMiB} MiB ${w.pattern} write=${w.write}; pass times reported by the guest, median of ${r.method.timedPasses};`,
+    `slowdown = pass time / pass time unattached just before (paired baseline); unattached over the run: median ${fmtMs(b.medianMs)} ms, ${b.minMs}-${b.maxMs} ms`,
     '',
-    `${'store'.padEnd(26)} ${'local'.padStart(5)} ${'cap'.padStart(6)} ${'pass ms'.padStart(8)} ${'slowdown'.padStart(8)} ${'faults/pass'.padStart(11)} ${'fetch/pass'.padStart(10)} ${'p50 us'.padStart(7)} ${'p99 us'.padStart(7)} ${'corrupt'.padStart(7)}`,
+    `${'store'.padEnd(10)} ${'local'.padStart(5)} ${'cap'.padStart(6)} ${'pass ms'.padStart(8)} ${'base ms'.padStart(8)} ${'slowdown'.padStart(8)} ${'faults/pass'.padStart(11)} ${'fetch/pass'.padStart(10)} ${'p50 us'.padStart(6)} ${'p99 us'.padStart(6)} ${'corrupt'.padStart(7)}`,
   ];
   for (const s of r.stores) {
-    const name = s.store === s.uri ? s.store : `${s.store} (${s.uri.replace(/^file:\/\/.*$/, 'file://tmp')})`;
-    if (!s.phases.length) lines.push(`${name.slice(0, 26).padEnd(26)} FAILED: ${s.error?.split('\n')[0]}`);
+    if (!s.phases.length) lines.push(`${s.store.slice(0, 10).padEnd(10)} FAILED: ${s.error?.split('\n')[0]}`);
     s.phases.forEach((p, i) => {
       lines.push([
-        (i === 0 ? name.slice(0, 26) : '').padEnd(26),
+        (i === 0 ? s.store.slice(0, 10) : '').padEnd(10),
         `${Math.round(p.fraction * 100)}%`.padStart(5),
         formatSize(Math.round(p.localBytes / PAGE) * PAGE).padStart(6),
         fmtMs(p.medianMs).padStart(8),
+        fmtMs(p.baselineMedianMs).padStart(8),
         `${p.slowdown.toFixed(2)}x`.padStart(8),
         String(p.faultsPerPass).padStart(11),
         String(p.fetchesPerPass).padStart(10),
-        String(p.stats.faultLatencyUs.p50).padStart(7),
-        String(p.stats.faultLatencyUs.p99).padStart(7),
+        String(p.stats.faultLatencyUs.p50).padStart(6),
+        String(p.stats.faultLatencyUs.p99).padStart(6),
         String(p.corrupt).padStart(7),
       ].join(' '));
     });
-    if (s.phases.length && s.error) lines.push(`${''.padEnd(26)} stopped: ${s.error.split('\n')[0]}`);
+    if (s.phases.length && s.error) lines.push(`${''.padEnd(10)} stopped: ${s.error.split('\n')[0]}`);
   }
-  lines.push("", `footprint (pages resident at the first 100% attach; caps are fractions of it): ${formatSize((r.stores.find((s) => s.footprintPages)?.footprintPages ?? 0) * PAGE)}`);
+  lines.push('');
+  const fp = r.stores.find((s) => s.footprintPages)?.footprintPages ?? 0;
+  lines.push(`caps are fractions of the footprint (pages resident at the first 100% attach): ${formatSize(fp * PAGE)}`);
+  lines.push(`stores: ${r.stores.map((s) => `${s.store} = ${s.uri}${s.ownServer ? (s.uri.startsWith('file:') ? ' (temporary)' : ' (started by the bench)') : ''}`).join(', ')}`);
   lines.push(`guest verdict: ${r.guestPasses} passes, corrupt=${r.corrupt}   (${r.durationS} s)`, '');
   return lines.join('\n');
 }
