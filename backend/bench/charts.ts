@@ -296,6 +296,63 @@ export function storeLatencyChart(store: StoreBenchResult[]): Chart | null {
   };
 }
 
+// -------------------------------------------------------------- derived figures
+
+/**
+ * Wall time per page fault, the figure FluidMem reports ("average page fault latency"
+ * seen by pmbench): the timed touches' total time divided by the touches that faulted.
+ * Pager: usPerTouch x touches / pager faults (missing and write-protect faults);
+ * kernel swap: usPerTouch x touches / touches slower than 2 µs (the workload's own
+ * count). Both include the resident touches' ~0.1 µs, a small over-estimate.
+ */
+export interface PerFaultRow {
+  workload: string;
+  store: string;
+  policy: string;
+  sizeMiB: number;
+  localMiB: number;
+  localPercent: number;
+  pagerUsPerFault: number;
+  pagerFaultP50Us: number;
+  pagerTouchFaultP50Us: number;
+  kernelUsPerFault: number | null;
+  kernelTouchFaultP50Us: number | null;
+  pagerOverKernel: number | null;
+}
+
+export function perFaultRows(pager: PagerBenchResult[]): PerFaultRow[] {
+  return pager.filter((p) => p.pager?.faults > 0).map((p) => {
+    const totalUs = p.usPerTouch * p.touches;
+    const k = p.kernelSwap;
+    const kernelUs = k && k.slowTouches > 0 ? round(k.usPerTouch * p.touches / k.slowTouches, 2) : null;
+    const pagerUs = round(totalUs / p.pager.faults, 2);
+    return {
+      workload: p.workload,
+      store: storeLabel(p.store),
+      policy: p.policy ?? 'slru',
+      sizeMiB: p.sizeBytes / 2 ** 20,
+      localMiB: p.localBytes / 2 ** 20,
+      localPercent: Math.round((100 * p.localBytes) / p.sizeBytes),
+      pagerUsPerFault: pagerUs,
+      pagerFaultP50Us: p.faultLatencyUs.p50,
+      pagerTouchFaultP50Us: p.touchFaultUs.p50,
+      kernelUsPerFault: kernelUs,
+      kernelTouchFaultP50Us: k ? k.touchFaultUs.p50 : null,
+      pagerOverKernel: kernelUs ? round(pagerUs / kernelUs, 2) : null,
+    };
+  });
+}
+
+export function perFaultTable(rows: PerFaultRow[]): string {
+  const head = `${'workload'.padEnd(8)} ${'store'.padEnd(10)} ${'size'.padStart(6)} ${'local'.padStart(6)} ${'pager µs/fault'.padStart(14)} ${'p50 pager'.padStart(9)} ${'p50 touch'.padStart(9)} ${'kernel µs/fault'.padStart(15)} ${'p50 touch'.padStart(9)} ${'ratio'.padStart(6)}`;
+  const f = (x: number | null) => (x === null ? '-' : String(x));
+  return [head, ...rows.map((r) => [
+    r.workload.padEnd(8), r.store.padEnd(10), `${r.sizeMiB}M`.padStart(6), `${r.localMiB}M`.padStart(6),
+    f(r.pagerUsPerFault).padStart(14), f(r.pagerFaultP50Us).padStart(9), f(r.pagerTouchFaultP50Us).padStart(9),
+    f(r.kernelUsPerFault).padStart(15), f(r.kernelTouchFaultP50Us).padStart(9), f(r.pagerOverKernel).padStart(6),
+  ].join(' '))].join('\n') + '\n';
+}
+
 // ------------------------------------------------------------------------ rendering
 
 /** vega-lite -> vega -> SVG, headless (renderer 'none': no canvas, no DOM). */

@@ -20,6 +20,10 @@ per file or one per line:
   --out DIR    where the SVGs go (default docs/charts of this checkout)
   --json       print what was written as one JSON object
 
+It also prints, from the bench pager results, the wall time per page fault of the
+pager and of kernel swap (total time of the timed touches / touches that faulted):
+the figure FluidMem reports as average page fault latency.
+
 examples:
   elasticmem bench vm --json > docs/results/vm.json
   elasticmem bench charts
@@ -36,16 +40,21 @@ const cmd: Command = {
     const from = path.resolve(values.from ?? path.join(REPO, 'docs', 'results'));
     const out = path.resolve(values.out ?? path.join(REPO, 'docs', 'charts'));
     // Loaded here: vega is big and only this command needs it.
-    const { generateCharts } = await import('../../bench/charts.ts');
+    const { generateCharts, perFaultRows, perFaultTable } = await import('../../bench/charts.ts');
     const { written, results, missing } = await generateCharts(from, out);
+    const perFault = perFaultRows(results.pager);
     if (values.json) {
-      printJson({ from, out, written, inputs: results.sources, ignored: results.ignored, missing });
+      printJson({ from, out, written, inputs: results.sources, ignored: results.ignored, missing, perFault });
       return 0;
     }
     process.stdout.write(`read ${results.sources.length} results from ${from} (${results.vm.length} vm, ${results.pager.length} pager, ${results.store.length} store)\n`);
     for (const w of written) process.stdout.write(`  wrote ${path.relative(process.cwd(), w.file) || w.file}  ${w.title} (${w.marks} data points)\n`);
     for (const i of results.ignored) process.stdout.write(`  ignored ${i.file}: ${i.why}\n`);
     for (const m of missing) process.stdout.write(`  not drawn: ${m}\n`);
+    if (perFault.length) {
+      process.stdout.write('\nwall time per page fault (bench pager): timed touches x µs per touch / faulting touches\n');
+      process.stdout.write(perFaultTable(perFault));
+    }
     return 0;
   },
 };
