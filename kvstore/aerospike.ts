@@ -58,6 +58,7 @@ export class AerospikeStore implements RawStore {
     try {
       client = await withTimeout(as.connect(config) as Promise<Any>, t.connectTimeoutMs * 2 + 1000, `connecting to aerospike at ${where(spec)}`);
     } catch (e) {
+      unrefAfterFailedConnect();
       throw mapError(as, e, `cannot connect to aerospike at ${where(spec)} (is asd running and reachable?)`);
     }
     return new AerospikeStore(uri, as, client, spec, t);
@@ -148,6 +149,18 @@ export class AerospikeStore implements RawStore {
       throw mapError(this.as, e, `${this.uri}: ${what}`);
     }
   }
+}
+
+/**
+ * A failed connect leaves the client's event loop referenced (client.js registers it
+ * and only close() unreferences it), which keeps the process alive: unreference it, so
+ * a CLI command or a test that could not connect still exits. Not releaseEventLoop():
+ * that is final, and a later openStore would fail.
+ */
+function unrefAfterFailedConnect(): void {
+  try {
+    (createRequire(import.meta.url)('aerospike/lib/event_loop') as { unreferenceEventLoop(): void }).unreferenceEventLoop();
+  } catch { /* not initialised */ }
 }
 
 function where(spec: AerospikeSpec): string {

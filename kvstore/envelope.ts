@@ -5,7 +5,7 @@
  *   2  u8             format version (1)
  *   3  u8             flags: 1 = payload deflated, 2 = payload AES-256-GCM encrypted
  *   4  u32 BE, u32 BE page version (high, low): up to 2^53
- *   12 check          plain:     u32 BE CRC-32 over (vm, page key, header[0..12], payload)
+ *   12 check          plain:     u32 BE CRC-32C over (vm, page key, header[0..12], payload)
  *                     encrypted: 12-byte IV, 16-byte GCM tag; AAD = (vm, page key, header[0..12])
  *   16|40 payload     the 4 KiB page, deflated first when that shrinks it
  *
@@ -13,12 +13,18 @@
  * a value copied under another page's key (or another VM's), or a stale version is
  * detected on every get and the page is never returned (STORE_INTEGRITY). With a key
  * the GCM tag replaces the CRC: whoever runs the store can neither read nor forge pages.
+ *
+ * CRC-32C rather than zlib.crc32: the latter costs 2.8 µs per 4 KiB page in Node 20
+ * here, more than Redis takes to store the page; CRC-32C runs on the SSE4.2 instruction
+ * in the addon (0.6 µs) with an identical JavaScript fallback (kvstore/crc32c.ts).
+ * A CRC detects corruption and misplaced values, not forgery: use a key for that.
  */
 import zlib from 'node:zlib';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { PAGE_SIZE, type PageStore, type StoreCapabilities, type StoreUsage } from './types.ts';
 import { type RawStore, checkVm, checkPages } from './raw.ts';
+import { crc32c } from './crc32c.ts';
 import { ElasticmemError, integrity, badArg } from './errors.ts';
 
 export interface EnvelopeOptions {
@@ -152,19 +158,19 @@ export class EnvelopeStore implements PageStore {
       // Fast path (the common case): fixed size, one buffer for the whole batch.
       const size = PLAIN_HDR + PAGE_SIZE;
       const big = Buffer.allocUnsafe(size * (to - from));
-      const vmCrc = zlib.crc32(vmBytes);
+      const vmCrc = crc32c(vmBytes);
       for (let i = from; i < to; i++) {
         const v = big.subarray((i - from) * size, (i - from + 1) * size);
         writeMeta(v, 0, versions ? versions[i]! : 0);
         data[i]!.copy(v, PLAIN_HDR);
         writeKey(scratch, pages[i]!);
         v.copy(scratch, 8, 0, META);
-        v.writeUInt32BE(zlib.crc32(data[i]!, zlib.crc32(scratch, vmCrc)), META);
+        v.writeUInt32BE(crc32c(data[i]!, crc32c(scratch, vmCrc)), META);
         out[i - from] = v;
       }
       return out;
     }
-    const vmCrc = zlib.crc32(vmBytes);
+    const vmCrc = crc32c(vmBytes);
     for (let i = from; i < to; i++) {
       let payload = data[i]!;
       let flags = 0;
@@ -190,7 +196,7 @@ export class EnvelopeStore implements PageStore {
         payload.copy(v, PLAIN_HDR);
         writeKey(scratch, pages[i]!);
         v.copy(scratch, 8, 0, META);
-        v.writeUInt32BE(zlib.crc32(payload, zlib.crc32(scratch, vmCrc)), META);
+        v.writeUInt32BE(crc32c(payload, crc32c(scratch, vmCrc)), META);
         out[i - from] = v;
       }
     }
@@ -200,7 +206,7 @@ export class EnvelopeStore implements PageStore {
   private decodeAll(vm: string, pages: readonly number[], versions: readonly number[] | undefined, values: (Buffer | null)[]): (Buffer | null)[] {
     if (values.length !== pages.length) throw new ElasticmemError(`store returned ${values.length} values for ${pages.length} pages`, 'STORE_ERROR');
     const vmBytes = Buffer.from(vm + '\0', 'utf8');
-    const vmCrc = zlib.crc32(vmBytes);
+    const vmCrc = crc32c(vmBytes);
     const scratch = Buffer.allocUnsafe(8 + META);
     const out: (Buffer | null)[] = new Array(values.length);
     for (let i = 0; i < values.length; i++) {
@@ -236,8 +242,8 @@ export class EnvelopeStore implements PageStore {
       payload = v.subarray(PLAIN_HDR);
       writeKey(scratch, page);
       v.copy(scratch, 8, 0, META);
-      const crc = zlib.crc32(payload, zlib.crc32(scratch, vmCrc));
-      if (crc !== v.readUInt32BE(META)) throw integrity(`${where} failed its CRC-32 (corrupted, or stored under another page's key)`);
+      const crc = crc32c(payload, crc32c(scratch, vmCrc));
+      if (crc !== v.readUInt32BE(META)) throw integrity(`${where} failed its CRC-32C (corrupted, or stored under another page's key)`);
     }
     if (expected !== 0 && version !== expected) throw integrity(`${where} has version ${version}, expected ${expected} (stale page)`);
     if (flags & F_DEFLATE) {

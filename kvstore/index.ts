@@ -25,6 +25,8 @@ export interface OpenStoreOptions {
   /** Network timeouts (default: connect 2 s, operation 5 s). */
   connectTimeoutMs?: number;
   opTimeoutMs?: number;
+  /** redis:// only: 'resp' (default, the lean hot-path client) or 'node-redis' (the `redis` package), for comparison. */
+  redisClient?: 'resp' | 'node-redis';
 }
 
 export async function openStore(uri: string, options: OpenStoreOptions = {}): Promise<PageStore> {
@@ -38,12 +40,12 @@ export async function openStore(uri: string, options: OpenStoreOptions = {}): Pr
   const raw = await openRaw(spec, redactUri(uri.trim()), {
     connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_TIMEOUTS.connectTimeoutMs,
     opTimeoutMs: options.opTimeoutMs ?? DEFAULT_TIMEOUTS.opTimeoutMs,
-  });
+  }, options.redisClient);
   return new EnvelopeStore(raw, { compress: options.compress, key });
 }
 
 /** The adapter without the envelope (tests use it to tamper with stored values). */
-export async function openRaw(spec: Exclude<StoreSpec, { kind: 'memory' }>, uri: string, t: NetTimeouts = DEFAULT_TIMEOUTS): Promise<RawStore> {
+export async function openRaw(spec: Exclude<StoreSpec, { kind: 'memory' }>, uri: string, t: NetTimeouts = DEFAULT_TIMEOUTS, redisClient?: 'resp' | 'node-redis'): Promise<RawStore> {
   switch (spec.kind) {
     case 'file': {
       const { FileStore } = await import('./file.ts');
@@ -51,7 +53,7 @@ export async function openRaw(spec: Exclude<StoreSpec, { kind: 'memory' }>, uri:
     }
     case 'redis': {
       const { RedisStore } = await import('./redis.ts');
-      return RedisStore.open(uri, { tls: spec.tls, nodes: [{ host: spec.host, port: spec.port }], cluster: false, db: spec.db, username: spec.username, password: spec.password }, t);
+      return RedisStore.open(uri, { tls: spec.tls, nodes: [{ host: spec.host, port: spec.port }], cluster: false, db: spec.db, username: spec.username, password: spec.password, client: redisClient }, t);
     }
     case 'redis-cluster': {
       const { RedisStore } = await import('./redis.ts');

@@ -20,6 +20,7 @@ import type { StoreUsage } from './types.ts';
 import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
 import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
 import type { HostPort } from './uri.ts';
+import { RespClient, RespError } from './resp-client.ts';
 
 export const GROUP = 64;
 
@@ -30,12 +31,16 @@ export interface RedisSpec {
   db?: number;
   username?: string;
   password?: string;
+  /** Single server: our lean RESP client (default, see resp-client.ts) or the `redis` package. */
+  client?: 'resp' | 'node-redis';
 }
 
 type Arg = string | Buffer;
 /** What we need from a client or a cluster: send one command routed by its first key. */
 interface Conn {
   send<T>(firstKey: string | undefined, readonly: boolean, args: Arg[]): Promise<T>;
+  /** The connection enforces the op timeout itself (RespClient): no second timer needed. */
+  ownDeadline?: boolean;
   /** One client per master (the single client itself when not a cluster). */
   masters(): Promise<Conn[]>;
   close(): Promise<void>;
@@ -62,7 +67,7 @@ export class RedisStore implements RawStore {
   }
 
   static async open(uri: string, spec: RedisSpec, t: NetTimeouts = DEFAULT_TIMEOUTS): Promise<RedisStore> {
-    const conn = spec.cluster ? await connectCluster(spec, t) : await connectSingle(spec, t);
+    const conn = spec.cluster ? await connectCluster(spec, t) : spec.client === 'node-redis' ? await connectSingle(spec, t) : await connectResp(spec, t);
     // Persistence is asked, not guessed: AOF on means acknowledged writes survive a restart.
     let persistent = false;
     try {
@@ -182,6 +187,7 @@ export class RedisStore implements RawStore {
    */
   private run<T>(fn: () => Promise<T>, what: string): Promise<T> {
     if (this.closed) return Promise.reject(new ElasticmemError(`the store ${this.uri} is closed`, 'STORE_CLOSED'));
+    if (this.conn.ownDeadline) return fn().catch((e) => { throw mapError(e, `${this.uri}: ${what}`); });
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => reject(unavailable(`${this.uri}: ${what} got no reply within ${this.opTimeoutMs} ms`)), this.opTimeoutMs);
       fn().then(
@@ -209,7 +215,7 @@ function bySlot(tag: string, pages: readonly number[], one = false): { keys: str
 export function mapError(e: unknown, what: string): ElasticmemError {
   if (e instanceof ElasticmemError) return e;
   const msg = describe(e);
-  const name = (e as Error)?.constructor?.name ?? '';
+  const name = e instanceof RespError ? 'ErrorReply' : (e as Error)?.constructor?.name ?? '';
   if (name === 'ErrorReply' || name === 'SimpleError' || name === 'BlobError') {
     if (/^OOM/.test(msg)) return new ElasticmemError(`store full: ${what}: ${msg}`, 'STORE_FULL');
     if (/^(LOADING|MASTERDOWN|CLUSTERDOWN|TRYAGAIN|BUSY|READONLY)/.test(msg)) return unavailable(what, e);
@@ -232,6 +238,24 @@ function socketOptions(spec: RedisSpec, t: NetTimeouts, everReady: () => boolean
     reconnectStrategy: (retries: number, cause: Error) =>
       everReady() ? Math.min(50 * 2 ** Math.min(retries, 6), 2000) : cause,
   };
+}
+
+async function connectResp(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
+  const node = spec.nodes[0]!;
+  const client = new RespClient({ host: node.host, port: node.port, tls: spec.tls, username: spec.username, password: spec.password, db: spec.db }, t);
+  try {
+    await client.connect();
+  } catch (e) {
+    client.close();
+    throw mapError(e, `cannot connect to redis at ${node.host}:${node.port} (is redis-server running and reachable?)`);
+  }
+  const conn: Conn = {
+    send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => client.send(args) as Promise<T>,
+    ownDeadline: true,
+    masters: async () => [conn],
+    close: async () => client.close(),
+  };
+  return conn;
 }
 
 async function connectSingle(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {

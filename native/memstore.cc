@@ -139,6 +139,66 @@ MemStore::Usage MemStore::usage() const {
 }
 
 // ---------------------------------------------------------------------------------
+// CRC-32C (Castagnoli) for the page envelope of the TypeScript stores (kvstore/envelope.ts).
+// zlib.crc32 in Node 20 runs at about 1.5 GB/s here (2.8 us per 4 KiB page), more than
+// Redis needs to store the page; the SSE4.2 crc32 instruction does a page in well under
+// 1 us. kvstore/crc32c.ts has the identical table-driven version for when the addon is
+// missing. Standard polynomial 0x82F63B78, initial ~0, final ~0; `seed` chains calls.
+
+namespace {
+
+uint32_t g_crc_table[8][256];
+
+void InitCrcTable() {
+  for (uint32_t i = 0; i < 256; i++) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; k++) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    g_crc_table[0][i] = c;
+  }
+  for (uint32_t i = 0; i < 256; i++)
+    for (int t = 1; t < 8; t++) g_crc_table[t][i] = (g_crc_table[t - 1][i] >> 8) ^ g_crc_table[0][g_crc_table[t - 1][i] & 0xff];
+}
+
+uint32_t Crc32cSoft(uint32_t crc, const uint8_t* p, size_t n) {
+  while (n--) crc = (crc >> 8) ^ g_crc_table[0][(crc ^ *p++) & 0xff];
+  return crc;
+}
+
+#if defined(__x86_64__)
+__attribute__((target("sse4.2"))) uint32_t Crc32cHw(uint32_t crc, const uint8_t* p, size_t n) {
+  uint64_t c = crc;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = static_cast<uint32_t>(c);
+  while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+  return c32;
+}
+#endif
+
+}  // namespace
+
+uint32_t Crc32c(const void* data, size_t len, uint32_t seed) {
+  static const bool hw = [] {
+    InitCrcTable();
+#if defined(__x86_64__)
+    return __builtin_cpu_supports("sse4.2") != 0;
+#else
+    return false;
+#endif
+  }();
+  uint32_t crc = ~seed;
+#if defined(__x86_64__)
+  if (hw) return ~Crc32cHw(crc, static_cast<const uint8_t*>(data), len);
+#endif
+  return ~Crc32cSoft(crc, static_cast<const uint8_t*>(data), len);
+}
+
+// ---------------------------------------------------------------------------------
 // N-API bindings. A handle is an External holding a heap shared_ptr<MemStore>, type
 // tagged so a pager handle (or any other External) is rejected instead of misread.
 
@@ -265,6 +325,16 @@ Napi::Value UsageOf(const Napi::CallbackInfo& info) {
   });
 }
 
+// crc32c(buf, seed = 0) -> uint32
+Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    if (info.Length() < 1 || !info[0].IsBuffer()) throw Error("EM_BAD_ARG", "argument 'data' must be a Buffer");
+    auto b = info[0].As<Napi::Buffer<uint8_t>>();
+    uint32_t seed = info.Length() > 1 && info[1].IsNumber() ? info[1].As<Napi::Number>().Uint32Value() : 0;
+    return Napi::Number::New(info.Env(), Crc32c(b.Data(), b.Length(), seed));
+  });
+}
+
 }  // namespace
 
 std::shared_ptr<MemStore> MemStoreFromValue(Napi::Value v) {
@@ -281,6 +351,7 @@ void RegisterMemStore(Napi::Env env, Napi::Object exports) {
   exports.Set("memStoreDropVm", Napi::Function::New(env, DropVm));
   exports.Set("memStoreList", Napi::Function::New(env, List));
   exports.Set("memStoreUsage", Napi::Function::New(env, UsageOf));
+  exports.Set("crc32c", Napi::Function::New(env, Crc32cJs));
 }
 
 }  // namespace em

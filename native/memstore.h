@@ -72,6 +72,9 @@ class MemStore {
 // when the value is not such a handle. The caller keeps its own reference.
 std::shared_ptr<MemStore> MemStoreFromValue(Napi::Value v);
 
+// CRC-32C (Castagnoli; SSE4.2 when the CPU has it). `seed` is a previous result to chain.
+uint32_t Crc32c(const void* data, size_t len, uint32_t seed = 0);
+
 void RegisterMemStore(Napi::Env env, Napi::Object exports);
 
 }  // namespace em
