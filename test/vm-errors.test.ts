@@ -3,7 +3,7 @@
  * exit, and the VM is untouched (no userfaultfd in QEMU, nothing attached, the guest's
  * workload keeps verifying with corrupt=0).
  */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -16,10 +16,12 @@ import { freePort } from './helpers/servers.ts';
 const WORKLOAD = { sizeMiB: 32, pattern: 'seq' as const, write: 0.25, seed: 3, passes: 0, pauseMs: 200 };
 
 test('bad input at attach, resize and grow: clear errors, VM untouched; a stopped domain is detached and refused', async (t) => {
-  const [dom, d] = await Promise.all([
+  const [dom, bare] = await Promise.all([
     bootDomain(t, { memMiB: 256, maxMemMiB: 512, template: 'memfd', workload: WORKLOAD }),
-    startDaemon(t, { config: 'limits:\n  minLocal: 32M\n' }),
+    bareQemu(t, 'memory-backend-memfd,id=ram0,size=128M,share=on'),
   ]);
+  // One VM at most, and a per-VM default cap for this domain.
+  const d = await startDaemon(t, { config: `limits:\n  minLocal: 32M\n  maxVms: 1\nvms:\n  ${dom.name}:\n    local: 72M\n` });
   await dom.console.waitForPasses(1, 120_000);
   const deadPort = await freePort();
 
@@ -51,8 +53,17 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
     await untouched(args.join(' '));
   }
 
-  // A good attach, then everything that must not change it.
-  t.is((await d.cli('attach', dom.name, '--local', '64M')).code, 0);
+  // A good attach (without --local: the config's vms.<name>.local applies)...
+  const good = await d.cli('attach', dom.name, '--json');
+  t.is(good.code, 0, good.stderr);
+  t.is(JSON.parse(good.stdout).localBytes, 72 << 20);
+  t.is((await d.cli('resize', dom.name, '--local', '64M')).code, 0);
+  // ... the limit of one VM ...
+  const over = await d.cli('attach', `qmp:${bare.qmp}`, '--local', '64M');
+  t.is(over.code, 1);
+  t.regex(over.stderr, /1 VMs are attached, the limit is 1 \(limits\.maxVms in the config\) \[TOO_MANY_VMS\]/);
+  t.false(holdsUffd(bare.pid));
+  // ... then everything that must not change the attached VM.
   for (const name of [dom.name, dom.uuid, `pid:${dom.pid}`]) {
     const r = await d.cli('attach', name, '--local', '128M');
     t.is(r.code, 1, name);
@@ -87,20 +98,28 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
   t.true(r.stderr.includes('[VM_NOT_RUNNING]'));
 });
 
-test('a QEMU whose RAM is file-backed is refused with an explanation (qmp: target)', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
+/**
+ * A QEMU with no guest (the firmware idles) and RAM from the given backend, reachable
+ * on a QMP socket: enough for what attach checks before touching anything.
+ */
+async function bareQemu(t: ExecutionContext, backend: string): Promise<{ pid: number; qmp: string; dir: string }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'embare-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const qmp = path.join(dir, 'qmp.sock');
-  // No guest needed: the firmware idles; what matters is how the RAM is mapped.
   const q = spawn('qemu-system-x86_64', ['-machine', 'q35,accel=tcg', '-m', '128M', '-nodefaults', '-display', 'none',
-    '-object', `memory-backend-file,id=ram0,size=128M,mem-path=${path.join(dir, 'ram')},share=on`, '-numa', 'node,memdev=ram0',
+    '-object', backend.replace('@DIR@', dir), '-numa', 'node,memdev=ram0',
     '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: 'ignore' });
   const exited = new Promise((r) => q.once('exit', r));
   t.teardown(async () => { q.kill('SIGKILL'); await exited; });
   for (let i = 0; i < 100 && !fs.existsSync(qmp); i++) await new Promise((r) => setTimeout(r, 100));
   await new Promise<void>((resolve) => { const c = net.connect(qmp, () => { c.destroy(); resolve(); }); c.on('error', () => resolve()); });
+  return { pid: q.pid!, qmp, dir };
+}
+
+test('a QEMU whose RAM is file-backed is refused with an explanation (qmp: target)', async (t) => {
+  const q = await bareQemu(t, 'memory-backend-file,id=ram0,size=128M,mem-path=@DIR@/ram,share=on');
   const d = await startDaemon(t);
-  const r = await d.cli('attach', `qmp:${qmp}`, '--local', '64M');
+  const r = await d.cli('attach', `qmp:${q.qmp}`, '--local', '64M');
   t.is(r.code, 1);
   t.regex(r.stderr, /RAM block 'ram0' is backed by a file \(.*\/ram.*memory-backend-file\); elasticmem supports a shared memfd/);
   t.true(r.stderr.includes('[UNSUPPORTED_MEMORY]'));
