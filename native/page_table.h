@@ -21,6 +21,7 @@ enum PageFlag : uint8_t {
   kFlStoreCopy = 8,  // the store holds some copy (maybe stale): delete it if the page becomes zero
   kFlLost = 16,      // the store lost this page: its faults are never resolved (VM waits), reported loudly
   kFlProtected = 32, // on the protected list (refaulted soon after eviction: hot)
+  kFlArmed = 64,     // dirty page write-protected only to see whether it is written again (reference bit)
 };
 
 constexpr uint32_t kNil = UINT32_MAX;

@@ -223,7 +223,7 @@ uint64_t Pager::key_of(uint32_t idx) const {
 
 void Pager::list_insert(uint32_t idx, bool hot) {
   PageMeta& m = table_[idx];
-  m.flags &= ~(kFlRef | kFlProtected);
+  m.flags &= ~(kFlRef | kFlProtected | kFlArmed);
   if (hot && !cfg_.fifo) {
     m.flags |= kFlProtected;
     protected_.push_back(table_, idx);
@@ -404,7 +404,8 @@ void Pager::handle_wp(uint32_t idx) {
       m.flags |= kFlRef;
       uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
       break;
-    case kResDirty:
+    case kResDirty:  // armed for a reference check (or left protected by an abandoned eviction)
+      if (m.flags & kFlArmed) m.flags = (uint8_t)((m.flags & ~kFlArmed) | kFlRef);
       uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
       break;
     case kEvicting:
@@ -597,11 +598,14 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
 
 // ---------------------------------------------------------------- evictor
 
-void Pager::pick_victims(size_t n, std::vector<uint32_t>& out) {
+void Pager::pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm) {
   // SLRU with refault-based admission: pages enter probation; pages that refault soon
   // after eviction (ghost hit) enter the protected list. Probation pages written since
   // they entered (write-protect trap) are promoted instead of evicted. Protected is
   // held to 3/4 of the cap; its overflow is demoted to probation.
+  // A dirty page is writable, so its writes leave no trace: at the probation head it
+  // is first "armed" (write-protected, sent round once more); a write meanwhile traps
+  // and sets its reference bit, so only pages nobody wrote in a whole round are evicted.
   uint32_t cap = cap_;
   uint32_t protected_max = cap - cap / 4;
   size_t scanned = 0, scan_limit = 4 * n + 64;
@@ -614,9 +618,17 @@ void Pager::pick_victims(size_t n, std::vector<uint32_t>& out) {
     uint32_t idx;
     if (probation_.size) {
       idx = probation_.head;
-      if ((table_[idx].flags & kFlRef) && !cfg_.fifo && scanned++ < scan_limit) {
+      PageMeta& m = table_[idx];
+      if ((m.flags & kFlRef) && !cfg_.fifo && scanned++ < scan_limit) {
         list_remove(idx);
         list_insert(idx, true);
+        continue;
+      }
+      if (m.state == kResDirty && !(m.flags & kFlArmed) && !cfg_.fifo && scanned++ < scan_limit) {
+        m.flags |= kFlArmed;
+        arm.push_back(idx);
+        probation_.remove(table_, idx);
+        probation_.push_back(table_, idx);
         continue;
       }
     } else {
@@ -672,22 +684,28 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
 
 // Evict up to `want` pages. Returns the number of pages that left host memory.
 size_t Pager::evict_batch(size_t want) {
-  std::vector<uint32_t> victims, dirty, clean;
+  std::vector<uint32_t> victims, dirty, clean, arm;
   std::vector<uint32_t> versions;
   // Phase 1: choose, mark evicting, write-protect the dirty ones (invariant 1: from here
   // a guest write traps instead of being lost).
   {
     std::lock_guard<std::mutex> g(mu_);
-    pick_victims(want, victims);
+    pick_victims(want, victims, arm);
     std::sort(victims.begin(), victims.end());
     for (uint32_t idx : victims) {
       PageMeta& m = table_[idx];
       bool is_clean = m.state == kResClean && (m.flags & kFlStoreCopy);
       m.state = kEvicting;
-      m.flags &= ~(kFlAbort | kFlDropping | kFlRef);
+      m.flags &= ~(kFlAbort | kFlDropping | kFlRef | kFlArmed);
       (is_clean ? clean : dirty).push_back(idx);
     }
   }
+  std::sort(arm.begin(), arm.end());
+  // (the test-only unprotected mode skips this too: an armed page is protected for the
+  // rest of its eviction, which would hide the lost-write race that mode exists to show)
+  if (!cfg_.test_skip_wp) for_runs(arm, [&](const Run& run) {
+    uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
+  });
   // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
   // because the pages are already marked evicting: a write-protect fault that races
   // this (left from a clean page) aborts the page's eviction, and an abort is final.

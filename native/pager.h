@@ -91,7 +91,7 @@ class Pager {
   // --- evictor ---
   void evict_loop();
   size_t evict_batch(size_t want);
-  void pick_victims(size_t n, std::vector<uint32_t>& out);
+  void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
   void drop_pages(const std::vector<uint32_t>& idx);
   // --- store with retry (invariant 5) ---
