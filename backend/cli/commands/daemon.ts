@@ -1,5 +1,6 @@
 import { parse, SOCKET_OPT, type Command } from '../command.ts';
-import { loadConfig } from '../../daemon/config.ts';
+import path from 'node:path';
+import { loadConfig, DEFAULT_STATE } from '../../daemon/config.ts';
 import { Daemon } from '../../daemon/daemon.ts';
 import { DEFAULT_SOCKET } from '../../daemon/server.ts';
 import { ElasticmemError } from '../../../native/errors.ts';
@@ -17,7 +18,8 @@ every connection); logs one line per event on stderr.
                    limits: { maxVms: 16, minLocal: 16M }
                    vms: { web1: { store: redis://10.0.0.5:6379, local: 512M } }
   --socket PATH  control socket (default ${DEFAULT_SOCKET})
-  --state FILE   state file (default /run/elasticmem/state.json)
+  --state FILE   state file (default /run/elasticmem/state.json, or state.json beside
+                 a --socket given elsewhere)
 
 After a crash or kill -9, start the daemon again: it reads the state file and takes
 over every VM whose QEMU still runs (the QEMU kept its userfaultfd and waited).
@@ -40,8 +42,11 @@ const cmd: Command = {
     if (help) { process.stdout.write(usage); return 0; }
     if (process.getuid?.() !== 0) throw new ElasticmemError('the daemon must run as root (it attaches to QEMU processes with ptrace and userfaultfd)', 'NOT_ROOT');
     const config = loadConfig(values.config);
-    if (values.state) config.state = values.state;
     const socket = values.socket ?? config.socket ?? DEFAULT_SOCKET;
+    if (values.state) config.state = values.state;
+    // A daemon on its own socket keeps its own state beside it: two daemons must never
+    // take over each other's VMs through a shared state file.
+    else if (config.state === DEFAULT_STATE && socket !== DEFAULT_SOCKET) config.state = path.join(path.dirname(socket), 'state.json');
     const daemon = new Daemon(config, socket);
     await daemon.start();
     await new Promise<void>((resolve) => {
