@@ -70,3 +70,12 @@ export async function peerCred(sock: net.Socket): Promise<PeerCred> {
   if (uids.length === 0) throw new ElasticmemError('the client of a control connection exited before it was checked', 'PEERCRED_FAILED');
   return { pids: peer.pids, uids };
 }
+
+/** The daemon refuses to start without `ss`: it could not tell who connects. */
+export async function checkPeerCredTool(): Promise<void> {
+  try {
+    await run('ss', ['-V']);
+  } catch {
+    throw new ElasticmemError("the daemon needs 'ss' (Debian package iproute2) to check the credentials of every client; install it: apt-get install iproute2", 'PEERCRED_UNAVAILABLE');
+  }
+}

@@ -9,7 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { ElasticmemError } from '../../native/errors.ts';
 import { MAX_LINE, PROTOCOL_VERSION, errorBody, parseRequest, salvageId, type Request, type Response } from '../protocol.ts';
-import { peerCred } from './peercred.ts';
+import { peerCred, checkPeerCredTool } from './peercred.ts';
 import { log } from './log.ts';
 
 export const DEFAULT_SOCKET = '/run/elasticmem/elasticmem.sock';
@@ -30,6 +30,7 @@ export class ControlServer {
   constructor(readonly socketPath: string, private handler: Handler) {}
 
   async listen(): Promise<void> {
+    await checkPeerCredTool();
     const dir = path.dirname(this.socketPath);
     if (!fs.existsSync(dir)) {
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
