@@ -7,9 +7,9 @@
  * Why our own: memjs sends one request per key and waits for each reply (no multi-get
  * with quiet commands), which costs one round trip per page.
  *
- * Failure semantics: connect timeout, and a per-batch timeout after which the
- * connection is dropped (its state is unknown) and every pending batch fails with
- * STORE_UNAVAILABLE. The next batch connects again.
+ * Failure semantics: connect timeout; a per-batch timeout rejects that batch with
+ * STORE_UNAVAILABLE but keeps the connection (see send); a closed connection fails every
+ * pending batch, and the next batch connects again.
  */
 import net from 'node:net';
 import { ElasticmemError, unavailable } from './errors.ts';
@@ -34,6 +34,8 @@ interface Batch {
   resolve(): void;
   reject(e: Error): void;
   timer: NodeJS.Timeout;
+  /** Timed out: replies are consumed and dropped. */
+  abandoned: boolean;
 }
 
 export class McConn {
@@ -117,8 +119,18 @@ export class McConn {
     if (this.closed) throw new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED');
     const sock = this.sock ?? (await this.connect());
     return new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(() => this.fail(unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms`)), this.t.opTimeoutMs);
-      this.queue.push({ noop, onReply, resolve, reject, timer });
+      // On timeout the batch is rejected but stays queued, and the connection is kept:
+      // its replies are still consumed in order, and a later write of the same page
+      // (same server, same connection) can never be overtaken by this older one sitting
+      // in a frozen server's socket buffer, as it could on a fresh connection.
+      const b: Batch = {
+        noop, onReply, resolve, reject, abandoned: false,
+        timer: setTimeout(() => {
+          b.abandoned = true;
+          reject(unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms`));
+        }, this.t.opTimeoutMs),
+      };
+      this.queue.push(b);
       sock.write(req);
     });
   }
@@ -157,7 +169,7 @@ export class McConn {
     if (s) s.destroy();
     const q = this.queue;
     this.queue = [];
-    for (const b of q) { clearTimeout(b.timer); b.reject(e); }
+    for (const b of q) { clearTimeout(b.timer); if (!b.abandoned) b.reject(e); }
   }
 
   private onData(chunk: Buffer): void {
@@ -186,8 +198,8 @@ export class McConn {
       if (opcode === OP_NOOP && opaque === head.noop) {
         this.queue.shift();
         clearTimeout(head.timer);
-        head.resolve();
-      } else {
+        if (!head.abandoned) head.resolve();
+      } else if (!head.abandoned) {
         head.onReply(opcode, status, opaque, value);
       }
     }

@@ -356,6 +356,16 @@ export function runConformance(test: TestFn, name: string, factory: Factory, tra
     resumed = true;
     const got = await eventually(t, () => store.get(vm, [1, 2]));
     t.true(stampOk(got[0]!, 5, 1) && stampOk(got[1]!, 5, 2), 'pages intact after the freeze');
+    // A write that timed out while frozen must never land after a later write of the same page.
+    fx.pause();
+    resumed = false;
+    await expectCode(t, () => store.put(vm, [1], [pageOf(6, 1)], [6]), 'STORE_UNAVAILABLE', 'put while frozen');
+    fx.resume();
+    resumed = true;
+    await eventually(t, () => store.put(vm, [1], [pageOf(7, 1)], [7]));
+    await new Promise((r) => setTimeout(r, 300)); // let any straggler land
+    const latest = (await store.get(vm, [1], [7]))[0]; // version 7 expected: a stale 6 would be STORE_INTEGRITY
+    t.true(stampOk(latest!, 7, 1), 'the later write wins');
     await store.dropVm(vm);
   });
 
