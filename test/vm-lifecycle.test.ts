@@ -31,6 +31,11 @@ test('two VMs, two stores: both verify; shutdown deletes pages, a crash keeps th
   const list = JSON.parse((await d.cli('list', '--json')).stdout).vms as Record<string, unknown>[];
   t.deepEqual(list.map((v) => [v.name, v.store, v.localBytes]).sort(), [[a.name, 'memory:', 64 << 20], [b.name, fileUri, 80 << 20]].sort());
 
+  const table = (await d.cli('list')).stdout.split('\n');
+  t.regex(table[0]!, /^NAME\s+STATE\s+LOCAL\s+RESIDENT\s+REMOTE\s+GUEST RAM\s+STORE$/);
+  t.truthy(table.find((l) => l.startsWith(a.name) && /attached\s+64M\s+.*256M\s+memory:$/.test(l)), table.join('\n'));
+  t.truthy(table.find((l) => l.startsWith(b.name) && /attached\s+80M\s+.*256M\s+file:\/\//.test(l)), table.join('\n'));
+
   // B runs squeezed while A finishes its passes and powers off.
   await b.console.waitForPasses(b.console.passes.length + 3, 120_000);
   const sb = JSON.parse((await d.cli('stats', b.name, '--json')).stdout);
