@@ -40,6 +40,7 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
     [['attach', dom.name, '--local', '16M'], 'CAP_TOO_SMALL', /below the minimum of 32M \(limits\.minLocal\)/],
     [['attach', dom.name, '--local', '64M', '--store', 'mongo://x'], 'BAD_STORE_URI', /unknown scheme 'mongo:'/],
     [['attach', dom.name, '--local', '64M', '--store', `redis://127.0.0.1:${deadPort}`], 'STORE_UNREACHABLE', new RegExp(`store redis://127\\.0\\.0\\.1:${deadPort} is not reachable.*nothing was attached`)],
+    [['attach', `pid:${bare.pid}`], 'BAD_REQUEST', /attach pid:\d+: --local SIZE is required \(the config has no vms\.pid:\d+\.local\); e\.g\. --local 512M/],
     [['resize', dom.name, '--local', '64M'], 'NOT_ATTACHED', /is not attached; see: elasticmem list/],
     [['detach', dom.name], 'NOT_ATTACHED', /is not attached/],
   ];

@@ -90,10 +90,8 @@ export class Daemon {
 
   async attach(spec: string, local: string | undefined, storeArg: string | undefined): Promise<unknown> {
     // Validate everything that needs no VM first: bad input changes nothing.
-    const override = this.config.vms[spec];
-    const capBytes = local !== undefined ? parseSize(local, '--local') : override?.local;
+    const localArg = local !== undefined ? parseSize(local, '--local') : undefined;
     if (storeArg !== undefined) parseStoreUri(storeArg);
-    if (capBytes === undefined) throw new ElasticmemError(`attach ${spec}: --local SIZE is required (no vms.${spec}.local in the config); e.g. --local 512M`, 'BAD_REQUEST');
     const existing = this.findOrNull(spec);
     if (existing && (existing.state === 'crashed' || existing.state === 'orphaned')) {
       throw new ElasticmemError(`VM '${existing.name}' has pages kept from an earlier QEMU that ended (${existing.state}); delete them first with: elasticmem detach ${existing.target.spec}`, 'ALREADY_ATTACHED');
@@ -105,9 +103,13 @@ export class Daemon {
       const target = await resolveTarget(spec);
       const dup = [...this.sessions.values()].find((s) => s.vmId === target.vmId || s.target.pid === target.pid);
       if (dup) throw new ElasticmemError(`VM '${target.name}' is already attached (as '${dup.name}'); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
-      const live = [...this.sessions.values()].filter((s) => s.state !== 'crashed').length;
+      const live = [...this.sessions.values()].filter((s) => s.state !== 'crashed' && s.state !== 'orphaned').length;
       if (live >= this.config.limits.maxVms) throw new ElasticmemError(`${live} VMs are attached, the limit is ${this.config.limits.maxVms} (limits.maxVms in the config)`, 'TOO_MANY_VMS');
-      const storeUri = storeArg ?? this.config.vms[target.name]?.store ?? this.config.vms[target.vmId]?.store ?? override?.store ?? this.config.store;
+      // Per-VM settings from the config, under whichever name the operator used there.
+      const override = this.config.vms[spec] ?? this.config.vms[target.name] ?? this.config.vms[target.vmId];
+      const capBytes = localArg ?? override?.local;
+      if (capBytes === undefined) throw new ElasticmemError(`attach ${target.name}: --local SIZE is required (the config has no vms.${target.name}.local); e.g. --local 512M`, 'BAD_REQUEST');
+      const storeUri = storeArg ?? override?.store ?? this.config.store;
       const memory = await target.discover();
       this.checkCap(capBytes, memory.guestRamBytes, target.name);
       const native = loadNative();
