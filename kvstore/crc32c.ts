@@ -34,19 +34,35 @@ export function crc32cJs(b: Uint8Array, seed = 0): number {
   return ~c >>> 0;
 }
 
-function loadNativeCrc(): ((b: Buffer, seed?: number) => number) | undefined {
+/** The check of a plain envelope (kvstore/envelope.ts): CRC-32C over the page key (8 bytes, BE), value[0..12), value[16..), from vmCrc. */
+export function envelopeCrcJs(v: Buffer, vmCrc: number, pageHi: number, pageLo: number): number {
+  const key = Buffer.allocUnsafe(8);
+  key.writeUInt32BE(pageHi >>> 0, 0);
+  key.writeUInt32BE(pageLo >>> 0, 4);
+  return crc32cJs(v.subarray(16), crc32cJs(v.subarray(0, 12), crc32cJs(key, vmCrc)));
+}
+
+interface NativeCrc {
+  crc32c: (b: Buffer, seed?: number) => number;
+  envelopeCrc: (v: Buffer, vmCrc: number, pageHi: number, pageLo: number) => number;
+}
+
+function loadNativeCrc(): NativeCrc | undefined {
   try {
     // The addon directly (not loadNative): the checksum needs no error class, and a
     // missing build must not be an error here.
-    const addon = createRequire(import.meta.url)(ADDON_PATH) as { crc32c?: (b: Buffer, seed?: number) => number };
-    const f = addon.crc32c;
-    // Trust it only if it agrees with the reference on the standard check value.
-    if (typeof f === 'function' && f(Buffer.from('123456789')) === 0xe3069283) return f;
+    const addon = createRequire(import.meta.url)(ADDON_PATH) as Partial<NativeCrc>;
+    const { crc32c: f, envelopeCrc: g } = addon;
+    // Trust it only if it agrees with the reference implementation.
+    const probe = Buffer.from('elasticmem page envelope check vector: 0123456789abcdef');
+    if (typeof f === 'function' && typeof g === 'function' && f(Buffer.from('123456789')) === 0xe3069283
+      && g(probe, 0x1234, 7, 0xdeadbeef) === envelopeCrcJs(probe, 0x1234, 7, 0xdeadbeef)) return { crc32c: f, envelopeCrc: g };
   } catch { /* not built: fall back */ }
   return undefined;
 }
 
 const native = loadNativeCrc();
 
-export const crc32c: (b: Buffer, seed?: number) => number = native ?? crc32cJs;
+export const crc32c: (b: Buffer, seed?: number) => number = native?.crc32c ?? crc32cJs;
+export const envelopeCrc: (v: Buffer, vmCrc: number, pageHi: number, pageLo: number) => number = native?.envelopeCrc ?? envelopeCrcJs;
 export const crc32cIsNative = native !== undefined;

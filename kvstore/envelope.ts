@@ -5,7 +5,7 @@
  *   2  u8             format version (1)
  *   3  u8             flags: 1 = payload deflated, 2 = payload AES-256-GCM encrypted
  *   4  u32 BE, u32 BE page version (high, low): up to 2^53
- *   12 check          plain:     u32 BE CRC-32C over (vm, page key, header[0..12], payload)
+ *   12 check          plain:     u32 BE CRC-32C over (vm + NUL, page key as u64 BE, header[0..12], payload)
  *                     encrypted: 12-byte IV, 16-byte GCM tag; AAD = (vm, page key, header[0..12])
  *   16|40 payload     the 4 KiB page, deflated first when that shrinks it
  *
@@ -24,7 +24,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { PAGE_SIZE, type PageStore, type StoreCapabilities, type StoreUsage } from './types.ts';
 import { type RawStore, checkVm, checkPages } from './raw.ts';
-import { crc32c } from './crc32c.ts';
+import { crc32c, envelopeCrc } from './crc32c.ts';
 import { ElasticmemError, integrity, badArg } from './errors.ts';
 
 export interface EnvelopeOptions {
@@ -152,7 +152,6 @@ export class EnvelopeStore implements PageStore {
   /** Encode pages [from, to) into one allocation (values are views into it). */
   private encodeAll(vm: string, pages: readonly number[], data: readonly Buffer[], versions: readonly number[] | undefined, from: number, to: number): Buffer[] {
     const vmBytes = Buffer.from(vm + '\0', 'utf8');
-    const scratch = Buffer.allocUnsafe(8 + META);
     const out: Buffer[] = new Array(to - from);
     if (!this.compress && !this.key) {
       // Fast path (the common case): fixed size, one buffer for the whole batch.
@@ -163,9 +162,8 @@ export class EnvelopeStore implements PageStore {
         const v = big.subarray((i - from) * size, (i - from + 1) * size);
         writeMeta(v, 0, versions ? versions[i]! : 0);
         data[i]!.copy(v, PLAIN_HDR);
-        writeKey(scratch, pages[i]!);
-        v.copy(scratch, 8, 0, META);
-        v.writeUInt32BE(crc32c(data[i]!, crc32c(scratch, vmCrc)), META);
+        const p = pages[i]!;
+        v.writeUInt32BE(envelopeCrc(v, vmCrc, Math.floor(p / TWO32), p >>> 0), META);
         out[i - from] = v;
       }
       return out;
@@ -194,9 +192,8 @@ export class EnvelopeStore implements PageStore {
         const v = Buffer.allocUnsafe(PLAIN_HDR + payload.length);
         writeMeta(v, flags, version);
         payload.copy(v, PLAIN_HDR);
-        writeKey(scratch, pages[i]!);
-        v.copy(scratch, 8, 0, META);
-        v.writeUInt32BE(crc32c(payload, crc32c(scratch, vmCrc)), META);
+        const p = pages[i]!;
+        v.writeUInt32BE(envelopeCrc(v, vmCrc, Math.floor(p / TWO32), p >>> 0), META);
         out[i - from] = v;
       }
     }
@@ -207,16 +204,15 @@ export class EnvelopeStore implements PageStore {
     if (values.length !== pages.length) throw new ElasticmemError(`store returned ${values.length} values for ${pages.length} pages`, 'STORE_ERROR');
     const vmBytes = Buffer.from(vm + '\0', 'utf8');
     const vmCrc = crc32c(vmBytes);
-    const scratch = Buffer.allocUnsafe(8 + META);
     const out: (Buffer | null)[] = new Array(values.length);
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
-      out[i] = v == null ? null : this.decode(vm, vmBytes, vmCrc, scratch, pages[i]!, versions ? versions[i]! : 0, v);
+      out[i] = v == null ? null : this.decode(vm, vmBytes, vmCrc, pages[i]!, versions ? versions[i]! : 0, v);
     }
     return out;
   }
 
-  private decode(vm: string, vmBytes: Buffer, vmCrc: number, scratch: Buffer, page: number, expected: number, v: Buffer): Buffer {
+  private decode(vm: string, vmBytes: Buffer, vmCrc: number, page: number, expected: number, v: Buffer): Buffer {
     const where = `page ${page} of vm '${vm}'`;
     if (v.length < PLAIN_HDR || v[0] !== MAGIC0 || v[1] !== MAGIC1) throw integrity(`${where} is not an elasticmem page envelope`);
     if (v[2] !== FORMAT) throw integrity(`${where} has envelope format ${v[2]}, this version reads format ${FORMAT}`);
@@ -240,9 +236,7 @@ export class EnvelopeStore implements PageStore {
     } else {
       if (this.key) throw integrity(`${where} is not encrypted but this store requires encryption`);
       payload = v.subarray(PLAIN_HDR);
-      writeKey(scratch, page);
-      v.copy(scratch, 8, 0, META);
-      const crc = crc32c(payload, crc32c(scratch, vmCrc));
+      const crc = envelopeCrc(v, vmCrc, Math.floor(page / TWO32), page >>> 0);
       if (crc !== v.readUInt32BE(META)) throw integrity(`${where} failed its CRC-32C (corrupted, or stored under another page's key)`);
     }
     if (expected !== 0 && version !== expected) throw integrity(`${where} has version ${version}, expected ${expected} (stale page)`);

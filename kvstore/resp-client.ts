@@ -120,6 +120,37 @@ export class RespParser {
         }
         continue;
       }
+      // Fast path: a '$' or '*' header wholly inside this chunk, parsed from the bytes.
+      const t0 = c[pos]!;
+      if (!this.line && (t0 === 36 || t0 === 42)) {
+        let q = pos + 1;
+        let neg = false;
+        if (c[q] === 45) { neg = true; q++; }
+        let n = 0;
+        while (q < len && c[q]! >= 48 && c[q]! <= 57) n = n * 10 + c[q++]! - 48;
+        if (q + 1 < len && c[q] === 13 && c[q + 1] === 10) {
+          pos = q + 2;
+          if (neg) { this.emit(null); continue; }
+          if (t0 === 42) {
+            if (n === 0) this.emit([]);
+            else this.stack.push({ items: [], n });
+            continue;
+          }
+          if (len - pos >= n + 2) {
+            const v = c.subarray(pos, pos + n);
+            pos += n + 2;
+            this.emit(v);
+          } else if (n === 0) {
+            this.skip = 2;
+            this.emit(Buffer.alloc(0));
+          } else {
+            this.bulk = Buffer.allocUnsafe(n);
+            this.bulkFill = 0;
+          }
+          continue;
+        }
+        // Header split across chunks: the general path below.
+      }
       const nl = c.indexOf(10, pos);
       if (nl < 0) {
         this.line += c.toString('latin1', pos, len);

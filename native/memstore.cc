@@ -335,6 +335,26 @@ Napi::Value Crc32cJs(const Napi::CallbackInfo& info) {
   });
 }
 
+// envelopeCrc(value, vmCrc, pageHi, pageLo) -> uint32: the check of a plain page envelope
+// (kvstore/envelope.ts) in one call: CRC-32C over the page key (8 bytes, big endian),
+// then value[0..12) (the header), then value[16..) (the payload), chained from vmCrc.
+Napi::Value EnvelopeCrcJs(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    if (info.Length() < 4 || !info[0].IsBuffer()) throw Error("EM_BAD_ARG", "envelopeCrc(value, vmCrc, pageHi, pageLo)");
+    auto b = info[0].As<Napi::Buffer<uint8_t>>();
+    if (b.Length() < 16) throw Error("EM_BAD_ARG", "envelope shorter than its header");
+    uint32_t crc = info[1].As<Napi::Number>().Uint32Value();
+    uint32_t hi = info[2].As<Napi::Number>().Uint32Value();
+    uint32_t lo = info[3].As<Napi::Number>().Uint32Value();
+    uint8_t key[8] = {uint8_t(hi >> 24), uint8_t(hi >> 16), uint8_t(hi >> 8), uint8_t(hi),
+                      uint8_t(lo >> 24), uint8_t(lo >> 16), uint8_t(lo >> 8), uint8_t(lo)};
+    crc = Crc32c(key, 8, crc);
+    crc = Crc32c(b.Data(), 12, crc);
+    crc = Crc32c(b.Data() + 16, b.Length() - 16, crc);
+    return Napi::Number::New(info.Env(), crc);
+  });
+}
+
 }  // namespace
 
 std::shared_ptr<MemStore> MemStoreFromValue(Napi::Value v) {
@@ -352,6 +372,7 @@ void RegisterMemStore(Napi::Env env, Napi::Object exports) {
   exports.Set("memStoreList", Napi::Function::New(env, List));
   exports.Set("memStoreUsage", Napi::Function::New(env, UsageOf));
   exports.Set("crc32c", Napi::Function::New(env, Crc32cJs));
+  exports.Set("envelopeCrc", Napi::Function::New(env, EnvelopeCrcJs));
 }
 
 }  // namespace em

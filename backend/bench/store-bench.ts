@@ -204,6 +204,7 @@ type RedisSpec = Extract<ReturnType<typeof parseStoreUri>, { kind: 'redis' | 're
  * Custom SET/GET commands so the keys are ours (em-raw-bench:{pid}:<n>, random over the
  * same key span the adapter cycles through, one hash tag so a cluster routes them to one
  * node like one adapter batch); they expire after 5 minutes and are deleted at the end.
+ * (Later -h/-p arguments override the first ones: for a cluster, the owning master.)
  */
 function redisRaw(spec: RedisSpec): RawSide {
   const node = spec.kind === 'redis' ? { host: spec.host, port: spec.port } : spec.nodes[0]!;
@@ -211,17 +212,41 @@ function redisRaw(spec: RedisSpec): RawSide {
   if (spec.password !== undefined) conn.push('-a', spec.password);
   if (spec.username !== undefined) conn.push('--user', spec.username);
   if (spec.tls) conn.push('--tls');
+  const prefix = `em-raw-bench:{${process.pid}}:`;
   const common = [...conn, '-c', '1', '--csv'];
   if (spec.kind === 'redis' && spec.db) common.push('--dbnum', String(spec.db));
-  if (spec.kind === 'redis-cluster') common.push('--cluster');
-  const prefix = `em-raw-bench:{${process.pid}}:`;
   const value = 'x'.repeat(4096);
   // Requests per run, adapted after each run so that one run takes about `secs`.
   const rate = new Map<string, number>();
+  // Cluster: every raw key carries one hash tag, so one master owns them all (as one
+  // adapter batch of neighbouring pages goes to one master): benchmark that master
+  // directly (redis-benchmark --cluster sends custom commands to the first node only).
+  let owner: Promise<string[]> | undefined;
+  const target = async (): Promise<string[]> => {
+    if (spec.kind !== 'redis-cluster') return [];
+    owner ??= (async () => {
+      const cli = async (...a: string[]) => (await execFileP('redis-cli', [...conn, '--no-auth-warning', ...a], { timeout: 10_000 })).stdout;
+      const slot = Number((await cli('CLUSTER', 'KEYSLOT', `${prefix}0`)).trim());
+      for (const line of (await cli('CLUSTER', 'NODES')).split('\n')) {
+        const f = line.split(' ');
+        if (!f[2]?.includes('master')) continue;
+        for (const r of f.slice(8)) {
+          const [lo, hi = lo] = r.split('-').map(Number);
+          if (slot >= lo! && slot <= hi!) {
+            const addr = f[1]!.split('@')[0]!;
+            const i = addr.lastIndexOf(':');
+            return ['-h', addr.slice(0, i) || node.host, '-p', addr.slice(i + 1)];
+          }
+        }
+      }
+      throw new ElasticmemError(`raw baseline: no master owns slot ${slot} (is the cluster healthy?)`, 'BENCH_RAW_FAILED');
+    })();
+    return owner;
+  };
   const run = async (B: number, secs: number, cmd: string[]): Promise<number> => {
     const key = `${cmd[0]}${B}`;
     const n = Math.max(B * 20, Math.round((rate.get(key) ?? (B === 1 ? 15_000 : 150_000)) * secs));
-    const args = [...common, '-n', String(n), '-r', String(keySpan(B)), ...(B > 1 ? ['-P', String(B)] : []), ...cmd];
+    const args = [...common, ...(await target()), '-n', String(n), '-r', String(keySpan(B)), ...(B > 1 ? ['-P', String(B)] : []), ...cmd];
     let stdout: string;
     try {
       ({ stdout } = await execFileP('redis-benchmark', args, { timeout: 120_000, maxBuffer: 1 << 20 }));
@@ -242,9 +267,8 @@ function redisRaw(spec: RedisSpec): RawSide {
       return { set, get };
     },
     async close() {
-      if (spec.kind !== 'redis') return; // cluster: the keys expire by themselves
       try {
-        const cli = [...conn, ...(spec.db ? ['-n', String(spec.db)] : [])].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
+        const cli = [...conn, ...(await target()), ...(spec.kind === 'redis' && spec.db ? ['-n', String(spec.db)] : [])].map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(' ');
         await execFileP('sh', ['-c', `redis-cli ${cli} --no-auth-warning --scan --pattern '${prefix.replace(/[{}]/g, '\\$&')}*' | xargs -r -n 500 redis-cli ${cli} --no-auth-warning DEL >/dev/null`], { timeout: 30_000 });
       } catch { /* best effort: they expire anyway */ }
     },
