@@ -48,7 +48,9 @@ test('attach at 25%, squeeze, resize down and up, grow, detach: corrupt=0 throug
   // Resize down: the cap is obeyed at once.
   const r1 = await d.cli('resize', dom.name, '--local', '40M');
   t.is(r1.code, 0, r1.stderr);
-  t.regex(r1.stdout, /local 64M -> 40M/);
+  t.regex(r1.stdout, /local 64M -> 40M$/m, 'resize answered once resident pages were down at the new cap');
+  s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
+  t.true(s.residentPages <= 10240 + 1024, `resident ${s.residentPages} right after resize down`);
   mark = con.passes.length;
   await con.waitForPasses(mark + 2, 120_000);
   s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);

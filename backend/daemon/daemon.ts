@@ -24,6 +24,8 @@ import { parseStoreUri } from '../../kvstore/uri.ts';
 const LIFECYCLE_POLL_MS = 1000;
 /** How long to wait for libvirt's lifecycle event after QEMU is gone before calling it a crash. */
 const EXIT_REASON_WAIT_MS = 3000;
+/** How long resize follows a shrink before answering. */
+const RESIZE_WAIT_MS = 30_000;
 
 export class Daemon {
   private sessions = new Map<string, Session>();
@@ -56,7 +58,7 @@ export class Daemon {
       case 'ping': return { pid: process.pid, vms: this.sessions.size, protocol: 1 };
       case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
       case 'attach': return this.attach(a.vm as string, a.local as string | undefined, a.store as string | undefined);
-      case 'resize': return this.resize(a.vm as string, a.local as string);
+      case 'resize': return this.resize(a.vm as string, a.local as string, ctx);
       case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false);
       case 'detach': return this.detach(a.vm as string, ctx);
       case 'stats': return this.find(a.vm as string, true).stats();
@@ -163,18 +165,32 @@ export class Daemon {
     p.on('target-exited', () => void this.onTargetGone(s));
   }
 
-  async resize(spec: string, local: string): Promise<unknown> {
+  async resize(spec: string, local: string, ctx: RequestContext): Promise<unknown> {
     const bytes = parseSize(local, '--local');
     const s = this.find(spec, true);
     return s.serial(async () => {
       if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}; cannot resize now`, 'VM_BUSY');
       this.checkCap(bytes, s.memory!.guestRamBytes, s.name);
       const before = s.capBytes;
-      s.pager!.setCap(capPagesOf(bytes));
+      const cap = capPagesOf(bytes);
+      s.pager!.setCap(cap);
       s.capBytes = bytes;
       this.saveState();
       log(s.name, 'resized', `local ${formatSize(before)} -> ${formatSize(bytes)}`);
-      return { ...s.summary(), previousLocalBytes: before };
+      // A shrink evicts at once: follow it (progress to the client) until resident
+      // pages are down near the new cap, or give up waiting (eviction goes on anyway;
+      // it pauses while the store is down).
+      const slack = Math.max(256, Math.floor(cap / 16));
+      const start = s.pager!.stats().residentPages;
+      let resident = start;
+      const deadline = Date.now() + RESIZE_WAIT_MS;
+      while (resident > cap + slack && Date.now() < deadline && s.state === 'attached' && !ctx.signal.aborted) {
+        ctx.stream({ progress: { done: Math.max(0, start - resident), total: start - cap } });
+        await new Promise((r) => setTimeout(r, 200));
+        resident = s.pager!.stats().residentPages;
+      }
+      if (start > cap + slack) ctx.stream({ progress: { done: Math.max(0, start - resident), total: start - cap } });
+      return { ...s.summary(), previousLocalBytes: before, reachedCap: resident <= cap + slack };
     });
   }
 

@@ -1,11 +1,13 @@
 import { call } from '../client.ts';
 import { parse, printJson, SOCKET_OPT, UsageError, type Command } from '../command.ts';
 import { formatSize, parseSize } from '../../size.ts';
+import { progressBar } from '../render.ts';
 
 const usage = `usage: elasticmem resize <vm> --local SIZE [--json] [--socket PATH]
 
 Change how much of an attached VM's RAM stays resident, while it runs. Shrinking
-evicts pages to the store at once; growing lets more pages stay.
+evicts pages to the store at once (followed with a progress bar for up to 30 s);
+growing lets more pages stay.
 
   --local SIZE   new resident cap (K/M/G suffixes), at most the guest's RAM
 
@@ -25,9 +27,20 @@ const cmd: Command = {
       throw new UsageError('resize: --local SIZE is required, e.g. --local 256M');
     }
     parseSize(values.local, '--local');
-    const r = (await call('resize', { vm: positionals[0], local: values.local }, { socket: values.socket })) as Record<string, unknown>;
+    const tty = process.stderr.isTTY;
+    let shown = false;
+    const r = (await call('resize', { vm: positionals[0], local: values.local }, {
+      socket: values.socket,
+      onStream: (d) => {
+        const p = (d as { progress?: { done: number; total: number } }).progress;
+        if (!p || !tty) return;
+        shown = true;
+        process.stderr.write(`\revicting ${progressBar(p.done, p.total, 30)} ${p.done}/${p.total} pages`);
+      },
+    })) as Record<string, unknown>;
+    if (shown) process.stderr.write('\n');
     if (values.json) printJson(r);
-    else process.stdout.write(`resized ${r.name}: local ${formatSize(r.previousLocalBytes as number)} -> ${formatSize(r.localBytes as number)}\n`);
+    else process.stdout.write(`resized ${r.name}: local ${formatSize(r.previousLocalBytes as number)} -> ${formatSize(r.localBytes as number)}${r.reachedCap ? '' : ' (still evicting down to the new cap)'}\n`);
     return 0;
   },
 };
