@@ -14,7 +14,7 @@
  * overheadVsRaw = adapter time per page at batch 16 / raw time per page at batch 16,
  * each the mean of put and get (per-op ratios are reported too).
  *
- * Measurement: 5 rounds; in each, the adapter's put and get phases and the raw baseline
+ * Measurement: 10 rounds; in each, the adapter's put and get phases and the raw baseline
  * run back to back for every batch size. Throughput is the best round of each side,
  * latency percentiles are over every batch of every round. On a shared host (other
  * processes competing for 2 cores) single runs differed by 2x; best-of-rounds on both
@@ -63,9 +63,9 @@ export interface StoreBenchOptions {
   uri: string;
   json?: boolean;
   onProgress?: (p: StoreBenchProgress) => void;
-  /** Time per measured phase (one op, one batch size, one round), default 0.2 s. */
+  /** Time per measured phase (one op, one batch size, one round), default 0.1 s. */
   secondsPerPhase?: number;
-  /** Alternating rounds of adapter and raw measurements (default 5). */
+  /** Alternating rounds of adapter and raw measurements (default 10). */
   rounds?: number;
   keyFile?: string;
   compress?: boolean;
@@ -102,9 +102,9 @@ async function phase(seconds: number, op: (i: number) => Promise<unknown>): Prom
 
 export async function runStoreBench(o: StoreBenchOptions): Promise<StoreBenchResult> {
   const spec = parseStoreUri(o.uri);
-  const rounds = o.rounds ?? 5;
+  const rounds = o.rounds ?? 10;
   // Time per measured phase of one round; each (op, batch size) gets `rounds` phases.
-  const secs = o.secondsPerPhase ?? 0.2;
+  const secs = o.secondsPerPhase ?? 0.1;
   const store = await openStore(o.uri, { keyFile: o.keyFile, compress: o.compress });
   const rawSide = spec.kind === 'memcached' ? await memcachedRaw(spec.servers[0]!) : spec.kind === 'redis' || spec.kind === 'redis-cluster' ? redisRaw(spec) : null;
   const total = BATCH_SIZES.length * rounds;

@@ -21,7 +21,7 @@ raw time per page at batch 16. The benchmark writes under its own VM id and remo
                      memcached://h1:p1[,h2:p2], aerospike://h1:p1/namespace[/set]
   --store-key FILE   AES-256-GCM key file: measure with encryption at rest
   --compress         measure with page compression on
-  --seconds S        time per measured phase of one round (default 0.2; 5 rounds)
+  --seconds S        time per measured phase of one round (default 0.1; 10 rounds)
   --json             one JSON object on stdout
 
 examples:
