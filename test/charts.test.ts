@@ -8,7 +8,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { generateCharts, loadResults, kindOf, storeLabel } from '../backend/bench/charts.ts';
+import { generateCharts, loadResults, kindOf, storeLabel, perFaultRows } from '../backend/bench/charts.ts';
 import { runCli } from './helpers/daemon.ts';
 import { REPO_ROOT } from './helpers/guest.ts';
 
@@ -58,9 +58,10 @@ test('every chart is drawn from the sample results and carries every data point'
   const pager = readJson('pager-random.json');
   const touch = markLabels(svgOf('touch-cost.svg'));
   const r2 = (x: number) => Math.round(x * 100) / 100;
-  t.true(touch.some((l) => l.startsWith(`workload: ${pager.workload}; µs per touch: ${r2(pager.usPerTouch)}; series: pager, memory:, slru`)), touch.join('\n'));
-  t.true(touch.some((l) => l.startsWith(`workload: ${pager.workload}; µs per touch: ${r2(pager.kernelSwapUsPerTouch)}; series: kernel swap (zram)`)), touch.join('\n'));
-  t.is(touch.filter((l) => l.startsWith('workload:')).length, 2);
+  const wl = `${pager.workload} ${pager.sizeBytes >> 20}M/${pager.localBytes >> 20}M`;
+  t.true(touch.some((l) => l.startsWith(`workload, working set / local: ${wl}; µs per touch: ${r2(pager.usPerTouch)}; series: pager, memory:, slru`)), touch.join('\n'));
+  t.true(touch.some((l) => l.startsWith(`workload, working set / local: ${wl}; µs per touch: ${r2(pager.kernelSwapUsPerTouch)}; series: kernel swap (zram)`)), touch.join('\n'));
+  t.is(touch.filter((l) => l.startsWith('workload,')).length, 2);
 
   // Fault latency: a step per non-empty histogram bucket, ending at all faults.
   const h = pager.pager.latencyHistogram as { boundsUs: number[]; counts: number[] };
@@ -134,4 +135,19 @@ test('bench charts through the real CLI; bad folders are refused with the fix', 
   const none = await runCli(['bench', 'charts', '--from', '/nonexistent/results']);
   t.is(none.code, 1);
   t.regex(none.stderr, /no such folder; save results first/);
+});
+
+test('wall time per page fault: total touch time over faulting touches, pager and kernel', (t) => {
+  const p = readJson('pager-random.json');
+  const [row] = perFaultRows([p]);
+  t.is(row!.store, 'memory:');
+  t.is(row!.localPercent, Math.round((100 * p.localBytes) / p.sizeBytes));
+  t.is(row!.pagerUsPerFault, Math.round((p.usPerTouch * p.touches / p.pager.faults) * 100) / 100);
+  t.is(row!.kernelUsPerFault, Math.round((p.kernelSwap.usPerTouch * p.touches / p.kernelSwap.slowTouches) * 100) / 100);
+  t.is(row!.pagerOverKernel, Math.round((row!.pagerUsPerFault / row!.kernelUsPerFault!) * 100) / 100);
+  // Without a kernel-swap baseline the kernel columns are empty, not invented.
+  const { kernelSwap: _k, kernelSwapUsPerTouch: _u, ...noKernel } = p;
+  const [r2] = perFaultRows([noKernel]);
+  t.is(r2!.kernelUsPerFault, null);
+  t.is(r2!.pagerOverKernel, null);
 });

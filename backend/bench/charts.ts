@@ -110,7 +110,12 @@ export interface Chart {
 // --------------------------------------------------------------- fault latency (pager)
 
 /** CDF of the pager's fault latency per store, from the histograms of every pager run of that store. */
-export function faultLatencyChart(pager: PagerBenchResult[]): Chart | null {
+export function faultLatencyChart(all: PagerBenchResult[]): Chart | null {
+  // Stores are compared on the same workload: the random runs when there are any
+  // (prefetch makes seq faults a different thing: one fault brings a whole run).
+  const random = all.filter((p) => p.workload === 'random');
+  const pager = random.length ? random : all;
+  const which = random.length ? 'random-workload runs' : 'all runs';
   const byStore = new Map<string, { counts: Map<number, number>; runs: string[] }>();
   for (const p of pager) {
     const h = p.pager?.latencyHistogram;
@@ -142,7 +147,7 @@ export function faultLatencyChart(pager: PagerBenchResult[]): Chart | null {
     spec: {
       $schema: SCHEMA,
       ...FONT,
-      title: { text: 'Pager fault latency per store (bench pager)', subtitle: 'cumulative fraction of faults resolved within x µs; all workloads of each store pooled' },
+      title: { text: 'Pager fault latency per store (bench pager)', subtitle: `cumulative fraction of faults resolved within x µs (fault read to resolved); ${which} of each store pooled` },
       width: 520,
       height: 300,
       data: { values: rows },
@@ -166,12 +171,16 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
     g.values.push(v);
     groups.set(k, g);
   };
+  // One group per workload and size: a 1G run is not a 128M run.
+  const mib = (b: number) => (b >= 2 ** 30 && b % 2 ** 30 === 0 ? `${b / 2 ** 30}G` : `${Math.round(b / 2 ** 20)}M`);
+  const workloadOf = (p: PagerBenchResult) => `${p.workload} ${mib(p.sizeBytes)}/${mib(p.localBytes)}`;
   for (const p of pager) {
-    add(p.workload, `pager, ${storeLabel(p.store)}, ${p.policy ?? 'slru'}`, p.usPerTouch);
-    if (typeof p.kernelSwapUsPerTouch === 'number') add(p.workload, `kernel swap (zram)`, p.kernelSwapUsPerTouch);
+    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'slru'}`, p.usPerTouch);
+    if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)`, p.kernelSwapUsPerTouch);
   }
   if (!groups.size) return null;
-  const order = ['seq', 'random', 'zipf'];
+  const rank = (w: string) => ['seq', 'random', 'zipf'].indexOf(w.split(' ')[0]!);
+  const order = [...new Set([...groups.values()].map((g) => g.workload))].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
   const rows: Json[] = [...groups.values()]
     .sort((a, b) => (order.indexOf(a.workload) - order.indexOf(b.workload)) || a.series.localeCompare(b.series))
     .map((g) => ({ workload: g.workload, series: g.series, usPerTouch: round(median(g.values), 2), runs: g.values.length }));
@@ -188,7 +197,7 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
       data: { values: rows },
       mark: 'bar',
       encoding: {
-        x: { field: 'workload', type: 'nominal', sort: order, title: 'workload', axis: { labelAngle: 0 } },
+        x: { field: 'workload', type: 'nominal', sort: order, title: 'workload, working set / local', axis: { labelAngle: 0 } },
         xOffset: { field: 'series', type: 'nominal' },
         y: { field: 'usPerTouch', type: 'quantitative', title: 'µs per touch' },
         color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', columns: 1, labelLimit: 400 } },
@@ -227,7 +236,7 @@ export function vmSlowdownChart(vm: VmBenchResult[]): Chart | null {
     spec: {
       $schema: SCHEMA,
       ...FONT,
-      title: { text: 'Guest slowdown vs local memory (bench vm)', subtitle: `test guest ${vm[0]!.guest.memMiB} MiB, workload ${w.sizeMiB} MiB ${w.pattern} write=${w.write}; pass time / unattached pass time just before (paired baseline); median of the timed passes` },
+      title: { text: 'Guest slowdown vs local memory (bench vm)', subtitle: [`test guest ${vm[0]!.guest.memMiB} MiB, workload ${w.sizeMiB} MiB ${w.pattern} write=${w.write}`, 'pass time / unattached pass time just before (paired baseline), medians'] },
       width: 480,
       height: 300,
       layer: [
