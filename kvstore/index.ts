@@ -6,7 +6,9 @@
  *
  *   const store = await openStore('redis://127.0.0.1:6379/0', { keyFile: '/etc/elasticmem/store.key' });
  */
+import fs from 'node:fs';
 import type { PageStore } from './types.ts';
+import { ElasticmemError } from './errors.ts';
 import { parseStoreUri, redactUri, type StoreSpec } from './uri.ts';
 import { EnvelopeStore, loadKeyFile } from './envelope.ts';
 import { DEFAULT_TIMEOUTS, type NetTimeouts, type RawStore } from './raw.ts';
@@ -25,6 +27,8 @@ export interface OpenStoreOptions {
   /** Network timeouts (default: connect 2 s, operation 5 s). */
   connectTimeoutMs?: number;
   opTimeoutMs?: number;
+  /** rediss:// and rediss+cluster://: a PEM file of CA certificates to trust besides the system's (private CAs). */
+  tlsCaFile?: string;
   /** redis:// only: 'resp' (default, the lean hot-path client) or 'node-redis' (the `redis` package), for comparison. */
   redisClient?: 'resp' | 'node-redis';
 }
@@ -40,12 +44,22 @@ export async function openStore(uri: string, options: OpenStoreOptions = {}): Pr
   const raw = await openRaw(spec, redactUri(uri.trim()), {
     connectTimeoutMs: options.connectTimeoutMs ?? DEFAULT_TIMEOUTS.connectTimeoutMs,
     opTimeoutMs: options.opTimeoutMs ?? DEFAULT_TIMEOUTS.opTimeoutMs,
-  }, options.redisClient);
+  }, { redisClient: options.redisClient, ca: options.tlsCaFile ? readCa(options.tlsCaFile) : undefined });
   return new EnvelopeStore(raw, { compress: options.compress, key });
 }
 
 /** The adapter without the envelope (tests use it to tamper with stored values). */
-export async function openRaw(spec: Exclude<StoreSpec, { kind: 'memory' }>, uri: string, t: NetTimeouts = DEFAULT_TIMEOUTS, redisClient?: 'resp' | 'node-redis'): Promise<RawStore> {
+export interface RawOptions { redisClient?: 'resp' | 'node-redis'; ca?: Buffer }
+
+function readCa(file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new ElasticmemError(`cannot read the TLS CA file '${file}': ${(e as Error).message}`, 'BAD_STORE_URI');
+  }
+}
+
+export async function openRaw(spec: Exclude<StoreSpec, { kind: 'memory' }>, uri: string, t: NetTimeouts = DEFAULT_TIMEOUTS, o: RawOptions = {}): Promise<RawStore> {
   switch (spec.kind) {
     case 'file': {
       const { FileStore } = await import('./file.ts');
@@ -53,11 +67,11 @@ export async function openRaw(spec: Exclude<StoreSpec, { kind: 'memory' }>, uri:
     }
     case 'redis': {
       const { RedisStore } = await import('./redis.ts');
-      return RedisStore.open(uri, { tls: spec.tls, nodes: [{ host: spec.host, port: spec.port }], cluster: false, db: spec.db, username: spec.username, password: spec.password, client: redisClient }, t);
+      return RedisStore.open(uri, { tls: spec.tls, nodes: [{ host: spec.host, port: spec.port }], cluster: false, db: spec.db, username: spec.username, password: spec.password, client: o.redisClient, ca: o.ca }, t);
     }
     case 'redis-cluster': {
       const { RedisStore } = await import('./redis.ts');
-      return RedisStore.open(uri, { tls: spec.tls, nodes: spec.nodes, cluster: true, username: spec.username, password: spec.password }, t);
+      return RedisStore.open(uri, { tls: spec.tls, nodes: spec.nodes, cluster: true, username: spec.username, password: spec.password, ca: o.ca }, t);
     }
     case 'memcached': {
       const { MemcachedStore } = await import('./memcached.ts');

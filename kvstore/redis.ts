@@ -16,6 +16,7 @@
  * reconnects by itself with capped backoff and the next batch succeeds.
  */
 import { createClient, createCluster, RESP_TYPES } from 'redis';
+import { rootCertificates as tlsRoots } from 'node:tls';
 import type { StoreUsage } from './types.ts';
 import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
 import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
@@ -31,6 +32,8 @@ export interface RedisSpec {
   db?: number;
   username?: string;
   password?: string;
+  /** PEM CA certificate(s) to trust for rediss:// besides the system's. */
+  ca?: Buffer;
   /** Single server: our lean RESP client (default, see resp-client.ts) or the `redis` package. */
   client?: 'resp' | 'node-redis';
 }
@@ -230,6 +233,7 @@ export function mapError(e: unknown, what: string): ElasticmemError {
 function socketOptions(spec: RedisSpec, t: NetTimeouts, everReady: () => boolean) {
   return {
     tls: spec.tls as false, // typed as a union in the client; true selects TLS
+    ...(spec.tls && spec.ca ? { ca: [...tlsRoots, spec.ca.toString()] } : {}),
     connectTimeout: t.connectTimeoutMs,
     noDelay: true,
     keepAlive: true,
@@ -242,7 +246,7 @@ function socketOptions(spec: RedisSpec, t: NetTimeouts, everReady: () => boolean
 
 async function connectResp(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
   const node = spec.nodes[0]!;
-  const client = new RespClient({ host: node.host, port: node.port, tls: spec.tls, username: spec.username, password: spec.password, db: spec.db }, t);
+  const client = new RespClient({ host: node.host, port: node.port, tls: spec.tls, ca: spec.ca, username: spec.username, password: spec.password, db: spec.db }, t);
   try {
     await client.connect();
   } catch (e) {

@@ -33,6 +33,8 @@ export interface RespOptions {
   host: string;
   port: number;
   tls?: boolean;
+  /** PEM CA certificate(s) to trust for TLS, besides the system's. */
+  ca?: Buffer;
   username?: string;
   password?: string;
   db?: number;
@@ -316,7 +318,7 @@ export class RespClient {
     this.connecting = new Promise<net.Socket>((resolve, reject) => {
       const { host, port } = this.o;
       const s: net.Socket = this.o.tls
-        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host })
+        ? tls.connect({ host, port, servername: net.isIP(host) ? undefined : host, ...(this.o.ca ? { ca: [...tls.rootCertificates, this.o.ca.toString()] } : {}) })
         : net.connect({ host, port, noDelay: true });
       const ready = this.o.tls ? 'secureConnect' : 'connect';
       let settled = false;

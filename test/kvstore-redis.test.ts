@@ -1,6 +1,6 @@
 import test from 'ava';
 import { openStore } from '../kvstore/index.ts';
-import { startRedis } from './helpers/servers.ts';
+import { startRedis, makeTlsCerts } from './helpers/servers.ts';
 import { runConformance, sharedServer, pageOf, vmId, expectCode } from './kvstore-conformance.ts';
 
 const shared = sharedServer(test, (ctx) => startRedis(ctx));
@@ -89,4 +89,26 @@ test.serial('redis: a full server (maxmemory, noeviction) reports STORE_FULL', a
     for (let i = 0; i < 20; i++) await s.put(vm, pages.map((p) => p + i * 256), pages.map((p) => pageOf(1, p)));
   } catch (e) { err = e; }
   t.is((err as { code?: string })?.code, 'STORE_FULL', String(err));
+});
+
+test.serial('redis: rediss:// (TLS) with a private CA; an untrusted certificate is refused', async (t) => {
+  t.timeout(60_000);
+  const certs = await makeTlsCerts(t);
+  const server = await startRedis(t, { tls: certs, args: ['--requirepass', 'tls-secret'] });
+  const uri = `rediss://:tls-secret@127.0.0.1:${server.port}/1`;
+  for (const redisClient of ['resp', 'node-redis'] as const) {
+    const s = await openStore(uri, { tlsCaFile: certs.ca, redisClient });
+    t.teardown(() => s.close());
+    const vm = vmId('tls');
+    await s.put(vm, [1, 2], [pageOf(1, 1), pageOf(1, 2)]);
+    const got = await s.get(vm, [1, 2]);
+    t.true(got[0]!.readDoubleLE(4) === 1 && got[1]!.readDoubleLE(4) === 2, `round trip over TLS (${redisClient})`);
+    t.is((await s.list(vm)).length, 2);
+  }
+  // Without the CA the server's certificate is not trusted: typed, fast.
+  const t0 = Date.now();
+  const e = await expectCode(t, openStore(uri), 'STORE_UNAVAILABLE', 'untrusted certificate');
+  t.regex(e.message, /certificate|self.signed|verify/i);
+  t.true(Date.now() - t0 < 4000);
+  await expectCode(t, openStore(`redis://:tls-secret@127.0.0.1:${server.port}`, { opTimeoutMs: 1000, connectTimeoutMs: 1000 }), 'STORE_UNAVAILABLE', 'plain text to a TLS port');
 });

@@ -68,6 +68,7 @@ export interface StoreBenchOptions {
   /** Alternating rounds of adapter and raw measurements (default 10). */
   rounds?: number;
   keyFile?: string;
+  tlsCaFile?: string;
   compress?: boolean;
 }
 
@@ -105,7 +106,7 @@ export async function runStoreBench(o: StoreBenchOptions): Promise<StoreBenchRes
   const rounds = o.rounds ?? 10;
   // Time per measured phase of one round; each (op, batch size) gets `rounds` phases.
   const secs = o.secondsPerPhase ?? 0.1;
-  const store = await openStore(o.uri, { keyFile: o.keyFile, compress: o.compress });
+  const store = await openStore(o.uri, { keyFile: o.keyFile, compress: o.compress, tlsCaFile: o.tlsCaFile });
   const rawSide = spec.kind === 'memcached' ? await memcachedRaw(spec.servers[0]!) : spec.kind === 'redis' || spec.kind === 'redis-cluster' ? redisRaw(spec) : null;
   const total = BATCH_SIZES.length * rounds;
   let done = 0;

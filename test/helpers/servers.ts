@@ -111,6 +111,8 @@ export interface RedisOptions {
   dir?: string;
   /** Extra redis-server arguments, e.g. ['--maxmemory', '10mb']. */
   args?: string[];
+  /** Serve TLS only (the port is a tls-port), with these PEM files; clients need not present certificates. */
+  tls?: { cert: string; key: string; ca: string };
 }
 
 export interface RedisServer {
@@ -133,8 +135,11 @@ export interface RedisServer {
 
 function redisArgs(port: number, dir: string, o: RedisOptions, extra: string[] = []): string[] {
   const persist = o.persistence ?? false;
+  const listen = o.tls
+    ? ['--port', '0', '--tls-port', String(port), '--tls-cert-file', o.tls.cert, '--tls-key-file', o.tls.key, '--tls-ca-cert-file', o.tls.ca, '--tls-auth-clients', 'no']
+    : ['--port', String(port)];
   return [
-    '--port', String(port), '--bind', '127.0.0.1', '--dir', dir,
+    ...listen, '--bind', '127.0.0.1', '--dir', dir,
     '--daemonize', 'no', '--save', '', '--protected-mode', 'no', '--loglevel', 'warning',
     '--appendonly', persist ? 'yes' : 'no',
     ...(persist ? ['--appendfsync', o.appendfsync ?? 'always'] : []),
@@ -142,12 +147,12 @@ function redisArgs(port: number, dir: string, o: RedisOptions, extra: string[] =
   ];
 }
 
-async function waitRedisReady(port: number, proc: Proc, timeoutMs = 15_000): Promise<void> {
+async function waitRedisReady(port: number, proc: Proc, timeoutMs = 15_000, tlsCa?: string): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     if (!proc.alive) throw new Error(`redis-server on port ${port} exited: ${proc.log}`);
     try {
-      const { stdout } = await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), 'PING'], { timeout: 2000 });
+      const { stdout } = await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...(tlsCa ? ['--tls', '--cacert', tlsCa] : []), 'PING'], { timeout: 2000 });
       if (/^(PONG|NOAUTH)/.test(stdout.trim())) return; // NOAUTH: up, with a password
     } catch { /* not yet */ }
     if (Date.now() > until) throw new Error(`redis-server on port ${port} not ready: ${proc.log}`);
@@ -165,21 +170,22 @@ export async function startRedis(t: TeardownContext, o: RedisOptions = {}): Prom
     if (ownDir) fs.rmSync(dir, { recursive: true, force: true });
   });
   proc.start();
-  await waitRedisReady(port, proc);
+  const ca = o.tls?.ca;
+  await waitRedisReady(port, proc, undefined, ca);
   const server: RedisServer = {
     port,
-    uri: `redis://127.0.0.1:${port}`,
+    uri: `${o.tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
     dir,
     stop: () => proc.stop('SIGTERM'),
     kill: (signal = 'SIGKILL') => proc.stop(signal),
     restart: async () => {
       await proc.stop('SIGTERM');
       proc.start();
-      await waitRedisReady(port, proc);
+      await waitRedisReady(port, proc, undefined, ca);
     },
     pause: () => proc.kill('SIGSTOP'),
     resume: () => proc.kill('SIGCONT'),
-    cli: async (...args) => (await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args])).stdout,
+    cli: async (...args) => (await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...(ca ? ['--tls', '--cacert', ca] : []), ...args])).stdout,
     get log() { return proc.log; },
   };
   return server;
@@ -301,4 +307,21 @@ export async function startMemcached(t: TeardownContext, o: MemcachedOptions = {
     pause: () => { for (const p of procs) p.kill('SIGSTOP'); },
     resume: () => { for (const p of procs) p.kill('SIGCONT'); },
   };
+}
+
+// --------------------------------------------------------------------------- TLS
+
+export interface TlsFiles { dir: string; ca: string; cert: string; key: string }
+
+/** A throwaway CA and a server certificate for 127.0.0.1 and localhost (openssl), removed at teardown. */
+export async function makeTlsCerts(t: TeardownContext): Promise<TlsFiles> {
+  const dir = tmpDir('em-tls-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const f = (n: string) => path.join(dir, n);
+  const ossl = (...a: string[]) => execFileP('openssl', a, { cwd: dir, timeout: 30_000 });
+  await ossl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', '/CN=elasticmem test CA', '-keyout', f('ca.key'), '-out', f('ca.pem'));
+  await ossl('req', '-newkey', 'rsa:2048', '-nodes', '-subj', '/CN=127.0.0.1', '-keyout', f('server.key'), '-out', f('server.csr'));
+  fs.writeFileSync(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
+  await ossl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('ext.cnf'), '-out', f('server.pem'));
+  return { dir, ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
 }

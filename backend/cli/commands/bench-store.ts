@@ -8,7 +8,7 @@ import { progressBar } from '../render.ts';
 import { parseStoreUri } from '../../../kvstore/index.ts';
 import { runStoreBench, BATCH_SIZES, type StoreBenchResult } from '../../bench/store-bench.ts';
 
-const usage = `usage: elasticmem bench store --store URI [--json] [--store-key FILE] [--compress] [--seconds S]
+const usage = `usage: elasticmem bench store --store URI [--json] [--store-key FILE] [--tls-ca FILE] [--compress] [--seconds S]
 
 Measure a page store the way the pager uses it: one batch in flight, 4 KiB random pages.
 Per batch size (1, 16, 256): put and get latency of one batch call (p50, p99, in µs) and
@@ -20,6 +20,7 @@ raw time per page at batch 16. The benchmark writes under its own VM id and remo
   --store URI        memory:, file:///path, redis://host:port[/db], redis+cluster://h1:p1,h2:p2,
                      memcached://h1:p1[,h2:p2], aerospike://h1:p1/namespace[/set]
   --store-key FILE   AES-256-GCM key file: measure with encryption at rest
+  --tls-ca FILE      PEM CA certificate(s) to trust for rediss:// (a private CA)
   --compress         measure with page compression on
   --seconds S        time per measured phase of one round (default 0.1; 10 rounds)
   --json             one JSON object on stdout
@@ -33,6 +34,7 @@ const OPTIONS = {
   store: { type: 'string' },
   json: { type: 'boolean' },
   'store-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
   compress: { type: 'boolean' },
   seconds: { type: 'string' },
 } as const;
@@ -80,6 +82,7 @@ const cmd: Command = {
       uri: values.store,
       json: !!values.json,
       keyFile: values['store-key'],
+      tlsCaFile: values['tls-ca'],
       compress: !!values.compress,
       secondsPerPhase: seconds,
       onProgress: tty ? (p) => process.stderr.write(`\r${progressBar(p.done, p.total, 30)} ${p.label.padEnd(24)}`) : undefined,
