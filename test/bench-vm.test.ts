@@ -7,7 +7,8 @@
 import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
-import { runCli } from './helpers/daemon.ts';
+import { spawn } from 'node:child_process';
+import { runCli, BIN } from './helpers/daemon.ts';
 import { ensureLibvirtd, virsh } from './helpers/libvirt.ts';
 
 function pidAlive(pid: number): boolean {
@@ -19,7 +20,8 @@ async function orphanDomains(): Promise<string[]> {
   const names = (await virsh(['list', '--all', '--name'])).split('\n').map((s) => s.trim()).filter(Boolean);
   return names.filter((n) => { const m = /^emtest-(\d+)-/.exec(n); return !!m && !pidAlive(+m[1]!); });
 }
-const benchDirs = () => fs.readdirSync(os.tmpdir()).filter((d) => d.startsWith('elasticmem-bench-vm-'));
+/** Work folders of bench runs whose process is gone (elasticmem-bench-vm-<pid>-XXXXXX): leftovers. */
+const benchDirs = () => fs.readdirSync(os.tmpdir()).filter((d) => { const m = /^elasticmem-bench-vm-(\d+)-/.exec(d); return !!m && !pidAlive(+m[1]!); });
 
 test.serial('bench vm --json: baseline and 100/50/25% for one store, guest corrupt=0, the squeeze pages, nothing left behind', async (t) => {
   await ensureLibvirtd();
@@ -94,4 +96,39 @@ test.serial('bench vm: bad options are refused before anything starts', async (t
     t.regex(r.stderr, re);
   }
   t.deepEqual(benchDirs().filter((d) => !dirsBefore.includes(d)), [], 'nothing was started');
+});
+
+/** Processes whose command line mentions `needle` (e.g. the bench's work folder). */
+function processesWith(needle: string): number[] {
+  const out: number[] = [];
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try { if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(needle)) out.push(+p); } catch { /* gone */ }
+  }
+  return out;
+}
+
+test.serial('bench vm: Ctrl-C mid-run removes the guest, the daemon and the work folder', async (t) => {
+  await ensureLibvirtd();
+  const child = spawn(process.execPath, [BIN, 'bench', 'vm', '--stores', 'memory:', '--size-mib', '48', '--guest-mib', '160', '--passes', '3'], { stdio: ['ignore', 'ignore', 'pipe'] });
+  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  let err = '';
+  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = new Promise<number | null>((r) => child.once('exit', (c) => r(c)));
+  const pid = child.pid!;
+  // Interrupt once the guest runs and the daemon is attached.
+  for (let i = 0; !/at 50% local: (evicting|warm-up)/.test(err); i++) {
+    if (i > 900 || child.exitCode !== null) return t.fail(`the bench did not reach the 50% phase:\n${err}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const domains = (await virsh(['list', '--name'])).split('\n').filter((n) => n.startsWith(`emtest-${pid}-`));
+  t.is(domains.length, 1, 'the bench guest runs');
+  t.true(processesWith(`elasticmem-bench-vm-${pid}-`).length > 0, 'its daemon runs');
+  child.kill('SIGINT');
+  t.is(await exited, 130, err);
+  t.regex(err, /SIGINT, cleaning up/);
+  const left = (await virsh(['list', '--all', '--name'])).split('\n').filter((n) => n.startsWith(`emtest-${pid}-`));
+  t.deepEqual(left, [], 'no domain left');
+  t.deepEqual(processesWith(`elasticmem-bench-vm-${pid}-`), [], 'no daemon left');
+  t.deepEqual(fs.readdirSync(os.tmpdir()).filter((d) => d.startsWith(`elasticmem-bench-vm-${pid}-`)), [], 'no work folder left');
 });

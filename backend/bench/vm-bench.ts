@@ -188,12 +188,18 @@ const median = (xs: number[]): number => {
 /** Cleanups run in reverse order of registration, each at most once, errors reported, never thrown. */
 export class Cleanup {
   private fns: (() => unknown)[] = [];
+  private running: Promise<void> | null = null;
   teardown(fn: () => unknown): void { this.fns.push(fn); }
-  async run(): Promise<void> {
-    while (this.fns.length) {
-      const f = this.fns.pop()!;
-      try { await f(); } catch (e) { process.stderr.write(`bench vm cleanup: ${(e as Error).message}\n`); }
-    }
+  /** Single flight: a signal handler and a finally block calling run() wait for the same pass. */
+  run(): Promise<void> {
+    this.running ??= (async () => {
+      while (this.fns.length) {
+        const f = this.fns.pop()!;
+        try { await f(); } catch (e) { process.stderr.write(`bench vm cleanup: ${(e as Error).message}\n`); }
+      }
+      this.running = null;
+    })();
+    return this.running;
   }
 }
 
@@ -240,8 +246,9 @@ async function startDaemon(cl: Cleanup, dir: string): Promise<{ socket: string; 
   const exited = new Promise<void>((r) => proc.once('exit', () => r()));
   cl.teardown(async () => {
     if (proc.exitCode !== null || proc.signalCode !== null) return;
+    // The guest is gone or about to be: nothing of the daemon's is worth waiting long for.
     proc.kill('SIGTERM');
-    const t = setTimeout(() => proc.kill('SIGKILL'), 30_000);
+    const t = setTimeout(() => proc.kill('SIGKILL'), 5_000);
     await exited;
     clearTimeout(t);
   });
@@ -293,7 +300,8 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   let done = 0;
   const progress = (label: string, add = 0) => { done += add; o.onProgress?.({ done: Math.min(done, total), total, label }); };
 
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'elasticmem-bench-vm-'));
+  // The pid in the name tells whose folder it is (a test can tell a leftover from a concurrent run).
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `elasticmem-bench-vm-${process.pid}-`));
   cl.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   progress('starting stores and the daemon');
   await provideStores(cl, o.stores, dir);
