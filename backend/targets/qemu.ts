@@ -57,6 +57,13 @@ async function pidOfQmpSocket(path: string): Promise<number> {
     sock.once('error', (e: NodeJS.ErrnoException) => reject(new ElasticmemError(`cannot connect to QMP socket ${path}: ${e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nobody listens (QEMU exited?)' : e.message}`, e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'VM_NOT_FOUND' : 'QMP_UNREACHABLE')));
   });
   try {
+    // Until QEMU accept()s, our peer sits in the listen queue, held by no process: wait
+    // for the QMP greeting, which QEMU sends once the connection is its own.
+    await new Promise<void>((resolve, reject) => {
+      const t = setTimeout(() => reject(new ElasticmemError(`QMP socket ${path} sent no greeting within 10 s (is another client connected to it?)`, 'QMP_TIMEOUT')), 10_000);
+      sock.once('data', () => { clearTimeout(t); resolve(); });
+      sock.once('close', () => { clearTimeout(t); reject(new ElasticmemError(`QMP socket ${path} closed the connection`, 'QMP_UNREACHABLE')); });
+    });
     const cred = await peerCred(sock);
     const qemu = cred.pids.find((p) => isQemu(p));
     if (!qemu) throw new ElasticmemError(`the process behind ${path} (pid ${cred.pids.join(',')}) is not QEMU`, 'NOT_QEMU');
