@@ -91,7 +91,7 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
   // The domain is stopped by its operator: the daemon notices, detaches and deletes
   // its pages; attaching it now is refused as not running.
   await virsh(['destroy', dom.name]);
-  await d.waitLog(new RegExp(`\\[${dom.name}\\] domain shut down: reason destroyed; detached and its stored pages deleted`), 20_000);
+  await d.waitLog(new RegExp(`\\[${dom.name}\\] domain shut down: reason destroyed; detached and its stored pages deleted`), 60_000);
   t.deepEqual(JSON.parse((await d.cli('list', '--json')).stdout), { vms: [] });
   const r = await d.cli('attach', dom.name, '--local', '64M');
   t.is(r.code, 1);

@@ -99,7 +99,7 @@ export async function startDaemon(t: TeardownContext, o: { config?: string; dir?
     }
     if (owned && (!o.dir || o.removeDir)) fs.rmSync(dir, { recursive: true, force: true });
   });
-  await waitSocket(socket, proc, () => logs, 20_000);
+  await waitSocket(socket, proc, () => logs, 60_000);
   const h: DaemonHandle = {
     dir, socket, state, proc,
     log: () => logs,
