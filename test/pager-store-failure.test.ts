@@ -41,9 +41,12 @@ test('redis-server paused (SIGSTOP) mid-churn: the guest stalls, resumes intact;
     }
   }
   t.true(sawRetrying, 'stats showed the store retrying while it was stopped');
-  const faultsWhilePaused = pager.stats().fetches;
+  const paused = pager.stats();
   await sleep(1000);
-  t.is(pager.stats().fetches, faultsWhilePaused, 'no fetch completes while the store is stopped');
+  const later = pager.stats();
+  t.is(later.fetches, paused.fetches, 'no fetch completes while the store is stopped');
+  // Invariant 3: no page leaves host memory while the store cannot acknowledge it.
+  t.is(later.evictions, paused.evictions, 'no eviction completes while the store is stopped');
   redis.resume();
   t.is(parseReply(await churn).corrupt, 0);
   t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
