@@ -9,12 +9,12 @@
 import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
-import { spawn, execFile, execFileSync, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { createInterface } from 'node:readline';
 import { loadNative, ElasticmemError } from '../native/index.ts';
 import { startTarget, parseReply, buildFixture, type TeardownContext } from './helpers/target.ts';
+import { buildInjectCheck, qmp, startSandboxedQemu } from './helpers/inject.ts';
 
 const native = loadNative();
 /** Test-only export of native/attach.cc: remote_madvise_dontneed of one page every stridePages (default 1) in [start, start+length). */
@@ -439,22 +439,6 @@ test.serial('a thread waiting in a kernel-mode userfaultfd fault cannot be borro
   t.is(await tg.cmd('ping'), 'ok');
 });
 
-/** Build test/fixtures/inject-check.cc against native/inject.cc (no N-API) when a source is newer. */
-function buildInjectCheck(): string {
-  const root = path.resolve(import.meta.dirname ?? path.dirname(new URL(import.meta.url).pathname), '..');
-  const srcs = ['test/fixtures/inject-check.cc', 'native/inject.cc', 'native/error.cc'].map((f) => path.join(root, f));
-  const deps = [...srcs, path.join(root, 'native/inject.h'), path.join(root, 'native/error.h')];
-  const bin = path.join(root, '.cache', 'bin', 'inject-check');
-  const built = fs.existsSync(bin) ? fs.statSync(bin).mtimeMs : 0;
-  if (deps.some((d) => fs.statSync(d).mtimeMs > built)) {
-    fs.mkdirSync(path.dirname(bin), { recursive: true });
-    const tmp = `${bin}.${process.pid}.tmp`;
-    execFileSync('g++', ['-std=c++17', '-O2', '-pthread', '-Wall', `-I${path.join(root, 'native')}`, '-o', tmp, ...srcs], { stdio: 'pipe' });
-    fs.renameSync(tmp, bin);
-  }
-  return bin;
-}
-
 test.serial('RemoteTask: raw syscalls, scratch memory, a hung injected syscall timed out and undone, sessions serialised', async (t) => {
   const bin = buildInjectCheck();
   const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 1 });
@@ -482,74 +466,12 @@ test.serial('RemoteTask: raw syscalls, scratch memory, a hung injected syscall t
   t.is(gone.code, 137);
 });
 
-/** Minimal QMP client: greeting, qmp_capabilities, then one command; resolves with its "return". */
-async function qmp(socketPath: string, command: string): Promise<unknown> {
-  const net = await import('node:net');
-  return new Promise((resolve, reject) => {
-    const sock = net.createConnection(socketPath);
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error(`QMP ${command}: no answer within 10 s`));
-    }, 10_000);
-    let buf = '';
-    let step = 0;
-    sock.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    sock.on('data', (d) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, nl));
-        buf = buf.slice(nl + 1);
-        if (msg.event) continue;
-        if (step === 0 && msg.QMP) {
-          step = 1;
-          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
-        } else if (step === 1 && 'return' in msg) {
-          step = 2;
-          sock.write(JSON.stringify({ execute: command }) + '\n');
-        } else if (step === 2) {
-          clearTimeout(timer);
-          sock.end();
-          if ('return' in msg) resolve(msg.return);
-          else reject(new Error(`QMP ${command}: ${JSON.stringify(msg)}`));
-        }
-      }
-    });
-  });
-}
-
 for (const user of [undefined, 'nobody'] as const) {
   test.serial(`a real QEMU (TCG, seccomp sandbox on${user ? ', as nobody' : ''}) gets its uffd and keeps running`, async (t) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-attach-qemu-'));
-    fs.chmodSync(dir, 0o777);
-    t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-    const qmpPath = path.join(dir, 'qmp.sock');
-    const qemu = [
-      'qemu-system-x86_64', '-machine', 'q35,accel=tcg', '-m', '64M',
-      '-object', 'memory-backend-memfd,id=ram,size=64M,share=on', '-machine', 'memory-backend=ram',
-      '-nodefaults', '-display', 'none', '-serial', 'none',
-      '-qmp', `unix:${qmpPath},server=on,wait=off`,
-      '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
-    ];
-    const argv = user ? ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...qemu] : qemu;
     // As with the target: a grandchild under sh, never our own child (libuv's waitpid).
-    const sh = spawn('sh', ['-c', '"$@" & echo $!; wait $!', 'em-qemu-launcher', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stderr = '';
-    sh.stderr!.on('data', (d) => (stderr += d));
-    const pid: number = await new Promise((resolve) => sh.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
-    t.teardown(async () => {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-      if (sh.exitCode === null) await new Promise((r) => sh.once('close', r));
-    });
-    for (let i = 0; i < 300 && !fs.existsSync(qmpPath); i++) await sleep(20);
-    t.true(fs.existsSync(qmpPath), `QEMU started (stderr: ${stderr})`);
+    const q = await startSandboxedQemu(t, { dirPrefix: 'em-attach-qemu-', user, memfd: true });
+    const { pid, qmpPath } = q;
+    t.true(fs.existsSync(qmpPath), `QEMU started (stderr: ${q.stderr()})`);
     t.deepEqual(await qmp(qmpPath, 'query-status'), { status: 'running', singlestep: false, running: true });
     t.regex(fs.readFileSync(`/proc/${pid}/status`, 'utf8'), /^Seccomp:\s+2$/m, 'seccomp filter active');
 

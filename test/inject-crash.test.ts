@@ -12,29 +12,12 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { startTarget, parseReply, buildFixture, type TeardownContext } from './helpers/target.ts';
+import { buildInjectCheck, qmp, startSandboxedQemu } from './helpers/inject.ts';
 
-const root = path.resolve(import.meta.dirname, '..');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** Build test/fixtures/inject-check.cc against native/inject.cc when a source is newer (same binary as attach.test.ts). */
-function buildInjectCheck(): string {
-  const srcs = ['test/fixtures/inject-check.cc', 'native/inject.cc', 'native/error.cc'].map((f) => path.join(root, f));
-  const deps = [...srcs, path.join(root, 'native/inject.h'), path.join(root, 'native/error.h')];
-  const bin = path.join(root, '.cache', 'bin', 'inject-check');
-  const built = fs.existsSync(bin) ? fs.statSync(bin).mtimeMs : 0;
-  if (deps.some((d) => fs.statSync(d).mtimeMs > built)) {
-    fs.mkdirSync(path.dirname(bin), { recursive: true });
-    const tmp = `${bin}.${process.pid}.tmp`;
-    execFileSync('g++', ['-std=c++17', '-O2', '-pthread', '-Wall', `-I${path.join(root, 'native')}`, '-o', tmp, ...srcs], { stdio: 'pipe' });
-    fs.renameSync(tmp, bin);
-  }
-  return bin;
-}
 
 interface Monitor {
   proc: ChildProcess;
@@ -392,74 +375,11 @@ test.serial('50 monitors killed at random moments of continuous injection sessio
   t.true(trs[0].armed <= 3, 'slots are disarmed by the tail or the monitor (only a kill right between restore and disarm leaves one armed)');
 });
 
-/** Minimal QMP client: greeting, qmp_capabilities, then one command; resolves with its "return". */
-async function qmp(socketPath: string, command: string): Promise<unknown> {
-  const net = await import('node:net');
-  return new Promise((resolve, reject) => {
-    const sock = net.createConnection(socketPath);
-    const timer = setTimeout(() => {
-      sock.destroy();
-      reject(new Error(`QMP ${command}: no answer within 10 s`));
-    }, 10_000);
-    let buf = '';
-    let step = 0;
-    sock.on('error', (e) => {
-      clearTimeout(timer);
-      reject(e);
-    });
-    sock.on('data', (d) => {
-      buf += d;
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, nl));
-        buf = buf.slice(nl + 1);
-        if (msg.event) continue;
-        if (step === 0 && msg.QMP) {
-          step = 1;
-          sock.write(JSON.stringify({ execute: 'qmp_capabilities' }) + '\n');
-        } else if (step === 1 && 'return' in msg) {
-          step = 2;
-          sock.write(JSON.stringify({ execute: command }) + '\n');
-        } else if (step === 2) {
-          clearTimeout(timer);
-          sock.end();
-          if ('return' in msg) resolve(msg.return);
-          else reject(new Error(`QMP ${command}: ${JSON.stringify(msg)}`));
-        }
-      }
-    });
-  });
-}
-
 /** A QEMU (TCG, 64 MiB private RAM, seccomp sandbox on) as a grandchild, as attach.test.ts starts it. */
 async function startQemu(t: TeardownContext, user?: 'nobody'): Promise<{ pid: number; qmpPath: string; alive(): boolean }> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-inject-crash-qemu-'));
-  fs.chmodSync(dir, 0o777);
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const qmpPath = path.join(dir, 'qmp.sock');
-  const qemu = [
-    'qemu-system-x86_64', '-machine', 'q35,accel=tcg', '-m', '64M',
-    '-nodefaults', '-display', 'none', '-serial', 'none',
-    '-qmp', `unix:${qmpPath},server=on,wait=off`,
-    '-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
-  ];
-  const argv = user ? ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', ...qemu] : qemu;
-  // A grandchild under sh, never our own child (libuv's waitpid would eat ptrace stops).
-  const sh = spawn('sh', ['-c', '"$@" & echo $!; wait $!', 'em-qemu-launcher', ...argv], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stderr = '';
-  sh.stderr!.on('data', (d) => (stderr += d));
-  const pid: number = await new Promise((resolve) => sh.stdout!.once('data', (d) => resolve(Number(String(d).trim()))));
-  t.teardown(async () => {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      /* gone */
-    }
-    if (sh.exitCode === null) await new Promise((r) => sh.once('close', r));
-  });
-  for (let i = 0; i < 300 && !fs.existsSync(qmpPath); i++) await sleep(20);
-  if (!fs.existsSync(qmpPath)) throw new Error(`QEMU did not start: ${stderr}`);
-  return { pid, qmpPath, alive: () => sh.exitCode === null };
+  const q = await startSandboxedQemu(t, { dirPrefix: 'em-inject-crash-qemu-', user });
+  if (!fs.existsSync(q.qmpPath)) throw new Error(`QEMU did not start: ${q.stderr()}`);
+  return q;
 }
 
 for (const user of [undefined, 'nobody'] as const) {
