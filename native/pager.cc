@@ -4,6 +4,7 @@
 #include <linux/falloc.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -24,6 +25,7 @@ constexpr size_t kMaxMsgs = 64;           // uffd messages read per batch
 constexpr size_t kDrainBatch = 256;       // pages fetched per drain step
 constexpr int kIovMax = 1024;
 constexpr uint64_t kRetryMinMs = 50, kRetryMaxMs = 5000;
+constexpr int kEvictorNice = 10;
 
 bool all_zero(const uint8_t* p) {
   const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
@@ -514,10 +516,10 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
       vers[i] = table_[want[i]].version;
     }
   }
-  std::vector<uint8_t> data(want.size() * kPageSize);
+  std::unique_ptr<uint8_t[]> data(new uint8_t[want.size() * kPageSize]);  // filled by the store
   std::unique_ptr<bool[]> found(new bool[want.size()]());
   try {
-    if (!store_get(keys, vers, data.data(), found.get())) return;  // stopping
+    if (!store_get(keys, vers, data.get(), found.get())) return;  // stopping
   } catch (const Error& e) {  // integrity failure: never map it; the faulting thread waits
     std::lock_guard<std::mutex> g(mu_);
     PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
@@ -559,7 +561,7 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
     uint64_t copied = 0;
     uint64_t dst = addr_of(want[i]);
     bool map_wp = wp && !writable;
-    CopyResult cr = uffd_copy(cfg_.uffd, dst, data.data() + i * kPageSize, count * kPageSize, map_wp, true, &copied);
+    CopyResult cr = uffd_copy(cfg_.uffd, dst, data.get() + i * kPageSize, count * kPageSize, map_wp, true, &copied);
     size_t done = (size_t)(copied / kPageSize);
     for (size_t k = i; k < i + done; k++) {
       uint32_t idx = want[k];
@@ -724,18 +726,20 @@ size_t Pager::evict_batch(size_t want) {
   }
   if (victims.empty()) return 0;
   // Phase 2: copy the dirty pages out and store them (invariant 3: store before drop).
-  std::vector<uint8_t> buf(dirty.size() * kPageSize);
+  // (uninitialised: every byte is overwritten by the copy-out)
+  std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
   std::vector<uint8_t> zero(dirty.size(), 0);
   std::vector<uint64_t> put_keys, del_keys;
   std::vector<uint32_t> put_vers;
   bool stored = true;
   try {
-    if (!dirty.empty()) read_pages(dirty, buf.data());
+    if (!dirty.empty()) read_pages(dirty, buf.get());
+    // scan for zero pages before taking the lock: the fault thread needs it meanwhile
+    for (size_t i = 0; i < dirty.size(); i++) zero[i] = all_zero(buf.get() + i * kPageSize);
     std::lock_guard<std::mutex> g(mu_);
     for (size_t i = 0; i < dirty.size(); i++) {
       PageMeta& m = table_[dirty[i]];
-      if (all_zero(buf.data() + i * kPageSize)) {
-        zero[i] = 1;  // zero pages are never stored
+      if (zero[i]) {  // zero pages are never stored
         if (m.flags & kFlStoreCopy) del_keys.push_back(key_of(dirty[i]));
       } else {
         put_keys.push_back(key_of(dirty[i]));
@@ -750,10 +754,10 @@ size_t Pager::evict_batch(size_t want) {
     // pack the non-zero pages to the front of buf (no copy at all when none is zero)
     for (size_t i = 0, k = 0; i < dirty.size(); i++)
       if (!zero[i]) {
-        if (k != i) memmove(buf.data() + k * kPageSize, buf.data() + i * kPageSize, kPageSize);
+        if (k != i) memmove(buf.get() + k * kPageSize, buf.get() + i * kPageSize, kPageSize);
         k++;
       }
-    stored = store_put(put_keys, put_vers, buf.data());
+    stored = store_put(put_keys, put_vers, buf.get());
   }
   if (stored) stored = store_del(del_keys);
   // Phase 3a: commit the drop for pages nobody touched meanwhile.
@@ -852,6 +856,13 @@ uint64_t Pager::high_watermark() const {
 }
 
 void Pager::evict_loop() {
+  // The evictor works in the background of the fault path: on a small machine a
+  // runnable evictor would otherwise delay the fault thread's wake-ups. Niced, it
+  // yields to the fault thread; back-pressure at the cap still gives it the CPU it needs.
+  // (Best effort: a failure only leaves the default priority.)
+  if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), kEvictorNice) != 0) {
+    emit({"error", std::string("could not lower the evictor's priority: ") + strerror(errno), {}, 0, 0});
+  }
   while (!stop_ && !draining_) {
     {
       std::unique_lock<std::mutex> lk(evict_mu_);
