@@ -4,15 +4,15 @@
  *
  * A workload the pager attaches to must not be our direct child: libuv's SIGCHLD
  * handler waitpid()s on its own children and would swallow the ptrace stops of the
- * injected syscalls (see test/helpers/target.ts). So it runs as a grandchild under a
- * small sh that waits for it, exactly as QEMU is never the monitor's child either.
+ * injected syscalls. So it runs as a grandchild under a small sh that waits for it
+ * (../proc/grandchild.ts), exactly as QEMU is never the monitor's child either.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { createInterface, type Interface } from 'node:readline';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ElasticmemError } from '../../native/errors.ts';
+import { spawnGrandchild, type Grandchild } from '../proc/grandchild.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..', '..');
@@ -70,97 +70,41 @@ export interface LaunchOptions {
  * jobs /dev/null otherwise, hence the fd 3 dance).
  */
 export async function launchLineProcess(bin: string, args: string[], opts: LaunchOptions = {}): Promise<LineProcess> {
-  const join = opts.cgroupDir ? 'echo $$ > "$EM_CGROUP/cgroup.procs" || exit 97; ' : '';
-  const script = `${join}exec 3<&0; "$@" <&3 3<&- & exec 3<&-; wait $!`;
-  const proc: ChildProcess = spawn('sh', ['-c', script, 'em-bench-launcher', bin, ...args], {
-    stdio: ['pipe', 'pipe', 'pipe'],
-    cwd: '/',
-    env: { ...process.env, EM_CGROUP: opts.cgroupDir ?? '' },
-  });
-  let stderrText = '';
-  proc.stderr!.setEncoding('utf8');
-  proc.stderr!.on('data', (d: string) => {
-    stderrText += d;
-  });
-  proc.stdin!.on('error', () => {}); // a dead program's stdin: the next read reports it
-  let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  let waiter: { resolve: (l: string) => void; reject: (e: Error) => void } | undefined;
-  const lines: string[] = [];
-  let pid = 0;
   const name = path.basename(bin);
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    proc.on('close', (code, signal) => {
-      exitInfo = { code, signal };
-      const w = waiter;
-      waiter = undefined;
-      w?.reject(new Error(`${name} exited (code ${code}, signal ${signal})${stderrText.trim() ? `: ${stderrText.trim()}` : ''}`));
-      resolve(exitInfo);
-    });
-    proc.on('error', (e) => {
-      exitInfo = { code: null, signal: null };
-      waiter?.reject(new Error(`${name} could not be started: ${e.message}`));
-      resolve(exitInfo);
-    });
+  const withStderr = (sep: string) => (gc.stderr().trim() ? `${sep}${gc.stderr().trim()}` : '');
+  const gc: Grandchild = spawnGrandchild([bin, ...args], {
+    launcherName: 'em-bench-launcher',
+    prelude: opts.cgroupDir ? 'echo $$ > "$EM_CGROUP/cgroup.procs" || exit 97; ' : '',
+    env: { ...process.env, EM_CGROUP: opts.cgroupDir ?? '' },
+    messages: {
+      exited: ({ code, signal }) => `${name} exited (code ${code}, signal ${signal})${withStderr(': ')}`,
+      spawnFailed: (e) => `${name} could not be started: ${e.message}`,
+      notRunning: ({ code, signal }, what) => `${name} is not running (code ${code}, signal ${signal}) while waiting for ${what}${withStderr(': ')}`,
+      timeout: (what, timeoutMs) => `${name}: no ${what} within ${Math.round(timeoutMs / 1000)} s`,
+    },
   });
-  const rl: Interface = createInterface({ input: proc.stdout! });
-  rl.on('line', (l) => {
-    if (waiter) {
-      const w = waiter;
-      waiter = undefined;
-      w.resolve(l);
-    } else lines.push(l);
-  });
-
-  function next(timeoutMs: number, what: string): Promise<string> {
-    if (lines.length) return Promise.resolve(lines.shift()!);
-    if (exitInfo) return Promise.reject(new Error(`${name} is not running (code ${exitInfo.code}, signal ${exitInfo.signal}) while waiting for ${what}${stderrText.trim() ? `: ${stderrText.trim()}` : ''}`));
-    return new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        waiter = undefined;
-        reject(new Error(`${name}: no ${what} within ${Math.round(timeoutMs / 1000)} s`));
-      }, timeoutMs);
-      waiter = {
-        resolve: (l) => { clearTimeout(timer); resolve(l); },
-        reject: (e) => { clearTimeout(timer); reject(e); },
-      };
-    });
-  }
-
-  async function kill(): Promise<void> {
-    if (!exitInfo) {
-      // The program first (the launcher then exits); the launcher too if the program never started.
-      for (const p of [pid, proc.pid]) {
-        if (!p) continue;
-        try {
-          process.kill(p, 'SIGKILL');
-        } catch {
-          /* already gone */
-        }
-        if (p === pid) break;
-      }
-      await exited;
-    }
-    rl.close();
-  }
+  const { next, kill } = gc;
 
   let first: string;
+  let pid: number;
   try {
     first = await next(opts.readyTimeoutMs ?? 120_000, 'ready line');
     const info = JSON.parse(first) as { pid?: number };
     if (!info.pid) throw new Error(`${name} printed '${first}' instead of its ready line`);
     pid = info.pid;
+    gc.setPid(pid);
   } catch (e) {
     await kill();
-    if (exitInfo?.code === 97) throw new ElasticmemError(`cannot move the workload into cgroup ${opts.cgroupDir}`, 'EM_BENCH_CGROUP');
-    throw e instanceof SyntaxError ? new ElasticmemError(`${name} printed no JSON ready line: ${stderrText.trim()}`, 'EM_BENCH_WORKLOAD') : e;
+    if (gc.exitInfo()?.code === 97) throw new ElasticmemError(`cannot move the workload into cgroup ${opts.cgroupDir}`, 'EM_BENCH_CGROUP');
+    throw e instanceof SyntaxError ? new ElasticmemError(`${name} printed no JSON ready line: ${gc.stderr().trim()}`, 'EM_BENCH_WORKLOAD') : e;
   }
   return {
     pid,
     first,
-    send: (line) => { proc.stdin!.write(line + '\n'); },
+    send: gc.send,
     next,
     kill,
-    exited,
-    stderr: () => stderrText,
+    exited: gc.exited,
+    stderr: gc.stderr,
   };
 }

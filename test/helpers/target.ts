@@ -4,12 +4,12 @@
  * It stands in for QEMU: a shared memfd region and a private anonymous region,
  * written and verified by the target's own threads while the pager works on them.
  */
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
-import { createInterface } from 'node:readline';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RegionSpec } from '../../native/index.ts';
+import { spawnGrandchild, type Grandchild } from '../../backend/proc/grandchild.ts';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -96,99 +96,25 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
   const bin = buildTarget();
   const args = [String(opts.memfdMiB), String(opts.anonMiB)];
   // The target runs as a grandchild under a small sh that waits for it, never as our
-  // direct child: libuv's SIGCHLD handler calls waitpid() on its own children, and
-  // would swallow the ptrace stops of the thread elasticmem injects into and report
-  // them as an exit. QEMU is never the monitor's child either. `exec 3<&0` hands our
-  // stdin pipe to the background job (sh gives background jobs /dev/null otherwise).
-  // setpriv execs in place, so the target's pid is the one it prints.
-  const launch = 'exec 3<&0; "$@" <&3 3<&- & exec 3<&-; wait $!';
+  // direct child (backend/proc/grandchild.ts says why). setpriv execs in place, so the
+  // target's pid is the one it prints.
   const argv =
     opts.user === 'nobody'
       ? ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups', bin, ...args]
       : [bin, ...args];
-  const proc = spawn('sh', ['-c', launch, 'em-target-launcher', ...argv], { stdio: ['pipe', 'pipe', 'pipe'], cwd: '/' });
-
   let targetPid = 0; // known once the target printed its JSON line
-  let stderrText = '';
-  proc.stderr!.setEncoding('utf8');
-  proc.stderr!.on('data', (d: string) => {
-    stderrText += d;
+  const who = () => `em-target (pid ${targetPid || gc.proc.pid})`;
+  const gc: Grandchild = spawnGrandchild(argv, {
+    launcherName: 'em-target-launcher',
+    messages: {
+      exited: ({ code, signal }) => `${who()} exited (code ${code}, signal ${signal}); stderr: ${gc.stderr().trim()}`,
+      spawnFailed: (e) => `em-target could not be started: ${e.message}`,
+      notRunning: ({ code, signal }, what) => `${who()} is not running (code ${code}, signal ${signal}) for '${what}'; stderr: ${gc.stderr().trim()}`,
+      timeout: (what, timeoutMs) => `${who()}: no reply to '${what}' within ${timeoutMs} ms`,
+    },
   });
-  // A write to a dead target's stdin must become a rejected cmd, not an unhandled 'error'.
-  proc.stdin!.on('error', () => {});
-
-  let exitInfo: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
-    // 'close' (not 'exit'): every reply line has been read by then.
-    proc.on('close', (code, signal) => {
-      exitInfo = { code, signal };
-      failPending(new Error(`em-target (pid ${targetPid || proc.pid}) exited (code ${code}, signal ${signal}); stderr: ${stderrText.trim()}`));
-      resolve(exitInfo);
-    });
-    proc.on('error', (e) => {
-      exitInfo = { code: null, signal: null };
-      failPending(new Error(`em-target could not be started: ${e.message}`));
-      resolve(exitInfo);
-    });
-  });
-
-  // Reply lines arrive in order; each pending command takes the next one.
-  const lines: string[] = [];
-  let waiter: { resolve: (l: string) => void; reject: (e: Error) => void } | undefined;
-  function failPending(e: Error): void {
-    const w = waiter;
-    waiter = undefined;
-    w?.reject(e);
-  }
-  const rl = createInterface({ input: proc.stdout! });
-  rl.on('line', (l) => {
-    if (waiter) {
-      const w = waiter;
-      waiter = undefined;
-      w.resolve(l);
-    } else lines.push(l);
-  });
-  function nextLine(timeoutMs: number, what: string): Promise<string> {
-    if (lines.length) return Promise.resolve(lines.shift()!);
-    if (exitInfo)
-      return Promise.reject(
-        new Error(`em-target (pid ${targetPid || proc.pid}) is not running (code ${exitInfo.code}, signal ${exitInfo.signal}) for '${what}'; stderr: ${stderrText.trim()}`),
-      );
-    return new Promise<string>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        waiter = undefined;
-        reject(new Error(`em-target (pid ${targetPid || proc.pid}): no reply to '${what}' within ${timeoutMs} ms`));
-      }, timeoutMs);
-      waiter = {
-        resolve: (l) => {
-          clearTimeout(timer);
-          resolve(l);
-        },
-        reject: (e) => {
-          clearTimeout(timer);
-          reject(e);
-        },
-      };
-    });
-  }
-
-  async function kill(): Promise<void> {
-    if (!exitInfo) {
-      // Kill the target itself (the launcher then exits with 137); the launcher too if
-      // the target never started.
-      for (const pid of [targetPid, proc.pid]) {
-        if (!pid) continue;
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* already gone */
-        }
-        if (pid === targetPid) break;
-      }
-      await exited;
-    }
-    rl.close();
-  }
+  const { proc, kill, exited } = gc;
+  const nextLine = gc.next;
   t.teardown(kill);
 
   const first = await nextLine(10_000, 'startup').catch(async (e) => {
@@ -200,9 +126,10 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     info = JSON.parse(first);
   } catch {
     await kill();
-    throw new Error(`em-target printed '${first}' instead of its region JSON; stderr: ${stderrText.trim()}`);
+    throw new Error(`em-target printed '${first}' instead of its region JSON; stderr: ${gc.stderr().trim()}`);
   }
   targetPid = info.pid;
+  gc.setPid(targetPid);
 
   // One command at a time; after a timeout the reply stream is out of step, so refuse further commands.
   let chain: Promise<unknown> = Promise.resolve();
@@ -211,13 +138,13 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     const timeoutMs = o.timeoutMs ?? defaultTimeout(line);
     const run = async (): Promise<string> => {
       if (desynced) throw new Error(`em-target (pid ${info.pid}): not usable after an earlier timeout ('${desynced}')`);
-      if (exitInfo) throw new Error(`em-target (pid ${info.pid}) has exited; cannot run '${line}'`);
-      proc.stdin!.write(line.trim() + '\n');
+      if (gc.exitInfo()) throw new Error(`em-target (pid ${info.pid}) has exited; cannot run '${line}'`);
+      gc.send(line.trim());
       let reply: string;
       try {
         reply = await nextLine(timeoutMs, line);
       } catch (e) {
-        if (!exitInfo) desynced = line;
+        if (!gc.exitInfo()) desynced = line;
         throw e;
       }
       if (!reply.startsWith('ok')) throw new Error(`em-target '${line}': ${reply}`);
@@ -253,7 +180,7 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     regionSpecs,
     kill,
     exited,
-    stderr: () => stderrText,
+    stderr: gc.stderr,
   };
 }
 
