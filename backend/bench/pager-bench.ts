@@ -102,24 +102,14 @@ export interface PagerBenchResult {
   machine: { kernel: string; cpus: number; date: string };
 }
 
-export interface PagerPhaseStats {
-  faults: number;
-  zeroFills: number;
-  fetches: number;
-  evictions: number;
-  cleanDrops: number;
-  storeWrites: number;
-  prefetched: number;
-  wpFaults: number;
-  discards: number;
-  evictAborts: number;
-  storeRetries: number;
-  residentPages: number;
-  localCapPages: number;
-  remotePages: number;
-  totalPages: number;
-  faultLatencyUs: Percentiles & { p90: number; max: number; count: number };
-  latencyHistogram: { boundsUs: number[]; counts: number[] };
+/** The pager's own counters over one phase (phaseStats): native counters and gauges, typed as native/index.ts declares them. */
+export interface PagerPhaseStats extends Pick<
+  PagerStatsRaw,
+  | 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched'
+  | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries'
+  | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages'
+  | 'faultLatencyUs' | 'latencyHistogram'
+> {
   prefetchMax?: number;
   evictBatch?: number;
   secondsToCap: number;
