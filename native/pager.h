@@ -140,6 +140,7 @@ class Pager {
   std::thread fault_thread_, evict_thread_;
 
   // sequential-fault detection for prefetch
+  std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)
   uint32_t last_fault_ = kNil;
   uint32_t seq_streak_ = 0;
 
