@@ -11,7 +11,8 @@
         "native/memstore.cc",
         "native/uffd.cc",
         "native/pager.cc",
-        "native/pager_napi.cc"
+        "native/pager_napi.cc",
+        "native/peercred.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

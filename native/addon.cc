@@ -6,6 +6,7 @@ namespace em {
 void RegisterAttach(Napi::Env env, Napi::Object exports);
 void RegisterMemStore(Napi::Env env, Napi::Object exports);
 void RegisterPager(Napi::Env env, Napi::Object exports);
+void RegisterPeerCred(Napi::Env env, Napi::Object exports);
 }  // namespace em
 
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
@@ -13,6 +14,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   em::RegisterAttach(env, exports);
   em::RegisterMemStore(env, exports);
   em::RegisterPager(env, exports);
+  em::RegisterPeerCred(env, exports);
   return exports;
 }
 

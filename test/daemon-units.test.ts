@@ -1,5 +1,5 @@
 /**
- * The daemon's parsers, on their own: sizes, config, `ss` output (peer credentials),
+ * The daemon's parsers, on their own: sizes, config, peer credentials (SO_PEERCRED),
  * QEMU's ramblock and memory-tree listings, QMP sockets on a QEMU command line.
  * Inputs are verbatim samples of what the real tools print on this host.
  */
@@ -7,7 +7,11 @@ import test from 'ava';
 import { parseSize, formatSize } from '../backend/size.ts';
 import type { ElasticmemError } from '../native/errors.ts';
 import { parseConfig } from '../backend/daemon/config.ts';
-import { parseSs } from '../backend/daemon/peercred.ts';
+import { peerCred } from '../backend/daemon/peercred.ts';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
 import { parseRamblocks, parseMtreeRam } from '../backend/targets/ramblocks.ts';
 import { qmpSocketFromCmdline } from '../backend/targets/qemu.ts';
 import { backingOf, parseMaps } from '../backend/targets/procmaps.ts';
@@ -40,16 +44,31 @@ test('parseConfig: defaults, overrides, limits', (t) => {
   t.regex(e.message, /^config y\.yaml: vms\.db\.store: /);
 });
 
-test('parseSs: socket inode, peer inode and holder pids', (t) => {
-  const out = [
-    'u_str ESTAB 0      0      /tmp/t.sock 11685 * 11684 users:(("node",pid=7893,fd=21))',
-    'u_str ESTAB 0      0                * 11684 * 11685 users:(("node",pid=7893,fd=22),("sh",pid=7900,fd=3))',
-    'u_str LISTEN 0 511 /run/elasticmem/elasticmem.sock 555 * 0 users:(("node",pid=1,fd=20))',
-  ].join('\n');
-  const m = parseSs(out);
-  t.deepEqual(m.get(11685), { inode: 11685, peer: 11684, pids: [7893] });
-  t.deepEqual(m.get(11684)!.pids, [7893, 7900]);
-  t.is(m.get(555)!.peer, 0);
+test('peerCred: SO_PEERCRED of both ends of a real Unix socket connection', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'empc-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 's.sock');
+  const accepted = new Promise<net.Socket>((resolve) => {
+    const server = net.createServer((s) => resolve(s));
+    server.listen(file);
+    t.teardown(() => new Promise<void>((r) => server.close(() => r())));
+  });
+  await new Promise((r) => setTimeout(r, 50));
+  const client = net.connect(file);
+  t.teardown(() => client.destroy());
+  await new Promise<void>((r) => client.once('connect', () => r()));
+  const server = await accepted;
+  t.teardown(() => server.destroy());
+  for (const end of [server, client]) {
+    const c = await peerCred(end);
+    t.is(c.pid, process.pid);
+    t.is(c.uid, process.getuid!());
+    t.is(c.gid, process.getgid!());
+    t.deepEqual(c.pids, [process.pid]);
+  }
+  // A socket that is no longer open: an error that names the problem, not a crash.
+  server.destroy();
+  await t.throwsAsync(peerCred(server), { code: 'PEERCRED_FAILED' } as never);
 });
 
 test('parseRamblocks and parseMtreeRam: QEMU 7.2 output', (t) => {

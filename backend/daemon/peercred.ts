@@ -1,81 +1,67 @@
 /**
- * Who is on the other end of a Unix socket connection (the SO_PEERCRED question).
+ * Who is on the other end of a Unix socket connection: SO_PEERCRED, through the native
+ * addon's peerCred(fd) (native/peercred.cc). The kernel records the peer's pid, uid and
+ * gid when it connects (for the client end of a connection: when the listener called
+ * listen()), so the answer cannot race with the client.
  *
- * Node exposes neither SO_PEERCRED nor SCM_CREDENTIALS, so we ask the kernel's socket
- * diagnostics through `ss -xpn` (iproute2, netlink sock_diag): it reports, for every
- * Unix socket, its inode, its peer's inode and the processes holding it. Our accepted
- * socket's inode comes from /proc/self/fd/<fd>; its peer inode leads to the client's
- * socket and so to the client processes, whose effective uid is read from
- * /proc/<pid>/status. Every process holding the client end must be root: a socket
- * passed around to an unprivileged process is refused too.
+ * This replaced a lookup through `ss -xpn` (sock_diag) and /proc: it had to find the
+ * process holding the peer socket after the fact, and under load about 2 calls in 10
+ * failed with PEERCRED_FAILED. With SO_PEERCRED the daemon no longer needs `ss`.
+ *
+ * What it does not see: a root client that hands its connected socket to an
+ * unprivileged process (SCM_RIGHTS) after connecting. That is a deliberate act of root;
+ * the file modes of the socket (0600 in a 0700 directory) still keep everyone else out.
  */
-import fs from 'node:fs';
 import net from 'node:net';
-import { execFile } from 'node:child_process';
-import { promisify } from 'node:util';
 import { ElasticmemError } from '../../native/errors.ts';
-
-const run = promisify(execFile);
+import { loadNative } from '../../native/index.ts';
 
 export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+  /** The same as [pid] and [uid]: the shape callers of the former lookup use. */
   pids: number[];
   uids: number[];
 }
 
-interface SsEntry { inode: number; peer: number; pids: number[] }
+type PeerCredFn = (fd: number) => { pid: number; uid: number; gid: number };
 
-/** Parse `ss -xpnH` lines. Exported for tests. */
-export function parseSs(text: string): Map<number, SsEntry> {
-  const out = new Map<number, SsEntry>();
-  const re = /^\S+\s+\S+\s+\d+\s+\d+\s+(?:.*?\s+)?(\d+)\s+\S+\s+(\d+)(?:\s+users:\((.*)\))?\s*$/;
-  for (const line of text.split('\n')) {
-    const m = re.exec(line);
-    if (!m) continue;
-    const pids = [...(m[3] ?? '').matchAll(/pid=(\d+)/g)].map((x) => Number(x[1]));
-    out.set(Number(m[1]), { inode: Number(m[1]), peer: Number(m[2]), pids });
+/**
+ * The addon's peerCred. native/index.ts (the typed addon contract, owned by the native
+ * module) does not list it, so it is typed here, where it is used.
+ */
+function nativePeerCred(): PeerCredFn {
+  const fn = (loadNative() as unknown as { peerCred?: PeerCredFn }).peerCred;
+  if (typeof fn !== 'function') {
+    throw new ElasticmemError('the native addon has no peerCred (built from older sources); rebuild it: npm run setup', 'PEERCRED_UNAVAILABLE');
   }
-  return out;
+  return fn;
 }
 
 function socketFd(sock: net.Socket): number {
   const fd = (sock as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0) throw new ElasticmemError('cannot read the file descriptor of a control connection', 'PEERCRED_FAILED');
+  if (typeof fd !== 'number' || fd < 0) throw new ElasticmemError('cannot read the file descriptor of a control connection (closed already?)', 'PEERCRED_FAILED');
   return fd;
 }
 
-function euidOf(pid: number): number {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  const m = /^Uid:\s+(\d+)\s+(\d+)/m.exec(status);
-  if (!m) throw new Error(`no Uid line for pid ${pid}`);
-  return Number(m[2]);
-}
-
-/** Credentials of the peer of an accepted connection. Throws PEERCRED_FAILED when they cannot be established. */
+/** Credentials of the peer of a connected Unix socket. Throws PEERCRED_FAILED (with errno) when the kernel cannot tell. */
 export async function peerCred(sock: net.Socket): Promise<PeerCred> {
   const fd = socketFd(sock);
-  const link = fs.readlinkSync(`/proc/self/fd/${fd}`);
-  const m = /^socket:\[(\d+)\]$/.exec(link);
-  if (!m) throw new ElasticmemError(`control connection fd ${fd} is not a socket (${link})`, 'PEERCRED_FAILED');
-  const inode = Number(m[1]);
-  const { stdout } = await run('ss', ['-xpnH'], { maxBuffer: 64 * 1024 * 1024 });
-  const table = parseSs(stdout);
-  const mine = table.get(inode);
-  if (!mine) throw new ElasticmemError(`socket inode ${inode} not found by ss`, 'PEERCRED_FAILED');
-  const peer = table.get(mine.peer);
-  if (!peer || peer.pids.length === 0) throw new ElasticmemError('the client process of a control connection could not be identified', 'PEERCRED_FAILED');
-  const uids: number[] = [];
-  for (const pid of peer.pids) {
-    try { uids.push(euidOf(pid)); } catch { /* exited meanwhile: ignore */ }
+  let c: { pid: number; uid: number; gid: number };
+  try {
+    c = nativePeerCred()(fd);
+  } catch (e) {
+    const err = e as ElasticmemError;
+    if (err.code === 'PEERCRED_UNAVAILABLE' || err.code === 'EM_NATIVE_MISSING') throw err;
+    throw new ElasticmemError(`the peer credentials of a control connection could not be read: ${err.message}`, 'PEERCRED_FAILED', err.errno ?? 0, 'getsockopt');
   }
-  if (uids.length === 0) throw new ElasticmemError('the client of a control connection exited before it was checked', 'PEERCRED_FAILED');
-  return { pids: peer.pids, uids };
+  // pid 0: the peer is not a process of this pid namespace (or not connected).
+  if (!(c.pid > 0)) throw new ElasticmemError(`the kernel reports no peer process for control connection fd ${fd} (pid ${c.pid})`, 'PEERCRED_FAILED');
+  return { ...c, pids: [c.pid], uids: [c.uid] };
 }
 
-/** The daemon refuses to start without `ss`: it could not tell who connects. */
-export async function checkPeerCredTool(): Promise<void> {
-  try {
-    await run('ss', ['-V']);
-  } catch {
-    throw new ElasticmemError("the daemon needs 'ss' (Debian package iproute2) to check the credentials of every client; install it: apt-get install iproute2", 'PEERCRED_UNAVAILABLE');
-  }
+/** The daemon refuses to start when it could not tell who connects (an addon built without peerCred). */
+export function checkPeerCred(): void {
+  nativePeerCred();
 }

@@ -9,7 +9,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { ElasticmemError } from '../../native/errors.ts';
 import { MAX_LINE, PROTOCOL_VERSION, errorBody, parseRequest, salvageId, type Request, type Response } from '../protocol.ts';
-import { peerCred, checkPeerCredTool } from './peercred.ts';
+import { peerCred, checkPeerCred } from './peercred.ts';
 import { log } from './log.ts';
 
 export const DEFAULT_SOCKET = '/run/elasticmem/elasticmem.sock';
@@ -30,7 +30,7 @@ export class ControlServer {
   constructor(readonly socketPath: string, private handler: Handler) {}
 
   async listen(): Promise<void> {
-    await checkPeerCredTool();
+    checkPeerCred();
     const dir = path.dirname(this.socketPath);
     if (!fs.existsSync(dir)) {
       fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -77,13 +77,14 @@ export class ControlServer {
     sock.pause();
     try {
       const cred = await peerCred(sock);
-      if (cred.uids.some((u) => u !== 0)) {
-        log('-', 'refused connection', `client pid ${cred.pids.join(',')} uid ${cred.uids.join(',')} is not root`);
-        this.send(sock, { v: PROTOCOL_VERSION, id: '', ok: false, error: { code: 'NOT_ROOT', message: `the elasticmem control socket is root-only; client uid ${cred.uids.find((u) => u !== 0)} was refused (run the command as root)` } });
+      if (cred.uid !== 0) {
+        log('-', 'refused connection', `client pid ${cred.pid} uid ${cred.uid} is not root`);
+        this.send(sock, { v: PROTOCOL_VERSION, id: '', ok: false, error: { code: 'NOT_ROOT', message: `the elasticmem control socket is root-only; client uid ${cred.uid} was refused (run the command as root)` } });
         sock.end();
         return;
       }
     } catch (e) {
+      log('-', 'refused connection', `credentials could not be verified: ${(e as Error).message}`);
       this.send(sock, { v: PROTOCOL_VERSION, id: '', ok: false, error: { code: 'NOT_ROOT', message: `the client's credentials could not be verified, so it was refused: ${(e as Error).message}` } });
       sock.end();
       return;
