@@ -29,11 +29,13 @@ fi
 # What each is for: QEMU (TCG) and libvirt run the guests; libvirt-dev for headers;
 # busybox-static, cpio, kmod (depmod), xz-utils, zstd and gcc build the test guest;
 # redis-server and memcached are store back ends the tests start themselves;
-# liblz4-dev, g++, make and python3 (node-gyp) build the native addon.
+# liblz4-dev, g++, make and python3 (node-gyp) build the native addon; iproute2 gives
+# `ss -xlp`, to see who listens on and connects to the control socket (the daemon
+# itself checks its clients with SO_PEERCRED and needs no ss).
 PKGS=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   busybox-static redis-server memcached liblz4-dev cpio zstd xz-utils kmod
-  gcc g++ make python3 procps util-linux
+  gcc g++ make python3 procps util-linux iproute2
 )
 declare -A state=()
 # One dpkg-query for all; "ii" = installed. (Packages dpkg never heard of are simply absent.)
