@@ -17,6 +17,7 @@ import fs from 'node:fs';
 import YAML from 'yaml';
 import { ElasticmemError } from '../../native/errors.ts';
 import { parseSize } from '../size.ts';
+import { shownUri } from './secrets.ts';
 
 export interface VmOverride { store?: string; local?: number }
 
@@ -42,7 +43,7 @@ const SCHEMES = ['memory:', 'file://', 'redis://', 'rediss://', 'redis+cluster:/
 export function checkStoreUri(uri: unknown, where: string): string {
   if (typeof uri !== 'string' || !SCHEMES.some((s) => uri.startsWith(s))) {
     throw new ElasticmemError(
-      `${where}: ${JSON.stringify(uri)} is not a store URI; use one of memory:, file:///path, redis://host:port, redis+cluster://h1:p1,h2:p2, memcached://h1:p1, aerospike://h1:p1/namespace`,
+      `${where}: ${typeof uri === 'string' ? JSON.stringify(shownUri(uri)) : JSON.stringify(uri)} is not a store URI; use one of memory:, file:///path, redis://host:port, redis+cluster://h1:p1,h2:p2, memcached://h1:p1, aerospike://h1:p1/namespace`,
       'BAD_STORE_URI',
     );
   }

@@ -20,6 +20,7 @@ import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
+import { rememberStoreUri, scrubKnown, shownUri } from './secrets.ts';
 
 const LIFECYCLE_POLL_MS = 1000;
 /** How long to wait for libvirt's lifecycle event after QEMU is gone before calling it a crash. */
@@ -38,7 +39,9 @@ export class Daemon {
   private closing = false;
 
   constructor(readonly config: Config, readonly socketPath: string) {
-    this.server = new ControlServer(socketPath, (req, ctx) => this.handle(req, ctx));
+    rememberStoreUri(config.store);
+    for (const v of Object.values(config.vms)) rememberStoreUri(v.store);
+    this.server = new ControlServer(socketPath, (req, ctx) => this.handleScrubbed(req, ctx));
   }
 
   async start(): Promise<void> {
@@ -46,11 +49,26 @@ export class Daemon {
     this.events.start();
     this.events.on('lifecycle', (ev: LifecycleEvent) => this.onLifecycle(ev));
     this.poller = setInterval(() => void this.pollLifecycle(), LIFECYCLE_POLL_MS);
-    log('-', 'daemon started', `socket ${this.socketPath}, default store ${this.config.store}, config ${this.config.source}`);
+    log('-', 'daemon started', `socket ${this.socketPath}, default store ${shownUri(this.config.store)}, config ${this.config.source}`);
     await this.restore();
   }
 
   // ---------------------------------------------------------------- requests
+
+  /**
+   * Every answer leaves through here: an error message that quotes a store URI (the
+   * store's own, a client library's) has its password masked, like the log.
+   */
+  private async handleScrubbed(req: Request, ctx: RequestContext): Promise<unknown> {
+    const given = typeof req.args.store === 'string' ? req.args.store : undefined;
+    rememberStoreUri(given);
+    try {
+      return await this.handle(req, ctx);
+    } catch (e) {
+      if (e instanceof Error) e.message = scrubKnown(e.message, [given]);
+      throw e;
+    }
+  }
 
   private async handle(req: Request, ctx: RequestContext): Promise<unknown> {
     const a = req.args;
@@ -98,7 +116,7 @@ export class Daemon {
     if (existing && (existing.state === 'crashed' || existing.state === 'orphaned')) {
       throw new ElasticmemError(`VM '${existing.name}' has pages kept from an earlier QEMU that ended (${existing.state}); delete them first with: elasticmem detach ${existing.target.spec}`, 'ALREADY_ATTACHED');
     }
-    if (existing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeUri}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
+    if (existing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeShown}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
     if (this.attaching.has(spec)) throw new ElasticmemError(`VM '${spec}' is being attached right now`, 'ALREADY_ATTACHED');
     this.attaching.add(spec);
     try {
@@ -123,7 +141,7 @@ export class Daemon {
         // Taking over means trusting the store for every page that is not resident. A
         // fresh non-persistent store is empty: those pages would come back as zeros.
         await this.stores.release(storeUri);
-        throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${storeUri} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
+        throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
       }
       const session = new Session(target, storeUri, capBytes);
       session.memory = memory;
@@ -139,7 +157,7 @@ export class Daemon {
       this.wire(session);
       this.saveState();
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
-        `pid ${target.pid}, ${memory.regions.length} RAM blocks (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${store.uri}`);
+        `pid ${target.pid}, ${memory.regions.length} RAM blocks (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}`);
       return { ...session.summary(), tookOver: !!left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
     } finally {
       this.attaching.delete(spec);
@@ -150,18 +168,18 @@ export class Daemon {
   private wire(s: Session): void {
     const p = s.pager!;
     p.on('store-down', (ev: { message: string }) => {
-      s.storeState = 'retrying'; s.storeError = ev.message;
-      log(s.name, 'store down', `${ev.message}; faults wait and retry, evictions paused`);
+      s.storeState = 'retrying'; s.storeError = s.scrub(ev.message);
+      log(s.name, 'store down', `${s.storeError}; faults wait and retry, evictions paused`);
     });
     p.on('store-up', () => {
       s.storeState = 'ok'; s.storeError = '';
       log(s.name, 'store up', 'faults and evictions resumed');
     });
     p.on('page-lost', (ev: { message: string; pages?: number[] }) => {
-      s.storeState = 'lost'; s.storeError = ev.message; s.lostPages += ev.pages?.length ?? 0;
-      log(s.name, 'PAGES LOST', `${ev.message}${ev.pages ? ` (${ev.pages.length} pages)` : ''}; the VM is paused, nothing was zero-filled`);
+      s.storeState = 'lost'; s.storeError = s.scrub(ev.message); s.lostPages += ev.pages?.length ?? 0;
+      log(s.name, 'PAGES LOST', `${s.storeError}${ev.pages ? ` (${ev.pages.length} pages)` : ''}; the VM is paused, nothing was zero-filled`);
     });
-    p.on('error', (ev: { message: string }) => log(s.name, 'pager error', ev.message));
+    p.on('error', (ev: { message: string }) => log(s.name, 'pager error', s.scrub(ev.message)));
     p.on('target-exited', () => void this.onTargetGone(s));
   }
 
@@ -252,7 +270,7 @@ export class Daemon {
         if (s.store) await this.stores.release(s.storeUri);
         this.sessions.delete(s.vmId);
         this.saveState();
-        log(s.name, 'detached', `QEMU was gone; its stored pages were deleted from ${s.storeUri}`);
+        log(s.name, 'detached', `QEMU was gone; its stored pages were deleted from ${s.storeShown}`);
         return { name: s.name, vm: s.vmId, drained: false, deletedStoredPages: true };
       }
       if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}`, 'VM_BUSY');
@@ -270,7 +288,7 @@ export class Daemon {
         s.pager.off('progress', onProgress);
       }
       // Every page is back in the VM: the stored copies are obsolete.
-      await s.store!.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${e.message}`));
+      await s.store!.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
       await this.stores.release(s.storeUri);
       this.sessions.delete(s.vmId);
       this.saveState();
@@ -335,7 +353,7 @@ export class Daemon {
       }
       const normal = reason === 'shutdown' || reason === 'destroyed' || reason === 'shutdown finished';
       if (normal) {
-        await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${e.message}`));
+        await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
         await this.stores.release(s.storeUri);
         this.sessions.delete(s.vmId);
         this.saveState();
@@ -343,7 +361,7 @@ export class Daemon {
       } else {
         s.state = 'crashed';
         s.pager = undefined;
-        s.note = `QEMU pid ${s.target.pid} ended (${reason}); stored pages kept in ${s.storeUri} until: elasticmem detach ${s.target.spec}`;
+        s.note = `QEMU pid ${s.target.pid} ended (${reason}); stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
         this.saveState();
         log(s.name, 'QEMU crashed', s.note);
       }
@@ -365,13 +383,14 @@ export class Daemon {
   /** Take over the VMs a previous daemon left (state file), or remember their pages. */
   private async restore(): Promise<void> {
     const entries = readState(this.config.state);
+    for (const e of entries) rememberStoreUri(e.store);
     for (const e of entries) {
       const stub = { kind: e.kind as Target['kind'], spec: e.spec, name: e.name, vmId: e.vmId, pid: e.pid, startTime: e.startTime, aliases: [e.spec, e.name, e.vmId, `pid:${e.pid}`] };
       const alive = processAlive(e.pid, e.startTime);
       if (e.status === 'crashed' || !alive) {
         const s = new Session(stub, e.store, e.capBytes);
         s.state = 'crashed';
-        s.note = `QEMU pid ${e.pid} is gone; stored pages kept in ${e.store} until: elasticmem detach ${e.spec}`;
+        s.note = `QEMU pid ${e.pid} is gone; stored pages kept in ${s.storeShown} until: elasticmem detach ${e.spec}`;
         this.sessions.set(e.vmId, s);
         log(e.name, 'restored as crashed', s.note);
         continue;
@@ -388,7 +407,7 @@ export class Daemon {
         const r = await this.attach(e.spec, String(e.capBytes), e.store);
         log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
       } catch (err) {
-        log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${e.store}`);
+        log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${shownUri(e.store)}`);
       }
     }
     this.saveState();
@@ -414,7 +433,7 @@ export class Daemon {
         try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', (e as Error).message); }
       } else {
         s.pager.abandon();
-        log(s.name, 'left for the next daemon', `QEMU keeps its userfaultfd; pages stay in ${s.storeUri}`);
+        log(s.name, 'left for the next daemon', `QEMU keeps its userfaultfd; pages stay in ${s.storeShown}`);
       }
     }
     this.saveState();

@@ -5,6 +5,7 @@ import type { Target } from '../targets/index.ts';
 import type { GuestMemory } from '../targets/ramblocks.ts';
 import { toPublic, type PublicStats } from '../stats/stream.ts';
 import { PAGE } from '../size.ts';
+import { scrub, shownUri } from './secrets.ts';
 
 export type SessionState = 'attaching' | 'attached' | 'detaching' | 'crashed' | 'orphaned';
 
@@ -22,11 +23,22 @@ export class Session {
   lostPages = 0;
   note = '';
 
+  /** The store URI as shown (CLI, --json, stats, logs): the password masked. */
+  readonly storeShown: string;
+
   constructor(
     readonly target: Pick<Target, 'kind' | 'spec' | 'name' | 'vmId' | 'pid' | 'startTime' | 'aliases'> & Partial<Target>,
+    /** The store URI as given, password included: only to (re-)open the store and for the state file. Never shown. */
     readonly storeUri: string,
     public capBytes: number,
-  ) {}
+  ) {
+    this.storeShown = shownUri(storeUri);
+  }
+
+  /** Text about this VM with its store password masked (store errors may quote the URI). */
+  scrub(text: string): string {
+    return scrub(text, [this.storeUri]);
+  }
 
   get name(): string { return this.target.name; }
   get vmId(): string { return this.target.vmId; }
@@ -50,7 +62,7 @@ export class Session {
       kind: this.target.kind,
       pid: this.target.pid,
       state: this.state,
-      store: this.storeUri,
+      store: this.storeShown,
       localBytes: this.capBytes,
       guestRamBytes: this.memory?.guestRamBytes ?? null,
       managedBytes: this.memory?.managedBytes ?? null,
@@ -65,7 +77,9 @@ export class Session {
 
   stats(): PublicStats {
     if (!this.pager) throw new Error('not attached');
-    return toPublic(this.pager.stats(), { vm: this.vmId, name: this.name, store: this.storeUri, state: this.state });
+    const st = toPublic(this.pager.stats(), { vm: this.vmId, name: this.name, store: this.storeShown, state: this.state });
+    st.storeError = this.scrub(st.storeError);
+    return st;
   }
 }
 

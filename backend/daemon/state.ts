@@ -3,6 +3,10 @@
  * to which QEMU process, store and cap. After the daemon dies (kill -9, crash) the next
  * daemon reads it at start and takes over every VM whose QEMU still runs and still holds
  * the userfaultfd, without an operator re-typing attach. Written atomically (rename).
+ *
+ * It holds each store URI as given, password included: a restarted daemon must be able
+ * to open the store again. So the file is created mode 0600 whatever the umask, and a
+ * folder the daemon creates for it (or its own default folder) is 0700.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -14,11 +18,15 @@ export interface StateEntry {
   vmId: string;
   pid: number;
   startTime: number;
+  /** The store URI as given (password included): needed to re-open the store. */
   store: string;
   capBytes: number;
   /** 'attached', or 'crashed' (QEMU died; stored pages kept until `detach`). */
   status: 'attached' | 'crashed';
 }
+
+/** The daemon's own folder: made private even when it exists already. */
+export const DEFAULT_STATE_DIR = '/run/elasticmem';
 
 export function readState(file: string): StateEntry[] {
   let text: string;
@@ -32,8 +40,22 @@ export function readState(file: string): StateEntry[] {
 }
 
 export function writeState(file: string, entries: StateEntry[]): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  const dir = path.dirname(file);
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  // A folder the operator chose (it may be shared, like /tmp) is left alone: the file's
+  // own mode protects it. Ours is always private.
+  if (path.resolve(dir) === DEFAULT_STATE_DIR) fs.chmodSync(dir, 0o700);
   const tmp = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(tmp, JSON.stringify({ v: 1, vms: entries }, null, 1) + '\n', { mode: 0o600 });
+  // 'w' on a leftover tmp file would keep its mode: remove it, create it 0600, and
+  // fchmod in case the umask took bits away from 0600 (it cannot add any).
+  fs.rmSync(tmp, { force: true });
+  const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
+  try {
+    fs.fchmodSync(fd, 0o600);
+    fs.writeSync(fd, JSON.stringify({ v: 1, vms: entries }, null, 1) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
   fs.renameSync(tmp, file);
 }

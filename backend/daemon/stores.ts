@@ -5,6 +5,7 @@
  */
 import { ElasticmemError } from '../../native/errors.ts';
 import type { PageStore } from '../../kvstore/types.ts';
+import { scrub, shownUri } from './secrets.ts';
 
 type OpenStore = (uri: string) => Promise<PageStore>;
 
@@ -38,7 +39,7 @@ export class StorePool {
     const openStore = await openStoreFn();
     let store: PageStore;
     try {
-      store = await withTimeout(openStore(uri), this.timeoutMs, `store ${uri}`);
+      store = await withTimeout(openStore(uri), this.timeoutMs, `store ${shownUri(uri)}`);
     } catch (e) {
       throw storeError(uri, e);
     }
@@ -76,9 +77,12 @@ export class StorePool {
   }
 }
 
+/** The error attach reports; the password of the URI masked, wherever the message quotes it. */
 function storeError(uri: string, e: unknown): ElasticmemError {
   const err = e as ElasticmemError;
-  if (err?.code === 'BAD_STORE_URI') return err;
-  if (err?.code === 'EM_NATIVE_MISSING') return err;
-  return new ElasticmemError(`store ${uri} is not reachable: ${err?.message ?? String(e)}; nothing was attached`, 'STORE_UNREACHABLE');
+  if (err?.code === 'BAD_STORE_URI' || err?.code === 'EM_NATIVE_MISSING') {
+    err.message = scrub(err.message, [uri]);
+    return err;
+  }
+  return new ElasticmemError(`store ${shownUri(uri)} is not reachable: ${scrub(err?.message ?? String(e), [uri])}; nothing was attached`, 'STORE_UNREACHABLE');
 }
