@@ -39,6 +39,11 @@ test('parseConfig: defaults, overrides, limits', (t) => {
   t.deepEqual(c.limits, { maxVms: 3, minLocal: 32 * 2 ** 20 });
   t.deepEqual(c.vms.web1, { local: 512 * 2 ** 20, store: 'memory:' });
   t.is(parseConfig('', 'empty.yaml').store, 'memory:');
+  const k = parseConfig('storeKeyFile: /etc/em/default.key\nvms:\n  db:\n    store: "file:///var/lib/em"\n    storeKeyFile: /etc/em/db.key\n', 'k.yaml');
+  t.is(k.storeKeyFile, '/etc/em/default.key');
+  t.deepEqual(k.vms.db, { store: 'file:///var/lib/em', storeKeyFile: '/etc/em/db.key' });
+  const rel = t.throws<ElasticmemError>(() => parseConfig('vms:\n  db:\n    storeKeyFile: keys/db.key\n', 'r.yaml'))!;
+  t.regex(rel.message, /^config r\.yaml: vms\.db\.storeKeyFile: must be the absolute path of a key file/);
   const e = t.throws<ElasticmemError>(() => parseConfig('vms:\n  db:\n    store: ftp://x\n', 'y.yaml'))!;
   t.is(e.code, 'BAD_CONFIG');
   t.regex(e.message, /^config y\.yaml: vms\.db\.store: /);

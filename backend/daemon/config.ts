@@ -3,6 +3,7 @@
  * error that names it, and the daemon does not start.
  *
  *   store: "memory:"               # default store for attach without --store (quoted: a YAML value may not end in a colon)
+ *   storeKeyFile: /etc/elasticmem/store.key   # AES-256-GCM key for pages at rest (attach without --store-key)
  *   socket: /run/elasticmem/elasticmem.sock
  *   state: /run/elasticmem/state.json
  *   limits:
@@ -12,6 +13,7 @@
  *     guest1:                      # libvirt name or UUID, pid:<PID>, qmp:<path>
  *       store: redis://127.0.0.1:6379
  *       local: 64M                 # cap used when attach has no --local
+ *       storeKeyFile: /etc/elasticmem/guest1.key
  */
 import fs from 'node:fs';
 import YAML from 'yaml';
@@ -19,10 +21,12 @@ import { ElasticmemError } from '../../native/errors.ts';
 import { parseSize } from '../size.ts';
 import { shownUri } from './secrets.ts';
 
-export interface VmOverride { store?: string; local?: number }
+export interface VmOverride { store?: string; local?: number; storeKeyFile?: string }
 
 export interface Config {
   store: string;
+  /** Default key file for encryption at rest; applies to stores pages leave for (not memory:). */
+  storeKeyFile?: string;
   socket?: string;
   state: string;
   limits: { maxVms: number; minLocal: number };
@@ -62,6 +66,12 @@ function onlyKeys(file: string, where: string, obj: Record<string, unknown>, all
 
 const isMap = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
 
+/** A key file path: absolute (the daemon's working directory is nobody's business); its content is checked at attach. */
+function keyFilePath(file: string, key: string, v: unknown): string {
+  if (typeof v !== 'string' || !v.startsWith('/')) fail(file, key, `must be the absolute path of a key file (32 bytes; create one with: head -c 32 /dev/urandom > /etc/elasticmem/store.key), got ${JSON.stringify(v)}`);
+  return v;
+}
+
 function wrap<T>(file: string, key: string, f: () => T): T {
   try { return f(); } catch (e) { fail(file, key, (e as Error).message); }
 }
@@ -79,8 +89,9 @@ export function parseConfig(text: string, file: string): Config {
   cfg.source = file;
   if (doc === null || doc === undefined) return cfg;
   if (!isMap(doc)) fail(file, '(top level)', 'must be a mapping of keys like store:, limits:, vms:');
-  onlyKeys(file, '', doc, ['store', 'socket', 'state', 'limits', 'vms']);
+  onlyKeys(file, '', doc, ['store', 'storeKeyFile', 'socket', 'state', 'limits', 'vms']);
   if (doc.store !== undefined) cfg.store = wrap(file, 'store', () => checkStoreUri(doc.store, 'store'));
+  if (doc.storeKeyFile !== undefined) cfg.storeKeyFile = keyFilePath(file, 'storeKeyFile', doc.storeKeyFile);
   if (doc.socket !== undefined) {
     if (typeof doc.socket !== 'string' || !doc.socket.startsWith('/')) fail(file, 'socket', 'must be an absolute path');
     cfg.socket = doc.socket;
@@ -100,14 +111,15 @@ export function parseConfig(text: string, file: string): Config {
     if (l.minLocal !== undefined) cfg.limits.minLocal = wrap(file, 'limits.minLocal', () => parseSize(l.minLocal, 'minLocal'));
   }
   if (doc.vms !== undefined) {
-    if (!isMap(doc.vms)) fail(file, 'vms', 'must be a mapping from VM name to { store, local }');
+    if (!isMap(doc.vms)) fail(file, 'vms', 'must be a mapping from VM name to { store, local, storeKeyFile }');
     for (const [name, v] of Object.entries(doc.vms)) {
       const key = `vms.${name}`;
-      if (!isMap(v)) fail(file, key, 'must be a mapping with store and/or local');
-      onlyKeys(file, key, v, ['store', 'local']);
+      if (!isMap(v)) fail(file, key, 'must be a mapping with store, local and/or storeKeyFile');
+      onlyKeys(file, key, v, ['store', 'local', 'storeKeyFile']);
       const o: VmOverride = {};
       if (v.store !== undefined) o.store = wrap(file, `${key}.store`, () => checkStoreUri(v.store, 'store'));
       if (v.local !== undefined) o.local = wrap(file, `${key}.local`, () => parseSize(v.local, 'local'));
+      if (v.storeKeyFile !== undefined) o.storeKeyFile = keyFilePath(file, `${key}.storeKeyFile`, v.storeKeyFile);
       cfg.vms[name] = o;
     }
   }

@@ -75,7 +75,7 @@ export class Daemon {
     switch (req.op) {
       case 'ping': return { pid: process.pid, vms: this.sessions.size, protocol: 1 };
       case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
-      case 'attach': return this.attach(a.vm as string, a.local as string | undefined, a.store as string | undefined);
+      case 'attach': return this.attach(a.vm as string, a.local as string | undefined, a.store as string | undefined, a.storeKey as string | undefined);
       case 'resize': return this.resize(a.vm as string, a.local as string, ctx);
       case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false);
       case 'detach': return this.detach(a.vm as string, ctx);
@@ -108,10 +108,17 @@ export class Daemon {
     }
   }
 
-  async attach(spec: string, local: string | undefined, storeArg: string | undefined): Promise<unknown> {
+  async attach(spec: string, local: string | undefined, storeArg: string | undefined, storeKeyArg?: string): Promise<unknown> {
     // Validate everything that needs no VM first: bad input changes nothing.
     const localArg = local !== undefined ? parseSize(local, '--local') : undefined;
     if (storeArg !== undefined) parseStoreUri(storeArg);
+    if (storeKeyArg !== undefined) {
+      if (!storeKeyArg.startsWith('/')) throw new ElasticmemError(`--store-key ${JSON.stringify(storeKeyArg)}: give the key file's absolute path (the CLI resolves a relative one)`, 'BAD_REQUEST');
+      if (storeArg !== undefined && parseStoreUri(storeArg).kind === 'memory') {
+        throw new ElasticmemError('--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...', 'BAD_REQUEST');
+      }
+      await checkKeyFile(storeKeyArg);
+    }
     const existing = this.findOrNull(spec);
     if (existing && (existing.state === 'crashed' || existing.state === 'orphaned')) {
       throw new ElasticmemError(`VM '${existing.name}' has pages kept from an earlier QEMU that ended (${existing.state}); delete them first with: elasticmem detach ${existing.target.spec}`, 'ALREADY_ATTACHED');
@@ -130,26 +137,33 @@ export class Daemon {
       const capBytes = localArg ?? override?.local;
       if (capBytes === undefined) throw new ElasticmemError(`attach ${target.name}: --local SIZE is required (the config has no vms.${target.name}.local); e.g. --local 512M`, 'BAD_REQUEST');
       const storeUri = storeArg ?? override?.store ?? this.config.store;
+      // The key: --store-key, else the VM's, else the default; memory: takes none.
+      const inDaemon = parseStoreUri(storeUri).kind === 'memory';
+      if (inDaemon && storeKeyArg !== undefined) {
+        throw new ElasticmemError(`--store-key has nothing to encrypt: VM '${target.name}' would page to memory: (the config's store), whose pages never leave the daemon; add --store file:///... or redis://...`, 'BAD_REQUEST');
+      }
+      const storeKeyFile = inDaemon ? undefined : storeKeyArg ?? override?.storeKeyFile ?? this.config.storeKeyFile;
+      if (storeKeyFile && storeKeyFile !== storeKeyArg) await checkKeyFile(storeKeyFile);
       const memory = await target.discover();
       this.checkCap(capBytes, memory.guestRamBytes, target.name);
       const native = loadNative();
       // A QEMU that already holds a userfaultfd was attached by a daemon that died: take it over.
       const left = native.findTargetUffd(target.pid);
       if (left) native.closeFd(left.fd);
-      const store = await this.stores.acquire(storeUri);
+      const store = await this.stores.acquire(storeUri, storeKeyFile);
       if (left && !store.capabilities.persistent) {
         // Taking over means trusting the store for every page that is not resident. A
         // fresh non-persistent store is empty: those pages would come back as zeros.
-        await this.stores.release(storeUri);
+        await this.stores.release(storeUri, storeKeyFile);
         throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
       }
-      const session = new Session(target, storeUri, capBytes);
+      const session = new Session(target, storeUri, capBytes, storeKeyFile);
       session.memory = memory;
       session.store = store;
       try {
         session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: !!left });
       } catch (e) {
-        await this.stores.release(storeUri);
+        await this.stores.release(storeUri, storeKeyFile);
         throw e;
       }
       session.state = 'attached';
@@ -157,7 +171,7 @@ export class Daemon {
       this.wire(session);
       this.saveState();
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
-        `pid ${target.pid}, ${memory.regions.length} RAM blocks (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}`);
+        `pid ${target.pid}, ${memory.regions.length} RAM blocks (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
       return { ...session.summary(), tookOver: !!left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
     } finally {
       this.attaching.delete(spec);
@@ -265,9 +279,9 @@ export class Daemon {
     return s.serial(async () => {
       if (s.state === 'crashed' || s.state === 'orphaned' || !s.pager) {
         // QEMU is gone: what remains is its stored pages. Deleting them is this command's job.
-        const store = await this.stores.acquire(s.storeUri);
-        try { await store.dropVm(s.vmId); } finally { await this.stores.release(s.storeUri); }
-        if (s.store) await this.stores.release(s.storeUri);
+        const store = await this.stores.acquire(s.storeUri, s.storeKeyFile);
+        try { await store.dropVm(s.vmId); } finally { await this.stores.release(s.storeUri, s.storeKeyFile); }
+        if (s.store) await this.stores.release(s.storeUri, s.storeKeyFile);
         this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'detached', `QEMU was gone; its stored pages were deleted from ${s.storeShown}`);
@@ -289,7 +303,7 @@ export class Daemon {
       }
       // Every page is back in the VM: the stored copies are obsolete.
       await s.store!.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
-      await this.stores.release(s.storeUri);
+      await this.stores.release(s.storeUri, s.storeKeyFile);
       this.sessions.delete(s.vmId);
       this.saveState();
       const ms = Date.now() - t0;
@@ -354,7 +368,7 @@ export class Daemon {
       const normal = reason === 'shutdown' || reason === 'destroyed' || reason === 'shutdown finished';
       if (normal) {
         await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
-        await this.stores.release(s.storeUri);
+        await this.stores.release(s.storeUri, s.storeKeyFile);
         this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'domain shut down', `reason ${reason}; detached and its stored pages deleted`);
@@ -375,7 +389,7 @@ export class Daemon {
   private saveState(): void {
     const entries: StateEntry[] = [...this.sessions.values()].filter((s) => s.state !== 'attaching').map((s) => ({
       spec: s.target.spec, name: s.name, kind: s.target.kind, vmId: s.vmId, pid: s.target.pid, startTime: s.target.startTime,
-      store: s.storeUri, capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
+      store: s.storeUri, ...(s.storeKeyFile ? { storeKeyFile: s.storeKeyFile } : {}), capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
     }));
     try { writeState(this.config.state, entries); } catch (e) { log('-', 'warning', `cannot write state file ${this.config.state}: ${(e as Error).message}`); }
   }
@@ -388,7 +402,7 @@ export class Daemon {
       const stub = { kind: e.kind as Target['kind'], spec: e.spec, name: e.name, vmId: e.vmId, pid: e.pid, startTime: e.startTime, aliases: [e.spec, e.name, e.vmId, `pid:${e.pid}`] };
       const alive = processAlive(e.pid, e.startTime);
       if (e.status === 'crashed' || !alive) {
-        const s = new Session(stub, e.store, e.capBytes);
+        const s = new Session(stub, e.store, e.capBytes, e.storeKeyFile);
         s.state = 'crashed';
         s.note = `QEMU pid ${e.pid} is gone; stored pages kept in ${s.storeShown} until: elasticmem detach ${e.spec}`;
         this.sessions.set(e.vmId, s);
@@ -404,10 +418,10 @@ export class Daemon {
         continue;
       }
       try {
-        const r = await this.attach(e.spec, String(e.capBytes), e.store);
+        const r = await this.attach(e.spec, String(e.capBytes), e.store, e.storeKeyFile);
         log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
       } catch (err) {
-        log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${shownUri(e.store)}`);
+        log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${shownUri(e.store)}${e.storeKeyFile ? ` --store-key ${e.storeKeyFile}` : ''}`);
       }
     }
     this.saveState();
@@ -442,3 +456,8 @@ export class Daemon {
   }
 }
 
+/** A bad key file is refused before anything is touched (BAD_STORE_KEY names the file and the fix). */
+async function checkKeyFile(file: string): Promise<void> {
+  const { loadKeyFile } = await import('../../kvstore/envelope.ts');
+  loadKeyFile(file);
+}

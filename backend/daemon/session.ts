@@ -31,6 +31,8 @@ export class Session {
     /** The store URI as given, password included: only to (re-)open the store and for the state file. Never shown. */
     readonly storeUri: string,
     public capBytes: number,
+    /** AES-256-GCM key file the store was opened with (pages encrypted at rest), if any. */
+    readonly storeKeyFile?: string,
   ) {
     this.storeShown = shownUri(storeUri);
   }
@@ -63,6 +65,9 @@ export class Session {
       pid: this.target.pid,
       state: this.state,
       store: this.storeShown,
+      // memory: never lets a page out of the daemon: a key has nothing to encrypt there.
+      encrypted: !!this.storeKeyFile && this.storeUri !== 'memory:',
+      ...(this.storeKeyFile ? { storeKeyFile: this.storeKeyFile } : {}),
       localBytes: this.capBytes,
       guestRamBytes: this.memory?.guestRamBytes ?? null,
       managedBytes: this.memory?.managedBytes ?? null,

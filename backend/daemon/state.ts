@@ -20,6 +20,8 @@ export interface StateEntry {
   startTime: number;
   /** The store URI as given (password included): needed to re-open the store. */
   store: string;
+  /** AES-256-GCM key file of the store, when the VM's pages are encrypted at rest. */
+  storeKeyFile?: string;
   capBytes: number;
   /** 'attached', or 'crashed' (QEMU died; stored pages kept until `detach`). */
   status: 'attached' | 'crashed';

@@ -1,19 +1,20 @@
 /**
- * Stores opened by the daemon, shared by URI: two VMs on `file:///var/lib/em` use one
- * LMDB environment, two on the same Redis one client (keys are per VM anyway). Opening
- * fails fast when the store is unreachable: attach must not leave a VM half attached.
+ * Stores opened by the daemon, shared by URI and key file: two VMs on `file:///var/lib/em`
+ * use one LMDB environment, two on the same Redis one client (keys are per VM anyway);
+ * a VM with another encryption key (or none) gets its own envelope. Opening fails fast
+ * when the store is unreachable: attach must not leave a VM half attached.
  */
 import { ElasticmemError } from '../../native/errors.ts';
 import type { PageStore } from '../../kvstore/types.ts';
 import { scrub, shownUri } from './secrets.ts';
 
-type OpenStore = (uri: string) => Promise<PageStore>;
+type OpenStore = (uri: string, keyFile?: string) => Promise<PageStore>;
 
 // kvstore/index.ts is the store engineer's module; imported lazily so the CLI (which
 // never opens a store) does not load store clients.
 async function openStoreFn(): Promise<OpenStore> {
   const mod = await import('../../kvstore/index.ts');
-  return (uri) => mod.openStore(uri);
+  return (uri, keyFile) => mod.openStore(uri, keyFile ? { keyFile } : {});
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -29,9 +30,10 @@ export class StorePool {
 
   constructor(private timeoutMs = 5000) {}
 
-  /** Open (or share) a store and prove it answers. Throws STORE_UNREACHABLE / BAD_STORE_URI. */
-  async acquire(uri: string): Promise<PageStore> {
-    const have = this.open.get(uri);
+  /** Open (or share) a store and prove it answers. Throws STORE_UNREACHABLE / BAD_STORE_URI / BAD_STORE_KEY. */
+  async acquire(uri: string, keyFile?: string): Promise<PageStore> {
+    const id = poolKey(uri, keyFile);
+    const have = this.open.get(id);
     if (have) {
       have.refs++;
       return have.store;
@@ -39,7 +41,7 @@ export class StorePool {
     const openStore = await openStoreFn();
     let store: PageStore;
     try {
-      store = await withTimeout(openStore(uri), this.timeoutMs, `store ${shownUri(uri)}`);
+      store = await withTimeout(openStore(uri, keyFile), this.timeoutMs, `store ${shownUri(uri)}`);
     } catch (e) {
       throw storeError(uri, e);
     }
@@ -51,36 +53,39 @@ export class StorePool {
       throw storeError(uri, e);
     }
     // Another attach may have opened the same URI meanwhile.
-    const raced = this.open.get(uri);
+    const raced = this.open.get(id);
     if (raced) {
       await store.close().catch(() => undefined);
       raced.refs++;
       return raced.store;
     }
-    this.open.set(uri, { store, refs: 1 });
+    this.open.set(id, { store, refs: 1 });
     return store;
   }
 
-  async release(uri: string): Promise<void> {
-    const have = this.open.get(uri);
+  async release(uri: string, keyFile?: string): Promise<void> {
+    const id = poolKey(uri, keyFile);
+    const have = this.open.get(id);
     if (!have) return;
     if (--have.refs > 0) return;
-    this.open.delete(uri);
+    this.open.delete(id);
     await have.store.close().catch(() => undefined);
   }
 
   async closeAll(): Promise<void> {
-    for (const [uri, { store }] of this.open) {
-      this.open.delete(uri);
+    for (const [id, { store }] of this.open) {
+      this.open.delete(id);
       await store.close().catch(() => undefined);
     }
   }
 }
 
 /** The error attach reports; the password of the URI masked, wherever the message quotes it. */
+const poolKey = (uri: string, keyFile?: string) => `${uri}\0${keyFile ?? ''}`;
+
 function storeError(uri: string, e: unknown): ElasticmemError {
   const err = e as ElasticmemError;
-  if (err?.code === 'BAD_STORE_URI' || err?.code === 'EM_NATIVE_MISSING') {
+  if (err?.code === 'BAD_STORE_URI' || err?.code === 'BAD_STORE_KEY' || err?.code === 'EM_NATIVE_MISSING') {
     err.message = scrub(err.message, [uri]);
     return err;
   }

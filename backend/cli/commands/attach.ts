@@ -1,29 +1,36 @@
+import path from 'node:path';
 import { call } from '../client.ts';
 import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
 import { formatSize, parseSize } from '../../size.ts';
 
-const usage = `usage: elasticmem attach <vm> --local SIZE [--store URI] [--json] [--socket PATH]
+const usage = `usage: elasticmem attach <vm> --local SIZE [--store URI] [--store-key FILE] [--json] [--socket PATH]
 
 Put a running VM's RAM under elasticmem: at most SIZE of it stays resident on this
 host, the rest goes to the store and comes back on demand. The VM keeps running.
 
-  <vm>           libvirt domain name or UUID, pid:<PID>, or qmp:<QMP socket path>
-  --local SIZE   resident cap (K/M/G suffixes); at most the guest's RAM
-  --store URI    where evicted pages go (default: the daemon's config, else memory:)
-                   memory:  file:///path  redis://host:port[/db]
-                   redis+cluster://h1:p1,h2:p2  memcached://h1:p1[,h2:p2]
-                   aerospike://h1:p1/namespace[/set]
-  --json         print the result as one JSON object
-  --socket PATH  daemon control socket (default /run/elasticmem/elasticmem.sock)
+  <vm>             libvirt domain name or UUID, pid:<PID>, or qmp:<QMP socket path>
+  --local SIZE     resident cap (K/M/G suffixes); at most the guest's RAM
+  --store URI      where evicted pages go (default: the daemon's config, else memory:)
+                     memory:  file:///path  redis://host:port[/db]
+                     redis+cluster://h1:p1,h2:p2  memcached://h1:p1[,h2:p2]
+                     aerospike://h1:p1/namespace[/set]
+                   a password in the URI (redis://:PASS@host:port) is shown as ***
+  --store-key FILE encrypt pages at rest with AES-256-GCM under this key (32 bytes:
+                   raw, 64 hex digits or base64; create one with
+                   head -c 32 /dev/urandom > FILE; chmod 600 FILE). Default: the
+                   daemon's config (storeKeyFile). Not for memory: (nothing leaves)
+  --json           print the result as one JSON object
+  --socket PATH    daemon control socket (default /run/elasticmem/elasticmem.sock)
 
 Checks before anything is touched: the VM exists and runs, its memory backing is
-supported (shared memfd or private anonymous), the cap fits, the store answers, and
-the VM is not attached already.
+supported (shared memfd or private anonymous), the cap fits, the key file holds a
+key, the store answers, and the VM is not attached already.
 
 examples:
   elasticmem attach web1 --local 512M
   elasticmem attach 3f9a1c2e-0b7d-4d3c-9a55-2f0e6b1c9d11 --local 1G --store redis://10.0.0.5:6379
   elasticmem attach qmp:/run/vm7/qmp.sock --local 256M --store file:///var/lib/elasticmem
+  elasticmem attach web2 --local 256M --store redis://10.0.0.5:6379 --store-key /etc/elasticmem/store.key
 `;
 
 const cmd: Command = {
@@ -31,14 +38,19 @@ const cmd: Command = {
   summary: 'put a running VM under elasticmem with a resident-memory cap',
   usage,
   async run(args) {
-    const { values, positionals, help } = parse('attach', args, { ...SOCKET_OPT, local: { type: 'string' }, store: { type: 'string' }, json: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM to attach (e.g. elasticmem attach web1 --local 512M)' });
+    const { values, positionals, help } = parse('attach', args, { ...SOCKET_OPT, local: { type: 'string' }, store: { type: 'string' }, 'store-key': { type: 'string' }, json: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM to attach (e.g. elasticmem attach web1 --local 512M)' });
     if (help) { process.stdout.write(usage); return 0; }
     if (values.local !== undefined) parseSize(values.local, '--local');
-    const r = (await call('attach', { vm: positionals[0], ...(values.local !== undefined ? { local: values.local } : {}), ...(values.store !== undefined ? { store: values.store } : {}) }, { socket: values.socket })) as Record<string, unknown>;
+    const req: Record<string, unknown> = { vm: positionals[0] };
+    if (values.local !== undefined) req.local = values.local;
+    if (values.store !== undefined) req.store = values.store;
+    // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
+    if (values['store-key'] !== undefined) req.storeKey = path.resolve(values['store-key']);
+    const r = (await call('attach', req, { socket: values.socket })) as Record<string, unknown>;
     if (values.json) printJson(r);
     else {
       const regions = (r.regions as { name: string; bytes: number; kind: string }[]) ?? [];
-      process.stdout.write(`attached ${r.name}${r.tookOver ? ' (took over from a previous daemon)' : ''}: local ${formatSize(r.localBytes as number)} of ${formatSize(r.guestRamBytes as number)}, store ${r.store}\n`);
+      process.stdout.write(`attached ${r.name}${r.tookOver ? ' (took over from a previous daemon)' : ''}: local ${formatSize(r.localBytes as number)} of ${formatSize(r.guestRamBytes as number)}, store ${r.store}${r.encrypted ? ' (pages encrypted at rest)' : ''}\n`);
       for (const g of regions) process.stdout.write(`  ${g.name}: ${formatSize(g.bytes)} ${g.kind}\n`);
     }
     return 0;
