@@ -27,6 +27,10 @@ const LIFECYCLE_POLL_MS = 1000;
 const EXIT_REASON_WAIT_MS = 3000;
 /** How long resize follows a shrink before answering. */
 const RESIZE_WAIT_MS = 30_000;
+/** At stop: how long to let the handling of a QEMU that just ended finish, and to close each store. */
+const STOP_STEP_MS = 2000;
+/** After stop: if something still holds the event loop this long, say what, and exit anyway. */
+const EXIT_WATCHDOG_MS = 3000;
 
 export class Daemon {
   private sessions = new Map<string, Session>();
@@ -46,8 +50,9 @@ export class Daemon {
 
   async start(): Promise<void> {
     await this.server.listen();
-    this.events.start();
     this.events.on('lifecycle', (ev: LifecycleEvent) => this.onLifecycle(ev));
+    this.events.on('warning', (msg: string) => log('-', 'warning', `libvirt lifecycle events: ${msg}`));
+    this.events.start();
     this.poller = setInterval(() => void this.pollLifecycle(), LIFECYCLE_POLL_MS);
     log('-', 'daemon started', `socket ${this.socketPath}, default store ${shownUri(this.config.store)}, config ${this.config.source}`);
     await this.restore();
@@ -264,7 +269,7 @@ export class Daemon {
           const devs = await m.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
           plugged = Number(devs.find((d) => d.data.id === dev.id)?.data.size ?? plugged);
         } finally { m.close(); }
-        if (plugged >= newReq || Date.now() >= deadline) break;
+        if (plugged >= newReq || Date.now() >= deadline || this.closing) break;
         await new Promise((r) => setTimeout(r, 500));
       }
       const bootBytes = s.memory!.guestRamBytes - dev.plugged;
@@ -342,19 +347,29 @@ export class Daemon {
     }
   }
 
-  private handlingExit = new Set<string>();
+  private handlingExit = new Map<string, Promise<void>>();
 
   /** QEMU is gone. A normal shutdown deletes the VM's pages; a crash keeps them. */
-  private async onTargetGone(s: Session): Promise<void> {
-    if (s.state === 'crashed' || this.handlingExit.has(s.vmId) || this.closing) return;
-    if (processAlive(s.target.pid, s.target.startTime)) return;
-    this.handlingExit.add(s.vmId);
-    try {
-      s.pager?.abandon();
+  private onTargetGone(s: Session): Promise<void> {
+    if (s.state === 'crashed' || this.closing) return Promise.resolve();
+    const running = this.handlingExit.get(s.vmId);
+    if (running) return running;
+    if (processAlive(s.target.pid, s.target.startTime)) return Promise.resolve();
+    const p = this.handleTargetGone(s).finally(() => this.handlingExit.delete(s.vmId));
+    this.handlingExit.set(s.vmId, p);
+    return p;
+  }
+
+  private async handleTargetGone(s: Session): Promise<void> {
+    {
+      // Nothing to serve any more: stop the pager's threads (a drain in flight ends too).
+      if (s.pager && !s.pager.isClosed) s.pager.abandon();
       let reason = 'unknown';
       if (s.target.kind === 'libvirt') {
         const deadline = Date.now() + EXIT_REASON_WAIT_MS;
-        for (;;) {
+        // A daemon that is stopping does not wait for the reason: it records the VM as
+        // crashed (pages kept), which the next daemon shows and `detach` clears.
+        while (!this.closing) {
           const ev = this.events.last.get(s.name);
           if (ev && ev.event === 'Stopped' && ev.at >= s.attachedAt) { reason = ev.detail.toLowerCase(); break; }
           try {
@@ -377,10 +392,8 @@ export class Daemon {
         s.pager = undefined;
         s.note = `QEMU pid ${s.target.pid} ended (${reason}); stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
         this.saveState();
-        log(s.name, 'QEMU crashed', s.note);
+        log(s.name, reason === 'unknown' && this.closing ? 'QEMU ended while the daemon stopped' : 'QEMU crashed', s.note);
       }
-    } finally {
-      this.handlingExit.delete(s.vmId);
     }
   }
 
@@ -438,22 +451,63 @@ export class Daemon {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.poller);
-    this.events.stop();
-    await this.server.close();
-    for (const s of this.sessions.values()) {
-      if (!s.pager || s.state !== 'attached') continue;
+    await Promise.all([this.events.stop(), this.server.close()]);
+    // A QEMU that ended just before the signal: let its handling finish (briefly).
+    await settleWithin([...this.handlingExit.values()], STOP_STEP_MS);
+    for (const s of [...this.sessions.values()]) {
+      if (!s.pager || s.pager.isClosed || s.state !== 'attached') continue;
+      if (!processAlive(s.target.pid, s.target.startTime)) {
+        // QEMU is gone (destroyed, crashed) and the daemon has not handled it yet: there
+        // is nothing to drain back into, and a drain would only wait on a dead target.
+        s.pager.abandon();
+        s.pager = undefined;
+        if (!s.store?.capabilities.persistent) {
+          this.sessions.delete(s.vmId);
+          log(s.name, 'QEMU ended', `pid ${s.target.pid} is gone; its pages were in ${s.storeShown}, which ends with the daemon`);
+        } else {
+          s.state = 'crashed';
+          s.note = `QEMU pid ${s.target.pid} ended while the daemon stopped; stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
+          log(s.name, 'QEMU ended while the daemon stopped', s.note);
+        }
+        continue;
+      }
       if (s.storeUri === 'memory:' || !s.store?.capabilities.persistent) {
         log(s.name, 'draining before daemon exit', 'its store does not outlive the daemon');
-        try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', (e as Error).message); }
+        // If QEMU dies meanwhile, the pager sees it (pidfd) and the drain ends at once.
+        try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', s.scrub((e as Error).message)); }
       } else {
         s.pager.abandon();
         log(s.name, 'left for the next daemon', `QEMU keeps its userfaultfd; pages stay in ${s.storeShown}`);
       }
     }
     this.saveState();
-    await this.stores.closeAll();
+    // A store that does not answer its close (a network store gone) must not hold the exit.
+    await settleWithin([this.stores.closeAll()], STOP_STEP_MS);
     log('-', 'daemon stopped');
+    exitWatchdog(EXIT_WATCHDOG_MS);
   }
+}
+
+/** Wait for the promises to settle, at most `ms`. */
+async function settleWithin(ps: Promise<unknown>[], ms: number): Promise<void> {
+  if (ps.length === 0) return;
+  let t: NodeJS.Timeout | undefined;
+  await Promise.race([Promise.allSettled(ps), new Promise<void>((r) => { t = setTimeout(r, ms); })]);
+  clearTimeout(t);
+}
+
+/**
+ * The daemon has stopped: everything it started is closed, so the process should exit
+ * now. If something still holds the event loop (a helper process, a socket, a native
+ * thread), name it in the log and exit anyway: an operator's SIGTERM must not hang.
+ * The timer itself is unref'd and keeps nothing alive.
+ */
+function exitWatchdog(ms: number): void {
+  setTimeout(() => {
+    const busy = process.getActiveResourcesInfo().filter((r) => r !== 'TTYWrap' && r !== 'Timeout');
+    log('-', 'exit forced', `still busy ${ms} ms after stopping (${busy.join(', ') || 'nothing named'}); exiting`);
+    process.exit(process.exitCode ?? 0);
+  }, ms).unref();
 }
 
 /** A bad key file is refused before anything is touched (BAD_STORE_KEY names the file and the fix). */

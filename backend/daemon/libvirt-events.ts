@@ -1,9 +1,13 @@
 /**
  * Lifecycle events of libvirt domains, from one long-running
- * `virsh event --all --loop --event lifecycle`. We need the reason a domain stopped:
- * a normal shutdown (or destroy) means its stored pages can go; a crash means they are
- * kept for the operator. Polling `domstate --reason` cannot tell for transient domains,
- * which vanish when they stop. The watcher restarts virsh if it exits (libvirtd restart).
+ * `virsh event --loop --event lifecycle` (every domain: no --domain). We need the reason
+ * a domain stopped: a normal shutdown (or destroy) means its stored pages can go; a crash
+ * means they are kept for the operator. Polling `domstate --reason` cannot tell for
+ * transient domains, which vanish when they stop. The watcher restarts virsh if it exits
+ * (libvirtd restart), and says why once when it keeps failing.
+ *
+ * (`--all` means "every event type" to virsh and cannot be combined with --event: with
+ * it, virsh exited at once and no event ever arrived.)
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
@@ -11,20 +15,29 @@ import { LIBVIRT_URI } from '../targets/virsh.ts';
 
 export interface LifecycleEvent { domain: string; event: string; detail: string; at: number }
 
+export const EVENT_ARGS = ['-c', LIBVIRT_URI, 'event', '--loop', '--event', 'lifecycle'];
+
 export class LibvirtEvents extends EventEmitter {
   private child?: ChildProcess;
+  private exited?: Promise<void>;
   private stopped = false;
+  private timer?: NodeJS.Timeout;
   /** Restart delay: grows while virsh keeps failing (libvirtd down), resets once events flow. */
   private backoffMs = 1000;
+  private warned = false;
   /** Last lifecycle event per domain name. */
   readonly last = new Map<string, LifecycleEvent>();
 
   start(): void {
     if (this.stopped || this.child) return;
-    const child = spawn('virsh', ['-c', LIBVIRT_URI, 'event', '--all', '--loop', '--event', 'lifecycle'], { stdio: ['ignore', 'pipe', 'ignore'] });
+    const child = spawn('virsh', EVENT_ARGS, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.child = child;
+    this.exited = new Promise((resolve) => child.once('close', () => resolve()));
     let buf = '';
+    let err = '';
     child.stdout!.setEncoding('utf8');
+    child.stderr!.setEncoding('utf8');
+    child.stderr!.on('data', (chunk: string) => { if (err.length < 2000) err += chunk; });
     child.stdout!.on('data', (chunk: string) => {
       buf += chunk;
       let nl: number;
@@ -40,17 +53,29 @@ export class LibvirtEvents extends EventEmitter {
         this.emit('lifecycle', ev);
       }
     });
-    child.on('error', () => { /* virsh missing: exit handler retries */ });
-    child.on('exit', () => {
+    child.on('error', (e) => { err += e.message; /* virsh missing: the exit handler retries */ });
+    child.on('close', (code) => {
       this.child = undefined;
       if (this.stopped) return;
-      setTimeout(() => this.start(), this.backoffMs).unref();
+      if (!this.warned && err.trim()) {
+        this.warned = true;
+        this.emit('warning', `virsh event exited (${code ?? 'signal'}): ${err.trim().split('\n')[0]}; retrying with backoff`);
+      }
+      this.timer = setTimeout(() => this.start(), this.backoffMs);
+      this.timer.unref();
       this.backoffMs = Math.min(this.backoffMs * 2, 30_000);
     });
   }
 
-  stop(): void {
+  /** Stop watching; resolves once virsh has exited (SIGKILL if SIGTERM did not do it within 1 s). */
+  async stop(): Promise<void> {
     this.stopped = true;
-    this.child?.kill('SIGTERM');
+    clearTimeout(this.timer);
+    const child = this.child;
+    if (!child) return;
+    child.kill('SIGTERM');
+    const kill = setTimeout(() => child.kill('SIGKILL'), 1000);
+    await this.exited;
+    clearTimeout(kill);
   }
 }

@@ -1,0 +1,51 @@
+/**
+ * SIGTERM after the attached QEMU was destroyed: the daemon must exit within seconds,
+ * on its own (not by its exit watchdog). It once took more than 25 s. Checked with the
+ * signal right after `virsh destroy` (before the daemon may have noticed) on a store
+ * that dies with the daemon (memory:, which SIGTERM would drain) and on a persistent
+ * one (file://), and after the daemon has handled the destroy; a stats stream is open
+ * each time.
+ */
+import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { bootDomain, virsh } from './helpers/libvirt.ts';
+import { startDaemon } from './helpers/daemon.ts';
+
+const WORKLOAD = { sizeMiB: 64, pattern: 'random' as const, write: 0.25, seed: 51, passes: 0, pauseMs: 100 };
+
+for (const [store, when] of [['memory:', 'at once'], ['file', 'at once'], ['memory:', 'after the daemon noticed']] as const) {
+  test.serial(`store ${store}: attach, virsh destroy, SIGTERM ${when}: the daemon exits within a few seconds`, async (t) => {
+    let uri: string = store;
+    if (store === 'file') {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emsig-'));
+      t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+      uri = `file://${dir}`;
+    }
+    const [dom, d] = await Promise.all([
+      bootDomain(t, { memMiB: 192, maxMemMiB: 320, template: 'memfd', workload: WORKLOAD }),
+      startDaemon(t),
+    ]);
+    await dom.console.waitForPasses(1, 120_000);
+    const a = await d.cli('attach', dom.name, '--local', '32M', '--store', uri);
+    t.is(a.code, 0, a.stderr);
+    await dom.console.waitForPasses(dom.console.passes.length + 1, 120_000);
+    const s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
+    t.true(s.remotePages > 0, 'pages were evicted: a drain would have work to do');
+    const watch = d.cli('stats', dom.name, '--watch', '--json');
+
+    await virsh(['destroy', dom.name]);
+    if (when === 'after the daemon noticed') await d.waitLog(new RegExp(`\\[${dom.name}\\] domain shut down: reason destroyed`), 30_000);
+    const t0 = Date.now();
+    const code = await d.stop();
+    const ms = Date.now() - t0;
+    t.log(`exit code ${code} after ${ms} ms`);
+    t.is(code, 0, d.log());
+    t.true(ms < 5000, `exited in ${ms} ms:\n${d.log()}`);
+    t.regex(d.log(), /daemon stopped/);
+    t.notRegex(d.log(), /exit forced/, 'nothing was left holding the process');
+    t.notRegex(d.log(), /draining before daemon exit/, 'no drain of a dead QEMU');
+    await watch;
+  });
+}
