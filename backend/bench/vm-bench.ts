@@ -6,7 +6,7 @@
  * Everything goes through the product as an operator would use it: a real
  * `elasticmem daemon` on a private socket, attach / stats / detach over the control
  * protocol. The guest boot and console parsing are the ones the tests and the demo use
- * (test/helpers/libvirt.ts, test/helpers/guest.ts); redis-server and memcached, when
+ * (backend/vm/libvirt.ts, backend/vm/guest.ts); redis-server and memcached, when
  * asked for by name, are started on loopback by test/helpers/servers.ts.
  *
  * "Local fraction" is a fraction of the guest's footprint on the host: the pages
@@ -25,7 +25,7 @@ import { parseStoreUri } from '../../kvstore/uri.ts';
 import { call } from '../cli/client.ts';
 import type { PublicStats } from '../stats/stream.ts';
 import { PAGE } from '../size.ts';
-import type { AccessPattern, WorkloadPass } from '../../test/helpers/guest.ts';
+import type { AccessPattern, WorkloadPass } from '../vm/guest.ts';
 
 const BIN = fileURLToPath(new URL('../../bin/elasticmem.js', import.meta.url));
 const MiB = 1024 * 1024;
@@ -292,8 +292,8 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   checkOptions(o);
   if (process.getuid?.() !== 0) throw new ElasticmemError('bench vm needs root (libvirt qemu:///system, ptrace, userfaultfd); run it with sudo', 'NOT_ROOT');
   const t0 = Date.now();
-  const { bootDomain, ensureLibvirtd } = await import('../../test/helpers/libvirt.ts');
-  const { guestImage } = await import('../../test/helpers/guest.ts');
+  const { bootDomain, ensureLibvirtd } = await import('../vm/libvirt.ts');
+  const { guestImage } = await import('../vm/guest.ts');
   try { guestImage(); } catch (e) { throw new ElasticmemError((e as Error).message, 'BENCH_SETUP'); }
 
   let total = plannedPasses(o);
@@ -311,7 +311,7 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   progress(`booting the test guest (${o.guestMiB} MiB, workload ${o.sizeMiB} MiB ${o.pattern})`);
   await ensureLibvirtd();
   const workload = { sizeMiB: o.sizeMiB, pattern: o.pattern, write: o.write, seed: o.seed, passes: 0, pauseMs: o.pauseMs };
-  const dom = await bootDomain(cl as never, { memMiB: o.guestMiB, maxMemMiB: o.guestMiB + 128, template: 'memfd', workload });
+  const dom = await bootDomain({ memMiB: o.guestMiB, maxMemMiB: o.guestMiB + 128, template: 'memfd', workload }, (fn) => cl.teardown(fn));
   const con = dom.console;
 
   /** Wait for `n` more passes after `from`, reporting each; returns them. */

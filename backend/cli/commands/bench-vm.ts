@@ -7,7 +7,7 @@ import { parse, printJson, EXIT_FAIL, UsageError, type Command } from '../comman
 import { progressBar } from '../render.ts';
 import { formatSize, PAGE } from '../../size.ts';
 import { Cleanup, DEFAULT_STORES, parseStores, runVmBench, checkOptions, type VmBenchOptions, type VmBenchResult, type Progress } from '../../bench/vm-bench.ts';
-import type { AccessPattern } from '../../../test/helpers/guest.ts';
+import type { AccessPattern } from '../../vm/guest.ts';
 
 const usage = `usage: elasticmem bench vm [--stores LIST] [--size-mib N] [--guest-mib N] [--pattern P]
                           [--write F] [--fractions LIST] [--passes N] [--warmup N]

@@ -12,6 +12,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parse, type Command } from '../command.ts';
 import { ElasticmemError } from '../../../native/errors.ts';
+import { bootDomain, ensureLibvirtd } from '../../vm/libvirt.ts';
+import { guestImage } from '../../vm/guest.ts';
 
 const usage = `usage: elasticmem demo [--keep]
 
@@ -68,12 +70,9 @@ const cmd: Command = {
     if (process.getuid?.() !== 0) throw new ElasticmemError('the demo needs root (libvirt qemu:///system, ptrace, userfaultfd); run it with sudo', 'NOT_ROOT');
     const t0 = Date.now();
     const cleanups: (() => unknown)[] = [];
-    const teardown = { teardown: (fn: () => unknown) => { cleanups.push(fn); } };
     let daemon: ChildProcess | undefined;
     try {
-      // The guest boot logic is shared with the tests (test/helpers: libvirt + console reader).
-      const { bootDomain, ensureLibvirtd } = await import('../../../test/helpers/libvirt.ts');
-      const { guestImage } = await import('../../../test/helpers/guest.ts');
+      // The guest boot and console reader are shared with bench vm and the tests (backend/vm).
       try { guestImage(); } catch (e) { throw new ElasticmemError(`${(e as Error).message}`, 'DEMO_SETUP'); }
 
       say('1. starting the elasticmem daemon');
@@ -91,7 +90,7 @@ const cmd: Command = {
 
       say('2. booting the test guest under libvirt (256 MiB RAM, TCG; workload: 96 MiB, random access, 25% writes)');
       await ensureLibvirtd();
-      const dom = await bootDomain(teardown as never, { memMiB: 256, maxMemMiB: 512, template: 'memfd', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 42, passes: 0, pauseMs: 300 } });
+      const dom = await bootDomain({ memMiB: 256, maxMemMiB: 512, template: 'memfd', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 42, passes: 0, pauseMs: 300 } }, (fn) => { cleanups.push(fn); });
       if (values.keep) cleanups.splice(cleanups.length - 1, 1);
       process.stdout.write(`domain ${dom.name} (QEMU pid ${dom.pid}), console ${dom.console.path}\n`);
       const con = dom.console;
