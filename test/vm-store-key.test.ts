@@ -3,7 +3,8 @@
  * storeKeyFile) open the VM's store with an AES-256-GCM key. Checked against the real
  * LMDB store of a running guest: the stored values are not the pages in clear, the
  * pages decrypt with that key only (not without a key, not with another one), and a
- * bad key file is refused with a clear error before anything is touched.
+ * bad key file is refused with a clear error before anything is touched. A daemon
+ * killed with -9 is replaced by one that re-opens the store with the same key.
  */
 import test from 'ava';
 import crypto from 'node:crypto';
@@ -35,7 +36,7 @@ async function sample(uri: string, vm: string, keys: Record<string, Buffer | und
   } finally { await raw.close(); }
 }
 
-test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad key files refused, VM untouched; the config default applies', async (t) => {
+test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad key files refused, VM untouched; the config default applies; a restarted daemon takes over with the key', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emkey-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const key1 = crypto.randomBytes(32);
@@ -100,11 +101,21 @@ test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad
   t.is(clear, 0, 'no stored value holds its page in clear');
   t.log(`${s1.pages.length} stored pages checked: encrypted, key1 only`);
 
-  let r = await d.cli('detach', dom.name);
+  // kill -9: the next daemon takes the VM over from the state file, with the same key.
+  await d.kill9();
+  const d2 = await d.restart();
+  await d2.waitLog(new RegExp(`\\[${dom.name}\\] re-attached after daemon restart`), 60_000);
+  await dom.console.waitForPasses(dom.console.passes.length + 2, 120_000);
+  const after = JSON.parse((await d2.cli('stats', dom.name, '--json')).stdout);
+  t.is(after.storeState, 'ok', 'every page read back decrypts');
+  t.is(after.lostPages, 0);
+  t.true(JSON.parse((await d2.cli('list', '--json')).stdout).vms[0].encrypted);
+
+  let r = await d2.cli('detach', dom.name);
   t.is(r.code, 0, r.stderr);
 
   // Attach again without --store-key: the config's storeKeyFile (key2) applies.
-  r = await d.cli('attach', dom.name, '--local', '32M', '--store', fileUri, '--json');
+  r = await d2.cli('attach', dom.name, '--local', '32M', '--store', fileUri, '--json');
   t.is(r.code, 0, r.stderr);
   t.is(JSON.parse(r.stdout).storeKeyFile, key2File);
   await dom.console.waitForPasses(dom.console.passes.length + 2, 120_000);
@@ -112,10 +123,10 @@ test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad
   const ok2 = s2.decoded.key2!.filter((x, i) => s2.values[i] && Buffer.isBuffer(x)).length;
   t.true(ok2 > 0, 'pages decrypt with the config key');
   t.true(s2.decoded.key1!.every((x, i) => !s2.values[i] || x instanceof Error), 'and not with the earlier key');
-  r = await d.cli('detach', dom.name);
+  r = await d2.cli('detach', dom.name);
   t.is(r.code, 0, r.stderr);
   t.false(holdsUffd(dom.pid));
   await dom.console.waitForPasses(dom.console.passes.length + 2, 120_000);
   t.deepEqual(dom.console.passes.filter((p) => p.corrupt !== 0), []);
-  t.regex(d.log(), /attached: .*store file:\/\/.* \(pages encrypted, key .*key1\)/);
+  t.regex(d.log() + d2.log(), /attached: .*store file:\/\/.* \(pages encrypted, key .*key1\)/);
 });
