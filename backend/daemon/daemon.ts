@@ -454,6 +454,10 @@ export class Daemon {
     await Promise.all([this.events.stop(), this.server.close()]);
     // A QEMU that ended just before the signal: let its handling finish (briefly).
     await settleWithin([...this.handlingExit.values()], STOP_STEP_MS);
+    // Operations in flight finish first: a detach drains on (its store must stay open
+    // until every page is back; it ends at once if QEMU dies), resize and grow stop
+    // following their VM now that their client is gone.
+    await Promise.all([...this.sessions.values()].map((s) => s.serial(async () => undefined)));
     for (const s of [...this.sessions.values()]) {
       if (!s.pager || s.pager.isClosed || s.state !== 'attached') continue;
       if (!processAlive(s.target.pid, s.target.startTime)) {
