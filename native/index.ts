@@ -122,6 +122,8 @@ export interface NativeAddon {
   pagerComplete(h: unknown, id: number, err: string | null, data?: (Buffer | null)[]): void;
   /** Exclusive flock on a per-target lock file (EM_ALREADY_ATTACHED when another live monitor holds it); returns the fd. */
   targetLock(path: string): number;
+  /** getsockopt(SO_PEERCRED) on a connected Unix socket (native/peercred.cc). */
+  peerCred(fd: number): { pid: number; uid: number; gid: number };
   // --- embedded memory store (native/memstore.cc) ---
   memStoreCreate(opts: { compress: boolean }): unknown;
   memStorePut(h: unknown, vm: string, pages: number[], data: Buffer[]): void;

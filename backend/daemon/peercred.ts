@@ -14,7 +14,7 @@
  */
 import net from 'node:net';
 import { ElasticmemError } from '../../native/errors.ts';
-import { loadNative } from '../../native/index.ts';
+import { loadNative, type NativeAddon } from '../../native/index.ts';
 
 export interface PeerCred {
   pid: number;
@@ -25,14 +25,9 @@ export interface PeerCred {
   uids: number[];
 }
 
-type PeerCredFn = (fd: number) => { pid: number; uid: number; gid: number };
-
-/**
- * The addon's peerCred. native/index.ts (the typed addon contract, owned by the native
- * module) does not list it, so it is typed here, where it is used.
- */
-function nativePeerCred(): PeerCredFn {
-  const fn = (loadNative() as unknown as { peerCred?: PeerCredFn }).peerCred;
+/** The addon's peerCred; an addon built from older sources lacks it. */
+function nativePeerCred(): NativeAddon['peerCred'] {
+  const fn = (loadNative() as Partial<NativeAddon>).peerCred;
   if (typeof fn !== 'function') {
     throw new ElasticmemError('the native addon has no peerCred (built from older sources); rebuild it: npm run setup', 'PEERCRED_UNAVAILABLE');
   }
