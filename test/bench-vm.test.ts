@@ -10,10 +10,8 @@ import os from 'node:os';
 import { spawn } from 'node:child_process';
 import { runCli, BIN } from './helpers/daemon.ts';
 import { ensureLibvirtd, virsh } from './helpers/libvirt.ts';
+import { pidAlive } from '../backend/proc/alive.ts';
 
-function pidAlive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
-}
 
 /** emtest domains whose owning process is gone: what a bench that did not clean up leaves. */
 async function orphanDomains(): Promise<string[]> {

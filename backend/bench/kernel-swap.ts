@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ElasticmemError } from '../../native/errors.ts';
+import { pidAlive as alive } from '../proc/alive.ts';
 
 const run = promisify(execFile);
 const STATE_DIR = '/run/elasticmem/bench-kernel-swap';
@@ -72,14 +73,6 @@ function updateState(owner: number, fn: (e: StateEntry) => void): void {
 function dropState(owner: number): void {
   fs.rmSync(stateFile(owner), { force: true });
 }
-const alive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-};
 
 /** Where the v1 memory controller is mounted, or undefined. */
 function memcgV1Mount(): string | undefined {

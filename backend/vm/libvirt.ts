@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { ConsoleReader, guestCmdline, guestImage, REPO_ROOT, type WorkloadParams, DEFAULT_WORKLOAD } from './guest.ts';
+import { pidAlive } from '../proc/alive.ts';
 
 const run = promisify(execFile);
 
@@ -95,14 +96,6 @@ export function ensureLibvirtd(): Promise<void> {
   return ensured;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Removes emtest-<pid>-* domains, and their /tmp folders, whose test process is gone. */
 async function removeStaleDomains(): Promise<void> {

@@ -14,6 +14,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { ExecutionContext } from 'ava';
 import { ConsoleReader, DEFAULT_WORKLOAD, guestCmdline, guestImage, REPO_ROOT, type WorkloadParams } from './guest.ts';
+import { pidAlive } from '../../backend/proc/alive.ts';
 
 const run = promisify(execFile);
 const CMDLINE_SCRIPT = path.join(REPO_ROOT, 'vm-configs', 'qemu-cmdline.sh');
@@ -52,14 +53,6 @@ export async function qemuArgs(o: { memMiB: number; maxMemMiB: number; memory: '
   return stdout.split('\n').filter((l) => l.length > 0);
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** Stops QEMUs (and removes folders) of test processes that no longer exist. */
 export function removeStaleQemus(): void {
