@@ -72,11 +72,13 @@ void Pager::emit(PagerEvent ev) {
 
 void Pager::open_regions() {
   uint64_t total = 0;
-  for (auto& rc : cfg_.regions) {
+  for (size_t ci = 0; ci < cfg_.regions.size(); ci++) {
+    const RegionConfig& rc = cfg_.regions[ci];
     if (rc.start % kPageSize || rc.length % kPageSize || rc.length == 0)
       throw Error("EM_BAD_REGION", "region '" + rc.name + "' is not page aligned or is empty");
     Region r;
     static_cast<RegionConfig&>(r) = rc;
+    r.config_index = (uint32_t)ci;
     r.first = (uint32_t)total;
     r.npages = (uint32_t)(rc.length / kPageSize);
     total += r.npages;
@@ -138,13 +140,9 @@ void Pager::build_state() {
     Region& r = regions_[ri];
     scan_resident(r, present);
     std::vector<uint8_t> remote(r.npages, 0);
-    if (cfg_.reattach) {
-      // remote_pages is indexed like cfg_.regions (unsorted); find this region's entry by start.
-      for (size_t ci = 0; ci < cfg_.regions.size() && ci < cfg_.remote_pages.size(); ci++)
-        if (cfg_.regions[ci].start == r.start)
-          for (uint32_t p : cfg_.remote_pages[ci])
-            if (p < r.npages) remote[p] = 1;
-    }
+    if (cfg_.reattach && r.config_index < cfg_.remote_pages.size())  // indexed like cfg_.regions
+      for (uint32_t p : cfg_.remote_pages[r.config_index])
+        if (p < r.npages) remote[p] = 1;
     for (uint32_t i = 0; i < r.npages; i++) {
       uint32_t idx = r.first + i;
       PageMeta& m = table_[idx];
@@ -225,10 +223,7 @@ uint64_t Pager::addr_of(uint32_t idx) const {
 // Store key: index of the region in the attach request (stable across restarts) << 32 | page.
 uint64_t Pager::key_of(uint32_t idx) const {
   const Region& r = region_at(idx);
-  uint64_t ri = 0;
-  for (size_t ci = 0; ci < cfg_.regions.size(); ci++)
-    if (cfg_.regions[ci].start == r.start) ri = ci;
-  return (ri << 32) | (idx - r.first);
+  return ((uint64_t)r.config_index << 32) | (idx - r.first);
 }
 
 void Pager::list_insert(uint32_t idx, bool hot) {
@@ -704,7 +699,6 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
 // Evict up to `want` pages. Returns the number of pages that left host memory.
 size_t Pager::evict_batch(size_t want) {
   std::vector<uint32_t> victims, dirty, clean, arm;
-  std::vector<uint32_t> versions;
   // Phase 1: choose, mark evicting, write-protect the dirty ones (invariant 1: from here
   // a guest write traps instead of being lost).
   {
@@ -884,7 +878,7 @@ void Pager::evict_loop() {
     {
       std::unique_lock<std::mutex> lk(evict_mu_);
       evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
-                         [&] { return stop_ || (!draining_ && !evict_paused_ && resident_ > high_watermark()); });
+                         [&] { return stop_ || (!draining_ && resident_ > high_watermark()); });
     }
     if (stop_ || draining_ || resident_ <= high_watermark()) continue;
     uint32_t cap = cap_;

@@ -76,6 +76,7 @@ class Pager {
   struct Region : RegionConfig {
     int fd = -1;
     uint32_t first = 0, npages = 0;
+    uint32_t config_index = 0;  // position in the attach request: the store key's region part
   };
   struct Run { uint32_t first, count; };
 
@@ -136,7 +137,6 @@ class Pager {
   std::condition_variable evicted_cv_;  // the evictor made progress (fault-path back-pressure)
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
-  std::atomic<bool> evict_paused_{false};
   std::thread fault_thread_, evict_thread_;
 
   // sequential-fault detection for prefetch
