@@ -83,6 +83,32 @@ class Proc {
     if (this.alive) this.child!.kill(signal);
   }
 
+  /**
+   * SIGSTOP, returning only once every thread has stopped: the signal is delivered
+   * asynchronously, and a worker thread busy on another CPU could otherwise still
+   * answer a request sent right after kill() returned.
+   */
+  freeze(): void {
+    if (!this.alive) return;
+    this.child!.kill('SIGSTOP');
+    const pid = this.child!.pid!;
+    const until = Date.now() + 2000;
+    const tick = new Int32Array(new SharedArrayBuffer(4));
+    for (;;) {
+      let all = true;
+      try {
+        for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+          const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+          if (stat[stat.lastIndexOf(')') + 2] !== 'T') all = false;
+        }
+      } catch {
+        return; // gone: nothing left to answer
+      }
+      if (all || Date.now() > until) return;
+      Atomics.wait(tick, 0, 0, 1); // 1 ms
+    }
+  }
+
   /** Signal the process and wait until it has exited (SIGKILL after 5 s). */
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const c = this.child;
@@ -183,7 +209,7 @@ export async function startRedis(t: TeardownContext, o: RedisOptions = {}): Prom
       proc.start();
       await waitRedisReady(port, proc, undefined, ca);
     },
-    pause: () => proc.kill('SIGSTOP'),
+    pause: () => proc.freeze(),
     resume: () => proc.kill('SIGCONT'),
     cli: async (...args) => (await execFileP('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...(ca ? ['--tls', '--cacert', ca] : []), ...args])).stdout,
     get log() { return proc.log; },
@@ -250,7 +276,7 @@ export async function startRedisCluster(t: TeardownContext, o: RedisOptions = {}
       await waitClusterOk(ports);
     },
     stop: async () => { await Promise.all(procs.map((p) => p.stop('SIGTERM'))); },
-    pause: () => { for (const p of procs) p.kill('SIGSTOP'); },
+    pause: () => { for (const p of procs) p.freeze(); },
     resume: () => { for (const p of procs) p.kill('SIGCONT'); },
   };
 }
@@ -304,7 +330,7 @@ export async function startMemcached(t: TeardownContext, o: MemcachedOptions = {
     },
     stop: async () => { await Promise.all(procs.map((p) => p.stop('SIGTERM'))); },
     killOne: (i) => procs[i]!.stop('SIGKILL'),
-    pause: () => { for (const p of procs) p.kill('SIGSTOP'); },
+    pause: () => { for (const p of procs) p.freeze(); },
     resume: () => { for (const p of procs) p.kill('SIGCONT'); },
   };
 }
