@@ -101,6 +101,9 @@ export interface PagerStartOptions {
   remotePages?: number[][];
   prefetchMax?: number;
   evictBatch?: number;
+  /** CPU numbers for the fault / eviction thread (validated by native/pager.ts). */
+  faultCpus?: number[];
+  evictCpus?: number[];
   onRequest?: (req: BridgeRequest) => void;
   onEvent?: (ev: PagerEvent) => void;
 }

@@ -55,6 +55,27 @@ bool MemStore::get(const std::string& vm, uint64_t key, void* out4k) const {
   return true;
 }
 
+bool MemStore::view(const std::string& vm, uint64_t key, const std::function<void(const uint8_t*)>& use) const {
+  const Shard& s = shards_[shard_of(key)];
+  std::lock_guard<std::mutex> lk(s.mu);
+  auto v = s.vms.find(vm);
+  if (v == s.vms.end()) return false;
+  auto p = v->second.pages.find(key);
+  if (p == v->second.pages.end()) return false;
+  const Block* b = p->second;
+  if (b->len == kPageSize) {
+    use(b->data);
+    return true;
+  }
+  alignas(64) uint8_t tmp[kPageSize];
+  int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b->data), reinterpret_cast<char*>(tmp), b->len, kPageSize);
+  if (n != static_cast<int>(kPageSize))
+    throw Error("STORE_INTEGRITY", "memory store: page " + std::to_string(key) + " of vm '" + vm +
+                                       "' failed to decompress (corrupted block)");
+  use(tmp);
+  return true;
+}
+
 void MemStore::put(const std::string& vm, uint64_t key, const void* in4k) {
   Block* nb = make_block(in4k);  // compress outside the lock
   Shard& s = shards_[shard_of(key)];

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -27,6 +28,9 @@ class MemStore {
   bool get(const std::string& vm, uint64_t key, void* out4k) const;
   // Store (or replace) one 4 KiB page.
   void put(const std::string& vm, uint64_t key, const void* in4k);
+  // Hand page `key` to `use` without copying it out (raw pages are passed in place,
+  // under the shard lock, so `use` must be short: one UFFDIO_COPY). False when absent.
+  bool view(const std::string& vm, uint64_t key, const std::function<void(const uint8_t*)>& use) const;
   // Delete one page; a missing page is not an error.
   void remove(const std::string& vm, uint64_t key);
   // Keys stored for one VM (unordered).

@@ -161,6 +161,17 @@ void Pager::build_state() {
   }
 }
 
+// Pin the calling pager thread to `cpus` (empty: leave it to the scheduler). A failure
+// is reported, not fatal: the pager works anywhere, only its latency changes.
+void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
+  if (cpus.empty()) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  for (uint32_t c : cpus) CPU_SET(c, &set);
+  int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+  if (rc != 0) emit({"error", std::string("could not pin the ") + which + " thread: " + strerror(rc), {}, 0, 0});
+}
+
 void Pager::start() {
   open_regions();
   pidfd_ = (int)syscall(SYS_pidfd_open, cfg_.pid, 0);
@@ -191,10 +202,12 @@ void Pager::start() {
   }
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
+    pin_thread(cfg_.fault_cpus, "fault");
     fault_loop();
   });
   evict_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-evict");
+    pin_thread(cfg_.evict_cpus, "eviction");
     evict_loop();
   });
   if (resident_ > high_watermark()) evict_cv_.notify_one();
@@ -257,7 +270,7 @@ void Pager::for_runs(const std::vector<uint32_t>& sorted, const std::function<vo
 void Pager::wake_deferred() {
   std::vector<uint32_t> w;
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     w.swap(deferred_);
   }
   for (uint32_t idx : w) uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
@@ -351,8 +364,9 @@ void Pager::fault_loop() {
     dels.clear();
     writes.clear();
     try {
+      // One pass under the page-table lock: classify every fault and plan the fetch.
       {
-        std::lock_guard<std::mutex> g(mu_);
+        std::lock_guard<AdaptiveMutex> g(mu_);
         for (size_t i = 0; i < n; i++) {
           if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // no other events were requested
           uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t)(kPageSize - 1);
@@ -369,12 +383,17 @@ void Pager::fault_loop() {
             if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) writes.push_back(idx);
           }
         }
+        if (!fetch.empty()) {
+          std::sort(writes.begin(), writes.end());
+          plan_fetch(fetch, true, &writes, fault_plan_);
+        }
       }
       if (!dels.empty()) store_del(dels);
       if (!fetch.empty()) {
+        // A drain may bring the same pages in meanwhile: fetch_planned maps only pages
+        // still remote, so the worst case is one wasted store read.
         std::lock_guard<std::mutex> fg(fetch_mu_);
-        std::sort(writes.begin(), writes.end());
-        fetch_pages(fetch, true, true, &writes);
+        fetch_planned(fault_plan_);
       }
     } catch (const Error& e) {
       emit({"error", std::string("fault handling failed: ") + e.what(), {}, 0, 0});
@@ -479,56 +498,121 @@ void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vect
 // store batch and map each contiguous run with one UFFDIO_COPY. wp=true maps them
 // write-protected so the first write marks them dirty (dirty tracking).
 void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, const std::vector<uint32_t>* writes) {
+  FetchPlan plan;
+  {
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    plan_fetch(faulted, prefetch, writes, plan);
+  }
+  plan.wp = wp;
+  fetch_planned(plan);
+}
+
+// Decide what one fetch brings in (mu_ held). `plan` is reused across calls by the
+// fault thread, so the hot path allocates nothing once its buffers have grown.
+void Pager::plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std::vector<uint32_t>* writes, FetchPlan& plan) {
   auto is_write = [&](uint32_t idx) { return writes && std::binary_search(writes->begin(), writes->end(), idx); };
   std::sort(faulted.begin(), faulted.end());
   faulted.erase(std::unique(faulted.begin(), faulted.end()), faulted.end());
-  std::vector<uint32_t> want;
-  std::vector<uint8_t> is_prefetch;
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    for (uint32_t idx : faulted) {
-      if (table_[idx].state != kRemote) continue;
-      if (!want.empty() && idx <= want.back()) continue;  // already covered by a prefetch run
-      want.push_back(idx);
-      is_prefetch.push_back(0);
-      if (!prefetch || cfg_.prefetch_max == 0) continue;
-      bool seq = last_fault_ != kNil && idx > last_fault_ && idx - last_fault_ <= cfg_.prefetch_max + 1;
-      // A sequential writer writes what it prefetches: map the run writable too
-      // (dirty), instead of taking a write-protect fault on every page of it.
-      uint8_t run_mark = is_write(idx) ? 2 : 1;
-      seq_streak_ = seq ? std::min<uint32_t>(seq_streak_ + 1, 16) : 0;
-      last_fault_ = idx;
-      if (!seq_streak_) continue;
-      uint32_t n = std::min<uint32_t>(cfg_.prefetch_max, 1u << std::min<uint32_t>(seq_streak_ + 1, 8));
-      const Region& r = region_at(idx);
-      for (uint32_t j = idx + 1; j < r.first + r.npages && j <= idx + n; j++) {
-        if (table_[j].state != kRemote || (table_[j].flags & kFlLost)) break;
-        want.push_back(j);
-        is_prefetch.push_back(run_mark);
-        last_fault_ = j;
-      }
+  plan.want.clear();
+  plan.mark.clear();
+  plan.wp = true;
+  for (uint32_t idx : faulted) {
+    if (table_[idx].state != kRemote) continue;
+    if (!plan.want.empty() && idx <= plan.want.back()) continue;  // already covered by a prefetch run
+    plan.want.push_back(idx);
+    plan.mark.push_back(is_write(idx) ? kMarkWrite : kMarkFault);
+    if (!prefetch || cfg_.prefetch_max == 0) continue;
+    bool seq = last_fault_ != kNil && idx > last_fault_ && idx - last_fault_ <= cfg_.prefetch_max + 1;
+    // A sequential writer writes what it prefetches: map the run writable too
+    // (dirty), instead of taking a write-protect fault on every page of it.
+    uint8_t run_mark = is_write(idx) ? kMarkPrefetchWrite : kMarkPrefetch;
+    seq_streak_ = seq ? std::min<uint32_t>(seq_streak_ + 1, 16) : 0;
+    last_fault_ = idx;
+    if (!seq_streak_) continue;
+    uint32_t n = std::min<uint32_t>(cfg_.prefetch_max, 1u << std::min<uint32_t>(seq_streak_ + 1, 8));
+    const Region& r = region_at(idx);
+    for (uint32_t j = idx + 1; j < r.first + r.npages && j <= idx + n; j++) {
+      if (table_[j].state != kRemote || (table_[j].flags & kFlLost)) break;
+      plan.want.push_back(j);
+      plan.mark.push_back(run_mark);
+      last_fault_ = j;
     }
   }
+  size_t n = plan.want.size();
+  plan.keys.resize(n);
+  plan.vers.resize(n);
+  for (size_t i = 0; i < n; i++) {
+    plan.keys[i] = key_of(plan.want[i]);
+    plan.vers[i] = table_[plan.want[i]].version;
+  }
+  if (plan.data.size() < n * kPageSize) plan.data.resize(n * kPageSize);  // filled by the store
+  if (plan.found_cap < n) {
+    plan.found.reset(new bool[n]);
+    plan.found_cap = n;
+  }
+  std::fill(plan.found.get(), plan.found.get() + n, false);
+}
+
+// One faulted page from a store that can lend it (the embedded store): mapped straight
+// from the stored block, without copying it into a buffer first. Called with fetch_mu_
+// held, so no other thread can map a remote page meanwhile (only fetches do, and they
+// are serialised by fetch_mu_): the copy needs no page-table lock, only the commit.
+// Returns false when the store has no such path (the caller then fetches as usual).
+bool Pager::map_in_place(FetchPlan& plan) {
+  const uint32_t idx = plan.want[0];
+  const bool map_wp = plan.wp && plan.mark[0] != kMarkWrite && plan.mark[0] != kMarkPrefetchWrite;
+  const uint64_t dst = addr_of(idx);
+  {
+    std::lock_guard<AdaptiveMutex> g(mu_);  // a drain may have brought it in since the plan
+    if (table_[idx].state != kRemote || (table_[idx].flags & kFlLost)) return true;
+  }
+  bool found = false, mapped = false;
+  CopyResult cr = CopyResult::kDone;
+  uint64_t copied = 0;
+  if (!store_->view(plan.keys[0], plan.vers[0], [&](const uint8_t* page) {
+        cr = uffd_copy(cfg_.uffd, dst, page, kPageSize, map_wp, true, &copied);
+        mapped = true;
+      }, &found))
+    return false;
+  std::lock_guard<AdaptiveMutex> g(mu_);
+  PageMeta& m = table_[idx];
+  if (!found) {
+    if (m.state == kRemote && !(m.flags & kFlLost)) {  // invariant 2/5: never zero-filled
+      m.flags |= kFlLost;
+      lost_pages_++;
+      emit({"page-lost", "1 page known to be stored is missing from the store (restarted without persistence?): its fault is held, never zero-filled", {plan.keys[0]}, 0, 0});
+    }
+    return true;
+  }
+  if (!mapped) return true;
+  bool hot = evict_clock_ - m.prev <= cap_;  // refault distance within the cap: it was hot
+  // EEXIST: something mapped it behind our back; the page in memory is authoritative (dirty)
+  m.state = cr == CopyResult::kExists || !map_wp ? kResDirty : kResClean;
+  m.flags |= kFlStoreCopy;
+  list_insert(idx, cr == CopyResult::kExists ? false : hot);
+  resident_++;
+  remote_--;
+  if (cr == CopyResult::kExists) uffd_wake(cfg_.uffd, dst, kPageSize);
+  else fetches_++;
+  return true;
+}
+
+// Fetch what plan_fetch chose (store call without the page-table lock), then map it.
+void Pager::fetch_planned(FetchPlan& plan) {
+  const std::vector<uint32_t>& want = plan.want;
   if (want.empty()) return;
-  std::vector<uint64_t> keys(want.size());
-  std::vector<uint32_t> vers(want.size());
-  {
-    std::lock_guard<std::mutex> g(mu_);
-    for (size_t i = 0; i < want.size(); i++) {
-      keys[i] = key_of(want[i]);
-      vers[i] = table_[want[i]].version;
-    }
-  }
-  std::unique_ptr<uint8_t[]> data(new uint8_t[want.size() * kPageSize]);  // filled by the store
-  std::unique_ptr<bool[]> found(new bool[want.size()]());
+  const bool wp = plan.wp;
+  uint8_t* data = plan.data.data();
+  bool* found = plan.found.get();
   try {
     uint64_t t0 = now_us();
-    if (!store_get(keys, vers, data.get(), found.get())) return;  // stopping
+    if (want.size() == 1 && map_in_place(plan)) return;
+    if (!store_get(plan.keys, plan.vers, data, found)) return;  // stopping
     // running average of what one fetch costs (per page), for the policy's arming choice
     uint64_t per_page = (now_us() - t0) / want.size();
     fetch_cost_us_.store((fetch_cost_us_.load(std::memory_order_relaxed) * 7 + per_page) / 8, std::memory_order_relaxed);
   } catch (const Error& e) {  // integrity failure: never map it; the faulting thread waits
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
     for (uint32_t idx : want) {
       table_[idx].flags |= kFlLost;
@@ -538,25 +622,25 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
     emit(std::move(ev));
     return;
   }
-  std::lock_guard<std::mutex> g(mu_);
+  std::lock_guard<AdaptiveMutex> g(mu_);
   PagerEvent lost{"page-lost", "", {}, 0, 0};
+  // a page faulted by a write, and the prefetched run behind it, are mapped writable
+  // (and so dirty); its run is split from write-protected neighbours
+  auto writable_at = [&](size_t k) { return wp && (plan.mark[k] == kMarkWrite || plan.mark[k] == kMarkPrefetchWrite); };
+  auto ok = [&](size_t k) { return found[k] && table_[want[k]].state == kRemote; };
   size_t i = 0;
   while (i < want.size()) {
     // a run: contiguous pages, all found, all still remote
     size_t j = i;
     const Region& r = region_at(want[i]);
-    auto ok = [&](size_t k) { return found[k] && table_[want[k]].state == kRemote; };
-    // a page faulted by a write, and the prefetched run behind it, are mapped writable
-    // (and so dirty); its run is split from write-protected neighbours
-    bool writable = wp && (is_prefetch[i] ? is_prefetch[i] == 2 : is_write(want[i]));
-    auto writable_at = [&](size_t k) { return wp && (is_prefetch[k] ? is_prefetch[k] == 2 : is_write(want[k])); };
+    bool writable = writable_at(i);
     if (!ok(i)) {
       if (!found[i] && table_[want[i]].state == kRemote) {
         // Invariant 2/5: the store lost a page we stored. Never zero-fill it: leave the
         // fault pending (the vCPU waits, the VM is effectively paused) and say so.
         table_[want[i]].flags |= kFlLost;
         lost_pages_++;
-        lost.pages.push_back(keys[i]);
+        lost.pages.push_back(plan.keys[i]);
       }
       i++;
       continue;
@@ -568,7 +652,7 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
     uint64_t copied = 0;
     uint64_t dst = addr_of(want[i]);
     bool map_wp = wp && !writable;
-    CopyResult cr = uffd_copy(cfg_.uffd, dst, data.get() + i * kPageSize, count * kPageSize, map_wp, true, &copied);
+    CopyResult cr = uffd_copy(cfg_.uffd, dst, data + i * kPageSize, count * kPageSize, map_wp, true, &copied);
     size_t done = (size_t)(copied / kPageSize);
     for (size_t k = i; k < i + done; k++) {
       uint32_t idx = want[k];
@@ -579,7 +663,7 @@ void Pager::fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, 
       list_insert(idx, hot);
       resident_++;
       remote_--;
-      if (is_prefetch[k]) prefetched_++; else fetches_++;
+      if (plan.mark[k] >= kMarkPrefetch) prefetched_++; else fetches_++;
     }
     if (cr == CopyResult::kExists) {
       // Something mapped this page behind our back (e.g. a second, unregistered mapping of
@@ -702,7 +786,7 @@ size_t Pager::evict_batch(size_t want) {
   // Phase 1: choose, mark evicting, write-protect the dirty ones (invariant 1: from here
   // a guest write traps instead of being lost).
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     pick_victims(want, victims, arm);
     std::sort(victims.begin(), victims.end());
     for (uint32_t idx : victims) {
@@ -727,7 +811,7 @@ size_t Pager::evict_batch(size_t want) {
       uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
     });
   } catch (...) {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     for (uint32_t idx : victims) {
       table_[idx].state = kResDirty;
       table_[idx].flags &= ~kFlAbort;
@@ -747,7 +831,7 @@ size_t Pager::evict_batch(size_t want) {
     if (!dirty.empty()) read_pages(dirty, buf.get());
     // scan for zero pages before taking the lock: the fault thread needs it meanwhile
     for (size_t i = 0; i < dirty.size(); i++) zero[i] = all_zero(buf.get() + i * kPageSize);
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     for (size_t i = 0; i < dirty.size(); i++) {
       PageMeta& m = table_[dirty[i]];
       if (zero[i]) {  // zero pages are never stored
@@ -775,7 +859,7 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint32_t> drop;
   std::vector<uint8_t> drop_zero;
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     size_t vi = 0;
     for (size_t i = 0; i < dirty.size(); i++) {
       PageMeta& m = table_[dirty[i]];
@@ -829,7 +913,7 @@ size_t Pager::evict_batch(size_t want) {
   }
   // Phase 3b: the pages are gone from host memory.
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     for (size_t i = 0; i < sorted_drop.size(); i++) {
       uint32_t idx = sorted_drop[i];
       PageMeta& m = table_[idx];
@@ -953,7 +1037,7 @@ void Pager::detach() {
   if (evict_thread_.joinable()) evict_thread_.join();  // no eviction in flight from here on
   std::vector<uint32_t> remote;
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     for (uint32_t i = 0; i < table_.size(); i++)
       if (table_[i].state == kRemote) remote.push_back(i);
   }
@@ -977,7 +1061,7 @@ void Pager::detach() {
                                      " page(s) are missing from the store; the VM stays attached and waits on them. "
                                      "Restore the store's data and detach again.");
   {
-    std::lock_guard<std::mutex> g(mu_);
+    std::lock_guard<AdaptiveMutex> g(mu_);
     for (uint32_t i = 0; i < table_.size(); i++)
       if (table_[i].state == kRemote)
         throw Error("EM_DETACH_INCOMPLETE", "some pages could not be brought back; the VM stays attached");

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "adaptive_mutex.h"
 #include "latency.h"
 #include "page_table.h"
 #include "store_backend.h"
@@ -40,6 +41,10 @@ struct PagerConfig {
   std::vector<std::vector<uint32_t>> remote_pages;  // reattach: per region, pages the store holds
   uint32_t prefetch_max = 64;
   uint32_t evict_batch = 256;
+  // CPUs for the fault and eviction threads (empty: any). On a machine where waking an
+  // idle CPU is slow (a VM), the fault thread on the faulting vCPU's CPU turns each fault
+  // into two local context switches instead of two cross-CPU wake-ups (docs/bench-pager.md).
+  std::vector<uint32_t> fault_cpus, evict_cpus;
   bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
   bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
 };
@@ -79,6 +84,18 @@ class Pager {
     uint32_t config_index = 0;  // position in the attach request: the store key's region part
   };
   struct Run { uint32_t first, count; };
+  // Why a page is in a fetch: faulted (read or write) or prefetched behind one.
+  enum : uint8_t { kMarkFault = 0, kMarkWrite = 1, kMarkPrefetch = 2, kMarkPrefetchWrite = 3 };
+  struct FetchPlan {
+    std::vector<uint32_t> want;  // page indexes, ascending
+    std::vector<uint8_t> mark;   // kMark* per page
+    std::vector<uint64_t> keys;
+    std::vector<uint32_t> vers;
+    std::vector<uint8_t> data;   // want.size() pages, filled by the store
+    std::unique_ptr<bool[]> found;
+    size_t found_cap = 0;
+    bool wp = true;              // map read faults write-protected (dirty tracking)
+  };
 
   // --- set-up ---
   void open_regions();
@@ -89,6 +106,9 @@ class Pager {
   void handle_wp(uint32_t idx);
   void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels);
   void fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, const std::vector<uint32_t>* writes = nullptr);
+  void plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std::vector<uint32_t>* writes, FetchPlan& plan);
+  void fetch_planned(FetchPlan& plan);
+  bool map_in_place(FetchPlan& plan);
   // --- evictor ---
   void evict_loop();
   size_t evict_batch(size_t want);
@@ -110,6 +130,7 @@ class Pager {
   void wake_deferred();
   void for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn);
   void emit(PagerEvent ev);
+  void pin_thread(const std::vector<uint32_t>& cpus, const char* which);
   void stop_threads();
   static uint64_t now_us();
   uint64_t slack() const;
@@ -122,7 +143,7 @@ class Pager {
   int pidfd_ = -1;
   int stop_efd_ = -1;
 
-  std::mutex mu_;                 // guards table_, lists, deferred_, resident_
+  AdaptiveMutex mu_;              // guards table_, lists, deferred_, resident_ (spins briefly: see adaptive_mutex.h)
   std::vector<PageMeta> table_;
   PageList probation_, protected_;
   std::vector<uint32_t> deferred_;   // faults on pages being dropped: woken after the drop
@@ -138,6 +159,7 @@ class Pager {
   std::atomic<bool> stop_{false};
   std::atomic<bool> draining_{false};
   std::thread fault_thread_, evict_thread_;
+  FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
 
   // sequential-fault detection for prefetch
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)

@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <sys/file.h>
 #include <unistd.h>
 
@@ -61,6 +62,10 @@ class MemBackend : public StoreBackend {
   }
   void del(const uint64_t* keys, size_t n) override {
     for (size_t i = 0; i < n; i++) s_->remove(vm_, keys[i]);
+  }
+  bool view(uint64_t key, uint32_t, const std::function<void(const uint8_t*)>& use, bool* found) override {
+    *found = s_->view(vm_, key, use);
+    return true;
   }
   std::string name() const override { return "memory:"; }
 
@@ -269,6 +274,22 @@ Napi::Value EventToJs(Napi::Env env, const PagerEvent& e) {
   return o;
 }
 
+// Optional array of CPU numbers (validated against this machine's CPUs in native/pager.ts).
+std::vector<uint32_t> CpuList(Napi::Object o, const char* name) {
+  std::vector<uint32_t> out;
+  Napi::Value v = o.Get(name);
+  if (v.IsUndefined() || v.IsNull()) return out;
+  if (!v.IsArray()) throw Error("EM_BAD_ARG", std::string("option '") + name + "' must be an array of CPU numbers");
+  Napi::Array a = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < a.Length(); i++) {
+    Napi::Value c = a[i];
+    if (!c.IsNumber() || c.As<Napi::Number>().DoubleValue() < 0 || c.As<Napi::Number>().DoubleValue() >= CPU_SETSIZE)
+      throw Error("EM_BAD_ARG", std::string("option '") + name + "' holds something that is not a CPU number");
+    out.push_back(c.As<Napi::Number>().Uint32Value());
+  }
+  return out;
+}
+
 Napi::Value PagerStart(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     Napi::Env env = info.Env();
@@ -282,6 +303,8 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.prefetch_max = (uint32_t)Num(o, "prefetchMax", 64);
     cfg.evict_batch = (uint32_t)Num(o, "evictBatch", 256);
     cfg.reattach = o.Get("reattach").ToBoolean();
+    cfg.fault_cpus = CpuList(o, "faultCpus");
+    cfg.evict_cpus = CpuList(o, "evictCpus");
     cfg.test_skip_wp = o.Get("_testUnsafeSkipWriteProtect").ToBoolean();
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {

@@ -4,6 +4,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 
 namespace em {
@@ -17,6 +18,13 @@ class StoreBackend {
   // Store n pages; returns only once the store acknowledged every one.
   virtual void put(const uint64_t* keys, const uint32_t* versions, size_t n, const uint8_t* data) = 0;
   virtual void del(const uint64_t* keys, size_t n) = 0;
+  // Optional zero-copy read of one page: call `use` with the stored bytes (valid only
+  // during the call). Returns false when the backend has no such path (then use get);
+  // otherwise *found says whether the page existed. The embedded store implements it,
+  // saving a 4 KiB copy on every single-page fault.
+  virtual bool view(uint64_t /*key*/, uint32_t /*version*/, const std::function<void(const uint8_t*)>& /*use*/, bool* /*found*/) {
+    return false;
+  }
   // Unblock any call waiting on the store (shutdown).
   virtual void cancel() {}
   virtual std::string name() const = 0;

@@ -224,3 +224,55 @@ for (const kind of ['memfd', 'anon'] as const) {
     t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0);
   });
 }
+
+test('memory: a page deleted from the embedded store behind the pager is reported lost and its fault held, never zero-filled', async (t) => {
+  // The embedded store maps a single faulted page straight from its block (no copy):
+  // this is that path's "store has no such page" branch.
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  await target.cmd('fill memfd 5');
+  const r = region(target, 'memfd');
+  const lost: number[][] = [];
+  const pager = await attach(t, target, [r], 256, store);
+  pager.on('page-lost', (ev: { pages: number[] }) => lost.push(ev.pages));
+  await waitFor(() => pager.stats().residentPages <= 256);
+  const vm = `test-${target.pid}`;
+  const stored = (await store.list(vm)).sort((a, b) => a - b);
+  // Nothing touched the target since the eviction: every stored page is remote. Its
+  // neighbour reads back intact (the same single-page path), then the victim is deleted.
+  const victim = stored[Math.floor(stored.length / 2)]!;
+  const neighbour = stored[Math.floor(stored.length / 2) + 2]!;
+  t.is(parseReply(await target.cmd(`verify memfd ${neighbour} 1`)).corrupt, 0);
+  await store.delete(vm, [victim]);
+  const before = pager.stats();
+  const verify = target.cmd(`verify memfd ${victim} 1`, { timeoutMs: 3000 }).then((r) => `finished: ${r}`, () => 'waiting');
+  t.is(await verify, 'waiting', 'the reader waits on the lost page instead of reading zeros');
+  const s = pager.stats();
+  t.is(s.lostPages, before.lostPages + 1);
+  t.is(s.zeroFills, before.zeroFills, 'the lost page was not zero-filled');
+  t.deepEqual(lost.flat(), [victim]);
+});
+
+test('fault and eviction threads run on the CPUs asked for; CPUs this machine lacks are refused before attaching', async (t) => {
+  const { allowedCpus } = await import('../native/pager.ts');
+  const cpus = allowedCpus();
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  const r = region(target, 'memfd');
+  const bad = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: 128, store, faultCpus: [cpus.length + 64] }).catch((e) => e);
+  t.is(bad.code, 'EM_BAD_ARG');
+  t.regex(bad.message, /not CPUs this machine lets the monitor use/);
+  t.is(uffdCount(target.pid), 0, 'a refused attach leaves the target untouched');
+  const fault = cpus[cpus.length - 1]!;
+  const evict = cpus[0]!;
+  const pager = await attach(t, target, [r], 128, store, { faultCpus: [fault], evictCpus: [evict] });
+  const threads = () =>
+    fs.readdirSync('/proc/self/task').map((tid) => {
+      const status = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+      return { name: /^Name:\s*(.*)$/m.exec(status)![1], cpus: /^Cpus_allowed_list:\s*(.*)$/m.exec(status)![1] };
+    });
+  await waitFor(() => threads().some((th) => th.name === 'em-fault' && th.cpus === String(fault)), 5000);
+  t.true(threads().some((th) => th.name === 'em-evict' && th.cpus === String(evict)));
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  t.true(pager.stats().totalPages > 0);
+});
