@@ -40,7 +40,8 @@ const swaps = () => fs.readFileSync('/proc/swaps', 'utf8').split('\n').slice(1).
 
 test.serial('a small bench pager run reports every field, verifies every page and cleans up', async (t) => {
   const swapsBefore = swaps();
-  const r = await cli(t, ['bench', 'pager', '--workload', 'random', '--size', '32M', '--local', '8M', '--store', 'memory:', '--baseline', 'kernel-swap', '--touches', '20000', '--floor-repeats', '1', '--json']);
+  // pinned to CPU 0: the workload, the fault thread and the floor share it
+  const r = await cli(t, ['bench', 'pager', '--workload', 'random', '--size', '32M', '--local', '8M', '--store', 'memory:', '--baseline', 'kernel-swap', '--touches', '20000', '--floor-repeats', '1', '--pin', '0', '--json']);
   t.is(r.code, 0, r.stderr);
   const lines = r.stdout.trim().split('\n');
   t.is(lines.length, 1, 'one JSON object on stdout');
@@ -55,7 +56,9 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.is(j.integrity, 'ok');
   t.regex(j.integrityDetail.beforeDetach, /^integrity ok pages=8192$/);
   t.regex(j.integrityDetail.afterDetach, /^integrity ok pages=8192$/);
-  for (const k of ['usPerTouch', 'kernelSwapUsPerTouch', 'ratioVsKernelSwap', 'uffdFloorUs', 'p50VsFloor']) t.true(j[k] > 0, `${k} = ${j[k]}`);
+  for (const k of ['usPerTouch', 'kernelSwapUsPerTouch', 'ratioVsKernelSwap', 'uffdFloorUs', 'p50VsFloor', 'uffdFloorMemfdUs', 'p50VsMemfdFloor']) t.true(j[k] > 0, `${k} = ${j[k]}`);
+  t.is(j.pinCpu, 0);
+  t.true(typeof j.machine.cpuIdle.driver === 'string');
   t.true(j.faultLatencyUs.p50 > 0 && j.faultLatencyUs.p99 >= j.faultLatencyUs.p50, JSON.stringify(j.faultLatencyUs));
   t.true(Math.abs(j.ratioVsKernelSwap - j.usPerTouch / j.kernelSwapUsPerTouch) < 0.01);
   // Uniform random over 4x the cap: about 3 of 4 touches miss, under both pagers.
@@ -82,6 +85,7 @@ test.serial('bad input is refused with exit 2 and a message naming the problem',
     [['--workload', 'seq', '--size', 'lots'], /--size: 'lots' is not a size/],
     [['--workload', 'seq', '--store', 'tape://x'], /unknown scheme 'tape:'/],
     [['--workload', 'seq', '--baseline', 'swapfile'], /only baseline is kernel-swap/],
+    [['--workload', 'seq', '--pin', '4096'], /--pin 4096 is not a CPU this process may use/],
   ];
   // parseArgs keeps the last value of a repeated option: each case overrides the base.
   for (const [extra, re] of cases) {

@@ -16,7 +16,7 @@
  */
 import fs from 'node:fs';
 import os from 'node:os';
-import { Pager } from '../../native/pager.ts';
+import { Pager, allowedCpus } from '../../native/pager.ts';
 import { findMemfdRegions } from '../../native/regions.ts';
 import { ElasticmemError } from '../../native/errors.ts';
 import type { PagerStatsRaw } from '../../native/index.ts';
@@ -54,6 +54,12 @@ export interface PagerBenchOptions {
   evictBatch?: number;
   /** Repeats of each floor measurement (default 3). */
   floorRepeats?: number;
+  /**
+   * Put the workload, the pager's fault thread and the floor's two threads on this one
+   * CPU (the evictor on the others): every fault is then served by local context
+   * switches, not cross-CPU wake-ups, which on a VM decide most of a fault's latency.
+   */
+  pinCpu?: number;
   onProgress?: (p: Progress) => void;
   /** Aborting kills the workload; everything set up is undone before the promise settles. */
   signal?: AbortSignal;
@@ -86,12 +92,18 @@ export interface PagerBenchResult {
   kernelSwapUsPerTouch?: number;
   ratioVsKernelSwap?: number;
   uffdFloorUs: number;
+  /** The floor for a shared memfd, the kind of memory the pager pages here. */
+  uffdFloorMemfdUs: number;
+  /** The CPU the workload, the fault thread and the floor ran on (--pin), if pinned. */
+  pinCpu?: number;
   /** The pager's own fault latency (fault read to fault resolved), timed touches only. */
   faultLatencyUs: Percentiles;
   /** Faulting touches as the workload saw them (touch to return): same vantage as the floor. */
   touchFaultUs: Percentiles;
   /** touchFaultUs.p50 / uffdFloorUs. */
   p50VsFloor: number;
+  /** touchFaultUs.p50 / uffdFloorMemfdUs (like for like: both serve a shared memfd). */
+  p50VsMemfdFloor: number;
   /** 1 - fetches / touches over the timed touches. */
   hitRate: number;
   integrity: 'ok' | 'corrupt';
@@ -99,7 +111,16 @@ export interface PagerBenchResult {
   pager: PagerPhaseStats;
   kernelSwap?: KernelSwapResult;
   uffdFloor: UffdFloor;
-  machine: { kernel: string; cpus: number; date: string };
+  machine: { kernel: string; cpus: number; date: string; cpuIdle: CpuIdle };
+}
+
+/** How this machine's idle CPUs wait: decides what a cross-CPU wake-up costs. */
+export interface CpuIdle { driver: string; haltPollNs: number | null }
+
+function cpuIdle(): CpuIdle {
+  const read = (f: string) => { try { return fs.readFileSync(f, 'utf8').trim(); } catch { return ''; } };
+  const poll = read('/sys/module/haltpoll/parameters/guest_halt_poll_ns');
+  return { driver: read('/sys/devices/system/cpu/cpuidle/current_driver') || 'none', haltPollNs: poll === '' ? null : Number(poll) };
 }
 
 /** The pager's own counters over one phase (phaseStats): native counters and gauges, typed as native/index.ts declares them. */
@@ -152,6 +173,11 @@ export function validatePagerBenchOptions(o: PagerBenchOptions): void {
   }
   if (o.touches === 0) throw new ElasticmemError('--touches must be at least 1', 'EM_BAD_ARG');
   if (o.evictBatch === 0) throw new ElasticmemError('--evict-batch must be at least 1', 'EM_BAD_ARG');
+  if (o.pinCpu !== undefined) {
+    const allowed = allowedCpus();
+    if (!Number.isInteger(o.pinCpu) || !allowed.includes(o.pinCpu))
+      throw new ElasticmemError(`--pin ${o.pinCpu} is not a CPU this process may use (${allowed.join(',')}): pick one of those`, 'EM_BAD_ARG');
+  }
 }
 
 export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBenchResult> {
@@ -178,7 +204,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
   const floorSample = async () => {
     opts.signal?.throwIfAborted();
     progress({ phase: 'floor', done: samples.length, total: repeats });
-    samples.push(await sampleFloor());
+    samples.push(await sampleFloor(4000, opts.pinCpu));
   };
   const store = await openStore(opts.store); // an unreachable store fails before anything runs
   let pagerPart: Awaited<ReturnType<typeof pagerPhase>>;
@@ -208,21 +234,27 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     usPerTouch: wl.usPerTouch,
     ...(kernel ? { kernelSwapUsPerTouch: kernel.usPerTouch, ratioVsKernelSwap: round(wl.usPerTouch / kernel.usPerTouch) } : {}),
     uffdFloorUs: floor.floorUs,
+    uffdFloorMemfdUs: floor.memfdFloorUs,
+    ...(opts.pinCpu !== undefined ? { pinCpu: opts.pinCpu } : {}),
     faultLatencyUs: { p50: stats.faultLatencyUs.p50, p99: stats.faultLatencyUs.p99 },
     touchFaultUs: wl.slowTouchUs,
     p50VsFloor: floor.floorUs > 0 ? round(wl.slowTouchUs.p50 / floor.floorUs) : 0,
+    p50VsMemfdFloor: floor.memfdFloorUs > 0 ? round(wl.slowTouchUs.p50 / floor.memfdFloorUs) : 0,
     hitRate: round(1 - stats.fetches / touches, 4),
     integrity: ok ? 'ok' : 'corrupt',
     integrityDetail: { beforeDetach: integrity.before, afterDetach: integrity.after, readMismatches: wl.readMismatches },
     pager: stats,
     ...(kernel ? { kernelSwap: kernel } : {}),
     uffdFloor: floor,
-    machine: { kernel: os.release(), cpus: os.cpus().length, date: new Date().toISOString() },
+    machine: { kernel: os.release(), cpus: os.cpus().length, date: new Date().toISOString(), cpuIdle: cpuIdle() },
   };
   return result;
 }
 
 // ---------------------------------------------------------------------------- phases
+
+/** The workload's CPUs: the pinned one, if any (both the pager's and the kernel's run). */
+const pinned = (opts: PagerBenchOptions): number[] | undefined => (opts.pinCpu === undefined ? undefined : [opts.pinCpu]);
 
 /** Kill the workload when the caller aborts; the pending read then fails and cleanup runs. */
 function killOnAbort(proc: LineProcess, signal?: AbortSignal): () => void {
@@ -261,7 +293,7 @@ async function drive(proc: LineProcess, hooks: { beforeRun(): void; afterRun(): 
 
 async function pagerPhase(bin: string, args: string[], store: PageStore, opts: PagerBenchOptions, policy: 'slru' | 'fifo', touches: number, progress: (p: Progress) => void) {
   progress({ phase: 'fill', done: 0, total: 1 });
-  const proc = await launchLineProcess(bin, args);
+  const proc = await launchLineProcess(bin, args, { cpus: pinned(opts) });
   const unhook = killOnAbort(proc, opts.signal);
   let pager: Pager | undefined;
   try {
@@ -269,7 +301,9 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
     const capPages = opts.localBytes / PAGE;
     const vmId = `bench-${proc.pid}`;
     const t0 = Date.now();
-    pager = await Pager.attach({ pid: proc.pid, vmId, regions, capPages, store, policy, prefetchMax: opts.prefetchMax, evictBatch: opts.evictBatch });
+    const others = allowedCpus().filter((c) => c !== opts.pinCpu);
+    const cpus = opts.pinCpu === undefined ? {} : { faultCpus: [opts.pinCpu], ...(others.length ? { evictCpus: others } : {}) };
+    pager = await Pager.attach({ pid: proc.pid, vmId, regions, capPages, store, policy, prefetchMax: opts.prefetchMax, evictBatch: opts.evictBatch, ...cpus });
     const p = pager;
     const total = p.stats().totalPages;
     // Start from the steady state the cap defines: everything above it is in the store.
@@ -344,7 +378,7 @@ async function kernelSwapAttempt(bin: string, args: string[], opts: PagerBenchOp
   let limitBytes = opts.sizeBytes * 4;
   const oomKills = () => Number(/oom_kill (\d+)/.exec(fs.readFileSync(`${env.cgroupDir}/memory.oom_control`, 'utf8'))?.[1] ?? 0);
   try {
-    proc = await launchLineProcess(bin, args, { cgroupDir: env.cgroupDir });
+    proc = await launchLineProcess(bin, args, { cgroupDir: env.cgroupDir, cpus: pinned(opts) });
     unhook = killOnAbort(proc, opts.signal);
     const usageBytes = Number(fs.readFileSync(`${env.cgroupDir}/memory.usage_in_bytes`, 'utf8'));
     const overheadBytes = Math.max(0, usageBytes - opts.sizeBytes);

@@ -22,14 +22,18 @@ export interface FloorSample {
 export interface UffdFloor {
   /** Median round trip over the repeats, anonymous memory (the headline uffdFloorUs). */
   floorUs: number;
+  /** The same for a shared memfd: the kind of memory the pager benchmark pages. */
+  memfdFloorUs: number;
   anon: FloorSample[];
   memfd: FloorSample[];
 }
 
-export async function measureFloor(kind: 'anon' | 'memfd', faults = 4000): Promise<FloorSample> {
+/** One floor sample; with `cpu`, the faulting thread and the handler share that CPU (as under `bench pager --pin`). */
+export async function measureFloor(kind: 'anon' | 'memfd', faults = 4000, cpu?: number): Promise<FloorSample> {
   const bin = buildBenchProgram('uffd-floor');
   try {
-    const { stdout } = await run(bin, [String(faults), kind], { timeout: 60_000 });
+    const argv = [String(faults), kind];
+    const { stdout } = cpu === undefined ? await run(bin, argv, { timeout: 60_000 }) : await run('taskset', ['-c', String(cpu), bin, ...argv], { timeout: 60_000 });
     return JSON.parse(stdout.trim()) as FloorSample;
   } catch (e) {
     const err = e as { stderr?: string; message: string };
@@ -43,14 +47,15 @@ const median = (xs: number[]): number => {
 };
 
 /** One floor sample of each kind. */
-export async function sampleFloor(faults = 4000): Promise<{ anon: FloorSample; memfd: FloorSample }> {
-  return { anon: await measureFloor('anon', faults), memfd: await measureFloor('memfd', faults) };
+export async function sampleFloor(faults = 4000, cpu?: number): Promise<{ anon: FloorSample; memfd: FloorSample }> {
+  return { anon: await measureFloor('anon', faults, cpu), memfd: await measureFloor('memfd', faults, cpu) };
 }
 
 /** The floor from samples: the median of the anonymous round-trip medians. */
 export function floorOf(samples: { anon: FloorSample; memfd: FloorSample }[]): UffdFloor {
   const anon = samples.map((s) => s.anon);
-  return { floorUs: median(anon.map((s) => s.roundTripUs.p50)), anon, memfd: samples.map((s) => s.memfd) };
+  const memfd = samples.map((s) => s.memfd);
+  return { floorUs: median(anon.map((s) => s.roundTripUs.p50)), memfdFloorUs: median(memfd.map((s) => s.roundTripUs.p50)), anon, memfd };
 }
 
 /** A few repeats of each kind back to back (first touches of a fresh process are noisy); the median of the medians. */

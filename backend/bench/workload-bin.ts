@@ -60,6 +60,8 @@ export interface LineProcess {
 export interface LaunchOptions {
   /** Join this cgroup (v1 cgroup directory) before the program starts. */
   cgroupDir?: string;
+  /** Run the program on these CPUs only (taskset before exec). */
+  cpus?: number[];
   /** How the first line says the program's pid: JSON field `pid`. Timeout for it. */
   readyTimeoutMs?: number;
 }
@@ -74,8 +76,10 @@ export async function launchLineProcess(bin: string, args: string[], opts: Launc
   const withStderr = (sep: string) => (gc.stderr().trim() ? `${sep}${gc.stderr().trim()}` : '');
   const gc: Grandchild = spawnGrandchild([bin, ...args], {
     launcherName: 'em-bench-launcher',
-    prelude: opts.cgroupDir ? 'echo $$ > "$EM_CGROUP/cgroup.procs" || exit 97; ' : '',
-    env: { ...process.env, EM_CGROUP: opts.cgroupDir ?? '' },
+    prelude:
+      (opts.cpus?.length ? 'taskset -pc "$EM_CPUS" $$ >/dev/null || exit 96; ' : '') +
+      (opts.cgroupDir ? 'echo $$ > "$EM_CGROUP/cgroup.procs" || exit 97; ' : ''),
+    env: { ...process.env, EM_CGROUP: opts.cgroupDir ?? '', EM_CPUS: (opts.cpus ?? []).join(',') },
     messages: {
       exited: ({ code, signal }) => `${name} exited (code ${code}, signal ${signal})${withStderr(': ')}`,
       spawnFailed: (e) => `${name} could not be started: ${e.message}`,
@@ -95,6 +99,7 @@ export async function launchLineProcess(bin: string, args: string[], opts: Launc
     gc.setPid(pid);
   } catch (e) {
     await kill();
+    if (gc.exitInfo()?.code === 96) throw new ElasticmemError(`cannot pin the workload to CPUs ${opts.cpus?.join(',')} (taskset failed)`, 'EM_BENCH_PIN');
     if (gc.exitInfo()?.code === 97) throw new ElasticmemError(`cannot move the workload into cgroup ${opts.cgroupDir}`, 'EM_BENCH_CGROUP');
     throw e instanceof SyntaxError ? new ElasticmemError(`${name} printed no JSON ready line: ${gc.stderr().trim()}`, 'EM_BENCH_WORKLOAD') : e;
   }

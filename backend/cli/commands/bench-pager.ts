@@ -5,10 +5,11 @@
 import { parse, printJson, UsageError, type Command } from '../command.ts';
 import { parseSize, formatSize } from '../../size.ts';
 import { parseStoreUri } from '../../../kvstore/index.ts';
+import { allowedCpus } from '../../../native/pager.ts';
 import { runPagerBench, WORKLOADS, type PagerBenchOptions, type PagerBenchResult, type Progress, type Workload } from '../../bench/pager-bench.ts';
 
 const usage = `usage: elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI
-                              [--baseline kernel-swap] [--policy slru|fifo] [--json]
+                              [--baseline kernel-swap] [--policy slru|fifo] [--pin CPU] [--json]
 
 Measure what one page touch costs under the pager: a workload process fills SIZE of
 shared memory, the pager attaches with a resident cap of --local and pages the rest to
@@ -29,11 +30,15 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
   --prefetch N         the pager's sequential prefetch limit in pages (default: the pager's)
   --evict-batch N      the pager's eviction batch in pages (default: the pager's)
   --floor-repeats N    samples of the uffd floor, spread over the run (default 3)
+  --pin CPU            run the workload, the pager's fault thread and the floor on this
+                       CPU (the evictor on the others): faults are then served by local
+                       context switches, not cross-CPU wake-ups (slow on a VM)
   --json               one JSON object on stdout
 
 examples:
   elasticmem bench pager --workload seq --size 128M --local 64M --store memory: --baseline kernel-swap
   elasticmem bench pager --workload zipf --size 128M --local 64M --store memory: --policy fifo --json
+  elasticmem bench pager --workload zipf --size 128M --local 64M --store memory: --baseline kernel-swap --pin 0
 `;
 
 const OPTIONS = {
@@ -49,6 +54,7 @@ const OPTIONS = {
   prefetch: { type: 'string' },
   'evict-batch': { type: 'string' },
   'floor-repeats': { type: 'string' },
+  pin: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
 
@@ -89,6 +95,9 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
   if (baseline !== undefined && baseline !== 'kernel-swap') throw new UsageError(`bench pager: unknown baseline '${baseline}': the only baseline is kernel-swap`);
   const policy = values.policy as string | undefined;
   if (policy !== undefined && policy !== 'slru' && policy !== 'fifo') throw new UsageError(`bench pager: unknown policy '${policy}': choose slru or fifo`);
+  const pinCpu = count(values.pin as string | undefined, 'pin');
+  if (pinCpu !== undefined && !allowedCpus().includes(pinCpu))
+    throw new UsageError(`bench pager: --pin ${pinCpu} is not a CPU this process may use (${allowedCpus().join(',')}): pick one of those`);
   return {
     workload: workload as Workload,
     sizeBytes,
@@ -102,6 +111,7 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
     prefetchMax: count(values.prefetch as string | undefined, 'prefetch'),
     evictBatch: count(values['evict-batch'] as string | undefined, 'evict-batch'),
     floorRepeats: count(values['floor-repeats'] as string | undefined, 'floor-repeats'),
+    pinCpu,
   };
 }
 
@@ -139,15 +149,18 @@ export function renderTable(r: PagerBenchResult): string {
   const fl = r.uffdFloor.anon;
   const p99 = fl.map((s) => s.roundTripUs.p99).sort((a, b) => a - b)[Math.floor(fl.length / 2)];
   rows.push(['uffd floor (bare C handler)', '-', '-', `${f1(r.uffdFloorUs)} / ${f1(p99)}`, '-', '-']);
+  const mf = r.uffdFloor.memfd;
+  const mp99 = mf.map((s) => s.roundTripUs.p99).sort((a, b) => a - b)[Math.floor(mf.length / 2)];
+  rows.push(['uffd floor, shared memfd', '-', '-', `${f1(r.uffdFloorMemfdUs)} / ${f1(mp99)}`, '-', '-']);
   const w = rows[0]!.map((_, c) => Math.max(...rows.map((row) => row[c]!.length)));
   const line = (row: string[]) => '  ' + row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('   ');
   const p = r.pager;
   return [
-    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches`,
+    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches${r.pinCpu !== undefined ? `, pinned to CPU ${r.pinCpu}` : ''}`,
     '',
     ...rows.map(line),
     '',
-    `  fault p50/p99: faulting touches as the workload saw them (> 2 µs). p50 vs floor: ${r.p50VsFloor.toFixed(2)}x`,
+    `  fault p50/p99: faulting touches as the workload saw them (> 2 µs). p50 vs floor: ${r.p50VsFloor.toFixed(2)}x (vs the memfd floor: ${r.p50VsMemfdFloor.toFixed(2)}x)`,
     `  pager's own fault latency (read to resolved): p50 ${f1(r.faultLatencyUs.p50)} µs, p99 ${f1(r.faultLatencyUs.p99)} µs`,
     `  pager during the timed touches: faults ${p.faults}, fetches ${p.fetches}, prefetched ${p.prefetched}, evictions ${p.evictions},`,
     `    clean drops ${p.cleanDrops}, store writes ${p.storeWrites}, wp faults ${p.wpFaults}, evict aborts ${p.evictAborts}`,
