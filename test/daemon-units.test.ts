@@ -49,6 +49,16 @@ test('parseConfig: defaults, overrides, limits', (t) => {
   t.regex(e.message, /^config y\.yaml: vms\.db\.store: /);
 });
 
+test('parseConfig: pager thread CPUs are checked against the CPUs this machine has', (t) => {
+  t.deepEqual(parseConfig('', 'd.yaml').pager, {});
+  t.deepEqual(parseConfig('pager:\n  faultCpus: [0]\n  evictCpus: [0]\n', 'p.yaml').pager, { faultCpus: [0], evictCpus: [0] });
+  const bad = t.throws<ElasticmemError>(() => parseConfig('pager:\n  faultCpus: [4096]\n', 'b.yaml'))!;
+  t.is(bad.code, 'BAD_CONFIG');
+  t.regex(bad.message, /^config b\.yaml: pager\.faultCpus: must be a list of CPU numbers this machine has/);
+  t.regex(t.throws<ElasticmemError>(() => parseConfig('pager:\n  faultCpu: [0]\n', 'u.yaml'))!.message, /pager\.faultCpu: unknown key/);
+  t.regex(t.throws<ElasticmemError>(() => parseConfig('pager:\n  evictCpus: 1\n', 'n.yaml'))!.message, /pager\.evictCpus: must be a list/);
+});
+
 test('peerCred: SO_PEERCRED of both ends of a real Unix socket connection', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'empc-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));

@@ -6,6 +6,9 @@
  *   storeKeyFile: /etc/elasticmem/store.key   # AES-256-GCM key for pages at rest (attach without --store-key)
  *   socket: /run/elasticmem/elasticmem.sock
  *   state: /run/elasticmem/state.json
+ *   pager:
+ *     faultCpus: [2, 3]            # CPUs for each VM's fault thread (default: any); best: the vCPUs' CPUs
+ *     evictCpus: [0]               # CPUs for the eviction threads (default: any)
  *   limits:
  *     maxVms: 16                   # attached VMs at once
  *     minLocal: 16M                # smallest resident cap attach/resize accept
@@ -20,6 +23,7 @@ import YAML from 'yaml';
 import { ElasticmemError } from '../../native/errors.ts';
 import { parseSize } from '../size.ts';
 import { shownUri } from './secrets.ts';
+import { allowedCpus } from '../../native/pager.ts';
 
 export interface VmOverride { store?: string; local?: number; storeKeyFile?: string }
 
@@ -30,6 +34,8 @@ export interface Config {
   socket?: string;
   state: string;
   limits: { maxVms: number; minLocal: number };
+  /** Where the pagers' threads run (Pager.attach faultCpus / evictCpus); absent: anywhere. */
+  pager: { faultCpus?: number[]; evictCpus?: number[] };
   vms: Record<string, VmOverride>;
   /** Where it came from, for messages. */
   source: string;
@@ -38,7 +44,7 @@ export interface Config {
 export const DEFAULT_STATE = '/run/elasticmem/state.json';
 
 export function defaultConfig(): Config {
-  return { store: 'memory:', state: DEFAULT_STATE, limits: { maxVms: 16, minLocal: 16 * 1024 * 1024 }, vms: {}, source: '(defaults)' };
+  return { store: 'memory:', state: DEFAULT_STATE, limits: { maxVms: 16, minLocal: 16 * 1024 * 1024 }, pager: {}, vms: {}, source: '(defaults)' };
 }
 
 const SCHEMES = ['memory:', 'file://', 'redis://', 'rediss://', 'redis+cluster://', 'memcached://', 'aerospike://'];
@@ -89,7 +95,7 @@ export function parseConfig(text: string, file: string): Config {
   cfg.source = file;
   if (doc === null || doc === undefined) return cfg;
   if (!isMap(doc)) fail(file, '(top level)', 'must be a mapping of keys like store:, limits:, vms:');
-  onlyKeys(file, '', doc, ['store', 'storeKeyFile', 'socket', 'state', 'limits', 'vms']);
+  onlyKeys(file, '', doc, ['store', 'storeKeyFile', 'socket', 'state', 'pager', 'limits', 'vms']);
   if (doc.store !== undefined) cfg.store = wrap(file, 'store', () => checkStoreUri(doc.store, 'store'));
   if (doc.storeKeyFile !== undefined) cfg.storeKeyFile = keyFilePath(file, 'storeKeyFile', doc.storeKeyFile);
   if (doc.socket !== undefined) {
@@ -99,6 +105,19 @@ export function parseConfig(text: string, file: string): Config {
   if (doc.state !== undefined) {
     if (typeof doc.state !== 'string' || !doc.state.startsWith('/')) fail(file, 'state', 'must be an absolute path');
     cfg.state = doc.state;
+  }
+  if (doc.pager !== undefined) {
+    const p = doc.pager;
+    if (!isMap(p)) fail(file, 'pager', 'must be a mapping with faultCpus and/or evictCpus');
+    onlyKeys(file, 'pager', p, ['faultCpus', 'evictCpus']);
+    const allowed = allowedCpus();
+    for (const k of ['faultCpus', 'evictCpus'] as const) {
+      const v = p[k];
+      if (v === undefined) continue;
+      if (!Array.isArray(v) || v.length === 0 || v.some((c) => !Number.isInteger(c) || !allowed.includes(c as number)))
+        fail(file, `pager.${k}`, `must be a list of CPU numbers this machine has (${allowed.join(',')}), e.g. [${allowed[allowed.length - 1]}]; got ${JSON.stringify(v)}`);
+      cfg.pager[k] = v as number[];
+    }
   }
   if (doc.limits !== undefined) {
     const l = doc.limits;

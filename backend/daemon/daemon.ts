@@ -166,7 +166,7 @@ export class Daemon {
       session.memory = memory;
       session.store = store;
       try {
-        session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: !!left });
+        session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: !!left, ...this.config.pager });
       } catch (e) {
         await this.stores.release(storeUri, storeKeyFile);
         throw e;
