@@ -75,6 +75,7 @@ export class EnvelopeStore implements PageStore {
   readonly capabilities: StoreCapabilities;
   private readonly compress: boolean;
   private readonly key: Buffer | undefined;
+  private lastVm: { vm: string; vmBytes: Buffer; vmCrc: number } | undefined;
 
   constructor(readonly raw: RawStore, opts: EnvelopeOptions = {}) {
     this.uri = raw.uri;
@@ -114,10 +115,18 @@ export class EnvelopeStore implements PageStore {
       if (!Number.isInteger(v) || v < 0 || v > 2 ** 53) throw badArg(`version #${i} (${v}) is not an integer in [0, 2^53]`);
     }
     const max = this.raw.capabilities.maxBatch;
+    const inPlace = !this.compress && !this.key && this.raw.putRawInto !== undefined;
     for (let i = 0; i < pages.length; i += max) {
       const end = Math.min(pages.length, i + max);
       const p = i === 0 && end === pages.length ? pages : pages.slice(i, end);
-      await this.raw.putRaw(vm, p, this.encodeAll(vm, pages, data, versions, i, end));
+      if (inPlace) {
+        // Plain envelopes have a fixed size: encoded straight into the adapter's frame.
+        const { vmCrc } = this.vmCheck(vm);
+        const from = i;
+        await this.raw.putRawInto!(vm, p, PLAIN_HDR + PAGE_SIZE, (j, dst) => encodePlain(dst, vmCrc, pages[from + j]!, data[from + j]!, versions ? versions[from + j]! : 0));
+      } else {
+        await this.raw.putRaw(vm, p, this.encodeAll(vm, pages, data, versions, i, end));
+      }
     }
   }
 
@@ -149,26 +158,31 @@ export class EnvelopeStore implements PageStore {
 
   // --- encoding ---------------------------------------------------------------
 
+  /** The VM id's bytes (with the NUL) and their CRC-32C: the start of every check of its pages. */
+  private vmCheck(vm: string): { vmBytes: Buffer; vmCrc: number } {
+    let c = this.lastVm;
+    if (c?.vm !== vm) {
+      const vmBytes = Buffer.from(vm + '\0', 'utf8');
+      this.lastVm = c = { vm, vmBytes, vmCrc: crc32c(vmBytes) };
+    }
+    return c;
+  }
+
   /** Encode pages [from, to) into one allocation (values are views into it). */
   private encodeAll(vm: string, pages: readonly number[], data: readonly Buffer[], versions: readonly number[] | undefined, from: number, to: number): Buffer[] {
-    const vmBytes = Buffer.from(vm + '\0', 'utf8');
+    const { vmBytes, vmCrc } = this.vmCheck(vm);
     const out: Buffer[] = new Array(to - from);
     if (!this.compress && !this.key) {
-      // Fast path (the common case): fixed size, one buffer for the whole batch.
+      // Fixed size, one buffer for the whole batch (adapters without putRawInto).
       const size = PLAIN_HDR + PAGE_SIZE;
       const big = Buffer.allocUnsafe(size * (to - from));
-      const vmCrc = crc32c(vmBytes);
       for (let i = from; i < to; i++) {
         const v = big.subarray((i - from) * size, (i - from + 1) * size);
-        writeMeta(v, 0, versions ? versions[i]! : 0);
-        data[i]!.copy(v, PLAIN_HDR);
-        const p = pages[i]!;
-        v.writeUInt32BE(envelopeCrc(v, vmCrc, Math.floor(p / TWO32), p >>> 0), META);
+        encodePlain(v, vmCrc, pages[i]!, data[i]!, versions ? versions[i]! : 0);
         out[i - from] = v;
       }
       return out;
     }
-    const vmCrc = crc32c(vmBytes);
     for (let i = from; i < to; i++) {
       let payload = data[i]!;
       let flags = 0;
@@ -202,8 +216,7 @@ export class EnvelopeStore implements PageStore {
 
   private decodeAll(vm: string, pages: readonly number[], versions: readonly number[] | undefined, values: (Buffer | null)[]): (Buffer | null)[] {
     if (values.length !== pages.length) throw new ElasticmemError(`store returned ${values.length} values for ${pages.length} pages`, 'STORE_ERROR');
-    const vmBytes = Buffer.from(vm + '\0', 'utf8');
-    const vmCrc = crc32c(vmBytes);
+    const { vmBytes, vmCrc } = this.vmCheck(vm);
     const out: (Buffer | null)[] = new Array(values.length);
     for (let i = 0; i < values.length; i++) {
       const v = values[i];
@@ -213,16 +226,15 @@ export class EnvelopeStore implements PageStore {
   }
 
   private decode(vm: string, vmBytes: Buffer, vmCrc: number, page: number, expected: number, v: Buffer): Buffer {
-    const where = `page ${page} of vm '${vm}'`;
-    if (v.length < PLAIN_HDR || v[0] !== MAGIC0 || v[1] !== MAGIC1) throw integrity(`${where} is not an elasticmem page envelope`);
-    if (v[2] !== FORMAT) throw integrity(`${where} has envelope format ${v[2]}, this version reads format ${FORMAT}`);
+    if (v.length < PLAIN_HDR || v[0] !== MAGIC0 || v[1] !== MAGIC1) throw integrity(`${at(vm, page)} is not an elasticmem page envelope`);
+    if (v[2] !== FORMAT) throw integrity(`${at(vm, page)} has envelope format ${v[2]}, this version reads format ${FORMAT}`);
     const flags = v[3]!;
-    if (flags & ~(F_DEFLATE | F_GCM)) throw integrity(`${where} has unknown flags 0x${flags.toString(16)}`);
+    if (flags & ~(F_DEFLATE | F_GCM)) throw integrity(`${at(vm, page)} has unknown flags 0x${flags.toString(16)}`);
     const version = v.readUInt32BE(4) * TWO32 + v.readUInt32BE(8);
     let payload: Buffer;
     if (flags & F_GCM) {
-      if (!this.key) throw integrity(`${where} is encrypted but no store key was given (--store-key)`);
-      if (v.length < GCM_HDR) throw integrity(`${where} is truncated`);
+      if (!this.key) throw integrity(`${at(vm, page)} is encrypted but no store key was given (--store-key)`);
+      if (v.length < GCM_HDR) throw integrity(`${at(vm, page)} is truncated`);
       const d = crypto.createDecipheriv('aes-256-gcm', this.key, v.subarray(META, META + IV_LEN), { authTagLength: TAG_LEN });
       d.setAAD(aad(vmBytes, page, v));
       d.setAuthTag(v.subarray(META + IV_LEN, GCM_HDR));
@@ -231,25 +243,37 @@ export class EnvelopeStore implements PageStore {
         const b = d.final();
         payload = b.length ? Buffer.concat([a, b]) : a;
       } catch {
-        throw integrity(`${where} failed authentication (wrong key, corrupted, or stored under another page's key)`);
+        throw integrity(`${at(vm, page)} failed authentication (wrong key, corrupted, or stored under another page's key)`);
       }
     } else {
-      if (this.key) throw integrity(`${where} is not encrypted but this store requires encryption`);
+      if (this.key) throw integrity(`${at(vm, page)} is not encrypted but this store requires encryption`);
       payload = v.subarray(PLAIN_HDR);
       const crc = envelopeCrc(v, vmCrc, Math.floor(page / TWO32), page >>> 0);
-      if (crc !== v.readUInt32BE(META)) throw integrity(`${where} failed its CRC-32C (corrupted, or stored under another page's key)`);
+      if (crc !== v.readUInt32BE(META)) throw integrity(`${at(vm, page)} failed its CRC-32C (corrupted, or stored under another page's key)`);
     }
-    if (expected !== 0 && version !== expected) throw integrity(`${where} has version ${version}, expected ${expected} (stale page)`);
+    if (expected !== 0 && version !== expected) throw integrity(`${at(vm, page)} has version ${version}, expected ${expected} (stale page)`);
     if (flags & F_DEFLATE) {
       try {
         payload = zlib.inflateRawSync(payload, { maxOutputLength: PAGE_SIZE });
       } catch {
-        throw integrity(`${where} failed to inflate`);
+        throw integrity(`${at(vm, page)} failed to inflate`);
       }
     }
-    if (payload.length !== PAGE_SIZE) throw integrity(`${where} holds ${payload.length} bytes, not ${PAGE_SIZE}`);
+    if (payload.length !== PAGE_SIZE) throw integrity(`${at(vm, page)} holds ${payload.length} bytes, not ${PAGE_SIZE}`);
     return payload;
   }
+}
+
+/** Names a page in an integrity error (built only on failure: decode runs for every page read). */
+function at(vm: string, page: number): string {
+  return `page ${page} of vm '${vm}'`;
+}
+
+/** A plain envelope (no deflate, no key) of `page` into v (v.length === PLAIN_HDR + PAGE_SIZE). */
+function encodePlain(v: Buffer, vmCrc: number, page: number, data: Buffer, version: number): void {
+  writeMeta(v, 0, version);
+  data.copy(v, PLAIN_HDR);
+  v.writeUInt32BE(envelopeCrc(v, vmCrc, Math.floor(page / TWO32), page >>> 0), META);
 }
 
 function writeMeta(v: Buffer, flags: number, version: number): void {

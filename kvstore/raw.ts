@@ -13,6 +13,14 @@ export interface RawStore {
   getRaw(vm: string, pages: readonly number[]): Promise<(Buffer | null)[]>;
   /** Resolves once the server acknowledged every value. */
   putRaw(vm: string, pages: readonly number[], values: readonly Buffer[]): Promise<void>;
+  /**
+   * Optional: putRaw of values that are written in place, each `size` bytes, straight into
+   * the adapter's outgoing buffer (no value buffer of the caller's, no second copy).
+   * `fill(i, dst)` writes value i into dst (dst.length === size); every fill runs before
+   * putRawInto returns, so dst never outlives the call. A throwing fill fails the call
+   * before anything is sent.
+   */
+  putRawInto?(vm: string, pages: readonly number[], size: number, fill: (i: number, dst: Buffer) => void): Promise<void>;
   delete(vm: string, pages: readonly number[]): Promise<void>;
   dropVm(vm: string): Promise<void>;
   list(vm: string): Promise<number[]>;

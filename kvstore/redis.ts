@@ -21,7 +21,7 @@ import type { StoreUsage } from './types.ts';
 import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
 import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
 import type { HostPort } from './uri.ts';
-import { RespClient, RespError } from './resp-client.ts';
+import { RespClient, RespError, type InPlaceArg, type RespArg } from './resp-client.ts';
 
 export const GROUP = 64;
 
@@ -44,6 +44,8 @@ interface Conn {
   send<T>(firstKey: string | undefined, readonly: boolean, args: Arg[]): Promise<T>;
   /** The connection enforces the op timeout itself (RespClient): no second timer needed. */
   ownDeadline?: boolean;
+  /** RespClient only: send with in-place arguments (written into the frame, see putRawInto). */
+  sendInPlace?<T>(args: RespArg[]): Promise<T>;
   /** One client per master (the single client itself when not a cluster). */
   masters(): Promise<Conn[]>;
   close(): Promise<void>;
@@ -120,6 +122,30 @@ export class RedisStore implements RawStore {
       for (let j = 0; j < keys.length; j++) args.push(keys[j]!, values[idx[j]!]!);
       return this.run(() => this.conn.send(keys[0], false, args), 'MSET');
     }));
+  }
+
+  /**
+   * putRaw with values written straight into the command frame (single server, our RESP
+   * client): one MSET whose values the envelope encodes in place. Elsewhere the values
+   * are filled into one buffer and sent by putRaw.
+   */
+  async putRawInto(vm: string, pages: readonly number[], size: number, fill: (i: number, dst: Buffer) => void): Promise<void> {
+    if (pages.length === 0) return;
+    const sendInPlace = this.conn.sendInPlace;
+    if (this.cluster || !sendInPlace) {
+      const all = Buffer.allocUnsafe(size * pages.length);
+      const values: Buffer[] = new Array(pages.length);
+      for (let i = 0; i < pages.length; i++) fill(i, (values[i] = all.subarray(i * size, (i + 1) * size)));
+      return this.putRaw(vm, pages, values);
+    }
+    const tag = vmTag(vm);
+    const args: RespArg[] = new Array(pages.length * 2 + 1);
+    args[0] = 'MSET';
+    for (let i = 0; i < pages.length; i++) {
+      args[2 * i + 1] = pageKey(tag, pages[i]!);
+      args[2 * i + 2] = new InPlaceValue(size, i, fill);
+    }
+    await this.run(() => sendInPlace(args), 'MSET');
   }
 
   async delete(vm: string, pages: readonly number[]): Promise<void> {
@@ -201,6 +227,12 @@ export class RedisStore implements RawStore {
   }
 }
 
+/** Value i of a putRawInto batch, filled in place when its MSET is encoded. */
+class InPlaceValue implements InPlaceArg {
+  constructor(readonly size: number, private readonly i: number, private readonly write: (i: number, dst: Buffer) => void) {}
+  fill(dst: Buffer): void { this.write(this.i, dst); }
+}
+
 /** Group pages by hash tag (one cluster slot each); `one` = a single group (non-cluster). */
 function bySlot(tag: string, pages: readonly number[], one = false): { keys: string[]; idx: number[] }[] {
   if (one) return [{ keys: pages.map((p) => pageKey(tag, p)), idx: pages.map((_, i) => i) }];
@@ -255,6 +287,7 @@ async function connectResp(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
   }
   const conn: Conn = {
     send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => client.send(args) as Promise<T>,
+    sendInPlace: <T>(args: RespArg[]) => client.send(args) as Promise<T>,
     ownDeadline: true,
     masters: async () => [conn],
     close: async () => client.close(),

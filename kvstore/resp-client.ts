@@ -52,13 +52,25 @@ const EMPTY = Buffer.alloc(0);
 /** Largest frame kept for reuse (a batch of 256 enveloped pages is about 1.05 MiB). */
 const MAX_FRAME = 2 * 1024 * 1024;
 
+/**
+ * An argument written in place: `size` bytes that `fill(dst)` writes straight into the
+ * command's frame (dst.length === size), while the command is encoded. Saves a value
+ * buffer of its own and a copy per value (the page envelope encodes into the frame).
+ */
+export interface InPlaceArg {
+  readonly size: number;
+  fill(dst: Buffer): void;
+}
+
+export type RespArg = string | Buffer | InPlaceArg;
+
 /** Encode one command as a RESP array of bulk strings, in one Buffer (into `into` when it is big enough). */
-export function encodeCommand(args: readonly (string | Buffer)[], into?: Buffer): Buffer {
+export function encodeCommand(args: readonly RespArg[], into?: Buffer): Buffer {
   let size = 1 + digits(args.length) + 2;
   const lens: number[] = new Array(args.length);
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    const n = typeof a === 'string' ? Buffer.byteLength(a) : a.length;
+    const n = typeof a === 'string' ? Buffer.byteLength(a) : a instanceof Uint8Array ? a.length : a.size;
     lens[i] = n;
     size += 1 + digits(n) + 2 + n + 2;
   }
@@ -66,8 +78,14 @@ export function encodeCommand(args: readonly (string | Buffer)[], into?: Buffer)
   let o = b.write(`*${args.length}\r\n`, 0, 'latin1');
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
-    o += b.write(`$${lens[i]}\r\n`, o, 'latin1');
-    o += typeof a === 'string' ? b.write(a, o) : a.copy(b, o);
+    const n = lens[i]!;
+    o += b.write(`$${n}\r\n`, o, 'latin1');
+    if (typeof a === 'string') o += b.write(a, o);
+    else if (a instanceof Uint8Array) o += a.copy(b, o);
+    else {
+      a.fill(b.subarray(o, o + n));
+      o += n;
+    }
     b[o++] = 13;
     b[o++] = 10;
   }
@@ -239,8 +257,12 @@ export class RespClient {
     await (this.sock ?? this.open());
   }
 
-  /** Send one command; resolves with its reply (a Redis error reply rejects as RespError). */
-  send(args: readonly (string | Buffer)[]): Promise<RespValue> {
+  /**
+   * Send one command; resolves with its reply (a Redis error reply rejects as RespError).
+   * The arguments are encoded (in-place ones filled) before send returns, on every path:
+   * callers may reuse their buffers at once, and a throwing fill throws here, unsent.
+   */
+  send(args: readonly RespArg[]): Promise<RespValue> {
     if (this.closed) return Promise.reject(new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED'));
     const sock = this.sock;
     if (sock && this.frameFree) {

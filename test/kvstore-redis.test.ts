@@ -1,5 +1,6 @@
 import test from 'ava';
-import { openStore } from '../kvstore/index.ts';
+import { openStore, EnvelopeStore } from '../kvstore/index.ts';
+import type { RawStore } from '../kvstore/raw.ts';
 import { startRedis, makeTlsCerts } from './helpers/servers.ts';
 import { runConformance, sharedServer, pageOf, vmId, expectCode } from './kvstore-conformance.ts';
 
@@ -111,4 +112,35 @@ test.serial('redis: rediss:// (TLS) with a private CA; an untrusted certificate 
   t.regex(e.message, /certificate|self.signed|verify/i);
   t.true(Date.now() - t0 < 4000);
   await expectCode(t, openStore(`redis://:tls-secret@127.0.0.1:${server.port}`, { opTimeoutMs: 1000, connectTimeoutMs: 1000 }), 'STORE_UNAVAILABLE', 'plain text to a TLS port');
+});
+
+test.serial('redis: envelopes written in place into the MSET frame are byte-identical to buffered ones', async (t) => {
+  const server = await shared();
+  const s = await openStore(server.uri);
+  t.teardown(() => s.close());
+  if (!(s instanceof EnvelopeStore)) return t.fail('openStore must wrap redis in the page envelope');
+  const raw = s.raw;
+  t.is(typeof raw.putRawInto, 'function', 'the RESP path offers putRawInto');
+  // The same raw store seen without putRawInto: the envelope falls back to its own buffer.
+  const buffered = new EnvelopeStore({
+    uri: raw.uri, capabilities: raw.capabilities,
+    getRaw: (v, p) => raw.getRaw(v, p), putRaw: (v, p, x) => raw.putRaw(v, p, x), delete: (v, p) => raw.delete(v, p),
+    dropVm: (v) => raw.dropVm(v), list: (v) => raw.list(v), usage: (v) => raw.usage(v), close: async () => {},
+  } satisfies RawStore);
+  const vm = vmId('inplace');
+  const pages = [0, 1, 63, 64, 2 ** 40 + 5];
+  const data = pages.map((p) => pageOf(9, p));
+  const versions = [1, 2, 3, 2 ** 33, 2 ** 53];
+  await s.put(vm, pages, data, versions);
+  const inPlace = await raw.getRaw(vm, pages);
+  await buffered.put(vm, pages, data, versions);
+  const copied = await raw.getRaw(vm, pages);
+  for (let i = 0; i < pages.length; i++) t.true(inPlace[i]!.equals(copied[i]!), `page ${pages[i]}: same bytes`);
+  const back = await s.get(vm, pages, versions);
+  t.true(back.every((b, i) => b!.equals(data[i]!)), 'read back and verified');
+  // A bad page fails the whole put before anything is sent: no page of it is stored.
+  const vm2 = vmId('inplace-bad');
+  await expectCode(t, s.put(vm2, [1, 2], [pageOf(1, 1), Buffer.alloc(10)]), 'EM_BAD_ARG', 'a short page');
+  t.deepEqual(await s.list(vm2), []);
+  await s.dropVm(vm);
 });

@@ -40,6 +40,16 @@ test('RESP encoder: arrays of bulk strings, binary-safe', (t) => {
   t.is(encodeCommand(['GET', 'é']).toString('utf8'), '*2\r\n$3\r\nGET\r\n$2\r\né\r\n');
 });
 
+test('RESP encoder: in-place arguments are written into the frame, same bytes as buffers', (t) => {
+  const v = [crypto.randomBytes(4112), crypto.randomBytes(3)];
+  const seen: number[] = [];
+  const inPlace = v.map((b) => ({ size: b.length, fill(dst: Buffer) { seen.push(dst.length); b.copy(dst); } }));
+  const want = encodeCommand(['MSET', 'a', v[0]!, 'b', v[1]!]);
+  t.true(encodeCommand(['MSET', 'a', inPlace[0]!, 'b', inPlace[1]!]).equals(want));
+  t.true(encodeCommand(['MSET', 'a', inPlace[0]!, 'b', inPlace[1]!], Buffer.alloc(64 * 1024)).equals(want), 'into a reused frame');
+  t.deepEqual(seen, [4112, 3, 4112, 3], 'each fill got a slice of exactly its size');
+});
+
 test('CRC-32C: native (SSE4.2) and JavaScript agree; standard check value', (t) => {
   t.true(crc32cIsNative, 'the addon provides the hardware CRC');
   t.is(crc32c(Buffer.from('123456789')), 0xe3069283);
@@ -68,4 +78,16 @@ test('RESP client: an answered command keeps nothing alive (no reply retained by
   gc();
   t.is(refs.filter((r) => r.deref() !== undefined).length, 0, 'every delivered reply was collected');
   t.is(((await c.send(['GET', 'k'])) as Buffer).length, 20_000, 'the connection still works');
+});
+
+test('RESP client: a throwing in-place fill throws from send, sends nothing, and the connection stays in order', async (t) => {
+  const server = await startRedis(t);
+  const c = new RespClient({ host: '127.0.0.1', port: server.port }, { connectTimeoutMs: 2000, opTimeoutMs: 5000 });
+  t.teardown(() => c.close());
+  await c.connect();
+  const bad = { size: 4, fill() { throw new Error('fill failed'); } };
+  t.throws(() => c.send(['SET', 'x', Buffer.from('1'), 'y', bad]), { message: 'fill failed' });
+  t.is(await c.send(['EXISTS', 'x']), 0, 'nothing of the failed command reached the server');
+  t.is(await c.send(['SET', 'x', 'ok']), 'OK');
+  t.is(((await c.send(['GET', 'x'])) as Buffer).toString(), 'ok', 'replies still match their commands');
 });
