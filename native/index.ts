@@ -53,6 +53,9 @@ export interface PagerStatsRaw {
   remotePages: number;
   totalPages: number;
   storeRetries: number;
+  /** Fault batches that waited at the cap for the evictor (back-pressure), and the total wait. */
+  capWaits: number;
+  capWaitUs: number;
   lostPages: number;
   faultLatencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Histogram of fault latency: bucket upper bounds in µs and counts. */

@@ -406,9 +406,14 @@ void Pager::fault_loop() {
       // before taking more pages. Bounded (20 ms), so a drop that needs this thread (an
       // injected DONTNEED into a thread that is itself faulting) can never deadlock
       // against it, and a stalled store only slows faults down.
-      for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_; i++) {
-        std::unique_lock<std::mutex> lk(evict_mu_);
-        evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
+      if (resident_ >= cap_ && !stop_ && !draining_) {
+        uint64_t w0 = now_us();
+        for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_; i++) {
+          std::unique_lock<std::mutex> lk(evict_mu_);
+          evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
+        }
+        cap_waits_++;
+        cap_wait_us_ += now_us() - w0;
       }
     }
   }
@@ -999,6 +1004,7 @@ PagerStats Pager::stats() {
   s.clean_drops = clean_drops_; s.store_writes = store_writes_; s.prefetched = prefetched_;
   s.wp_faults = wp_faults_; s.discards = discards_; s.evict_aborts = evict_aborts_;
   s.store_retries = store_retries_; s.lost_pages = lost_pages_;
+  s.cap_waits = cap_waits_; s.cap_wait_us = cap_wait_us_;
   s.resident = resident_; s.cap = cap_; s.remote = remote_; s.total_pages = table_.size();
   s.metadata_bytes = table_.capacity() * sizeof(PageMeta);
   s.draining = draining_;

@@ -59,6 +59,7 @@ struct PagerEvent {
 struct PagerStats {
   uint64_t faults, zero_fills, fetches, evictions, clean_drops, store_writes, prefetched, wp_faults, discards,
       evict_aborts, store_retries, lost_pages;
+  uint64_t cap_waits, cap_wait_us;  // fault batches that waited at the cap for the evictor, and for how long
   uint64_t resident, cap, remote, total_pages, metadata_bytes;
   std::string store_state, store_error;
   bool draining;
@@ -170,7 +171,8 @@ class Pager {
   std::string store_state_ = "ok", store_error_;
 
   std::atomic<uint64_t> faults_{0}, zero_fills_{0}, fetches_{0}, evictions_{0}, clean_drops_{0}, store_writes_{0},
-      prefetched_{0}, wp_faults_{0}, discards_{0}, evict_aborts_{0}, store_retries_{0}, lost_pages_{0};
+      prefetched_{0}, wp_faults_{0}, discards_{0}, evict_aborts_{0}, store_retries_{0}, lost_pages_{0},
+      cap_waits_{0}, cap_wait_us_{0};
   LatencyHistogram latency_;
 };
 

@@ -127,7 +127,7 @@ function cpuIdle(): CpuIdle {
 export interface PagerPhaseStats extends Pick<
   PagerStatsRaw,
   | 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched'
-  | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries'
+  | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries' | 'capWaits' | 'capWaitUs'
   | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages'
   | 'faultLatencyUs' | 'latencyHistogram'
 > {
@@ -431,6 +431,8 @@ function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOption
     discards: d('discards'),
     evictAborts: d('evictAborts'),
     storeRetries: d('storeRetries'),
+    capWaits: d('capWaits'),
+    capWaitUs: d('capWaitUs'),
     residentPages: s1.residentPages,
     localCapPages: s1.localCapPages,
     remotePages: s1.remotePages,
