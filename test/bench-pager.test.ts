@@ -64,7 +64,7 @@ test.serial('a small bench pager run reports every field, verifies every page an
   // Uniform random over 4x the cap: about 3 of 4 touches miss, under both pagers.
   t.true(j.pager.fetches > 20000 * 0.5 && j.pager.fetches <= 20000, `fetches ${j.pager.fetches}`);
   t.true(j.pager.evictions > 0 && j.pager.faults >= j.pager.fetches);
-  t.true(Number.isInteger(j.pager.capWaits) && j.pager.capWaitUs >= j.pager.capWaits * 0, 'back-pressure counters reported');
+  t.true(Number.isInteger(j.pager.capWaits) && Number.isInteger(j.pager.capWaitUs), 'back-pressure counters reported');
   t.true(j.hitRate > 0 && j.hitRate < 0.5, `hit rate ${j.hitRate}`);
   t.true(j.pager.residentPages <= j.pager.localCapPages + 4 * 256, `resident ${j.pager.residentPages}`);
   t.is(j.pager.latencyHistogram.counts.reduce((a: number, b: number) => a + b, 0), j.pager.faultLatencyUs.count);
