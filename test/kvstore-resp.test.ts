@@ -21,23 +21,39 @@ test('RESP parser: every reply type, identical however the stream is split', (t)
   const ref: unknown[] = [];
   new RespParser((v) => ref.push(v)).feed(stream);
   t.deepEqual(norm(ref), norm(['OK', new RespError('ERR bad thing'), 42, null, null, [], vals, [Buffer.from('0'), [Buffer.from('abc'), Buffer.from('de')]]]));
-  let bad = 0;
-  for (let a = 1; a < stream.length; a += 13) {
-    for (let b = a + 1; b < stream.length; b += 307) {
-      const got: unknown[] = [];
-      const p = new RespParser((v) => got.push(v));
-      p.feed(stream.subarray(0, a));
-      p.feed(stream.subarray(a, b));
-      p.feed(stream.subarray(b));
-      if (JSON.stringify(norm(got)) !== JSON.stringify(norm(ref))) bad++;
+  // Pieces of one buffer (contiguous: values are views even when split) and copies of the
+  // pieces (separate buffers: a split value is copied together).
+  for (const contiguous of [true, false]) {
+    let bad = 0;
+    let copies = 0;
+    for (let a = 1; a < stream.length; a += 13) {
+      for (let b = a + 1; b < stream.length; b += 307) {
+        const got: unknown[] = [];
+        const p = new RespParser((v) => got.push(v));
+        const piece = (x: Buffer) => (contiguous ? x : Buffer.from(x));
+        p.feed(piece(stream.subarray(0, a)));
+        p.feed(piece(stream.subarray(a, b)));
+        p.feed(piece(stream.subarray(b)));
+        if (JSON.stringify(norm(got)) !== JSON.stringify(norm(ref))) bad++;
+        const big = (got[6] as Buffer[])[3]!;
+        if (big.buffer !== stream.buffer) copies++;
+      }
     }
+    t.is(bad, 0, `no split point changes the decoded replies (${contiguous ? 'contiguous' : 'separate'} chunks)`);
+    if (contiguous) t.is(copies, 0, 'a value split between contiguous chunks is a view, never a copy');
   }
-  t.is(bad, 0, 'no split point changes the decoded replies');
 });
 
 test('RESP encoder: arrays of bulk strings, binary-safe', (t) => {
   t.is(encodeCommand(['SET', 'k', Buffer.from([0, 13, 10])]).toString('latin1'), '*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$3\r\n\0\r\n\r\n');
   t.is(encodeCommand(['GET', 'é']).toString('utf8'), '*2\r\n$3\r\nGET\r\n$2\r\né\r\n');
+  for (const n of [0, 9, 10, 99, 100, 4112, 10000, 123456]) {
+    const v = Buffer.alloc(n, 'v');
+    const want = Buffer.concat([Buffer.from(`*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$${n}\r\n`), v, Buffer.from('\r\n')]);
+    t.true(encodeCommand(['SET', 'k', v]).equals(want), `a ${n}-byte value`);
+  }
+  const many = Array.from({ length: 1025 }, (_, i) => String(i));
+  t.true(encodeCommand(many).toString('latin1').startsWith('*1025\r\n$1\r\n0\r\n'), 'a 4-digit argument count');
 });
 
 test('RESP encoder: in-place arguments are written into the frame, same bytes as buffers', (t) => {
