@@ -192,10 +192,15 @@ export class RedisStore implements RawStore {
     await this.conn.close();
   }
 
-  /** SCAN every master for `pattern`, handing each page of keys to `each`. */
+  /**
+   * SCAN every master for `pattern`, handing each page of keys to `each`, every key once:
+   * SCAN may return a key more than once (a table rehashed between calls), which counted
+   * pages twice in list/usage (seen as 517 pages of 516 after concurrent puts).
+   */
   private async scan(pattern: string, each: (node: Conn, keys: string[]) => Promise<void>): Promise<void> {
     const masters = await this.run(() => this.conn.masters(), 'cluster topology');
     for (const node of masters) {
+      const seen = new Set<string>();
       let cursor = '0';
       do {
         const [next, keys] = await this.run(
@@ -203,7 +208,12 @@ export class RedisStore implements RawStore {
           'SCAN',
         );
         cursor = String(next);
-        if (keys.length) await each(node, keys.map(String));
+        const fresh: string[] = [];
+        for (const k of keys) {
+          const key = String(k);
+          if (!seen.has(key)) { seen.add(key); fresh.push(key); }
+        }
+        if (fresh.length) await each(node, fresh);
       } while (cursor !== '0');
     }
   }
