@@ -1,21 +1,22 @@
 /**
  * `aerospike://h1:p1[,h2:p2]/namespace[/set]` — pages in Aerospike through the official
- * client, one batchRead / batchWrite / batchRemove per batch.
+ * client, one batchRead / batchWrite per batch (removes: a batchWrite of BATCH_REMOVE
+ * records).
  *
  * Records: key (namespace, set, "<vm tag>:<page>") with bins vm (string), pg (page
  * number) and v (the envelope). list/usage/dropVm scan the set with a filter
  * expression vm == <vm>, so one VM never sees another's pages; they need no secondary
  * index and are only used for recovery and reporting.
  *
- * NOT RUN HERE: no Aerospike server can be installed on this machine (only npm and
- * Debian apt are reachable), so this adapter is exercised by the conformance suite only
- * when AEROSPIKE_HOSTS is set (test/kvstore-aerospike.test.ts); otherwise that test
- * reports itself skipped with that reason.
+ * No real Aerospike server can be installed on this machine (only npm and Debian apt are
+ * reachable): the conformance suite runs against a real server only when AEROSPIKE_HOSTS
+ * is set (test/kvstore-aerospike.test.ts), and always against a MOCK server that speaks
+ * the wire protocol (test/kvstore-aerospike-mock.test.ts, test/helpers/aerospike-mock.ts).
  */
 import { createRequire } from 'node:module';
 import type { StoreUsage } from './types.ts';
 import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
-import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
+import { ElasticmemError, unavailable, describe, withTimeout, badUri } from './errors.ts';
 import type { HostPort } from './uri.ts';
 
 // The client is a native addon; load it only when an aerospike:// store is opened.
@@ -61,7 +62,28 @@ export class AerospikeStore implements RawStore {
       unrefAfterFailedConnect();
       throw mapError(as, e, `cannot connect to aerospike at ${where(spec)} (is asd running and reachable?)`);
     }
-    return new AerospikeStore(uri, as, client, spec, t);
+    const store = new AerospikeStore(uri, as, client, spec, t);
+    await store.checkNamespace();
+    return store;
+  }
+
+  /**
+   * A namespace the cluster does not have fails every batch with a bare "Batch failed"
+   * (-16): refuse it at open instead, naming the namespaces there are. Best effort: when
+   * the info request itself fails, the first operation reports the problem.
+   */
+  private async checkNamespace(): Promise<void> {
+    let have: string[];
+    try {
+      const resp: string = await withTimeout(this.client.infoAny('namespaces') as Promise<string>, this.t.opTimeoutMs, `${this.uri}: info namespaces`);
+      have = (/(?:^|\n)namespaces\t([^\n]*)/.exec(resp)?.[1] ?? '').split(';').filter(Boolean);
+    } catch {
+      return;
+    }
+    if (have.length === 0 || have.includes(this.spec.namespace)) return;
+    await this.close();
+    throw badUri(`the Aerospike cluster at ${where(this.spec)} has no namespace '${this.spec.namespace}' (it has: ${have.join(', ')})`,
+      `aerospike://${where(this.spec)}/${have[0]}/${this.spec.set}`);
   }
 
   private key(tag: string, page: number): Any {
@@ -104,9 +126,16 @@ export class AerospikeStore implements RawStore {
     await this.removeKeys(pages.map((p) => this.key(tag, p)));
   }
 
+  /**
+   * Removes as a batchWrite of BATCH_REMOVE records, not client.batchRemove(): that one
+   * runs the synchronous C batch on a libuv worker thread and, when any record fails,
+   * rejects with AEROSPIKE_BATCH_FAILED alone, hiding each record's code (a device
+   * overload, which the pager should retry, came out as a plain STORE_ERROR).
+   */
   private async removeKeys(keys: Any[]): Promise<void> {
     for (let i = 0; i < keys.length; i += 1024) {
-      const res: Any[] = await this.run(() => this.client.batchRemove(keys.slice(i, i + 1024)), 'batchRemove');
+      const recs = keys.slice(i, i + 1024).map((key) => ({ type: this.as.batchType.BATCH_REMOVE, key }));
+      const res: Any[] = await this.run(() => this.client.batchWrite(recs), 'batchRemove');
       for (const r of res)
         if (r.status !== this.as.status.OK && r.status !== this.as.status.ERR_RECORD_NOT_FOUND) throw mapStatus(this.as, r.status, `${this.uri}: batchRemove`);
     }
@@ -138,6 +167,13 @@ export class AerospikeStore implements RawStore {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    // Never close from inside a client callback: the client's native listeners keep using
+    // the client (its log, its command) after the JavaScript callback returns, and the
+    // promise continuations of that callback (which may end here) run before it returns.
+    // Closing there freed the client under the listener: SIGSEGV / "glibc detected an
+    // invalid stdio handle" right after a scan or query failed on a down server. Waiting
+    // one macrotask lets the native callback unwind first.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     try { await this.client.close(false); } catch { /* already closed */ }
   }
 
