@@ -151,3 +151,17 @@ test('wall time per page fault: total touch time over faulting touches, pager an
   t.is(r2!.kernelUsPerFault, null);
   t.is(r2!.pagerOverKernel, null);
 });
+
+test('pinned pager runs (bench pager --pin) are their own series, next to unpinned ones', async (t) => {
+  const from = tmp(t);
+  const out = tmp(t);
+  const unpinned = readJson('pager-random.json');
+  const pinned = { ...unpinned, pinCpu: 0, usPerTouch: 3.21, kernelSwapUsPerTouch: 4.56 };
+  fs.writeFileSync(path.join(from, 'runs.json'), [unpinned, pinned].map((r) => JSON.stringify(r)).join('\n'));
+  await generateCharts(from, out);
+  const touch = markLabels(fs.readFileSync(path.join(out, 'touch-cost.svg'), 'utf8')).filter((l) => l.startsWith('workload,'));
+  t.is(touch.length, 4, touch.join('\n'));
+  t.true(touch.some((l) => l.includes('µs per touch: 3.21; series: pager, memory:, slru, pinned')), touch.join('\n'));
+  t.true(touch.some((l) => l.includes('µs per touch: 4.56; series: kernel swap (zram), pinned')), touch.join('\n'));
+  t.true(touch.some((l) => l.includes(`µs per touch: ${Math.round(unpinned.usPerTouch * 100) / 100}; series: pager, memory:, slru;`)), touch.join('\n'));
+});

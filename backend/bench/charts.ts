@@ -175,8 +175,10 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
   const mib = (b: number) => (b >= 2 ** 30 && b % 2 ** 30 === 0 ? `${b / 2 ** 30}G` : `${Math.round(b / 2 ** 20)}M`);
   const workloadOf = (p: PagerBenchResult) => `${p.workload} ${mib(p.sizeBytes)}/${mib(p.localBytes)}`;
   for (const p of pager) {
-    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'slru'}`, p.usPerTouch);
-    if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)`, p.kernelSwapUsPerTouch);
+    // pinned runs (bench pager --pin) are their own series: thread placement changes the cost
+    const pin = p.pinCpu !== undefined ? ', pinned' : '';
+    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'slru'}${pin}`, p.usPerTouch);
+    if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)${pin}`, p.kernelSwapUsPerTouch);
   }
   if (!groups.size) return null;
   const rank = (w: string) => ['seq', 'random', 'zipf'].indexOf(w.split(' ')[0]!);
