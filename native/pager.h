@@ -128,6 +128,9 @@ class Pager {
   const Region& region_at(uint32_t idx) const;
   void list_insert(uint32_t idx, bool hot);
   void list_remove(uint32_t idx);
+  void note_reference(PageMeta& m, uint32_t distance, bool timed);
+  void ring_link(uint32_t idx);
+  void flush_pending(size_t keep);
   void wake_deferred();
   void for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn);
   void emit(PagerEvent ev);
@@ -146,7 +149,16 @@ class Pager {
 
   AdaptiveMutex mu_;              // guards table_, lists, deferred_, resident_ (spins briefly: see adaptive_mutex.h)
   std::vector<PageMeta> table_;
-  PageList probation_, protected_;
+  // Replacement policy (pick_victims): resident pages in a ring of FIFO lists indexed by
+  // priority (slot = priority mod kRingSlots, all within kRingSlots of ring_low_), the
+  // armed list, the scan list and the pending run; policy 'fifo' uses fifo_ alone.
+  static constexpr uint32_t kRingSlots = 128;
+  PageList ring_[kRingSlots], armed_, scan_, pending_, fifo_;
+  uint32_t ring_low_ = 0;       // lowest priority that may hold pages: victims come from here
+  uint32_t ring_now_ = 0;       // aging clock, in slots: +1 every cap/4 evictions
+  uint32_t ring_tick_ = 0;      // evictions towards the next ring_now_ step
+  uint64_t ring_pages_ = 0;     // pages in the ring
+  uint32_t last_insert_ = kNil; // previous page inserted (sequential runs)
   std::vector<uint32_t> deferred_;   // faults on pages being dropped: woken after the drop
   uint32_t evict_clock_ = 0;
   std::atomic<uint64_t> resident_{0};
