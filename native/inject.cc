@@ -1027,14 +1027,16 @@ RemoteTask::~RemoteTask() {
   std::shared_ptr<Impl> keep = impl_;
   m.tracer.run_detached([keep] {
     Impl& k = *keep;
-    for (int i = 0; ::syscall(SYS_tgkill, k.pid, k.tid, 0) == 0; i++) {
-      if (k.interrupt_and_wait()) {
-        try {
+    // Nothing may escape this thread (std::terminate): a thread that died meanwhile
+    // (wait_stop throws EM_NO_PROCESS) needs no restoring.
+    try {
+      for (int i = 0; ::syscall(SYS_tgkill, k.pid, k.tid, 0) == 0; i++) {
+        if (k.interrupt_and_wait()) {
           k.restore_and_detach();
-        } catch (...) {
+          return;
         }
-        return;
       }
+    } catch (...) {
     }
   });
 }

@@ -1,5 +1,6 @@
 #include "pager.h"
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <poll.h>
@@ -29,6 +30,11 @@ constexpr int kIovMax = 1024;
 constexpr uint64_t kRetryMinMs = 50, kRetryMaxMs = 5000;
 constexpr int kEvictorNice = 10;
 constexpr uint64_t kArmFetchCostUs = 30;  // ~4 uffd round trips on this class of machine
+// True on the fault thread, the uffd's only reader: its ioctls must not wait out EAGAIN
+// (see OnAgain in uffd.h), everyone else's may.
+thread_local bool tl_uffd_reader = false;
+OnAgain again_mode() { return tl_uffd_reader ? OnAgain::kReturn : OnAgain::kWait; }
+thread_local bool tl_evictor = false;  // stop_threads stops the evictor first (evict_stop_)
 
 bool all_zero(const uint8_t* p) {
   const uint64_t* w = reinterpret_cast<const uint64_t*>(p);
@@ -62,6 +68,7 @@ Pager::~Pager() {
     if (r.fd >= 0) close(r.fd);
   if (pidfd_ >= 0) close(pidfd_);
   if (stop_efd_ >= 0) close(stop_efd_);
+  if (fence_efd_ >= 0) close(fence_efd_);
   if (cfg_.uffd >= 0) close(cfg_.uffd);
 }
 
@@ -162,6 +169,68 @@ void Pager::build_state() {
   }
 }
 
+// Take-over: read (and so complete) the uffd's queued messages until no thread of the
+// target is inside process_madvise, the call the evictor injects to drop private memory
+// (QEMU itself discards with madvise). Faults read here are not lost: every waiter is
+// woken once the state is rebuilt. A REMOVE event read here cannot be told apart from a
+// discard by QEMU while no monitor ran; it is treated as the dead monitor's drop, i.e.
+// its pages are whatever the rebuilt state finds (docs/architecture.md, known limits).
+void Pager::finish_dead_monitors_drop() {
+  auto in_process_madvise = [&] {
+    std::string dir = "/proc/" + std::to_string(cfg_.pid) + "/task";
+    bool any = false;
+    DIR* d = opendir(dir.c_str());
+    if (!d) throw_sys("opendir", "listing the threads of process " + std::to_string(cfg_.pid));
+    while (struct dirent* e = readdir(d)) {
+      if (e->d_name[0] == '.') continue;
+      int fd = open((dir + "/" + e->d_name + "/syscall").c_str(), O_RDONLY | O_CLOEXEC);
+      if (fd < 0) continue;  // the thread exited
+      char buf[32] = {0};
+      ssize_t n = read(fd, buf, sizeof buf - 1);
+      close(fd);
+      if (n > 0 && strtol(buf, nullptr, 10) == SYS_process_madvise) any = true;
+    }
+    closedir(d);
+    return any;
+  };
+  struct uffd_msg msgs[kMaxMsgs];
+  for (int quiet = 0, i = 0; quiet < 2; i++) {
+    if (i > 25000) throw Error("EM_TAKEOVER_BUSY", "process " + std::to_string(cfg_.pid) + " stayed inside process_madvise for 5 s while taking over its userfaultfd", EBUSY, "process_madvise");
+    ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
+    if (got < 0 && errno != EAGAIN && errno != EINTR) throw_sys("read", "reading the userfaultfd left by the dead monitor");
+    if (got > 0 || in_process_madvise()) {
+      quiet = 0;
+      struct timespec ts = {0, 200 * 1000};
+      nanosleep(&ts, nullptr);
+    } else {
+      quiet++;
+    }
+  }
+}
+
+// Before the fault thread runs (a take-over), repeat `op` until the mm stops changing,
+// reading the uffd meanwhile: REMOVE events are applied to the page table (a dead
+// monitor's drop, or QEMU's discard); faults are dropped, the caller wakes their threads.
+void Pager::settle_events_then(const std::string& what, const std::function<bool()>& op) {
+  struct uffd_msg msgs[kMaxMsgs];
+  for (int attempt = 0; attempt < 10000; attempt++) {  // ~2 s at most
+    if (op()) return;
+    ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
+    if (got < 0 && errno != EAGAIN && errno != EINTR) throw_sys("read", "reading the userfaultfd before " + what);
+    std::vector<uint64_t> dels;
+    std::vector<std::pair<uint64_t, uint64_t>> removed;
+    {
+      std::lock_guard<AdaptiveMutex> g(mu_);
+      for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof(struct uffd_msg); i++)
+        if (msgs[i].event == UFFD_EVENT_REMOVE) handle_remove(msgs[i].arg.remove.start, msgs[i].arg.remove.end, dels, removed);
+    }
+    if (!dels.empty()) store_del(dels);
+    struct timespec ts = {0, 200 * 1000};
+    nanosleep(&ts, nullptr);
+  }
+  throw Error("EM_UFFD_BUSY", what + ": the target's memory map kept changing for 2 s (EAGAIN)", EAGAIN, "UFFDIO_WRITEPROTECT");
+}
+
 // Pin the calling pager thread to `cpus` (empty: leave it to the scheduler). A failure
 // is reported, not fatal: the pager works anywhere, only its latency changes.
 void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
@@ -179,9 +248,14 @@ void Pager::start() {
   if (pidfd_ < 0) throw_sys("pidfd_open", "watching process " + std::to_string(cfg_.pid));
   stop_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_efd_ < 0) throw_sys("eventfd", "creating the pager's stop signal");
+  fence_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (fence_efd_ < 0) throw_sys("eventfd", "creating the pager's fence signal");
   bool any_memfd = std::any_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
   if (!cfg_.reattach) {
-    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
+    // EVENT_REMOVE: QEMU's discards (MADV_DONTNEED / MADV_REMOVE) are announced, so a
+    // discarded page that is remote loses its stored copy instead of coming back stale.
+    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMOVE |
+                    (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
     uint64_t got = uffd_api(cfg_.uffd, want);
     if ((got & want) != want) throw Error("EM_UFFD_FEATURES", "the kernel lacks userfaultfd features the pager needs (missing/write-protect on shmem)");
   }
@@ -191,19 +265,27 @@ void Pager::start() {
     if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
       throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
   }
+  // A dead monitor may have died in the middle of dropping private memory: its injected
+  // process_madvise goes on in the target, raising one REMOVE event per range and waiting
+  // until each is read. Let it finish before the state is rebuilt (its pages must be
+  // seen as gone, and must not be unprotected and written while their zap is pending).
+  if (cfg_.reattach) finish_dead_monitors_drop();
   build_state();
   if (cfg_.reattach) {
     // The dead monitor may have left pages write-protected and faulting threads whose
     // messages it had read: unprotect everything (resident pages are treated as dirty)
-    // and wake every waiter so each fault is delivered again to us.
+    // and wake every waiter so each fault is delivered again to us. A discard by QEMU
+    // meanwhile can still hold the mm changing (EAGAIN): its event is applied first.
     for (auto& r : regions_) {
-      uffd_writeprotect(cfg_.uffd, r.start, r.length, false);
+      settle_events_then("unprotecting '" + r.name + "' after a take-over",
+                         [&] { return uffd_writeprotect(cfg_.uffd, r.start, r.length, false, false, OnAgain::kReturn); });
       uffd_wake(cfg_.uffd, r.start, r.length);
     }
   }
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
     pin_thread(cfg_.fault_cpus, "fault");
+    tl_uffd_reader = true;
     fault_loop();
   });
   evict_thread_ = std::thread([this] {
@@ -387,7 +469,8 @@ template <class F>
 bool Pager::with_retry(const char* what, F&& op) {
   uint64_t backoff = kRetryMinMs;
   bool reported = false;
-  while (!stop_) {
+  auto stopping = [&] { return stop_ || (tl_evictor && evict_stop_); };
+  while (!stopping()) {
     try {
       op();
       if (reported) {
@@ -412,7 +495,7 @@ bool Pager::with_retry(const char* what, F&& op) {
         emit({"store-down", std::string(what) + " failed, retrying with backoff: " + e.what(), {}, 0, 0});
       }
     }
-    for (uint64_t waited = 0; waited < backoff && !stop_; waited += 10) sleep_ms(10);
+    for (uint64_t waited = 0; waited < backoff && !stopping(); waited += 10) sleep_ms(10);
     backoff = std::min(backoff * 2, kRetryMaxMs);
   }
   return false;
@@ -431,18 +514,30 @@ bool Pager::store_del(std::vector<uint64_t>& keys) {
 
 // ---------------------------------------------------------------- fault thread
 
+// One round of the fault loop is done: whatever it read has been applied.
+void Pager::end_round() {
+  fault_rounds_++;
+  std::lock_guard<std::mutex> lk(fence_mu_);
+  fence_cv_.notify_all();
+}
+
 void Pager::fault_loop() {
   struct uffd_msg msgs[kMaxMsgs];
   std::vector<uint32_t> fetch;
   std::vector<uint64_t> dels;
   std::vector<uint32_t> writes;
+  std::vector<std::pair<uint64_t, uint64_t>> removed;  // discarded ranges: waiters are woken
+  std::vector<Retry> retrying;
   while (!stop_) {
     // Read first (the uffd is non-blocking): under load the next faults are already
     // queued and the poll would only cost a syscall. Sleep in poll when there are none.
     ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
     if (got < 0 && errno == EAGAIN) {
-      struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
-      int pr = poll(p, 3, -1);
+      // Faults put back by EAGAIN (the mm was changing) are retried after a short
+      // sleep even if nothing new arrives; otherwise sleep until something does.
+      struct pollfd p[4] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}, {fence_efd_, POLLIN, 0}};
+      struct timespec retry_after = {0, 200 * 1000};
+      int pr = ppoll(p, 4, retry_.empty() ? nullptr : &retry_after, nullptr);
       if (pr < 0 && errno != EINTR) {
         emit({"error", std::string("poll on the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
         return;
@@ -454,7 +549,14 @@ void Pager::fault_loop() {
         evict_cv_.notify_all();
         return;
       }
-      continue;
+      if (pr > 0 && (p[3].revents & POLLIN)) {  // the evictor waits for a finished round
+        uint64_t v;
+        ssize_t r = read(fence_efd_, &v, sizeof v);
+        (void)r;
+        end_round();
+      }
+      if (pr != 0 || retry_.empty()) continue;
+      got = 0;  // timed out: just the retries
     }
     if (got < 0) {
       if (errno == EINTR) continue;
@@ -466,11 +568,27 @@ void Pager::fault_loop() {
     fetch.clear();
     dels.clear();
     writes.clear();
+    removed.clear();
+    retrying.swap(retry_);
+    retry_.clear();
     try {
       // One pass under the page-table lock: classify every fault and plan the fetch.
       {
         std::lock_guard<AdaptiveMutex> g(mu_);
+        for (const Retry& r : retrying) {
+          if (r.kind == Retry::kWp) {
+            handle_wp(r.idx);
+          } else {
+            handle_missing(r.idx, fetch, dels, r.kind == Retry::kWrite);
+            if (r.kind == Retry::kWrite) writes.push_back(r.idx);
+          }
+        }
         for (size_t i = 0; i < n; i++) {
+          if (msgs[i].event == UFFD_EVENT_REMOVE) {
+            // The caller's madvise waits until this message is read; the zap follows.
+            handle_remove(msgs[i].arg.remove.start, msgs[i].arg.remove.end, dels, removed);
+            continue;
+          }
           if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // no other events were requested
           uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t)(kPageSize - 1);
           int ri = region_of(addr);
@@ -478,12 +596,14 @@ void Pager::fault_loop() {
           uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
           faults_++;
           if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
+            wp_faults_++;
             handle_wp(idx);
           } else {
-            handle_missing(idx, fetch, dels);
+            bool write = msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE;
+            handle_missing(idx, fetch, dels, write);
             // A write fault maps its page writable at once: write-protecting it would
             // only cost a second fault for the write that is about to happen.
-            if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WRITE) writes.push_back(idx);
+            if (write) writes.push_back(idx);
           }
         }
         if (!fetch.empty()) {
@@ -491,6 +611,9 @@ void Pager::fault_loop() {
           plan_fetch(fetch, true, &writes, fault_plan_);
         }
       }
+      // A thread waiting on a page that was discarded meanwhile retries: the page now
+      // reads as zeros (its fault finds it absent).
+      for (auto& r : removed) uffd_wake(cfg_.uffd, r.first, r.second - r.first);
       if (!dels.empty()) store_del(dels);
       if (!fetch.empty()) {
         // A drain may bring the same pages in meanwhile: fetch_planned maps only pages
@@ -503,15 +626,18 @@ void Pager::fault_loop() {
     }
     uint64_t dt = now_us() - t0;
     for (size_t i = 0; i < n; i++) latency_.record(dt);
+    end_round();
     if (resident_ > high_watermark()) {
       evict_cv_.notify_one();
       // Back-pressure: when faults outrun the evictor up to the cap, give it a moment
       // before taking more pages. Bounded (20 ms), so a drop that needs this thread (an
       // injected DONTNEED into a thread that is itself faulting) can never deadlock
       // against it, and a stalled store only slows faults down.
-      if (resident_ >= cap_ && !stop_ && !draining_) {
+      // No waiting while the evictor's drop is under way or faults wait for a retry: the
+      // drop of private memory raises REMOVE events only this thread can read.
+      if (resident_ >= cap_ && !stop_ && !draining_ && !evict_dropping_ && retry_.empty()) {
         uint64_t w0 = now_us();
-        for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_; i++) {
+        for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_ && !evict_dropping_; i++) {
           std::unique_lock<std::mutex> lk(evict_mu_);
           evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
         }
@@ -527,25 +653,29 @@ void Pager::fault_loop() {
 // (invariant 1) unless the drop is already committed, in which case the writer waits
 // until the page is gone and then faults it back from the store.
 void Pager::handle_wp(uint32_t idx) {
-  wp_faults_++;
   PageMeta& m = table_[idx];
   uint64_t addr = addr_of(idx);
+  // Unprotect; if the mm is changing (an event waits in the uffd), handle this fault
+  // again shortly (fault_loop's retry list): the state changes below are idempotent.
+  auto unprotect = [&] {
+    if (!uffd_writeprotect(cfg_.uffd, addr, kPageSize, false, false, again_mode())) retry_.push_back({idx, Retry::kWp});
+  };
   switch (m.state) {
     case kResClean:
       m.state = kResDirty;
       m.flags |= kFlRef;
-      uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
+      unprotect();
       break;
     case kResDirty:  // armed for a reference check (or left protected by an abandoned eviction)
       if (m.flags & kFlArmed) m.flags = (uint8_t)((m.flags & ~kFlArmed) | kFlRef);
-      uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
+      unprotect();
       break;
     case kEvicting:
       if (m.flags & kFlDropping) {
         deferred_.push_back(idx);
       } else {
         m.flags |= kFlAbort;
-        uffd_writeprotect(cfg_.uffd, addr, kPageSize, false);
+        unprotect();
       }
       break;
     default:  // not resident any more: let the writer retry and take a missing fault
@@ -553,21 +683,65 @@ void Pager::handle_wp(uint32_t idx) {
   }
 }
 
+// UFFD_EVENT_REMOVE: the target discards [start, end) (QEMU: balloon inflate, virtio-mem
+// unplug, free page reporting). Every page in it reads as zeros from now on: resident
+// and remote pages become absent and their stored copies are deleted. A page being
+// evicted has its eviction abandoned (the missing fault after the zap then finds it
+// "resident" and takes the discard path). Pages the evictor is dropping are skipped:
+// for private memory the evictor's own injected MADV_DONTNEED raises this event too.
+void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels,
+                          std::vector<std::pair<uint64_t, uint64_t>>& removed) {
+  for (const Region& r : regions_) {
+    uint64_t lo = std::max(start, r.start), hi = std::min(end, r.start + r.length);
+    if (lo >= hi) continue;
+    bool any = false;
+    for (uint64_t a = lo & ~(uint64_t)(kPageSize - 1); a < hi; a += kPageSize) {
+      uint32_t idx = r.first + (uint32_t)((a - r.start) / kPageSize);
+      PageMeta& m = table_[idx];
+      switch (m.state) {
+        case kAbsent:
+          continue;
+        case kEvicting:
+          if (!(m.flags & kFlDropping)) m.flags |= kFlAbort;  // counted when its fault comes
+          continue;
+        case kRemote:
+          remote_--;
+          break;
+        default:  // kResDirty / kResClean
+          list_remove(idx);
+          resident_--;
+          break;
+      }
+      if (m.flags & kFlStoreCopy) dels.push_back(key_of(idx));
+      m.state = kAbsent;
+      m.flags = 0;
+      discards_++;
+      any = true;
+    }
+    if (any) removed.emplace_back(lo, hi);
+  }
+}
+
 // A missing fault. Remote pages are queued for one batched fetch; never-written pages
 // are zero-filled; a missing fault on a page believed resident means QEMU discarded it
 // (balloon, virtio-mem unplug): zeros, and the stored copy is deleted.
-void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels) {
+void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels, bool write) {
   PageMeta& m = table_[idx];
   uint64_t addr = addr_of(idx);
+  // UFFDIO_ZEROPAGE. Unless it was done nothing changes: a duplicate fault already
+  // mapped the page (wake the thread), or the mm is changing (retry this fault shortly).
+  auto zero_filled = [&] {
+    CopyResult z = uffd_zeropage(cfg_.uffd, addr, kPageSize, true, again_mode());
+    if (z == CopyResult::kExists) uffd_wake(cfg_.uffd, addr, kPageSize);
+    if (z == CopyResult::kAgain) retry_.push_back({idx, write ? Retry::kWrite : Retry::kRead});
+    return z == CopyResult::kDone;
+  };
   switch (m.state) {
     case kRemote:
       if (!(m.flags & kFlLost)) fetch.push_back(idx);
       return;
     case kAbsent:
-      if (uffd_zeropage(cfg_.uffd, addr, kPageSize, true) == CopyResult::kExists) {
-        uffd_wake(cfg_.uffd, addr, kPageSize);
-        return;
-      }
+      if (!zero_filled()) return;
       zero_fills_++;
       m.state = kResDirty;
       list_insert(idx, false);
@@ -578,19 +752,13 @@ void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vect
         deferred_.push_back(idx);
         return;
       }
-      if (uffd_zeropage(cfg_.uffd, addr, kPageSize, true) == CopyResult::kExists) {
-        uffd_wake(cfg_.uffd, addr, kPageSize);
-        return;
-      }
+      if (!zero_filled()) return;
       m.flags |= kFlAbort;  // discarded under the evictor: its copy-out is void
       zero_fills_++;
       discards_++;
       return;
     default:  // kResDirty / kResClean
-      if (uffd_zeropage(cfg_.uffd, addr, kPageSize, true) == CopyResult::kExists) {
-        uffd_wake(cfg_.uffd, addr, kPageSize);  // a duplicate fault already resolved
-        return;
-      }
+      if (!zero_filled()) return;
       zero_fills_++;
       discards_++;
       m.state = kResDirty;
@@ -678,10 +846,14 @@ bool Pager::map_in_place(FetchPlan& plan) {
   CopyResult cr = CopyResult::kDone;
   uint64_t copied = 0;
   if (!store_->view(plan.keys[0], plan.vers[0], [&](const uint8_t* page) {
-        cr = uffd_copy(cfg_.uffd, dst, page, kPageSize, map_wp, true, &copied);
-        mapped = true;
+        cr = uffd_copy(cfg_.uffd, dst, page, kPageSize, map_wp, true, &copied, again_mode());
+        mapped = cr != CopyResult::kAgain;
       }, &found))
     return false;
+  if (cr == CopyResult::kAgain) {  // the mm is changing: retry this fault shortly
+    retry_.push_back({idx, map_wp ? Retry::kRead : Retry::kWrite});
+    return true;
+  }
   std::lock_guard<AdaptiveMutex> g(mu_);
   PageMeta& m = table_[idx];
   if (!found) {
@@ -760,7 +932,7 @@ void Pager::fetch_planned(FetchPlan& plan) {
     uint64_t copied = 0;
     uint64_t dst = addr_of(want[i]);
     bool map_wp = wp && !writable;
-    CopyResult cr = uffd_copy(cfg_.uffd, dst, data + i * kPageSize, count * kPageSize, map_wp, true, &copied);
+    CopyResult cr = uffd_copy(cfg_.uffd, dst, data + i * kPageSize, count * kPageSize, map_wp, true, &copied, again_mode());
     size_t done = (size_t)(copied / kPageSize);
     for (size_t k = i; k < i + done; k++) {
       uint32_t idx = want[k];
@@ -772,6 +944,16 @@ void Pager::fetch_planned(FetchPlan& plan) {
       resident_++;
       remote_--;
       if (plan.mark[k] >= kMarkPrefetch) prefetched_++; else fetches_++;
+    }
+    if (cr == CopyResult::kAgain) {
+      // The mm is changing (an event waits in the uffd): the rest of the run stays
+      // remote; its faulted pages are retried shortly (kAgain happens only on the fault
+      // thread, which owns retry_), prefetched ones have nobody waiting.
+      for (size_t k = i + done; k <= j; k++)
+        if (plan.mark[k] == kMarkFault || plan.mark[k] == kMarkWrite)
+          retry_.push_back({want[k], plan.mark[k] == kMarkWrite ? Retry::kWrite : Retry::kRead});
+      i = j + 1;
+      continue;
     }
     if (cr == CopyResult::kExists) {
       // Something mapped this page behind our back (e.g. a second, unregistered mapping of
@@ -890,7 +1072,7 @@ void Pager::read_pages(const std::vector<uint32_t>& idxs, uint8_t* out) {
   });
 }
 
-void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
+bool Pager::drop_pages(const std::vector<uint32_t>& idxs) {
   std::vector<struct iovec> anon;
   for_runs(idxs, [&](const Run& run) {
     const Region& r = region_at(run.first);
@@ -904,6 +1086,7 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
   });
   for (size_t i = 0; i < anon.size(); i += kIovMax)
     remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i));
+  return !anon.empty();
 }
 
 // Evict up to `want` pages. Returns the number of pages that left host memory.
@@ -1031,12 +1214,15 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint8_t> sorted_zero(drop.size());
   for (size_t i = 0; i < order.size(); i++) { sorted_drop[i] = drop[order[i]]; sorted_zero[i] = drop_zero[order[i]]; }
   bool dropped = true;
+  evict_dropping_ = true;
   try {
-    drop_pages(sorted_drop);
+    if (drop_pages(sorted_drop)) fence_fault_thread();
   } catch (const Error& e) {
+    fence_fault_thread();  // some ranges may have raised events already
     dropped = false;
     emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
   }
+  evict_dropping_ = false;
   // Phase 3b: the pages are gone from host memory.
   {
     std::lock_guard<AdaptiveMutex> g(mu_);
@@ -1064,6 +1250,21 @@ size_t Pager::evict_batch(size_t want) {
   return dropped ? sorted_drop.size() : 0;
 }
 
+// The injected MADV_DONTNEED of a drop raised one UFFD_EVENT_REMOVE per range, each read
+// by the fault thread before the call returned; but the fault thread applies what it
+// read under the page-table lock, possibly after phase 3b would have marked the pages
+// remote, when it would take our own drop for a discard by QEMU and delete the stored
+// copies. So wait until the fault thread finished the round that read them (it is
+// poked out of poll, and the wait is bounded: a stopping fault thread ends it too).
+void Pager::fence_fault_thread() {
+  uint64_t seen = fault_rounds_.load();
+  uint64_t one = 1;
+  ssize_t w = write(fence_efd_, &one, sizeof one);
+  (void)w;  // the eventfd cannot be full (it is read on every wake-up); a lost poke only delays
+  std::unique_lock<std::mutex> lk(fence_mu_);
+  fence_cv_.wait_for(lk, std::chrono::seconds(2), [&] { return fault_rounds_.load() > seen || stop_; });
+}
+
 // Watermarks: eviction starts once residency passes cap - slack (high) and goes down
 // to cap - 2*slack (low), so the cap itself is normally never crossed; faults that
 // would cross it wait briefly for the evictor (back-pressure in fault_loop).
@@ -1084,20 +1285,21 @@ void Pager::evict_loop() {
   if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), kEvictorNice) != 0) {
     emit({"error", std::string("could not lower the evictor's priority: ") + strerror(errno), {}, 0, 0});
   }
-  while (!stop_ && !draining_) {
+  tl_evictor = true;
+  while (!stop_ && !evict_stop_ && !draining_) {
     {
       std::unique_lock<std::mutex> lk(evict_mu_);
       evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
-                         [&] { return stop_ || (!draining_ && resident_ > high_watermark()); });
+                         [&] { return stop_ || evict_stop_ || (!draining_ && resident_ > high_watermark()); });
     }
-    if (stop_ || draining_ || resident_ <= high_watermark()) continue;
+    if (stop_ || evict_stop_ || draining_ || resident_ <= high_watermark()) continue;
     uint32_t cap = cap_;
     uint64_t sl = slack();
     uint64_t low = cap > 2 * sl ? cap - 2 * sl : 0;
     uint64_t total = resident_ > low ? resident_ - low : 0;
     bool report = total > 4096;  // a big shrink: show progress
     uint64_t done = 0, last_report = now_us();
-    while (!stop_ && !draining_ && resident_ > low && cap_ == cap) {
+    while (!stop_ && !evict_stop_ && !draining_ && resident_ > low && cap_ == cap) {
       size_t want = (size_t)std::min<uint64_t>(cfg_.evict_batch, resident_ - low);
       size_t got = 0;
       try {
@@ -1144,8 +1346,17 @@ void Pager::set_cap(uint32_t pages) {
 }
 
 void Pager::stop_threads() {
-  stop_ = true;
+  // The evictor first, while the fault thread still reads the uffd: a drop of private
+  // memory in flight raises UFFD_EVENT_REMOVE messages that only the fault thread reads.
+  evict_stop_ = true;
   if (store_) store_->cancel();
+  evict_cv_.notify_all();
+  if (evict_thread_.joinable() && evict_thread_.get_id() != std::this_thread::get_id()) evict_thread_.join();
+  stop_ = true;
+  {
+    std::lock_guard<std::mutex> lk(fence_mu_);
+    fence_cv_.notify_all();
+  }
   if (stop_efd_ >= 0) {
     uint64_t one = 1;
     ssize_t w = write(stop_efd_, &one, sizeof one);

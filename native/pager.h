@@ -105,7 +105,8 @@ class Pager {
   // --- fault thread ---
   void fault_loop();
   void handle_wp(uint32_t idx);
-  void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels);
+  void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels, bool write);
+  void handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels, std::vector<std::pair<uint64_t, uint64_t>>& removed);
   void fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, const std::vector<uint32_t>* writes = nullptr);
   void plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std::vector<uint32_t>* writes, FetchPlan& plan);
   void fetch_planned(FetchPlan& plan);
@@ -115,7 +116,9 @@ class Pager {
   size_t evict_batch(size_t want);
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
-  void drop_pages(const std::vector<uint32_t>& idx);
+  bool drop_pages(const std::vector<uint32_t>& idx);  // true if it raised REMOVE events (private memory)
+  void fence_fault_thread();
+  void end_round();
   // --- store with retry (invariant 5) ---
   bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
   bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
@@ -135,6 +138,8 @@ class Pager {
   void for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn);
   void emit(PagerEvent ev);
   void pin_thread(const std::vector<uint32_t>& cpus, const char* which);
+  void settle_events_then(const std::string& what, const std::function<bool()>& op);
+  void finish_dead_monitors_drop();
   void stop_threads();
   static uint64_t now_us();
   uint64_t slack() const;
@@ -146,6 +151,7 @@ class Pager {
   std::vector<Region> regions_;
   int pidfd_ = -1;
   int stop_efd_ = -1;
+  int fence_efd_ = -1;            // pokes the fault thread out of poll to finish a round (fence_fault_thread)
 
   AdaptiveMutex mu_;              // guards table_, lists, deferred_, resident_ (spins briefly: see adaptive_mutex.h)
   std::vector<PageMeta> table_;
@@ -170,9 +176,23 @@ class Pager {
   std::condition_variable evict_cv_;
   std::condition_variable evicted_cv_;  // the evictor made progress (fault-path back-pressure)
   std::atomic<bool> stop_{false};
+  std::atomic<bool> evict_stop_{false};  // stop_threads: the evictor stops before the fault thread
   std::atomic<bool> draining_{false};
   std::thread fault_thread_, evict_thread_;
   FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
+  // Faults whose ioctl met EAGAIN (the mm was changing: an event waits in the uffd, which
+  // only the fault thread reads). Handled again on the fault thread's next round, at
+  // most 200 µs later. Fault thread only.
+  struct Retry {
+    enum Kind : uint8_t { kRead, kWrite, kWp };
+    uint32_t idx;
+    Kind kind;
+  };
+  std::vector<Retry> retry_;
+  std::atomic<bool> evict_dropping_{false};
+  std::atomic<uint64_t> fault_rounds_{0};  // rounds of the fault loop finished
+  std::mutex fence_mu_;
+  std::condition_variable fence_cv_;  // the evictor is dropping pages (may raise REMOVE events)
 
   // sequential-fault detection for prefetch
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)

@@ -47,7 +47,8 @@ void uffd_unregister(int uffd, uint64_t start, uint64_t len) {
   if (ioctl(uffd, UFFDIO_UNREGISTER, &r) != 0) throw_sys("UFFDIO_UNREGISTER", "unregistering " + range_str(start, len));
 }
 
-CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool wp, bool wake, uint64_t* copied) {
+CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool wp, bool wake, uint64_t* copied,
+                     OnAgain again) {
   uint64_t done = 0;
   for (int attempt = 0;; attempt++) {
     struct uffdio_copy c = {};
@@ -64,6 +65,10 @@ CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool
       if (copied) *copied = done;
       return CopyResult::kExists;
     }
+    if (err == EAGAIN && again == OnAgain::kReturn) {
+      if (copied) *copied = done;
+      return CopyResult::kAgain;
+    }
     if (err == EAGAIN && attempt < kAgainRetries) {
       brief_pause();
       continue;
@@ -74,7 +79,7 @@ CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool
   return CopyResult::kDone;
 }
 
-CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake) {
+CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake, OnAgain again) {
   for (int attempt = 0;; attempt++) {
     struct uffdio_zeropage z = {};
     z.range.start = dst;
@@ -83,6 +88,7 @@ CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake) {
     if (ioctl(uffd, UFFDIO_ZEROPAGE, &z) == 0) return CopyResult::kDone;
     int err = errno;
     if (err == EEXIST) return CopyResult::kExists;
+    if (err == EAGAIN && again == OnAgain::kReturn && z.zeropage <= 0) return CopyResult::kAgain;
     if (err == EAGAIN && attempt < kAgainRetries) {
       if (z.zeropage > 0) {  // partial progress: continue after it
         dst += z.zeropage;
@@ -96,15 +102,16 @@ CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake) {
   }
 }
 
-void uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, bool dontwake) {
+bool uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, bool dontwake, OnAgain again) {
   for (int attempt = 0;; attempt++) {
     struct uffdio_writeprotect wp = {};
     wp.range.start = start;
     wp.range.len = len;
     // the kernel refuses DONTWAKE together with WP (nothing waits on a page being protected)
     wp.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : (dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0);
-    if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0) return;
+    if (ioctl(uffd, UFFDIO_WRITEPROTECT, &wp) == 0) return true;
     int err = errno;
+    if (err == EAGAIN && again == OnAgain::kReturn) return false;
     if (err == EAGAIN && attempt < kAgainRetries) {
       brief_pause();
       continue;

@@ -24,13 +24,21 @@ uint64_t uffd_api(int uffd, uint64_t wanted);
 uint64_t uffd_register(int uffd, uint64_t start, uint64_t len, bool wp);
 void uffd_unregister(int uffd, uint64_t start, uint64_t len);
 
-enum class CopyResult { kDone, kExists };
+// kAgain: the ioctl found the target's mm changing (EAGAIN) and the caller asked not to
+// wait. The uffd's reader must ask that: the change may be a UFFD_EVENT_REMOVE waiting in
+// the uffd, which only the reader can let finish (waiting would deadlock). Nothing was
+// done past *copied; wake the faulting threads so they fault again later.
+enum class CopyResult { kDone, kExists, kAgain };
+enum class OnAgain { kWait, kReturn };
 // UFFDIO_COPY of len bytes; retries EAGAIN (mm changing) with a short sleep. On
 // EEXIST returns kExists with *copied = bytes copied before the existing page.
-CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool wp, bool wake, uint64_t* copied);
-CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake);
-// Set (protect=true) or clear write protection; clearing also wakes waiting threads unless dontwake.
-void uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, bool dontwake = false);
+CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool wp, bool wake, uint64_t* copied,
+                     OnAgain again = OnAgain::kWait);
+CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake, OnAgain again = OnAgain::kWait);
+// Set (protect=true) or clear write protection; clearing also wakes waiting threads unless
+// dontwake. Returns false only for EAGAIN with OnAgain::kReturn (nothing changed).
+bool uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, bool dontwake = false,
+                       OnAgain again = OnAgain::kWait);
 void uffd_wake(int uffd, uint64_t start, uint64_t len);
 
 }  // namespace em

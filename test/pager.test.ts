@@ -223,6 +223,28 @@ for (const kind of ['memfd', 'anon'] as const) {
     await target.cmd(`kzero ${kind} 2000`);
     t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0);
   });
+
+  test(`${kind}: pages discarded while they are in the store (UFFD_EVENT_REMOVE) read back as zeros, not their stored content`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
+    await target.cmd(`fill ${kind} 17`);
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const pager = await attach(t, target, [r], 512, store);
+    await waitFor(() => pager.stats().residentPages <= 512);
+    const vm = `test-${target.pid}`;
+    // A run of evicted pages: no fault happens when they are discarded (they are not
+    // mapped), so only the REMOVE event tells the pager their stored copies are void.
+    const stored = new Set(await store.list(vm));
+    const first = [...stored].sort((a, b) => a - b).find((p) => [...Array(64).keys()].every((i) => stored.has(p + i)))!;
+    t.truthy(first !== undefined, 'a run of 64 remote pages');
+    const before = pager.stats();
+    await target.cmd(`discard ${kind} ${first} 64`);
+    const v = parseReply(await target.cmd(`verify ${kind}`));
+    t.is(v.corrupt, 0, `first bad page ${v.firstbad} (a stale stored copy came back instead of zeros)`);
+    const s = pager.stats();
+    t.true(s.discards - before.discards >= 64, `discards ${s.discards - before.discards}`);
+    t.is((await store.get(vm, [first]))[0], null, 'the stored copy of a discarded page is deleted');
+  });
 }
 
 test('memory: a page deleted from the embedded store behind the pager is reported lost and its fault held, never zero-filled', async (t) => {
@@ -271,8 +293,9 @@ test('fault and eviction threads run on the CPUs asked for; CPUs this machine la
       const status = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
       return { name: /^Name:\s*(.*)$/m.exec(status)![1], cpus: /^Cpus_allowed_list:\s*(.*)$/m.exec(status)![1] };
     });
+  // each thread pins itself as it starts: wait for both
   await waitFor(() => threads().some((th) => th.name === 'em-fault' && th.cpus === String(fault)), 5000);
-  t.true(threads().some((th) => th.name === 'em-evict' && th.cpus === String(evict)));
+  await waitFor(() => threads().some((th) => th.name === 'em-evict' && th.cpus === String(evict)), 5000);
   t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
   t.true(pager.stats().totalPages > 0);
 });
