@@ -90,8 +90,8 @@ export interface PagerStartOptions {
   uffdFd: number;
   /** The uffd's fd number inside the target, closed there by detach. */
   uffdTargetFd?: number;
-  /** Replacement policy: 'slru' (default: refault-aware segmented LRU) or 'fifo' (FluidMem/umap, for comparison). */
-  policy?: 'slru' | 'fifo';
+  /** Replacement policy: 'refault' (default: by each page's refault distance) or 'fifo' (FluidMem/umap, for comparison). */
+  policy?: 'refault' | 'fifo';
   /** TEST ONLY: evict without write-protecting first (loses racing writes); proves the race test can fail. */
   _testUnsafeSkipWriteProtect?: boolean;
   regions: RegionSpec[];

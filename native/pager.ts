@@ -20,8 +20,8 @@ export interface PagerAttachOptions {
   reattach?: boolean;
   prefetchMax?: number;
   evictBatch?: number;
-  /** Replacement policy (default 'slru'); 'fifo' exists to measure the difference. */
-  policy?: 'slru' | 'fifo';
+  /** Replacement policy (default 'refault'); 'fifo' exists to measure the difference. */
+  policy?: 'refault' | 'fifo';
   /**
    * CPUs for the fault thread and the eviction thread (default: any). Pinning the fault
    * thread to the CPUs of the vCPUs it serves makes a fault two local context switches

@@ -309,7 +309,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();
-      if (p != "fifo" && p != "slru") throw Error("EM_BAD_ARG", "policy must be 'fifo' or 'slru', not '" + p + "'");
+      if (p != "fifo" && p != "refault") throw Error("EM_BAD_ARG", "policy must be 'refault' or 'fifo', not '" + p + "'");
       cfg.fifo = p == "fifo";
     }
     Napi::Value rv = o.Get("regions");

@@ -51,7 +51,7 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.is(j.sizeBytes, 32 * 2 ** 20);
   t.is(j.localBytes, 8 * 2 ** 20);
   t.is(j.store, 'memory:');
-  t.is(j.policy, 'slru');
+  t.is(j.policy, 'refault');
   t.is(j.touches, 20000);
   t.is(j.integrity, 'ok');
   t.regex(j.integrityDetail.beforeDetach, /^integrity ok pages=8192$/);
@@ -87,6 +87,7 @@ test.serial('bad input is refused with exit 2 and a message naming the problem',
     [['--workload', 'seq', '--store', 'tape://x'], /unknown scheme 'tape:'/],
     [['--workload', 'seq', '--baseline', 'swapfile'], /only baseline is kernel-swap/],
     [['--workload', 'seq', '--pin', '4096'], /--pin 4096 is not a CPU this process may use/],
+    [['--workload', 'seq', '--policy', 'slru'], /policy 'slru' was replaced by 'refault'/],
   ];
   // parseArgs keeps the last value of a repeated option: each case overrides the base.
   for (const [extra, re] of cases) {

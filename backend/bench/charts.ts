@@ -177,7 +177,7 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
   for (const p of pager) {
     // pinned runs (bench pager --pin) are their own series: thread placement changes the cost
     const pin = p.pinCpu !== undefined ? ', pinned' : '';
-    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'slru'}${pin}`, p.usPerTouch);
+    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'refault'}${pin}`, p.usPerTouch);
     if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)${pin}`, p.kernelSwapUsPerTouch);
   }
   if (!groups.size) return null;
@@ -340,7 +340,7 @@ export function perFaultRows(pager: PagerBenchResult[]): PerFaultRow[] {
     return {
       workload: p.workload,
       store: storeLabel(p.store),
-      policy: p.policy ?? 'slru',
+      policy: p.policy ?? 'refault',
       sizeMiB: p.sizeBytes / 2 ** 20,
       localMiB: p.localBytes / 2 ** 20,
       localPercent: Math.round((100 * p.localBytes) / p.sizeBytes),

@@ -44,7 +44,7 @@ export interface PagerBenchOptions {
   /** Store URI (DESIGN.md): memory:, file:///..., redis://..., ... */
   store: string;
   baseline?: 'kernel-swap';
-  policy?: 'slru' | 'fifo';
+  policy?: 'refault' | 'fifo';
   /** Timed touches (default: a per-workload multiple of the page count, ~5-15 s here). */
   touches?: number;
   /** Untimed touches before the timed ones (default: one per page). */
@@ -84,7 +84,7 @@ export interface PagerBenchResult {
   sizeBytes: number;
   localBytes: number;
   store: string;
-  policy: 'slru' | 'fifo';
+  policy: 'refault' | 'fifo';
   touches: number;
   warmupTouches: number;
   seed: number;
@@ -167,7 +167,7 @@ export function validatePagerBenchOptions(o: PagerBenchOptions): void {
     throw new ElasticmemError(`--local (${formatSize(o.localBytes)}) must be smaller than --size (${formatSize(o.sizeBytes)}): otherwise nothing is paged; e.g. --size 128M --local 64M`, 'EM_BAD_ARG');
   parseStoreUri(o.store); // throws a clear error naming the supported schemes
   if (o.baseline !== undefined && o.baseline !== 'kernel-swap') throw new ElasticmemError(`unknown baseline '${o.baseline}': the only baseline is kernel-swap`, 'EM_BAD_ARG');
-  if (o.policy !== undefined && o.policy !== 'slru' && o.policy !== 'fifo') throw new ElasticmemError(`unknown policy '${o.policy}': choose slru or fifo`, 'EM_BAD_ARG');
+  if (o.policy !== undefined && o.policy !== 'refault' && o.policy !== 'fifo') throw new ElasticmemError(`unknown policy '${o.policy}': choose refault or fifo`, 'EM_BAD_ARG');
   for (const [k, v] of [['touches', o.touches], ['warmup', o.warmup], ['seed', o.seed], ['prefetch', o.prefetchMax], ['evict-batch', o.evictBatch]] as const) {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ElasticmemError(`--${k} must be a whole number >= 0 (got ${v})`, 'EM_BAD_ARG');
   }
@@ -187,7 +187,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
   const touches = opts.touches ?? TOUCHES_PER_PAGE[opts.workload] * pages;
   const warmup = opts.warmup ?? pages;
   const seed = opts.seed ?? 42;
-  const policy = opts.policy ?? 'slru';
+  const policy = opts.policy ?? 'refault';
   const progress = opts.onProgress ?? (() => {});
   opts.signal?.throwIfAborted();
 
@@ -291,7 +291,7 @@ async function drive(proc: LineProcess, hooks: { beforeRun(): void; afterRun(): 
   return { wl, integrity };
 }
 
-async function pagerPhase(bin: string, args: string[], store: PageStore, opts: PagerBenchOptions, policy: 'slru' | 'fifo', touches: number, progress: (p: Progress) => void) {
+async function pagerPhase(bin: string, args: string[], store: PageStore, opts: PagerBenchOptions, policy: 'refault' | 'fifo', touches: number, progress: (p: Progress) => void) {
   progress({ phase: 'fill', done: 0, total: 1 });
   const proc = await launchLineProcess(bin, args, { cpus: pinned(opts) });
   const unhook = killOnAbort(proc, opts.signal);

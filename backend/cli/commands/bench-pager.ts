@@ -9,7 +9,7 @@ import { allowedCpus } from '../../../native/pager.ts';
 import { runPagerBench, WORKLOADS, type PagerBenchOptions, type PagerBenchResult, type Progress, type Workload } from '../../bench/pager-bench.ts';
 
 const usage = `usage: elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI
-                              [--baseline kernel-swap] [--policy slru|fifo] [--pin CPU] [--json]
+                              [--baseline kernel-swap] [--policy refault|fifo] [--pin CPU] [--json]
 
 Measure what one page touch costs under the pager: a workload process fills SIZE of
 shared memory, the pager attaches with a resident cap of --local and pages the rest to
@@ -23,7 +23,9 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
   --baseline kernel-swap
                        also run the same workload as private memory in a memory cgroup
                        limited to --local, swapping to zram (sets up and removes both)
-  --policy slru|fifo   the pager's replacement policy (default slru)
+  --policy refault|fifo
+                       the pager's replacement policy (default refault: by each
+                       page's refault distance; fifo: FluidMem's/umap's, to compare)
   --touches N          timed touches (default: 6/12/40 per page for seq/random/zipf)
   --warmup N           untimed touches first (default: one per page)
   --seed N             workload seed (default 42)
@@ -94,7 +96,8 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
   const baseline = values.baseline as string | undefined;
   if (baseline !== undefined && baseline !== 'kernel-swap') throw new UsageError(`bench pager: unknown baseline '${baseline}': the only baseline is kernel-swap`);
   const policy = values.policy as string | undefined;
-  if (policy !== undefined && policy !== 'slru' && policy !== 'fifo') throw new UsageError(`bench pager: unknown policy '${policy}': choose slru or fifo`);
+  if (policy === 'slru') throw new UsageError("bench pager: policy 'slru' was replaced by 'refault' (the default); use --policy refault or leave it out");
+  if (policy !== undefined && policy !== 'refault' && policy !== 'fifo') throw new UsageError(`bench pager: unknown policy '${policy}': choose refault or fifo`);
   const pinCpu = count(values.pin as string | undefined, 'pin');
   if (pinCpu !== undefined && !allowedCpus().includes(pinCpu))
     throw new UsageError(`bench pager: --pin ${pinCpu} is not a CPU this process may use (${allowedCpus().join(',')}): pick one of those`);
@@ -104,7 +107,7 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
     localBytes,
     store,
     baseline: baseline as 'kernel-swap' | undefined,
-    policy: policy as 'slru' | 'fifo' | undefined,
+    policy: policy as 'refault' | 'fifo' | undefined,
     touches: count(values.touches as string | undefined, 'touches'),
     warmup: count(values.warmup as string | undefined, 'warmup'),
     seed: count(values.seed as string | undefined, 'seed'),
