@@ -1173,16 +1173,21 @@ std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
   bool leader_ok = task_stat(pid, pid, &state, &flags) && (state == 'S' || state == 'R') &&
                    read_file(leader + "/wchan").find("userfault") == std::string::npos &&
                    std::atoi(status_field(pid, "PPid").c_str()) != getpid();
+  std::unique_ptr<Error> leader_error;  // why the main thread did not stop, if it was tried
   if (leader_ok) {
     try {
       return std::make_unique<RemoteTask>(pid, timeout_ms);
     } catch (const Error& e) {
       if (e.err() != ETIMEDOUT) throw;
+      leader_error = std::make_unique<Error>(e);
     }
   }
   std::vector<pid_t> cands = thread_candidates(pid);
   if (leader_ok) cands.erase(std::remove(cands.begin(), cands.end(), pid), cands.end());
-  if (cands.empty()) throw Error("EM_PTRACE", "no thread of process " + std::to_string(pid) + " could be stopped", ETIMEDOUT);
+  if (cands.empty()) {
+    if (leader_error) throw *leader_error;  // the only thread: its own reason says most
+    throw Error("EM_PTRACE", "no thread of process " + std::to_string(pid) + " could be stopped", ETIMEDOUT);
+  }
   // A thread that does not stop costs timeout_ms: try a few, best first.
   const size_t tries = std::min<size_t>(cands.size(), 3);
   for (size_t i = 0;; i++) {

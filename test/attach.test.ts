@@ -423,6 +423,9 @@ test.serial('a thread waiting in a kernel-mode userfaultfd fault cannot be borro
   // serving it ends the wait. The target's only thread is stuck there.
   const pending = tg.cmd('kzero memfd 9');
   await srv.waitFor(/^fault /);
+  // the server sees the fault a moment before the thread is asleep in it
+  const wchan = () => fs.readFileSync(`/proc/${tg.pid}/task/${tg.pid}/wchan`, 'utf8');
+  for (let i = 0; i < 200 && !wchan().includes('userfault'); i++) await new Promise((r) => setTimeout(r, 5));
   const t0 = performance.now();
   const e = t.throws(() => testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE), { instanceOf: ElasticmemError });
   const took = performance.now() - t0;
