@@ -68,7 +68,6 @@ Pager::~Pager() {
     if (r.fd >= 0) close(r.fd);
   if (pidfd_ >= 0) close(pidfd_);
   if (stop_efd_ >= 0) close(stop_efd_);
-  if (fence_efd_ >= 0) close(fence_efd_);
   if (cfg_.uffd >= 0) close(cfg_.uffd);
 }
 
@@ -169,45 +168,6 @@ void Pager::build_state() {
   }
 }
 
-// Take-over: read (and so complete) the uffd's queued messages until no thread of the
-// target is inside process_madvise, the call the evictor injects to drop private memory
-// (QEMU itself discards with madvise). Faults read here are not lost: every waiter is
-// woken once the state is rebuilt. A REMOVE event read here cannot be told apart from a
-// discard by QEMU while no monitor ran; it is treated as the dead monitor's drop, i.e.
-// its pages are whatever the rebuilt state finds (docs/architecture.md, known limits).
-void Pager::finish_dead_monitors_drop() {
-  auto in_process_madvise = [&] {
-    std::string dir = "/proc/" + std::to_string(cfg_.pid) + "/task";
-    bool any = false;
-    DIR* d = opendir(dir.c_str());
-    if (!d) throw_sys("opendir", "listing the threads of process " + std::to_string(cfg_.pid));
-    while (struct dirent* e = readdir(d)) {
-      if (e->d_name[0] == '.') continue;
-      int fd = open((dir + "/" + e->d_name + "/syscall").c_str(), O_RDONLY | O_CLOEXEC);
-      if (fd < 0) continue;  // the thread exited
-      char buf[32] = {0};
-      ssize_t n = read(fd, buf, sizeof buf - 1);
-      close(fd);
-      if (n > 0 && strtol(buf, nullptr, 10) == SYS_process_madvise) any = true;
-    }
-    closedir(d);
-    return any;
-  };
-  struct uffd_msg msgs[kMaxMsgs];
-  for (int quiet = 0, i = 0; quiet < 2; i++) {
-    if (i > 25000) throw Error("EM_TAKEOVER_BUSY", "process " + std::to_string(cfg_.pid) + " stayed inside process_madvise for 5 s while taking over its userfaultfd", EBUSY, "process_madvise");
-    ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
-    if (got < 0 && errno != EAGAIN && errno != EINTR) throw_sys("read", "reading the userfaultfd left by the dead monitor");
-    if (got > 0 || in_process_madvise()) {
-      quiet = 0;
-      struct timespec ts = {0, 200 * 1000};
-      nanosleep(&ts, nullptr);
-    } else {
-      quiet++;
-    }
-  }
-}
-
 // Before the fault thread runs (a take-over), repeat `op` until the mm stops changing,
 // reading the uffd meanwhile: REMOVE events are applied to the page table (a dead
 // monitor's drop, or QEMU's discard); faults are dropped, the caller wakes their threads.
@@ -248,13 +208,17 @@ void Pager::start() {
   if (pidfd_ < 0) throw_sys("pidfd_open", "watching process " + std::to_string(cfg_.pid));
   stop_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_efd_ < 0) throw_sys("eventfd", "creating the pager's stop signal");
-  fence_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (fence_efd_ < 0) throw_sys("eventfd", "creating the pager's fence signal");
   bool any_memfd = std::any_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
   if (!cfg_.reattach) {
     // EVENT_REMOVE: QEMU's discards (MADV_DONTNEED / MADV_REMOVE) are announced, so a
     // discarded page that is remote loses its stored copy instead of coming back stale.
-    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_EVENT_REMOVE |
+    // Only when every region is a shared memfd: for private memory the evictor's own
+    // injected MADV_DONTNEED would raise the event too, and every drop would then wait
+    // on the fault thread, which may itself wait on a stalled store (a soak run lost
+    // pages when such a drop timed out). Private memory keeps the limit of
+    // docs/architecture.md (a discarded remote page keeps its stored copy).
+    bool all_memfd = std::all_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
+    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | (all_memfd ? UFFD_FEATURE_EVENT_REMOVE : 0) |
                     (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
     uint64_t got = uffd_api(cfg_.uffd, want);
     if ((got & want) != want) throw Error("EM_UFFD_FEATURES", "the kernel lacks userfaultfd features the pager needs (missing/write-protect on shmem)");
@@ -265,11 +229,6 @@ void Pager::start() {
     if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
       throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
   }
-  // A dead monitor may have died in the middle of dropping private memory: its injected
-  // process_madvise goes on in the target, raising one REMOVE event per range and waiting
-  // until each is read. Let it finish before the state is rebuilt (its pages must be
-  // seen as gone, and must not be unprotected and written while their zap is pending).
-  if (cfg_.reattach) finish_dead_monitors_drop();
   build_state();
   if (cfg_.reattach) {
     // The dead monitor may have left pages write-protected and faulting threads whose
@@ -514,13 +473,6 @@ bool Pager::store_del(std::vector<uint64_t>& keys) {
 
 // ---------------------------------------------------------------- fault thread
 
-// One round of the fault loop is done: whatever it read has been applied.
-void Pager::end_round() {
-  fault_rounds_++;
-  std::lock_guard<std::mutex> lk(fence_mu_);
-  fence_cv_.notify_all();
-}
-
 void Pager::fault_loop() {
   struct uffd_msg msgs[kMaxMsgs];
   std::vector<uint32_t> fetch;
@@ -535,9 +487,9 @@ void Pager::fault_loop() {
     if (got < 0 && errno == EAGAIN) {
       // Faults put back by EAGAIN (the mm was changing) are retried after a short
       // sleep even if nothing new arrives; otherwise sleep until something does.
-      struct pollfd p[4] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}, {fence_efd_, POLLIN, 0}};
+      struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
       struct timespec retry_after = {0, 200 * 1000};
-      int pr = ppoll(p, 4, retry_.empty() ? nullptr : &retry_after, nullptr);
+      int pr = ppoll(p, 3, retry_.empty() ? nullptr : &retry_after, nullptr);
       if (pr < 0 && errno != EINTR) {
         emit({"error", std::string("poll on the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
         return;
@@ -548,12 +500,6 @@ void Pager::fault_loop() {
         stop_ = true;
         evict_cv_.notify_all();
         return;
-      }
-      if (pr > 0 && (p[3].revents & POLLIN)) {  // the evictor waits for a finished round
-        uint64_t v;
-        ssize_t r = read(fence_efd_, &v, sizeof v);
-        (void)r;
-        end_round();
       }
       if (pr != 0 || retry_.empty()) continue;
       got = 0;  // timed out: just the retries
@@ -626,18 +572,16 @@ void Pager::fault_loop() {
     }
     uint64_t dt = now_us() - t0;
     for (size_t i = 0; i < n; i++) latency_.record(dt);
-    end_round();
     if (resident_ > high_watermark()) {
       evict_cv_.notify_one();
       // Back-pressure: when faults outrun the evictor up to the cap, give it a moment
       // before taking more pages. Bounded (20 ms), so a drop that needs this thread (an
       // injected DONTNEED into a thread that is itself faulting) can never deadlock
       // against it, and a stalled store only slows faults down.
-      // No waiting while the evictor's drop is under way or faults wait for a retry: the
-      // drop of private memory raises REMOVE events only this thread can read.
-      if (resident_ >= cap_ && !stop_ && !draining_ && !evict_dropping_ && retry_.empty()) {
+      // (not while faults wait for a retry: they are due within 200 µs)
+      if (resident_ >= cap_ && !stop_ && !draining_ && retry_.empty()) {
         uint64_t w0 = now_us();
-        for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_ && !evict_dropping_; i++) {
+        for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_; i++) {
           std::unique_lock<std::mutex> lk(evict_mu_);
           evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
         }
@@ -1072,7 +1016,7 @@ void Pager::read_pages(const std::vector<uint32_t>& idxs, uint8_t* out) {
   });
 }
 
-bool Pager::drop_pages(const std::vector<uint32_t>& idxs) {
+void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
   std::vector<struct iovec> anon;
   for_runs(idxs, [&](const Run& run) {
     const Region& r = region_at(run.first);
@@ -1086,7 +1030,6 @@ bool Pager::drop_pages(const std::vector<uint32_t>& idxs) {
   });
   for (size_t i = 0; i < anon.size(); i += kIovMax)
     remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i));
-  return !anon.empty();
 }
 
 // Evict up to `want` pages. Returns the number of pages that left host memory.
@@ -1214,15 +1157,12 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint8_t> sorted_zero(drop.size());
   for (size_t i = 0; i < order.size(); i++) { sorted_drop[i] = drop[order[i]]; sorted_zero[i] = drop_zero[order[i]]; }
   bool dropped = true;
-  evict_dropping_ = true;
   try {
-    if (drop_pages(sorted_drop)) fence_fault_thread();
+    drop_pages(sorted_drop);
   } catch (const Error& e) {
-    fence_fault_thread();  // some ranges may have raised events already
     dropped = false;
     emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
   }
-  evict_dropping_ = false;
   // Phase 3b: the pages are gone from host memory.
   {
     std::lock_guard<AdaptiveMutex> g(mu_);
@@ -1248,21 +1188,6 @@ size_t Pager::evict_batch(size_t want) {
   wake_deferred();
   evicted_cv_.notify_all();
   return dropped ? sorted_drop.size() : 0;
-}
-
-// The injected MADV_DONTNEED of a drop raised one UFFD_EVENT_REMOVE per range, each read
-// by the fault thread before the call returned; but the fault thread applies what it
-// read under the page-table lock, possibly after phase 3b would have marked the pages
-// remote, when it would take our own drop for a discard by QEMU and delete the stored
-// copies. So wait until the fault thread finished the round that read them (it is
-// poked out of poll, and the wait is bounded: a stopping fault thread ends it too).
-void Pager::fence_fault_thread() {
-  uint64_t seen = fault_rounds_.load();
-  uint64_t one = 1;
-  ssize_t w = write(fence_efd_, &one, sizeof one);
-  (void)w;  // the eventfd cannot be full (it is read on every wake-up); a lost poke only delays
-  std::unique_lock<std::mutex> lk(fence_mu_);
-  fence_cv_.wait_for(lk, std::chrono::seconds(2), [&] { return fault_rounds_.load() > seen || stop_; });
 }
 
 // Watermarks: eviction starts once residency passes cap - slack (high) and goes down
@@ -1353,10 +1278,6 @@ void Pager::stop_threads() {
   evict_cv_.notify_all();
   if (evict_thread_.joinable() && evict_thread_.get_id() != std::this_thread::get_id()) evict_thread_.join();
   stop_ = true;
-  {
-    std::lock_guard<std::mutex> lk(fence_mu_);
-    fence_cv_.notify_all();
-  }
   if (stop_efd_ >= 0) {
     uint64_t one = 1;
     ssize_t w = write(stop_efd_, &one, sizeof one);

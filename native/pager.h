@@ -116,9 +116,7 @@ class Pager {
   size_t evict_batch(size_t want);
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
-  bool drop_pages(const std::vector<uint32_t>& idx);  // true if it raised REMOVE events (private memory)
-  void fence_fault_thread();
-  void end_round();
+  void drop_pages(const std::vector<uint32_t>& idx);
   // --- store with retry (invariant 5) ---
   bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
   bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
@@ -139,7 +137,6 @@ class Pager {
   void emit(PagerEvent ev);
   void pin_thread(const std::vector<uint32_t>& cpus, const char* which);
   void settle_events_then(const std::string& what, const std::function<bool()>& op);
-  void finish_dead_monitors_drop();
   void stop_threads();
   static uint64_t now_us();
   uint64_t slack() const;
@@ -151,7 +148,6 @@ class Pager {
   std::vector<Region> regions_;
   int pidfd_ = -1;
   int stop_efd_ = -1;
-  int fence_efd_ = -1;            // pokes the fault thread out of poll to finish a round (fence_fault_thread)
 
   AdaptiveMutex mu_;              // guards table_, lists, deferred_, resident_ (spins briefly: see adaptive_mutex.h)
   std::vector<PageMeta> table_;
@@ -189,10 +185,6 @@ class Pager {
     Kind kind;
   };
   std::vector<Retry> retry_;
-  std::atomic<bool> evict_dropping_{false};
-  std::atomic<uint64_t> fault_rounds_{0};  // rounds of the fault loop finished
-  std::mutex fence_mu_;
-  std::condition_variable fence_cv_;  // the evictor is dropping pages (may raise REMOVE events)
 
   // sequential-fault detection for prefetch
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)

@@ -89,8 +89,9 @@ async function hammerUnderEviction(t: Parameters<typeof startTarget>[0], unsafe:
   const store = await raceStore(t);
   const pager = await attach(t, target, [region(target, 'memfd')], 32, store, { evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: unsafe });
   let corrupt = 0, writes = 0;
-  // up to 5 rounds, stopping early once a lost write is seen (only the unsafe run can)
-  for (let round = 0; round < 5 && corrupt === 0; round++) {
+  // 5 rounds, or for the unsafe run up to 15, stopping early once a lost write is seen
+  // (only the unsafe run can; on a loaded machine the race may take a few rounds)
+  for (let round = 0; round < (unsafe ? 15 : 5) && corrupt === 0; round++) {
     const h = parseReply(await target.cmd('hammer memfd 100 64 2000'));
     writes += h.writes;
     corrupt += h.corrupt + parseReply(await target.cmd('verify memfd')).corrupt;
@@ -224,8 +225,9 @@ for (const kind of ['memfd', 'anon'] as const) {
     t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0);
   });
 
-  test(`${kind}: pages discarded while they are in the store (UFFD_EVENT_REMOVE) read back as zeros, not their stored content`, async (t) => {
-    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
+  // Private memory does not subscribe to REMOVE events (docs/architecture.md, known limits).
+  if (kind === 'memfd') test(`${kind}: pages discarded while they are in the store (UFFD_EVENT_REMOVE) read back as zeros, not their stored content`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
     await target.cmd(`fill ${kind} 17`);
     const store = await memoryStore(t);
     const r = region(target, kind);
@@ -289,9 +291,14 @@ test('fault and eviction threads run on the CPUs asked for; CPUs this machine la
   const evict = cpus[0]!;
   const pager = await attach(t, target, [r], 128, store, { faultCpus: [fault], evictCpus: [evict] });
   const threads = () =>
-    fs.readdirSync('/proc/self/task').map((tid) => {
-      const status = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
-      return { name: /^Name:\s*(.*)$/m.exec(status)![1], cpus: /^Cpus_allowed_list:\s*(.*)$/m.exec(status)![1] };
+    fs.readdirSync('/proc/self/task').flatMap((tid) => {
+      let status: string;
+      try {
+        status = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+      } catch {
+        return []; // the thread ended meanwhile (other tests' pagers come and go)
+      }
+      return [{ name: /^Name:\s*(.*)$/m.exec(status)![1], cpus: /^Cpus_allowed_list:\s*(.*)$/m.exec(status)![1] }];
     });
   // each thread pins itself as it starts: wait for both
   await waitFor(() => threads().some((th) => th.name === 'em-fault' && th.cpus === String(fault)), 5000);
