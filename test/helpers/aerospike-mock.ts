@@ -53,7 +53,7 @@ import zlib from 'node:zlib';
 import fs from 'node:fs';
 import { fork, type ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
-import { freePort, type TeardownContext } from './servers.ts';
+import { freePort, freezeProcess, type TeardownContext } from './servers.ts';
 
 // --------------------------------------------------------------------- protocol constants
 
@@ -972,33 +972,11 @@ export async function startMockAerospike(t: TeardownContext, o: { namespaces?: s
     served: async () => (await call({ served: true })) as MockAerospikeServer['served'],
     stop: () => stop(),
     restart: async () => { await stop(); await start(); },
-    pause: () => { if (alive()) freeze(child!.pid!); },
+    pause: () => { if (alive()) freezeProcess(child!.pid!); },
     resume: () => { if (alive()) child!.kill('SIGCONT'); },
     get log() { return output; },
   };
 }
-
-/** SIGSTOP, returning once every thread of the process has stopped (the signal is asynchronous). */
-function freeze(pid: number): void {
-  process.kill(pid, 'SIGSTOP');
-  const until = Date.now() + 2000;
-  const tick = new Int32Array(new SharedArrayBuffer(4));
-  for (;;) {
-    let all = true;
-    try {
-      for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-        const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-        if (stat[stat.lastIndexOf(')') + 2] !== 'T') all = false;
-      }
-    } catch {
-      return;
-    }
-    if (all || Date.now() > until) return;
-    Atomics.wait(tick, 0, 0, 1);
-  }
-}
-
-// --------------------------------------------------------------------- command line / child entry
 
 async function main(argv: string[]): Promise<void> {
   let port = 3000;

@@ -89,24 +89,7 @@ class Proc {
    * answer a request sent right after kill() returned.
    */
   freeze(): void {
-    if (!this.alive) return;
-    this.child!.kill('SIGSTOP');
-    const pid = this.child!.pid!;
-    const until = Date.now() + 2000;
-    const tick = new Int32Array(new SharedArrayBuffer(4));
-    for (;;) {
-      let all = true;
-      try {
-        for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
-          const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-          if (stat[stat.lastIndexOf(')') + 2] !== 'T') all = false;
-        }
-      } catch {
-        return; // gone: nothing left to answer
-      }
-      if (all || Date.now() > until) return;
-      Atomics.wait(tick, 0, 0, 1); // 1 ms
-    }
+    if (this.alive) freezeProcess(this.child!.pid!);
   }
 
   /** Signal the process and wait until it has exited (SIGKILL after 5 s). */
@@ -350,4 +333,28 @@ export async function makeTlsCerts(t: TeardownContext): Promise<TlsFiles> {
   fs.writeFileSync(f('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\n');
   await ossl('x509', '-req', '-in', f('server.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca.key'), '-CAcreateserial', '-days', '2', '-extfile', f('ext.cnf'), '-out', f('server.pem'));
   return { dir, ca: f('ca.pem'), cert: f('server.pem'), key: f('server.key') };
+}
+
+/**
+ * SIGSTOP a process, returning once every thread of it has stopped (or after 2 s, or
+ * when it is gone): the signal is delivered asynchronously, and a thread busy on
+ * another CPU could otherwise still answer a request sent right after kill() returned.
+ */
+export function freezeProcess(pid: number): void {
+  process.kill(pid, 'SIGSTOP');
+  const until = Date.now() + 2000;
+  const tick = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    let all = true;
+    try {
+      for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        if (stat[stat.lastIndexOf(')') + 2] !== 'T') all = false;
+      }
+    } catch {
+      return; // gone: nothing left to answer
+    }
+    if (all || Date.now() > until) return;
+    Atomics.wait(tick, 0, 0, 1); // 1 ms
+  }
 }
