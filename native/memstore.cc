@@ -36,42 +36,41 @@ MemStore::Block* MemStore::make_block(const void* in4k) const {
   return b;
 }
 
-bool MemStore::get(const std::string& vm, uint64_t key, void* out4k) const {
-  const Shard& s = shards_[shard_of(key)];
-  std::lock_guard<std::mutex> lk(s.mu);
+const MemStore::Block* MemStore::find_locked(const Shard& s, const std::string& vm, uint64_t key) const {
   auto v = s.vms.find(vm);
-  if (v == s.vms.end()) return false;
+  if (v == s.vms.end()) return nullptr;
   auto p = v->second.pages.find(key);
-  if (p == v->second.pages.end()) return false;
-  const Block* b = p->second;
-  if (b->len == kPageSize) {
-    std::memcpy(out4k, b->data, kPageSize);
-    return true;
-  }
+  return p == v->second.pages.end() ? nullptr : p->second;
+}
+
+void MemStore::decompress(const Block* b, const std::string& vm, uint64_t key, void* out4k) const {
   int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b->data), static_cast<char*>(out4k), b->len, kPageSize);
   if (n != static_cast<int>(kPageSize))
     throw Error("STORE_INTEGRITY", "memory store: page " + std::to_string(key) + " of vm '" + vm +
                                        "' failed to decompress (corrupted block)");
+}
+
+bool MemStore::get(const std::string& vm, uint64_t key, void* out4k) const {
+  const Shard& s = shards_[shard_of(key)];
+  std::lock_guard<std::mutex> lk(s.mu);
+  const Block* b = find_locked(s, vm, key);
+  if (!b) return false;
+  if (b->len == kPageSize) std::memcpy(out4k, b->data, kPageSize);
+  else decompress(b, vm, key, out4k);
   return true;
 }
 
 bool MemStore::view(const std::string& vm, uint64_t key, const std::function<void(const uint8_t*)>& use) const {
   const Shard& s = shards_[shard_of(key)];
   std::lock_guard<std::mutex> lk(s.mu);
-  auto v = s.vms.find(vm);
-  if (v == s.vms.end()) return false;
-  auto p = v->second.pages.find(key);
-  if (p == v->second.pages.end()) return false;
-  const Block* b = p->second;
+  const Block* b = find_locked(s, vm, key);
+  if (!b) return false;
   if (b->len == kPageSize) {
     use(b->data);
     return true;
   }
   alignas(64) uint8_t tmp[kPageSize];
-  int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b->data), reinterpret_cast<char*>(tmp), b->len, kPageSize);
-  if (n != static_cast<int>(kPageSize))
-    throw Error("STORE_INTEGRITY", "memory store: page " + std::to_string(key) + " of vm '" + vm +
-                                       "' failed to decompress (corrupted block)");
+  decompress(b, vm, key, tmp);
   use(tmp);
   return true;
 }

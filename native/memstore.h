@@ -67,6 +67,8 @@ class MemStore {
     return static_cast<size_t>(h >> 60) % kShards;
   }
   Block* make_block(const void* in4k) const;
+  const Block* find_locked(const Shard& s, const std::string& vm, uint64_t key) const;  // s.mu held
+  void decompress(const Block* b, const std::string& vm, uint64_t key, void* out4k) const;
 
   const bool compress_;
   Shard shards_[kShards];
