@@ -22,11 +22,44 @@ const OP_NOOP = 0x0a;
 const OP_SETQ = 0x11;
 const OP_DELETEQ = 0x14;
 const HDR = 24;
+const EMPTY = Buffer.alloc(0);
 
 const ST_OK = 0;
 const ST_NOT_FOUND = 1;
 const ST_TOO_LARGE = 3;
 const ST_NO_MEMORY = 0x82;
+
+/** Replies are read into arenas of this size, each read at least MIN_READ bytes of room. */
+const ARENA = 256 * 1024;
+const MIN_READ = 64 * 1024;
+
+/**
+ * Where the socket reads go (net `onread`), as in resp-client.ts: consecutive regions of
+ * one arena, so a reply lands as one contiguous run and values are views of it. A used
+ * region is never handed out again (a new arena is allocated when fewer than MIN_READ
+ * bytes are left), so every value view stays valid for as long as a caller keeps it.
+ * Compared with the stream's 'data' chunks: no 64 KiB allocation per read, and a reply
+ * split between two reads is not copied.
+ */
+class ReadArena {
+  private buf = Buffer.allocUnsafe(ARENA);
+  private off = 0;
+
+  /** The region the next read goes to. */
+  next(): Buffer {
+    if (this.buf.length - this.off < MIN_READ) {
+      this.buf = Buffer.allocUnsafe(ARENA);
+      this.off = 0;
+    }
+    return this.buf.subarray(this.off);
+  }
+
+  /** The first n bytes of `region` (from next()) were filled: they are the chunk. */
+  take(region: Buffer, n: number): Buffer {
+    this.off += n;
+    return region.subarray(0, n);
+  }
+}
 
 interface Batch {
   noop: number; // opaque of the closing NOOP
@@ -42,7 +75,7 @@ export class McConn {
   private sock: net.Socket | null = null;
   private connecting: Promise<net.Socket> | null = null;
   private queue: Batch[] = [];
-  private buf: Buffer = Buffer.alloc(0);
+  private buf: Buffer = EMPTY;
   private opaque = 1;
   private closed = false;
 
@@ -81,6 +114,36 @@ export class McConn {
     let err: Error | undefined;
     await this.send(req, (base + keys.length) >>> 0, (_op, status) => { if (status !== ST_OK) err ??= this.statusError(status, 'set'); });
     if (err) throw err;
+  }
+
+  /**
+   * setMany of values written in place: value i (of `size` bytes) is written by
+   * fill(idx[i], dst) straight into the request (no value buffer, one copy per page).
+   * Every fill runs here, before anything is sent; the returned function sends the
+   * request (so a caller spreading a batch over servers sends nothing if a fill throws).
+   */
+  prepareSetInto(keys: Buffer[], idx: readonly number[], size: number, fill: (i: number, dst: Buffer) => void): () => Promise<void> {
+    let total = HDR * (keys.length + 1);
+    for (let i = 0; i < keys.length; i++) total += 8 + keys[i]!.length + size;
+    const req = Buffer.allocUnsafe(total);
+    let o = 0;
+    const at: number[] = new Array(keys.length);
+    for (let i = 0; i < keys.length; i++) {
+      o = writeReq(req, o, OP_SETQ, keys[i]!, 8, null, 0, size);
+      at[i] = o - HDR - 8 - keys[i]!.length;
+      fill(idx[i]!, req.subarray(o, o + size));
+      o += size;
+    }
+    const end = o;
+    return async () => {
+      // Opaques are taken when sent (requests go out in the order they are numbered).
+      const base = this.take(keys.length + 1);
+      for (let i = 0; i < keys.length; i++) req.writeUInt32BE((base + i) >>> 0, at[i]! + 12);
+      writeReq(req, end, OP_NOOP, null, 0, null, (base + keys.length) >>> 0);
+      let err: Error | undefined;
+      await this.send(req, (base + keys.length) >>> 0, (_op, status) => { if (status !== ST_OK) err ??= this.statusError(status, 'set'); });
+      if (err) throw err;
+    };
   }
 
   async deleteMany(keys: Buffer[]): Promise<void> {
@@ -138,7 +201,19 @@ export class McConn {
   private connect(): Promise<net.Socket> {
     if (this.connecting) return this.connecting;
     this.connecting = new Promise<net.Socket>((resolve, reject) => {
-      const s = net.connect({ host: this.host, port: this.port, noDelay: true });
+      // Reads go straight to the parser (no 'data' events); see ReadArena.
+      const arena = new ReadArena();
+      let sock: net.Socket | undefined;
+      const onread: net.OnReadOpts = {
+        buffer: () => arena.next(),
+        callback: (n: number, region: Uint8Array) => {
+          const chunk = arena.take(region as Buffer, n);
+          if (this.sock === sock) this.onData(chunk);
+          return true;
+        },
+      };
+      const s = net.connect({ host: this.host, port: this.port, noDelay: true, onread });
+      sock = s;
       const timer = setTimeout(() => {
         s.destroy();
         reject(unavailable(`cannot connect to ${this.where} within ${this.t.connectTimeoutMs} ms`));
@@ -147,8 +222,7 @@ export class McConn {
         clearTimeout(timer);
         s.setKeepAlive(true, 10_000);
         this.sock = s;
-        this.buf = Buffer.alloc(0);
-        s.on('data', (d: Buffer) => this.onData(d));
+        this.buf = EMPTY;
         s.on('close', () => { if (this.sock === s) this.fail(unavailable(`${this.where} closed the connection`)); });
         resolve(s);
       });
@@ -165,7 +239,7 @@ export class McConn {
   private fail(e: Error): void {
     const s = this.sock;
     this.sock = null;
-    this.buf = Buffer.alloc(0);
+    this.buf = EMPTY;
     if (s) s.destroy();
     const q = this.queue;
     this.queue = [];
@@ -173,7 +247,22 @@ export class McConn {
   }
 
   private onData(chunk: Buffer): void {
-    let buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    const rest = this.buf;
+    if (rest.length && !(rest.buffer === chunk.buffer && rest.byteOffset + rest.length === chunk.byteOffset)) {
+      // The reply before this read ended in another arena: copy just enough of this read
+      // to complete that one reply (not the whole read), then go on in this read's memory.
+      const need = rest.length >= HDR ? HDR + rest.readUInt32BE(8) : HDR;
+      const k = Math.min(chunk.length, need - rest.length);
+      const s = this.sock;
+      this.parse(Buffer.concat([rest, chunk.subarray(0, k)]));
+      if (k < chunk.length && this.sock === s) this.onData(chunk.subarray(k));
+      return;
+    }
+    this.parse(rest.length ? Buffer.from(rest.buffer, rest.byteOffset, rest.length + chunk.length) : chunk);
+  }
+
+  /** Parse every complete reply in buf; an incomplete tail is kept for the next read. */
+  private parse(buf: Buffer): void {
     let o = 0;
     while (buf.length - o >= HDR) {
       if (buf[o] !== RES) {
@@ -203,13 +292,14 @@ export class McConn {
         head.onReply(opcode, status, opaque, value);
       }
     }
-    this.buf = o === buf.length ? Buffer.alloc(0) : buf.subarray(o);
+    this.buf = o === buf.length ? EMPTY : buf.subarray(o);
   }
 }
 
-function writeReq(b: Buffer, o: number, op: number, key: Buffer | null, extras: number, value: Buffer | null, opaque: number): number {
+/** One request header, extras, key and value; `valueLen` given without a value: the caller writes the value after. */
+function writeReq(b: Buffer, o: number, op: number, key: Buffer | null, extras: number, value: Buffer | null, opaque: number, valueLen = 0): number {
   const kl = key ? key.length : 0;
-  const vl = value ? value.length : 0;
+  const vl = value ? value.length : valueLen;
   b[o] = REQ;
   b[o + 1] = op;
   b.writeUInt16BE(kl, o + 2);

@@ -24,14 +24,12 @@ function tagOf(vm: string): string {
   return tag.length <= 200 ? tag : 'h' + crypto.createHash('sha256').update(vm).digest('hex');
 }
 
-function keyOf(tag: string, page: number): Buffer {
-  return Buffer.from(`em:${tag}:${page}`, 'latin1');
-}
-
 export class MemcachedStore implements RawStore {
   readonly capabilities = { persistent: false, maxBatch: 1024 };
   private readonly conns: McConn[];
   private readonly ring: HashRing<number>;
+  /** The key prefix of the last VM used: em:<tag>: */
+  private lastVm: { vm: string; prefix: Buffer } | undefined;
 
   private constructor(readonly uri: string, private readonly servers: HostPort[], private readonly t: NetTimeouts) {
     this.conns = servers.map((s) => new McConn(s.host, s.port, t));
@@ -52,10 +50,21 @@ export class MemcachedStore implements RawStore {
 
   /** Split keys per server: per server the keys and their index in the batch. */
   private split(vm: string, pages: readonly number[]): { keys: Buffer[]; idx: number[] }[] {
-    const tag = tagOf(vm);
+    let last = this.lastVm;
+    if (last?.vm !== vm) this.lastVm = last = { vm, prefix: Buffer.from(`em:${tagOf(vm)}:`, 'latin1') };
+    const prefix = last.prefix;
+    // Every key of the batch in one buffer (keys are views of it): em:<tag>:<page>.
+    const nums: string[] = new Array(pages.length);
+    let size = pages.length * prefix.length;
+    for (let i = 0; i < pages.length; i++) size += (nums[i] = String(pages[i]!)).length;
+    const all = Buffer.allocUnsafe(size);
     const parts = this.conns.map(() => ({ keys: [] as Buffer[], idx: [] as number[] }));
+    let o = 0;
     for (let i = 0; i < pages.length; i++) {
-      const k = keyOf(tag, pages[i]!);
+      const start = o;
+      o += prefix.copy(all, o);
+      o += all.write(nums[i]!, o, 'latin1');
+      const k = all.subarray(start, o);
       const p = parts[this.conns.length === 1 ? 0 : this.ring.get(k)]!;
       p.keys.push(k);
       p.idx.push(i);
@@ -73,6 +82,14 @@ export class MemcachedStore implements RawStore {
   async putRaw(vm: string, pages: readonly number[], values: readonly Buffer[]): Promise<void> {
     const parts = this.split(vm, pages);
     await Promise.all(parts.map((p, s) => (p.keys.length ? this.conns[s]!.setMany(p.keys, p.idx.map((i) => values[i]!)) : undefined)));
+  }
+
+  /** putRaw with each value (an envelope) written by fill straight into its server's request. */
+  async putRawInto(vm: string, pages: readonly number[], size: number, fill: (i: number, dst: Buffer) => void): Promise<void> {
+    const parts = this.split(vm, pages);
+    // Every server's request is encoded (every fill run) before any is sent.
+    const sends = parts.map((p, s) => (p.keys.length ? this.conns[s]!.prepareSetInto(p.keys, p.idx, size, fill) : undefined));
+    await Promise.all(sends.map((send) => send?.()));
   }
 
   async delete(vm: string, pages: readonly number[]): Promise<void> {

@@ -1,6 +1,7 @@
 import test from 'ava';
 import { openStore } from '../kvstore/index.ts';
 import { HashRing } from '../kvstore/ketama.ts';
+import { MemcachedStore } from '../kvstore/memcached.ts';
 import { startMemcached } from './helpers/servers.ts';
 import { runConformance, sharedServer, pageOf, vmId, expectCode } from './kvstore-conformance.ts';
 import net from 'node:net';
@@ -81,4 +82,41 @@ test.serial('memcached: one server of two down → STORE_UNAVAILABLE, never a si
   // Kill only the second server: pages it held must not read as missing.
   await servers.killOne(1);
   await expectCode(t, () => s.get(vm, pages), 'STORE_UNAVAILABLE', 'batch touching the dead server');
+});
+
+test.serial('memcached putRawInto: values byte-identical to putRaw; a throwing fill sends nothing to any server', async (t) => {
+  const servers = await shared();
+  const raw = await MemcachedStore.open(servers.uri, servers.ports.map((port) => ({ host: '127.0.0.1', port })));
+  t.teardown(() => raw.close());
+  const vm = vmId('inplace');
+  const pages = Array.from({ length: 64 }, (_, i) => i);
+  const values = pages.map((p) => pageOf(7, p));
+  await raw.putRawInto(vm, pages, values[0]!.length, (i, dst) => { values[i]!.copy(dst); });
+  const got = await raw.getRaw(vm, pages);
+  t.true(got.every((v, i) => v !== null && v.equals(values[i]!)), 'every value read back as written');
+  // Fill throws on the last page: no page of the batch may reach either server.
+  const other = Array.from({ length: 64 }, (_, i) => 1000 + i);
+  await t.throwsAsync(raw.putRawInto(vm, other, 16, (i, dst) => {
+    if (i === other.length - 1) throw new Error('fill failed');
+    dst.fill(1);
+  }), { message: 'fill failed' });
+  t.true((await raw.getRaw(vm, other)).every((v) => v === null), 'nothing of the failed batch was stored');
+  await raw.putRaw(vm, [1], [Buffer.from('after')]);
+  t.deepEqual((await raw.getRaw(vm, [1]))[0], Buffer.from('after'), 'the connection still works');
+  await raw.dropVm(vm);
+});
+
+test.serial('memcached: a 1024-page batch (replies spanning many reads and read arenas) reads back intact', async (t) => {
+  const servers = await shared();
+  const s = await openStore(servers.uri);
+  t.teardown(() => s.close());
+  const vm = vmId('big');
+  const pages = Array.from({ length: 1024 }, (_, i) => i * 7);
+  const data = pages.map((p) => pageOf(3, p));
+  for (let r = 0; r < 3; r++) {
+    await s.put(vm, pages, data);
+    const got = await s.get(vm, pages);
+    t.true(got.every((v, i) => v !== null && v.equals(data[i]!)), `round ${r}: every page intact`);
+  }
+  await s.dropVm(vm);
 });
