@@ -1,6 +1,7 @@
 /**
  * `redis://host:port[/db]`, `rediss://` (TLS), `redis+cluster://h1:p1,h2:p2` — pages in
- * Redis through the official `redis` client, Buffer replies, one command per batch.
+ * Redis through our lean RESP client (resp-client.ts; the cluster's slot routing and
+ * redirections in redis-cluster.ts), one command per batch (per slot group in a cluster).
  *
  * Keys: em:{<vm tag>:<group>}:<page>, group = floor(page / 64). The hash tag keeps 64
  * neighbouring pages of one VM in one cluster slot, so an eviction or prefetch batch of
@@ -15,13 +16,14 @@
  * STORE_UNAVAILABLE (the pager retries with backoff) instead of hanging; the client
  * reconnects by itself with capped backoff and the next batch succeeds.
  */
-import { createClient, createCluster, RESP_TYPES } from 'redis';
+import { createClient, RESP_TYPES } from 'redis';
 import { rootCertificates as tlsRoots } from 'node:tls';
 import type { StoreUsage } from './types.ts';
 import { type RawStore, type NetTimeouts, DEFAULT_TIMEOUTS, vmTag } from './raw.ts';
 import { ElasticmemError, unavailable, describe, withTimeout } from './errors.ts';
 import type { HostPort } from './uri.ts';
 import { RespClient, RespError, type InPlaceArg, type RespArg } from './resp-client.ts';
+import { ClusterClient } from './redis-cluster.ts';
 
 export const GROUP = 64;
 
@@ -45,7 +47,7 @@ interface Conn {
   /** The connection enforces the op timeout itself (RespClient): no second timer needed. */
   ownDeadline?: boolean;
   /** RespClient only: send with in-place arguments (written into the frame, see putRawInto). */
-  sendInPlace?<T>(args: RespArg[]): Promise<T>;
+  sendInPlace?<T>(firstKey: string, args: RespArg[]): Promise<T>;
   /** One client per master (the single client itself when not a cluster). */
   masters(): Promise<Conn[]>;
   close(): Promise<void>;
@@ -90,11 +92,12 @@ export class RedisStore implements RawStore {
   async getRaw(vm: string, pages: readonly number[]): Promise<(Buffer | null)[]> {
     if (pages.length === 0) return [];
     const tag = vmTag(vm);
-    if (!this.cluster) {
+    if (!this.cluster || oneGroup(pages)) {
+      // One server, or one slot group of a cluster: one MGET, routed by its first key.
       const args: Arg[] = new Array(pages.length + 1);
       args[0] = 'MGET';
       for (let i = 0; i < pages.length; i++) args[i + 1] = pageKey(tag, pages[i]!);
-      return this.run(() => this.conn.send<(Buffer | null)[]>(undefined, true, args), 'MGET');
+      return this.run(() => this.conn.send<(Buffer | null)[]>(args[1] as string, true, args), 'MGET');
     }
     const out: (Buffer | null)[] = new Array(pages.length);
     await Promise.all(bySlot(tag, pages).map(async ({ keys, idx }) => {
@@ -107,14 +110,14 @@ export class RedisStore implements RawStore {
   async putRaw(vm: string, pages: readonly number[], values: readonly Buffer[]): Promise<void> {
     if (pages.length === 0) return;
     const tag = vmTag(vm);
-    if (!this.cluster) {
+    if (!this.cluster || oneGroup(pages)) {
       const args: Arg[] = new Array(pages.length * 2 + 1);
       args[0] = 'MSET';
       for (let i = 0; i < pages.length; i++) {
         args[2 * i + 1] = pageKey(tag, pages[i]!);
         args[2 * i + 2] = values[i]!;
       }
-      await this.run(() => this.conn.send(undefined, false, args), 'MSET');
+      await this.run(() => this.conn.send(args[1] as string, false, args), 'MSET');
       return;
     }
     await Promise.all(bySlot(tag, pages).map(({ keys, idx }) => {
@@ -125,14 +128,16 @@ export class RedisStore implements RawStore {
   }
 
   /**
-   * putRaw with values written straight into the command frame (single server, our RESP
-   * client): one MSET whose values the envelope encodes in place. Elsewhere the values
-   * are filled into one buffer and sent by putRaw.
+   * putRaw with values written straight into the command frame (our RESP client): one
+   * MSET whose values the envelope encodes in place. In a cluster only when the batch is
+   * one slot group (one MSET, so a throwing fill throws before anything is sent; a MOVED
+   * or ASK resend encodes it again, before this call settles). Elsewhere the values are
+   * filled into one buffer and sent by putRaw.
    */
   async putRawInto(vm: string, pages: readonly number[], size: number, fill: (i: number, dst: Buffer) => void): Promise<void> {
     if (pages.length === 0) return;
     const sendInPlace = this.conn.sendInPlace;
-    if (this.cluster || !sendInPlace) {
+    if (!sendInPlace || (this.cluster && !oneGroup(pages))) {
       const all = Buffer.allocUnsafe(size * pages.length);
       const values: Buffer[] = new Array(pages.length);
       for (let i = 0; i < pages.length; i++) fill(i, (values[i] = all.subarray(i * size, (i + 1) * size)));
@@ -145,7 +150,7 @@ export class RedisStore implements RawStore {
       args[2 * i + 1] = pageKey(tag, pages[i]!);
       args[2 * i + 2] = new InPlaceValue(size, i, fill);
     }
-    await this.run(() => sendInPlace(args), 'MSET');
+    await this.run(() => sendInPlace(args[1] as string, args), 'MSET');
   }
 
   async delete(vm: string, pages: readonly number[]): Promise<void> {
@@ -243,6 +248,12 @@ class InPlaceValue implements InPlaceArg {
   fill(dst: Buffer): void { this.write(this.i, dst); }
 }
 
+function oneGroup(pages: readonly number[]): boolean {
+  const g = Math.floor(pages[0]! / GROUP);
+  for (let i = 1; i < pages.length; i++) if (Math.floor(pages[i]! / GROUP) !== g) return false;
+  return true;
+}
+
 /** Group pages by hash tag (one cluster slot each); `one` = a single group (non-cluster). */
 function bySlot(tag: string, pages: readonly number[], one = false): { keys: string[]; idx: number[] }[] {
   if (one) return [{ keys: pages.map((p) => pageKey(tag, p)), idx: pages.map((_, i) => i) }];
@@ -297,7 +308,7 @@ async function connectResp(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
   }
   const conn: Conn = {
     send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => client.send(args) as Promise<T>,
-    sendInPlace: <T>(args: RespArg[]) => client.send(args) as Promise<T>,
+    sendInPlace: <T>(_k: string, args: RespArg[]) => client.send(args) as Promise<T>,
     ownDeadline: true,
     masters: async () => [conn],
     close: async () => client.close(),
@@ -333,37 +344,25 @@ async function connectSingle(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
 }
 
 async function connectCluster(spec: RedisSpec, t: NetTimeouts): Promise<Conn> {
-  let ready = false;
-  const cluster = createCluster({
-    rootNodes: spec.nodes.map((n) => ({ socket: { host: n.host, port: n.port, ...socketOptions(spec, t, () => ready) } })),
-    defaults: {
-      socket: socketOptions(spec, t, () => ready),
-      username: spec.username,
-      password: spec.password,
-      disableOfflineQueue: true,
-    },
-    commandOptions: { typeMapping: BUFFERS, timeout: t.opTimeoutMs },
-    useReplicas: false,
-    maxCommandRedirections: 16,
-  });
-  cluster.on('error', () => { /* reported through the failing command */ });
+  const cluster = new ClusterClient(spec.nodes, { tls: spec.tls, ca: spec.ca, username: spec.username, password: spec.password }, t);
   const where = spec.nodes.map((n) => `${n.host}:${n.port}`).join(',');
   try {
-    await withTimeout(cluster.connect(), t.connectTimeoutMs * 2 + 1000, `connecting to the redis cluster at ${where}`);
+    await cluster.connect();
   } catch (e) {
-    try { cluster.destroy(); } catch { /* already down */ }
+    cluster.close();
     throw mapError(e, `cannot connect to the redis cluster at ${where} (are the nodes up, with cluster-enabled yes?)`);
   }
-  ready = true;
-  const wrap = (c: { sendCommand(args: Arg[]): Promise<unknown> }): Conn => ({
-    send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => c.sendCommand(args) as Promise<T>,
+  const wrap = (c: RespClient): Conn => ({
+    send: <T>(_k: string | undefined, _ro: boolean, args: Arg[]) => c.send(args) as Promise<T>,
+    ownDeadline: true,
     masters: async () => [],
     close: async () => {},
   });
-  const conn: Conn = {
-    send: <T>(k: string | undefined, ro: boolean, args: Arg[]) => cluster.sendCommand(k, ro, args) as Promise<T>,
-    masters: async () => Promise.all(cluster.masters.map(async (m) => wrap(await cluster.nodeClient(m) as never))),
-    close: async () => { try { await cluster.close(); } catch { cluster.destroy(); } },
+  return {
+    send: <T>(k: string | undefined, _ro: boolean, args: Arg[]) => cluster.send(k, args) as Promise<T>,
+    sendInPlace: <T>(k: string, args: RespArg[]) => cluster.send(k, args) as Promise<T>,
+    ownDeadline: true,
+    masters: async () => cluster.masters().map(wrap),
+    close: async () => cluster.close(),
   };
-  return conn;
 }

@@ -7,7 +7,7 @@
  * transformation and reply decoding per call). Here a batch is encoded into a single
  * Buffer and written with one write; replies are decoded by a streaming parser that
  * hands out bulk values without copying when they sit inside one socket chunk. The
- * `redis` package still serves Redis Cluster (topology, MOVED/ASK redirections).
+ * slot routing and MOVED/ASK handling of Redis Cluster are in redis-cluster.ts.
  *
  * Ordering and timeouts: replies come back in command order on one connection. A command
  * that gets no reply within the op timeout is rejected (STORE_UNAVAILABLE) but stays
