@@ -13,8 +13,9 @@
  *
  * Failure semantics: the offline queue is disabled and every command has a timeout, so
  * while the server is down or paused each batch fails within opTimeoutMs with
- * STORE_UNAVAILABLE (the pager retries with backoff) instead of hanging; the client
- * reconnects by itself with capped backoff and the next batch succeeds.
+ * STORE_UNAVAILABLE (the pager retries with backoff) instead of hanging; the RESP
+ * client reconnects on the next command once the server answers again, so the next
+ * batch after recovery succeeds (the pager's retries supply the backoff).
  */
 import { createClient, RESP_TYPES } from 'redis';
 import { rootCertificates as tlsRoots } from 'node:tls';
