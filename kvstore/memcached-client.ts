@@ -14,6 +14,7 @@
 import net from 'node:net';
 import { ElasticmemError, unavailable } from './errors.ts';
 import type { NetTimeouts } from './raw.ts';
+import { arenaOnRead } from './read-arena.ts';
 
 const REQ = 0x80;
 const RES = 0x81;
@@ -28,38 +29,6 @@ const ST_OK = 0;
 const ST_NOT_FOUND = 1;
 const ST_TOO_LARGE = 3;
 const ST_NO_MEMORY = 0x82;
-
-/** Replies are read into arenas of this size, each read at least MIN_READ bytes of room. */
-const ARENA = 256 * 1024;
-const MIN_READ = 64 * 1024;
-
-/**
- * Where the socket reads go (net `onread`), as in resp-client.ts: consecutive regions of
- * one arena, so a reply lands as one contiguous run and values are views of it. A used
- * region is never handed out again (a new arena is allocated when fewer than MIN_READ
- * bytes are left), so every value view stays valid for as long as a caller keeps it.
- * Compared with the stream's 'data' chunks: no 64 KiB allocation per read, and a reply
- * split between two reads is not copied.
- */
-class ReadArena {
-  private buf = Buffer.allocUnsafe(ARENA);
-  private off = 0;
-
-  /** The region the next read goes to. */
-  next(): Buffer {
-    if (this.buf.length - this.off < MIN_READ) {
-      this.buf = Buffer.allocUnsafe(ARENA);
-      this.off = 0;
-    }
-    return this.buf.subarray(this.off);
-  }
-
-  /** The first n bytes of `region` (from next()) were filled: they are the chunk. */
-  take(region: Buffer, n: number): Buffer {
-    this.off += n;
-    return region.subarray(0, n);
-  }
-}
 
 interface Batch {
   noop: number; // opaque of the closing NOOP
@@ -202,16 +171,10 @@ export class McConn {
     if (this.connecting) return this.connecting;
     this.connecting = new Promise<net.Socket>((resolve, reject) => {
       // Reads go straight to the parser (no 'data' events); see ReadArena.
-      const arena = new ReadArena();
       let sock: net.Socket | undefined;
-      const onread: net.OnReadOpts = {
-        buffer: () => arena.next(),
-        callback: (n: number, region: Uint8Array) => {
-          const chunk = arena.take(region as Buffer, n);
-          if (this.sock === sock) this.onData(chunk);
-          return true;
-        },
-      };
+      const onread = arenaOnRead((chunk) => {
+        if (this.sock === sock) this.onData(chunk);
+      });
       const s = net.connect({ host: this.host, port: this.port, noDelay: true, onread });
       sock = s;
       const timer = setTimeout(() => {

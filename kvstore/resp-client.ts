@@ -19,6 +19,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { ElasticmemError, unavailable, describe } from './errors.ts';
 import type { NetTimeouts } from './raw.ts';
+import { arenaOnRead } from './read-arena.ts';
 
 export type RespValue = string | number | Buffer | null | RespValue[] | RespError;
 
@@ -51,39 +52,6 @@ interface Pending {
 const EMPTY = Buffer.alloc(0);
 /** Largest frame kept for reuse (a batch of 256 enveloped pages is about 1.05 MiB). */
 const MAX_FRAME = 2 * 1024 * 1024;
-/** Replies are read into arenas of this size, each read at least MIN_READ bytes of room. */
-const ARENA = 256 * 1024;
-const MIN_READ = 64 * 1024;
-
-/**
- * Where the socket reads go (net `onread`): consecutive regions of one arena, so a reply
- * lands in memory as one contiguous run and the parser hands out views of it. Nothing is
- * ever read twice into the same bytes (a used region is never handed out again; a new
- * arena is allocated when fewer than MIN_READ bytes are left), so every view stays valid
- * for as long as a caller keeps it. Compared with the stream's 'data' chunks: no 64 KiB
- * allocation and shrink per read, no stream machinery, and a value split between two
- * reads is not copied.
- */
-class ReadArena {
-  private buf = Buffer.allocUnsafe(ARENA);
-  private off = 0;
-
-  /** The region the next read goes to. */
-  next(): Buffer {
-    if (this.buf.length - this.off < MIN_READ) {
-      this.buf = Buffer.allocUnsafe(ARENA);
-      this.off = 0;
-    }
-    return this.buf.subarray(this.off);
-  }
-
-  /** The first n bytes of `region` (from next()) were filled: they are the chunk. */
-  take(region: Buffer, n: number): Buffer {
-    this.off += n;
-    return region.subarray(0, n);
-  }
-}
-
 /**
  * An argument written in place: `size` bytes that `fill(dst)` writes straight into the
  * command's frame (dst.length === size), while the command is encoded. Saves a value
@@ -426,17 +394,11 @@ export class RespClient {
     this.connecting = new Promise<net.Socket>((resolve, reject) => {
       const { host, port } = this.o;
       // Reads go straight to the parser (no 'data' events); see ReadArena.
-      const arena = new ReadArena();
       let sock: net.Socket | undefined;
-      const onread: net.OnReadOpts = {
-        buffer: () => arena.next(),
-        callback: (n: number, region: Uint8Array) => {
-          const chunk = arena.take(region as Buffer, n);
-          if (this.sock !== sock) return true; // a connection being dropped
-          try { this.parser.feed(chunk); } catch (e) { this.drop(unavailable(`${this.where}: ${describe(e)}`)); }
-          return true;
-        },
-      };
+      const onread = arenaOnRead((chunk) => {
+        if (this.sock !== sock) return; // a connection being dropped
+        try { this.parser.feed(chunk); } catch (e) { this.drop(unavailable(`${this.where}: ${describe(e)}`)); }
+      });
       const s: net.Socket = this.o.tls
         // tls.connect takes onread too (the types omit it).
         ? tls.connect({ host, port, onread, servername: net.isIP(host) ? undefined : host, ...(this.o.ca ? { ca: [...tls.rootCertificates, this.o.ca.toString()] } : {}) } as tls.ConnectionOptions)
