@@ -1,7 +1,8 @@
-// The embedded page store. Each page is one malloc'd block (2-byte length + payload)
-// in a per-shard hash map: no std::string per page, about 4.1 KiB per raw page plus
-// the map node. With compression on, pages are LZ4-compressed and kept raw whenever
-// LZ4 does not shrink them (so a page never costs more than raw).
+// The embedded page store. Each VM's pages live in 16 sharded open-addressing tables
+// of (key, block, length) slots; each page is one malloc'd block holding just the
+// payload: about 4.1 KiB per raw page plus a 24-byte slot at most half-full. With
+// compression on, pages are LZ4-compressed and kept raw whenever LZ4 does not shrink
+// them (so a page never costs more than raw).
 #include "memstore.h"
 
 #include <lz4.h>
@@ -16,144 +17,233 @@
 
 namespace em {
 
-MemStore::~MemStore() {
+// ------------------------------------------------------------------ one VM's pages
+
+MemStore::Vm::~Vm() {
   for (auto& s : shards_)
-    for (auto& vm : s.vms)
-      for (auto& kv : vm.second.pages) std::free(kv.second);
+    for (auto& slot : s.slots) std::free(slot.data);
 }
 
-MemStore::Block* MemStore::make_block(const void* in4k) const {
+uint8_t* MemStore::Vm::make_block(const void* in4k, uint32_t* len) const {
   char tmp[kPageSize];
   int clen = 0;
   // Ask LZ4 for strictly less than a page: 0 means "does not shrink", store raw.
   if (compress_) clen = LZ4_compress_default(static_cast<const char*>(in4k), tmp, kPageSize, kPageSize - 1);
   const bool raw = clen <= 0;
-  const size_t len = raw ? kPageSize : static_cast<size_t>(clen);
-  Block* b = static_cast<Block*>(std::malloc(offsetof(Block, data) + len));
+  *len = raw ? kPageSize : static_cast<uint32_t>(clen);
+  auto* b = static_cast<uint8_t*>(std::malloc(*len));
   if (!b) throw std::bad_alloc();
-  b->len = static_cast<uint16_t>(len);
-  std::memcpy(b->data, raw ? in4k : tmp, len);
+  std::memcpy(b, raw ? in4k : tmp, *len);
   return b;
 }
 
-const MemStore::Block* MemStore::find_locked(const Shard& s, const std::string& vm, uint64_t key) const {
-  auto v = s.vms.find(vm);
-  if (v == s.vms.end()) return nullptr;
-  auto p = v->second.pages.find(key);
-  return p == v->second.pages.end() ? nullptr : p->second;
+const MemStore::Vm::Slot* MemStore::Vm::find_locked(const Shard& s, uint64_t key) {
+  if (s.slots.empty()) return nullptr;
+  const size_t mask = s.slots.size() - 1;
+  for (size_t i = home(s, key);; i = (i + 1) & mask) {
+    const Slot& slot = s.slots[i];
+    if (!slot.data) return nullptr;  // at most half full: an empty slot always ends the probe
+    if (slot.key == key) return &slot;
+  }
 }
 
-void MemStore::decompress(const Block* b, const std::string& vm, uint64_t key, void* out4k) const {
-  int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b->data), static_cast<char*>(out4k), b->len, kPageSize);
+void MemStore::Vm::grow_locked(Shard& s) {
+  std::vector<Slot> old(s.slots.empty() ? 64 : s.slots.size() * 2, Slot{0, nullptr, 0});
+  old.swap(s.slots);
+  const size_t mask = s.slots.size() - 1;
+  for (const Slot& slot : old) {
+    if (!slot.data) continue;
+    size_t i = home(s, slot.key);
+    while (s.slots[i].data) i = (i + 1) & mask;
+    s.slots[i] = slot;
+  }
+}
+
+// Backward-shift deletion: pull later members of the probe run into the hole, so no
+// tombstones build up and lookups stay one short probe.
+void MemStore::Vm::erase_at_locked(Shard& s, size_t i) {
+  const size_t mask = s.slots.size() - 1;
+  for (size_t j = (i + 1) & mask; s.slots[j].data; j = (j + 1) & mask) {
+    const size_t k = home(s, s.slots[j].key);
+    // The entry at j may move to i unless its home lies cyclically in (i, j].
+    const bool stays = i <= j ? (i < k && k <= j) : (i < k || k <= j);
+    if (stays) continue;
+    s.slots[i] = s.slots[j];
+    i = j;
+  }
+  s.slots[i] = Slot{0, nullptr, 0};
+}
+
+void MemStore::Vm::decompress(const Slot& b, uint64_t key, void* out4k) const {
+  int n = LZ4_decompress_safe(reinterpret_cast<const char*>(b.data), static_cast<char*>(out4k), static_cast<int>(b.len), kPageSize);
   if (n != static_cast<int>(kPageSize))
-    throw Error("STORE_INTEGRITY", "memory store: page " + std::to_string(key) + " of vm '" + vm +
-                                       "' failed to decompress (corrupted block)");
+    throw Error("STORE_INTEGRITY", "memory store: page " + std::to_string(key) + " failed to decompress (corrupted block)");
 }
 
-bool MemStore::get(const std::string& vm, uint64_t key, void* out4k) const {
-  const Shard& s = shards_[shard_of(key)];
+bool MemStore::Vm::get(uint64_t key, void* out4k) const {
+  const Shard& s = shards_[shard_index(key)];
   std::lock_guard<std::mutex> lk(s.mu);
-  const Block* b = find_locked(s, vm, key);
+  const Slot* b = find_locked(s, key);
   if (!b) return false;
   if (b->len == kPageSize) std::memcpy(out4k, b->data, kPageSize);
-  else decompress(b, vm, key, out4k);
+  else decompress(*b, key, out4k);
   return true;
 }
 
-bool MemStore::view(const std::string& vm, uint64_t key, const std::function<void(const uint8_t*)>& use) const {
-  const Shard& s = shards_[shard_of(key)];
+bool MemStore::Vm::view(uint64_t key, const std::function<void(const uint8_t*)>& use) const {
+  const Shard& s = shards_[shard_index(key)];
   std::lock_guard<std::mutex> lk(s.mu);
-  const Block* b = find_locked(s, vm, key);
+  const Slot* b = find_locked(s, key);
   if (!b) return false;
   if (b->len == kPageSize) {
     use(b->data);
     return true;
   }
   alignas(64) uint8_t tmp[kPageSize];
-  decompress(b, vm, key, tmp);
+  decompress(*b, key, tmp);
   use(tmp);
   return true;
 }
 
-void MemStore::put(const std::string& vm, uint64_t key, const void* in4k) {
-  Block* nb = make_block(in4k);  // compress outside the lock
-  Shard& s = shards_[shard_of(key)];
-  Block* old = nullptr;
+void MemStore::Vm::put(uint64_t key, const void* in4k) {
+  uint32_t len = 0;
+  uint8_t* nb = make_block(in4k, &len);  // compress outside the lock
+  Shard& s = shards_[shard_index(key)];
+  uint8_t* old = nullptr;
   {
     std::lock_guard<std::mutex> lk(s.mu);
-    VmPages& v = s.vms[vm];
-    Block*& slot = v.pages[key];
-    old = slot;
-    if (old) v.bytes -= old->len;
-    slot = nb;
-    v.bytes += nb->len;
+    if (Slot* b = const_cast<Slot*>(find_locked(s, key))) {
+      old = b->data;
+      s.bytes -= b->len;
+      b->data = nb;
+      b->len = len;
+    } else {
+      try {
+        if ((s.count + 1) * 2 > s.slots.size()) grow_locked(s);
+      } catch (...) {
+        std::free(nb);
+        throw;
+      }
+      const size_t mask = s.slots.size() - 1;
+      size_t i = home(s, key);
+      while (s.slots[i].data) i = (i + 1) & mask;
+      s.slots[i] = Slot{key, nb, len};
+      s.count++;
+    }
+    s.bytes += len;
   }
   std::free(old);
 }
 
-void MemStore::remove(const std::string& vm, uint64_t key) {
-  Shard& s = shards_[shard_of(key)];
-  Block* old = nullptr;
+void MemStore::Vm::remove(uint64_t key) {
+  Shard& s = shards_[shard_index(key)];
+  uint8_t* old = nullptr;
   {
     std::lock_guard<std::mutex> lk(s.mu);
-    auto v = s.vms.find(vm);
-    if (v == s.vms.end()) return;
-    auto p = v->second.pages.find(key);
-    if (p == v->second.pages.end()) return;
-    old = p->second;
-    v->second.bytes -= old->len;
-    v->second.pages.erase(p);
-    if (v->second.pages.empty()) s.vms.erase(v);
+    const Slot* b = find_locked(s, key);
+    if (!b) return;
+    old = b->data;
+    s.bytes -= b->len;
+    s.count--;
+    erase_at_locked(s, static_cast<size_t>(b - s.slots.data()));
   }
   std::free(old);
 }
 
-std::vector<uint64_t> MemStore::list(const std::string& vm) const {
-  std::vector<uint64_t> out;
+void MemStore::Vm::list(std::vector<uint64_t>& out) const {
   for (const auto& s : shards_) {
     std::lock_guard<std::mutex> lk(s.mu);
-    auto v = s.vms.find(vm);
-    if (v == s.vms.end()) continue;
-    out.reserve(out.size() + v->second.pages.size());
-    for (const auto& kv : v->second.pages) out.push_back(kv.first);
-  }
-  return out;
-}
-
-void MemStore::drop_vm(const std::string& vm) {
-  for (auto& s : shards_) {
-    VmPages gone;
-    {
-      std::lock_guard<std::mutex> lk(s.mu);
-      auto v = s.vms.find(vm);
-      if (v == s.vms.end()) continue;
-      gone = std::move(v->second);
-      s.vms.erase(v);
-    }
-    for (auto& kv : gone.pages) std::free(kv.second);  // free outside the lock
+    out.reserve(out.size() + s.count);
+    for (const Slot& slot : s.slots)
+      if (slot.data) out.push_back(slot.key);
   }
 }
 
-MemStore::Usage MemStore::usage(const std::string& vm) const {
+MemStore::Usage MemStore::Vm::usage() const {
   Usage u;
   for (const auto& s : shards_) {
     std::lock_guard<std::mutex> lk(s.mu);
-    auto v = s.vms.find(vm);
-    if (v == s.vms.end()) continue;
-    u.pages += v->second.pages.size();
-    u.bytes += v->second.bytes;
+    u.pages += s.count;
+    u.bytes += s.bytes;
   }
   return u;
 }
 
-MemStore::Usage MemStore::usage() const {
-  Usage u;
-  for (const auto& s : shards_) {
-    std::lock_guard<std::mutex> lk(s.mu);
-    for (const auto& v : s.vms) {
-      u.pages += v.second.pages.size();
-      u.bytes += v.second.bytes;
+void MemStore::Vm::clear() {
+  for (auto& s : shards_) {
+    std::vector<Slot> gone;
+    {
+      std::lock_guard<std::mutex> lk(s.mu);
+      gone.swap(s.slots);
+      s.count = 0;
+      s.bytes = 0;
     }
+    for (const Slot& slot : gone) std::free(slot.data);  // free outside the lock
+  }
+}
+
+// ------------------------------------------------------------------ VMs by name
+
+std::shared_ptr<MemStore::Vm> MemStore::vm(const std::string& name) {
+  std::lock_guard<std::mutex> lk(vms_mu_);
+  auto& v = vms_[name];
+  if (!v) v = std::make_shared<Vm>(compress_);
+  return v;
+}
+
+std::shared_ptr<MemStore::Vm> MemStore::find_vm(const std::string& name) const {
+  std::lock_guard<std::mutex> lk(vms_mu_);
+  auto it = vms_.find(name);
+  return it == vms_.end() ? nullptr : it->second;
+}
+
+bool MemStore::get(const std::string& vm, uint64_t key, void* out4k) const {
+  auto v = find_vm(vm);
+  return v && v->get(key, out4k);
+}
+
+void MemStore::put(const std::string& name, uint64_t key, const void* in4k) { vm(name)->put(key, in4k); }
+
+void MemStore::remove(const std::string& vm, uint64_t key) {
+  if (auto v = find_vm(vm)) v->remove(key);
+}
+
+std::vector<uint64_t> MemStore::list(const std::string& vm) const {
+  std::vector<uint64_t> out;
+  if (auto v = find_vm(vm)) v->list(out);
+  return out;
+}
+
+void MemStore::drop_vm(const std::string& name) {
+  std::shared_ptr<Vm> v;
+  {
+    std::lock_guard<std::mutex> lk(vms_mu_);
+    auto it = vms_.find(name);
+    if (it == vms_.end()) return;
+    v = it->second;
+    // A pager holding the handle keeps using this Vm: leave it findable (empty), so
+    // its later puts stay visible by name as they were before the drop.
+    if (v.use_count() == 2) vms_.erase(it);
+  }
+  v->clear();
+}
+
+MemStore::Usage MemStore::usage(const std::string& vm) const {
+  auto v = find_vm(vm);
+  return v ? v->usage() : Usage{};
+}
+
+MemStore::Usage MemStore::usage() const {
+  std::vector<std::shared_ptr<Vm>> all;
+  {
+    std::lock_guard<std::mutex> lk(vms_mu_);
+    for (const auto& kv : vms_) all.push_back(kv.second);
+  }
+  Usage u;
+  for (const auto& v : all) {
+    Usage one = v->usage();
+    u.pages += one.pages;
+    u.bytes += one.bytes;
   }
   return u;
 }

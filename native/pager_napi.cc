@@ -53,25 +53,26 @@ class Channel {
 
 class MemBackend : public StoreBackend {
  public:
-  MemBackend(std::shared_ptr<MemStore> s, std::string vm) : s_(std::move(s)), vm_(std::move(vm)) {}
+  // The VM's table is resolved once here: the fault path does no name lookup.
+  MemBackend(std::shared_ptr<MemStore> s, const std::string& vm) : s_(std::move(s)), vm_(s_->vm(vm)) {}
   void get(const uint64_t* keys, const uint32_t*, size_t n, uint8_t* out, bool* found) override {
-    for (size_t i = 0; i < n; i++) found[i] = s_->get(vm_, keys[i], out + i * kPageSize);
+    for (size_t i = 0; i < n; i++) found[i] = vm_->get(keys[i], out + i * kPageSize);
   }
   void put(const uint64_t* keys, const uint32_t*, size_t n, const uint8_t* data) override {
-    for (size_t i = 0; i < n; i++) s_->put(vm_, keys[i], data + i * kPageSize);
+    for (size_t i = 0; i < n; i++) vm_->put(keys[i], data + i * kPageSize);
   }
   void del(const uint64_t* keys, size_t n) override {
-    for (size_t i = 0; i < n; i++) s_->remove(vm_, keys[i]);
+    for (size_t i = 0; i < n; i++) vm_->remove(keys[i]);
   }
   bool view(uint64_t key, uint32_t, const std::function<void(const uint8_t*)>& use, bool* found) override {
-    *found = s_->view(vm_, key, use);
+    *found = vm_->view(key, use);
     return true;
   }
   std::string name() const override { return "memory:"; }
 
  private:
-  std::shared_ptr<MemStore> s_;
-  std::string vm_;
+  std::shared_ptr<MemStore> s_;  // keeps the store alive while the pager runs
+  std::shared_ptr<MemStore::Vm> vm_;
 };
 
 struct BridgeRequest {
