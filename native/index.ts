@@ -94,6 +94,8 @@ export interface PagerStartOptions {
   policy?: 'refault' | 'fifo';
   /** TEST ONLY: evict without write-protecting first (loses racing writes); proves the race test can fail. */
   _testUnsafeSkipWriteProtect?: boolean;
+  /** TEST ONLY: every drop removes half of its runs, then fails (proves a partial drop loses nothing). */
+  _testFailDrops?: boolean;
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

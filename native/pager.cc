@@ -1018,7 +1018,11 @@ void Pager::read_pages(const std::vector<uint32_t>& idxs, uint8_t* out) {
 
 void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
   std::vector<struct iovec> anon;
+  size_t runs = 0, nruns = 0;
+  if (cfg_.test_fail_drops) for_runs(idxs, [&](const Run&) { nruns++; });
   for_runs(idxs, [&](const Run& run) {
+    // TEST ONLY: drop the first half of the runs, then fail (a partial drop).
+    if (cfg_.test_fail_drops && runs++ >= (nruns + 1) / 2) return;
     const Region& r = region_at(run.first);
     if (r.memfd) {
       off_t off = (off_t)(r.file_offset + (uint64_t)(run.first - r.first) * kPageSize);
@@ -1030,6 +1034,43 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
   });
   for (size_t i = 0; i < anon.size(); i += kIovMax)
     remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i));
+  if (cfg_.test_fail_drops && nruns > 1)
+    throw Error("EM_TEST", "test-only partial drop: the later runs were not dropped", EIO);
+}
+
+// After a drop failed part-way, which of its pages are really gone from host memory:
+// a page that left must become remote (its fault fetches the stored copy), not stay
+// "resident" (its fault would then read as a discard: zeros, the stored copy deleted).
+std::vector<uint8_t> Pager::probe_gone(const std::vector<uint32_t>& idxs) {
+  std::vector<uint8_t> gone(idxs.size(), 0);
+  int pagemap = -1;
+  try {
+    for (size_t i = 0; i < idxs.size(); i++) {
+      const Region& r = region_at(idxs[i]);
+      uint64_t page = idxs[i] - r.first;
+      if (r.memfd) {
+        off_t off = (off_t)(r.file_offset + page * kPageSize);
+        off_t data = lseek(r.fd, off, SEEK_DATA);  // the next byte with data: this page unless it is a hole
+        if (data < 0 && errno != ENXIO) throw_sys("lseek(SEEK_DATA)", "checking which pages a failed drop removed");
+        gone[i] = data < 0 || data >= off + (off_t)kPageSize;
+        continue;
+      }
+      if (pagemap < 0) {
+        std::string path = "/proc/" + std::to_string(cfg_.pid) + "/pagemap";
+        pagemap = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (pagemap < 0) throw_sys("open", "reading " + path);
+      }
+      uint64_t e = 0;
+      if (pread(pagemap, &e, 8, (off_t)((r.start / kPageSize + page) * 8)) != 8)
+        throw_sys("pread", "reading the target's pagemap");
+      gone[i] = ((e >> 62) & 3) == 0;  // neither present (63) nor swapped (62)
+    }
+  } catch (...) {
+    if (pagemap >= 0) close(pagemap);
+    throw;
+  }
+  if (pagemap >= 0) close(pagemap);
+  return gone;
 }
 
 // Evict up to `want` pages. Returns the number of pages that left host memory.
@@ -1156,21 +1197,28 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint32_t> sorted_drop(drop.size());
   std::vector<uint8_t> sorted_zero(drop.size());
   for (size_t i = 0; i < order.size(); i++) { sorted_drop[i] = drop[order[i]]; sorted_zero[i] = drop_zero[order[i]]; }
-  bool dropped = true;
+  std::vector<uint8_t> gone(sorted_drop.size(), 1);
   try {
     drop_pages(sorted_drop);
   } catch (const Error& e) {
-    dropped = false;
     emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
+    try {
+      gone = probe_gone(sorted_drop);
+    } catch (const Error& pe) {
+      // Nothing known: every page is treated as still here (the target is most likely gone).
+      std::fill(gone.begin(), gone.end(), 0);
+      emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
+    }
   }
   // Phase 3b: the pages are gone from host memory.
+  size_t left = 0;
   {
     std::lock_guard<AdaptiveMutex> g(mu_);
     for (size_t i = 0; i < sorted_drop.size(); i++) {
       uint32_t idx = sorted_drop[i];
       PageMeta& m = table_[idx];
       m.flags &= ~kFlDropping;
-      if (!dropped) {  // still resident and write-protected; the store has it: clean
+      if (!gone[i]) {  // still resident and write-protected; the store has it: clean
         m.state = sorted_zero[i] == 1 ? kResDirty : kResClean;
         list_insert(idx, false);
         continue;
@@ -1183,11 +1231,12 @@ size_t Pager::evict_batch(size_t want) {
       m.next = kNil;
       resident_--;
       evictions_++;
+      left++;
     }
   }
   wake_deferred();
   evicted_cv_.notify_all();
-  return dropped ? sorted_drop.size() : 0;
+  return left;
 }
 
 // Watermarks: eviction starts once residency passes cap - slack (high) and goes down

@@ -47,6 +47,7 @@ struct PagerConfig {
   std::vector<uint32_t> fault_cpus, evict_cpus;
   bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
   bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
+  bool test_fail_drops = false; // TEST ONLY: every drop removes half its runs, then fails (partial-failure handling)
 };
 
 struct PagerEvent {
@@ -117,6 +118,7 @@ class Pager {
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
   void drop_pages(const std::vector<uint32_t>& idx);
+  std::vector<uint8_t> probe_gone(const std::vector<uint32_t>& idx);
   // --- store with retry (invariant 5) ---
   bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
   bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);

@@ -31,6 +31,8 @@ export interface PagerAttachOptions {
   evictCpus?: number[];
   /** TEST ONLY: skip write-protect before copy-out (see native/index.ts). */
   _testUnsafeSkipWriteProtect?: boolean;
+  /** TEST ONLY: drops fail part-way (see native/index.ts). */
+  _testFailDrops?: boolean;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
@@ -117,6 +119,7 @@ export class Pager extends EventEmitter {
       uffdTargetFd: uffd.targetFd,
       policy: opts.policy,
       _testUnsafeSkipWriteProtect: opts._testUnsafeSkipWriteProtect,
+      _testFailDrops: opts._testFailDrops,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },

@@ -307,6 +307,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.fault_cpus = CpuList(o, "faultCpus");
     cfg.evict_cpus = CpuList(o, "evictCpus");
     cfg.test_skip_wp = o.Get("_testUnsafeSkipWriteProtect").ToBoolean();
+    cfg.test_fail_drops = o.Get("_testFailDrops").ToBoolean();
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();

@@ -73,6 +73,35 @@ for (const kind of ['memfd', 'anon'] as const) {
   });
 }
 
+// A drop that fails part-way (a punch or an injected DONTNEED that stops at some range)
+// leaves some pages gone and some still in memory. The gone ones must become remote; if
+// they were taken for still resident, their next fault would read as a discard by QEMU:
+// zeros, and the stored copy deleted. The test hook makes every drop remove half of its
+// runs and then fail.
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`${kind}: drops that fail part-way lose no page`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
+    await target.cmd(`fill ${kind} 11`);
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const cap = Math.floor(r.length / PAGE / 8);
+    const pager = await attach(t, target, [r], cap, store, { evictBatch: 64, _testFailDrops: true });
+    const failures: string[] = [];
+    pager.on('error', (e: { message: string }) => { if (/partial drop/.test(e.message)) failures.push(e.message); });
+    await waitFor(() => pager.stats().residentPages <= cap, 60000);
+    const churn = parseReply(await target.cmd(`churn ${kind} 2000 2 0.5`));
+    t.is(churn.corrupt, 0, 'no corruption seen by the writers');
+    const v = parseReply(await target.cmd(`verify ${kind}`));
+    t.is(v.corrupt, 0, `verify: first bad page ${v.firstbad}`);
+    const s = pager.stats();
+    t.true(failures.length > 0, 'drops failed part-way');
+    t.true(s.evictions > 1000, `evictions ${s.evictions}`);
+    t.true(s.fetches > 500, `fetches ${s.fetches}`);
+    t.is(s.discards, 0, 'no page was taken for discarded');
+    t.log(kind, JSON.stringify({ failedDrops: failures.length, evictions: s.evictions, fetches: s.fetches, discards: s.discards }));
+  });
+}
+
 // The race window is the time between copy-out and drop; a store that takes a moment
 // to acknowledge (file:, LMDB with synchronous commits) widens it, as a network store would.
 async function raceStore(t: { teardown(fn: () => unknown): void }): Promise<PageStore> {
