@@ -56,6 +56,8 @@ export interface PagerStatsRaw {
   /** Fault batches that waited at the cap for the evictor (back-pressure), and the total wait. */
   capWaits: number;
   capWaitUs: number;
+  /** The one CPU the fault thread runs on (faultCpus of one CPU, or where it followed the faults); -1: not pinned. */
+  faultCpu: number;
   lostPages: number;
   faultLatencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Histogram of fault latency: bucket upper bounds in µs and counts. */
@@ -109,6 +111,8 @@ export interface PagerStartOptions {
   /** CPU numbers for the fault / eviction thread (validated by native/pager.ts). */
   faultCpus?: number[];
   evictCpus?: number[];
+  /** Without faultCpus: move the fault thread to the faulting thread's CPU (default true). */
+  followFaults?: boolean;
   onRequest?: (req: BridgeRequest) => void;
   onEvent?: (ev: PagerEvent) => void;
 }

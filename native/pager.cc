@@ -29,6 +29,7 @@ constexpr size_t kDrainBatch = 256;       // pages fetched per drain step
 constexpr int kIovMax = 1024;
 constexpr uint64_t kRetryMinMs = 50, kRetryMaxMs = 5000;
 constexpr int kEvictorNice = 10;
+constexpr uint32_t kFollowEvery = 256;  // faults between checks of where the faulting thread runs
 constexpr uint64_t kArmFetchCostUs = 30;  // ~4 uffd round trips on this class of machine
 // True on the fault thread, the uffd's only reader: its ioctls must not wait out EAGAIN
 // (see OnAgain in uffd.h), everyone else's may.
@@ -191,6 +192,51 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
   throw Error("EM_UFFD_BUSY", what + ": the target's memory map kept changing for 2 s (EAGAIN)", EAGAIN, "UFFDIO_WRITEPROTECT");
 }
 
+// Follow the faults (cfg_.follow_faults): put the fault thread on the CPU the faulting
+// thread last ran on. On a VM, waking an idle vCPU costs ~18 µs (docs/bench-pager.md),
+// and a fault is two wake-ups; on the faulter's CPU both are local context switches.
+// The faulter waits for this thread meanwhile, so its last CPU is where it will resume.
+void Pager::follow_faulter(uint32_t tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/task/%u/stat", cfg_.pid, tid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // the thread just ended: try again on a later fault
+  char buf[1024];
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return;
+  buf[n] = 0;
+  // Field 39 (processor). The command name (field 2) may hold spaces: count from the
+  // last ')', after which come fields 3, 4, ...
+  const char* p = strrchr(buf, ')');
+  if (!p) return;
+  int field = 2, cpu = -1;
+  for (const char* c = p + 1; *c; c++)
+    if (*c == ' ' && ++field == 39) {
+      cpu = atoi(c + 1);
+      break;
+    }
+  if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed_cpus_) || cpu == fault_cpu_) return;
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) != 0) return;  // stays where it is
+  fault_cpu_ = cpu;
+  evict_cv_.notify_one();  // the evictor moves off this CPU (place_evictor)
+}
+
+// The evictor, following the fault thread: run anywhere but its CPU (unless evict_cpus
+// were given, or there is no other CPU).
+void Pager::place_evictor() {
+  int avoid = fault_cpu_;
+  if (!cfg_.follow_faults || !cfg_.evict_cpus.empty() || avoid < 0 || avoid == evictor_avoids_) return;
+  evictor_avoids_ = avoid;
+  cpu_set_t rest = allowed_cpus_;
+  CPU_CLR(avoid, &rest);
+  if (CPU_COUNT(&rest) == 0) return;
+  pthread_setaffinity_np(pthread_self(), sizeof rest, &rest);  // best effort, like pin_thread
+}
+
 // Pin the calling pager thread to `cpus` (empty: leave it to the scheduler). A failure
 // is reported, not fatal: the pager works anywhere, only its latency changes.
 void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
@@ -221,7 +267,8 @@ void Pager::start() {
     // private memory keeps the limit of docs/architecture.md (a discarded remote page
     // keeps its stored copy).
     bool all_memfd = std::all_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
-    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | (all_memfd ? UFFD_FEATURE_EVENT_REMOVE : 0) |
+    // THREAD_ID: the faulting thread's id in each fault message (follow_faulter).
+    uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID | (all_memfd ? UFFD_FEATURE_EVENT_REMOVE : 0) |
                     (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
     uint64_t got = uffd_api(cfg_.uffd, want);
     if ((got & want) != want) throw Error("EM_UFFD_FEATURES", "the kernel lacks userfaultfd features the pager needs (missing/write-protect on shmem)");
@@ -244,9 +291,12 @@ void Pager::start() {
       uffd_wake(cfg_.uffd, r.start, r.length);
     }
   }
+  if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
+  if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
     pin_thread(cfg_.fault_cpus, "fault");
+    if (!cfg_.fault_cpus.empty() && cfg_.fault_cpus.size() == 1) fault_cpu_ = (int)cfg_.fault_cpus[0];
     tl_uffd_reader = true;
     fault_loop();
   });
@@ -520,6 +570,7 @@ void Pager::fault_loop() {
     removed.clear();
     retrying.swap(retry_);
     retry_.clear();
+    uint32_t follow_tid = 0;
     try {
       // One pass under the page-table lock: classify every fault and plan the fetch.
       {
@@ -540,6 +591,10 @@ void Pager::fault_loop() {
           }
           if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;  // no other events were requested
           uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t)(kPageSize - 1);
+          if (cfg_.follow_faults && follow_countdown_-- == 0) {
+            follow_countdown_ = kFollowEvery;
+            follow_tid = msgs[i].arg.pagefault.feat.ptid;  // 0 when the uffd lacks THREAD_ID (take-over)
+          }
           int ri = region_of(addr);
           if (ri < 0) continue;
           uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
@@ -560,6 +615,8 @@ void Pager::fault_loop() {
           plan_fetch(fetch, true, &writes, fault_plan_);
         }
       }
+      // Move before mapping: the UFFDIO_COPY below then wakes the faulter on this CPU.
+      if (follow_tid) follow_faulter(follow_tid);
       // A thread waiting on a page that was discarded meanwhile retries: the page now
       // reads as zeros (its fault finds it absent).
       for (auto& r : removed) uffd_wake(cfg_.uffd, r.first, r.second - r.first);
@@ -1264,6 +1321,7 @@ void Pager::evict_loop() {
   }
   tl_evictor = true;
   while (!stop_ && !evict_stop_ && !draining_) {
+    place_evictor();
     {
       std::unique_lock<std::mutex> lk(evict_mu_);
       evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
@@ -1305,6 +1363,7 @@ PagerStats Pager::stats() {
   s.wp_faults = wp_faults_; s.discards = discards_; s.evict_aborts = evict_aborts_;
   s.store_retries = store_retries_; s.lost_pages = lost_pages_;
   s.cap_waits = cap_waits_; s.cap_wait_us = cap_wait_us_;
+  s.fault_cpu = fault_cpu_;
   s.resident = resident_; s.cap = cap_; s.remote = remote_; s.total_pages = table_.size();
   s.metadata_bytes = table_.capacity() * sizeof(PageMeta);
   s.draining = draining_;

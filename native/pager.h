@@ -3,6 +3,7 @@
 // the page-state table they share. See docs/architecture.md for the state machine
 // and where each invariant of DESIGN.md is enforced.
 #pragma once
+#include <sched.h>
 #include <sys/types.h>
 
 #include <atomic>
@@ -45,6 +46,10 @@ struct PagerConfig {
   // idle CPU is slow (a VM), the fault thread on the faulting vCPU's CPU turns each fault
   // into two local context switches instead of two cross-CPU wake-ups (docs/bench-pager.md).
   std::vector<uint32_t> fault_cpus, evict_cpus;
+  // No fault_cpus: move the fault thread to the CPU of the thread that faults (checked
+  // every kFollowEvery faults), and the evictor (unless evict_cpus) off that CPU. The
+  // pinned placement's latency without naming CPUs; a VM whose vCPUs move is followed.
+  bool follow_faults = true;
   bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
   bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
   bool test_fail_drops = false; // TEST ONLY: every drop removes half its runs, then fails (partial-failure handling)
@@ -61,6 +66,7 @@ struct PagerStats {
   uint64_t faults, zero_fills, fetches, evictions, clean_drops, store_writes, prefetched, wp_faults, discards,
       evict_aborts, store_retries, lost_pages;
   uint64_t cap_waits, cap_wait_us;  // fault batches that waited at the cap for the evictor, and for how long
+  int fault_cpu;                    // the one CPU the fault thread is pinned to, -1 when none
   uint64_t resident, cap, remote, total_pages, metadata_bytes;
   std::string store_state, store_error;
   bool draining;
@@ -138,6 +144,8 @@ class Pager {
   void for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn);
   void emit(PagerEvent ev);
   void pin_thread(const std::vector<uint32_t>& cpus, const char* which);
+  void follow_faulter(uint32_t tid);
+  void place_evictor();
   void settle_events_then(const std::string& what, const std::function<bool()>& op);
   void stop_threads();
   static uint64_t now_us();
@@ -187,6 +195,14 @@ class Pager {
     Kind kind;
   };
   std::vector<Retry> retry_;
+
+  // follow_faults placement: the CPUs this process may use (at start), the fault
+  // thread's CPU (-1: not placed), faults until the next check, and the CPU the evictor
+  // should avoid (it applies that itself: place_evictor).
+  cpu_set_t allowed_cpus_{};
+  std::atomic<int> fault_cpu_{-1};
+  uint32_t follow_countdown_ = 0;
+  int evictor_avoids_ = -1;  // evictor thread only: the CPU it last moved off
 
   // sequential-fault detection for prefetch
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)

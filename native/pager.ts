@@ -29,6 +29,12 @@ export interface PagerAttachOptions {
    */
   faultCpus?: number[];
   evictCpus?: number[];
+  /**
+   * Without faultCpus: the fault thread moves to the CPU its faulting thread runs on
+   * (checked every 256 faults) and the evictor off it. Default true; false leaves both
+   * to the scheduler.
+   */
+  followFaults?: boolean;
   /** TEST ONLY: skip write-protect before copy-out (see native/index.ts). */
   _testUnsafeSkipWriteProtect?: boolean;
   /** TEST ONLY: drops fail part-way (see native/index.ts). */
@@ -129,6 +135,7 @@ export class Pager extends EventEmitter {
       evictBatch: opts.evictBatch,
       faultCpus: opts.faultCpus,
       evictCpus: opts.evictCpus,
+      followFaults: opts.followFaults,
       onRequest: (req) => pager?.serve(req),
       onEvent: (ev) => pager?.emit(ev.type, ev),
     });

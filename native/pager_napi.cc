@@ -306,6 +306,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.reattach = o.Get("reattach").ToBoolean();
     cfg.fault_cpus = CpuList(o, "faultCpus");
     cfg.evict_cpus = CpuList(o, "evictCpus");
+    cfg.follow_faults = !o.Has("followFaults") || o.Get("followFaults").IsUndefined() || o.Get("followFaults").ToBoolean();
     cfg.test_skip_wp = o.Get("_testUnsafeSkipWriteProtect").ToBoolean();
     cfg.test_fail_drops = o.Get("_testFailDrops").ToBoolean();
     Napi::Value pol = o.Get("policy");
@@ -393,6 +394,7 @@ Napi::Value JsPagerStats(const Napi::CallbackInfo& info) {
     n("residentPages", s.resident); n("localCapPages", s.cap); n("remotePages", s.remote);
     n("totalPages", s.total_pages); n("storeRetries", s.store_retries); n("lostPages", s.lost_pages);
     n("capWaits", s.cap_waits); n("capWaitUs", s.cap_wait_us);
+    o.Set("faultCpu", Napi::Number::New(env, s.fault_cpu));
     n("metadataBytes", s.metadata_bytes);
     o.Set("storeState", s.store_state);
     o.Set("storeError", s.store_error);

@@ -57,6 +57,9 @@ test('parseConfig: pager thread CPUs are checked against the CPUs this machine h
   t.regex(bad.message, /^config b\.yaml: pager\.faultCpus: must be a list of CPU numbers this machine has/);
   t.regex(t.throws<ElasticmemError>(() => parseConfig('pager:\n  faultCpu: [0]\n', 'u.yaml'))!.message, /pager\.faultCpu: unknown key/);
   t.regex(t.throws<ElasticmemError>(() => parseConfig('pager:\n  evictCpus: 1\n', 'n.yaml'))!.message, /pager\.evictCpus: must be a list/);
+  t.deepEqual(parseConfig('pager:\n  followFaults: false\n', 'f.yaml').pager, { followFaults: false });
+  t.regex(t.throws<ElasticmemError>(() => parseConfig('pager:\n  followFaults: "no"\n', 'g.yaml'))!.message, /pager\.followFaults: must be true or false/);
+  t.regex(t.throws<ElasticmemError>(() => parseConfig('pager:\n  faultCpus: [0]\n  followFaults: true\n', 'h.yaml'))!.message, /pager\.followFaults: cannot be true with faultCpus/);
 });
 
 test('peerCred: SO_PEERCRED of both ends of a real Unix socket connection', async (t) => {

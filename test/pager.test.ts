@@ -5,6 +5,7 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { startTarget, parseReply, type Target } from './helpers/target.ts';
 import { Pager } from '../native/pager.ts';
 import { openStore } from '../kvstore/index.ts';
@@ -304,6 +305,44 @@ test('memory: a page deleted from the embedded store behind the pager is reporte
   t.is(s.lostPages, before.lostPages + 1);
   t.is(s.zeroFills, before.zeroFills, 'the lost page was not zero-filled');
   t.deepEqual(lost.flat(), [victim]);
+});
+
+// Without faultCpus the fault thread follows the faulting thread's CPU (two local
+// context switches a fault instead of two idle-vCPU wake-ups), and the evictor moves off it.
+test('without faultCpus the fault thread moves to the CPU its target faults on, the evictor off it', async (t) => {
+  const { allowedCpus } = await import('../native/pager.ts');
+  const cpus = allowedCpus();
+  if (cpus.length < 2) return t.pass('one CPU: nothing to follow');
+  const store = await memoryStore(t);
+  const threadsOf = (name: string) =>
+    fs.readdirSync('/proc/self/task').flatMap((tid) => {
+      try {
+        const st = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+        return /^Name:\s*(.*)$/m.exec(st)![1] === name ? [/^Cpus_allowed_list:\s*(.*)$/m.exec(st)![1]] : [];
+      } catch { return []; }
+    });
+  for (const cpu of [cpus[cpus.length - 1]!, cpus[0]!]) {
+    const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+    await target.cmd('fill memfd 19');
+    execFileSync('taskset', ['-a', '-cp', String(cpu), String(target.pid)], { stdio: 'ignore' });
+    const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+    await waitFor(() => pager.stats().residentPages <= 256);
+    t.is(parseReply(await target.cmd('churn memfd 1500 1 0.5')).corrupt, 0);
+    t.is(pager.stats().faultCpu, cpu, `the fault thread followed the target to CPU ${cpu}`);
+    t.true(threadsOf('em-fault').includes(String(cpu)), 'a fault thread is pinned to that CPU');
+    if (cpus.length === 2) {
+      const other = String(cpus.find((c) => c !== cpu));
+      await waitFor(() => threadsOf('em-evict').includes(other), 5000);
+      t.pass(`an evictor runs on CPU ${other} only`);
+    }
+    await pager.detach();
+  }
+  const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+  await target.cmd('fill memfd 19');
+  const still = await attach(t, target, [region(target, 'memfd')], 256, store, { followFaults: false });
+  await waitFor(() => still.stats().residentPages <= 256);
+  t.is(parseReply(await target.cmd('churn memfd 500 1 0.5')).corrupt, 0);
+  t.is(still.stats().faultCpu, -1, 'followFaults: false leaves the fault thread to the scheduler');
 });
 
 test('fault and eviction threads run on the CPUs asked for; CPUs this machine lacks are refused before attaching', async (t) => {

@@ -128,7 +128,7 @@ export interface PagerPhaseStats extends Pick<
   PagerStatsRaw,
   | 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched'
   | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries' | 'capWaits' | 'capWaitUs'
-  | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages'
+  | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages' | 'faultCpu'
   | 'faultLatencyUs' | 'latencyHistogram'
 > {
   prefetchMax?: number;
@@ -437,6 +437,7 @@ function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOption
     localCapPages: s1.localCapPages,
     remotePages: s1.remotePages,
     totalPages: s1.totalPages,
+    faultCpu: s1.faultCpu,
     faultLatencyUs: lat,
     latencyHistogram: hist,
     ...(opts.prefetchMax !== undefined ? { prefetchMax: opts.prefetchMax } : {}),

@@ -7,8 +7,9 @@
  *   socket: /run/elasticmem/elasticmem.sock
  *   state: /run/elasticmem/state.json
  *   pager:
- *     faultCpus: [2, 3]            # CPUs for each VM's fault thread (default: any); best: the vCPUs' CPUs
- *     evictCpus: [0]               # CPUs for the eviction threads (default: any)
+ *     faultCpus: [2, 3]            # CPUs for each VM's fault thread (default: it follows the faulting vCPU)
+ *     evictCpus: [0]               # CPUs for the eviction threads (default: any but the fault thread's)
+ *     followFaults: false          # without faultCpus: leave the fault thread to the scheduler
  *   limits:
  *     maxVms: 16                   # attached VMs at once
  *     minLocal: 16M                # smallest resident cap attach/resize accept
@@ -34,8 +35,8 @@ export interface Config {
   socket?: string;
   state: string;
   limits: { maxVms: number; minLocal: number };
-  /** Where the pagers' threads run (Pager.attach faultCpus / evictCpus); absent: anywhere. */
-  pager: { faultCpus?: number[]; evictCpus?: number[] };
+  /** Where the pagers' threads run (Pager.attach faultCpus / evictCpus / followFaults); absent: the pager's defaults. */
+  pager: { faultCpus?: number[]; evictCpus?: number[]; followFaults?: boolean };
   vms: Record<string, VmOverride>;
   /** Where it came from, for messages. */
   source: string;
@@ -108,8 +109,13 @@ export function parseConfig(text: string, file: string): Config {
   }
   if (doc.pager !== undefined) {
     const p = doc.pager;
-    if (!isMap(p)) fail(file, 'pager', 'must be a mapping with faultCpus and/or evictCpus');
-    onlyKeys(file, 'pager', p, ['faultCpus', 'evictCpus']);
+    if (!isMap(p)) fail(file, 'pager', 'must be a mapping with faultCpus, evictCpus and/or followFaults');
+    onlyKeys(file, 'pager', p, ['faultCpus', 'evictCpus', 'followFaults']);
+    if (p.followFaults !== undefined) {
+      if (typeof p.followFaults !== 'boolean') fail(file, 'pager.followFaults', `must be true or false, got ${JSON.stringify(p.followFaults)}`);
+      if (p.followFaults && p.faultCpus !== undefined) fail(file, 'pager.followFaults', 'cannot be true with faultCpus (the fault thread stays on those CPUs): drop one of the two');
+      cfg.pager.followFaults = p.followFaults;
+    }
     const allowed = allowedCpus();
     for (const k of ['faultCpus', 'evictCpus'] as const) {
       const v = p[k];

@@ -34,7 +34,9 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
   --floor-repeats N    samples of the uffd floor, spread over the run (default 3)
   --pin CPU            run the workload, the pager's fault thread and the floor on this
                        CPU (the evictor on the others): faults are then served by local
-                       context switches, not cross-CPU wake-ups (slow on a VM)
+                       context switches, not cross-CPU wake-ups (slow on a VM). Without
+                       it the workload and the floor run where the scheduler puts them
+                       and the pager's fault thread follows the workload's CPU
   --json               one JSON object on stdout
 
 examples:
