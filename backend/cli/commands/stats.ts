@@ -11,7 +11,8 @@ Counters of an attached VM's pager.
 
   --json    one JSON object: faults, zeroFills, fetches, evictions, cleanDrops,
             storeWrites, prefetched, residentPages, localCapPages, remotePages,
-            faultLatencyUs {p50, p99}, storeState, storeError, ...
+            faultLatencyUs {p50, p99}, storeState, storeError, faultCpu (the
+            CPU the fault thread runs on, -1 when not on one), ...
   --watch   live view refreshed every second: rates per second, resident pages
             against the cap, fault latency (with --json: one JSON sample per line)
 
@@ -27,7 +28,7 @@ function renderOnce(s: PublicStats): string {
     `  resident ${formatSize(s.residentPages * PAGE)} of cap ${formatSize(s.localCapPages * PAGE)}, remote ${formatSize(s.remotePages * PAGE)}`,
     `  faults ${s.faults}  zeroFills ${s.zeroFills}  fetches ${s.fetches}  prefetched ${s.prefetched}`,
     `  evictions ${s.evictions}  cleanDrops ${s.cleanDrops}  storeWrites ${s.storeWrites}`,
-    `  fault latency p50 ${s.faultLatencyUs.p50} us, p99 ${s.faultLatencyUs.p99} us`,
+    `  fault latency p50 ${s.faultLatencyUs.p50} us, p99 ${s.faultLatencyUs.p99} us${s.faultCpu >= 0 ? `, fault thread on CPU ${s.faultCpu}` : ''}`,
     '',
   ].join('\n');
 }
