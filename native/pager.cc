@@ -103,6 +103,14 @@ void Pager::open_regions() {
 
 // Which pages of a region are resident now: memfd holes (SEEK_DATA/SEEK_HOLE) or
 // pagemap present/swapped bits for private memory.
+// The target's /proc/PID/pagemap (one 64-bit entry per page of its address space).
+int Pager::open_pagemap() const {
+  std::string path = "/proc/" + std::to_string(cfg_.pid) + "/pagemap";
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw_sys("open", "reading " + path);
+  return fd;
+}
+
 void Pager::scan_resident(Region& r, std::vector<uint8_t>& present) {
   present.assign(r.npages, 0);
   if (r.memfd) {
@@ -123,10 +131,7 @@ void Pager::scan_resident(Region& r, std::vector<uint8_t>& present) {
     }
     return;
   }
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/pagemap", cfg_.pid);
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) throw_sys("open", std::string("reading ") + path);
+  int fd = open_pagemap();
   std::vector<uint64_t> buf(4096);
   for (uint32_t i = 0; i < r.npages; i += buf.size()) {
     size_t n = std::min<size_t>(buf.size(), r.npages - i);
@@ -135,9 +140,9 @@ void Pager::scan_resident(Region& r, std::vector<uint8_t>& present) {
     if (got != (ssize_t)(n * 8)) {
       int err = got < 0 ? errno : EIO;
       close(fd);
-      throw_sys("pread", std::string("reading ") + path, err);
+      throw_sys("pread", "reading the target's pagemap", err);
     }
-    for (size_t j = 0; j < n; j++) present[i + j] = (buf[j] >> 62) & 3 ? 1 : 0;  // bit 63 present, 62 swapped
+    for (size_t j = 0; j < n; j++) present[i + j] = in_memory(buf[j]);
   }
   close(fd);
 }
@@ -221,8 +226,7 @@ void Pager::follow_faulter(uint32_t tid) {
   CPU_ZERO(&one);
   CPU_SET(cpu, &one);
   if (pthread_setaffinity_np(pthread_self(), sizeof one, &one) != 0) return;  // stays where it is
-  fault_cpu_ = cpu;
-  evict_cv_.notify_one();  // the evictor moves off this CPU (place_evictor)
+  fault_cpu_ = cpu;  // the evictor moves off it at its next round (place_evictor)
 }
 
 // The evictor, following the fault thread: run anywhere but its CPU (unless evict_cpus
@@ -296,7 +300,7 @@ void Pager::start() {
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
     pin_thread(cfg_.fault_cpus, "fault");
-    if (!cfg_.fault_cpus.empty() && cfg_.fault_cpus.size() == 1) fault_cpu_ = (int)cfg_.fault_cpus[0];
+    if (cfg_.fault_cpus.size() == 1) fault_cpu_ = (int)cfg_.fault_cpus[0];
     tl_uffd_reader = true;
     fault_loop();
   });
@@ -1115,15 +1119,11 @@ std::vector<uint8_t> Pager::probe_gone(const std::vector<uint32_t>& idxs) {
         gone[i] = data < 0 || data >= off + (off_t)kPageSize;
         continue;
       }
-      if (pagemap < 0) {
-        std::string path = "/proc/" + std::to_string(cfg_.pid) + "/pagemap";
-        pagemap = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-        if (pagemap < 0) throw_sys("open", "reading " + path);
-      }
+      if (pagemap < 0) pagemap = open_pagemap();
       uint64_t e = 0;
       if (pread(pagemap, &e, 8, (off_t)((r.start / kPageSize + page) * 8)) != 8)
         throw_sys("pread", "reading the target's pagemap");
-      gone[i] = ((e >> 62) & 3) == 0;  // neither present (63) nor swapped (62)
+      gone[i] = !in_memory(e);
     }
   } catch (...) {
     if (pagemap >= 0) close(pagemap);

@@ -108,6 +108,9 @@ class Pager {
   // --- set-up ---
   void open_regions();
   void scan_resident(Region& r, std::vector<uint8_t>& present);
+  int open_pagemap() const;
+  // A pagemap entry's page holds data: present (bit 63) or swapped out (bit 62).
+  static bool in_memory(uint64_t pagemap_entry) { return (pagemap_entry >> 62) & 3; }
   void build_state();
   // --- fault thread ---
   void fault_loop();
