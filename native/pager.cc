@@ -204,6 +204,8 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
 void Pager::follow_faulter(uint32_t tid) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/task/%u/stat", cfg_.pid, tid);
+  // (ptid is the id in the faulter's own pid namespace: for a target in another
+  // namespace it names no thread of the target here, and nothing moves.)
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return;  // the thread just ended: try again on a later fault
   char buf[1024];
