@@ -57,6 +57,8 @@ void MemStore::Vm::grow_locked(Shard& s) {
     while (s.slots[i].data) i = (i + 1) & mask;
     s.slots[i] = slot;
   }
+  s.hint_mask.store(mask, std::memory_order_relaxed);
+  s.hint_slots.store(s.slots.data(), std::memory_order_relaxed);
 }
 
 // Backward-shift deletion: pull later members of the probe run into the hole, so no
@@ -174,6 +176,7 @@ void MemStore::Vm::clear() {
     std::vector<Slot> gone;
     {
       std::lock_guard<std::mutex> lk(s.mu);
+      s.hint_slots.store(nullptr, std::memory_order_relaxed);
       gone.swap(s.slots);
       s.count = 0;
       s.bytes = 0;

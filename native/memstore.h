@@ -64,6 +64,13 @@ class MemStore::Vm {
   Vm& operator=(const Vm&) = delete;
 
   bool get(uint64_t key, void* out4k) const;
+  // Start loading the slot that locates `key` into the cache (no lock, never faults): the
+  // pager issues it together with its own page-metadata load, so the two misses overlap.
+  void prefetch(uint64_t key) const {
+    const Shard& s = shards_[shard_index(key)];
+    const Slot* slots = s.hint_slots.load(std::memory_order_relaxed);
+    if (slots) __builtin_prefetch(&slots[hash(key) & s.hint_mask.load(std::memory_order_relaxed)]);
+  }
   // Hand page `key` to `use` without copying it out (raw pages are passed in place,
   // under the shard lock, so `use` must be short: one UFFDIO_COPY). False when absent.
   bool view(uint64_t key, const std::function<void(const uint8_t*)>& use) const;
@@ -88,6 +95,10 @@ class MemStore::Vm {
   struct alignas(64) Shard {
     mutable std::mutex mu;
     std::vector<Slot> slots;  // power-of-two size, at most half full
+    // slots' array and mask for prefetch(), read without the lock: a stale pair only
+    // prefetches a line that is no longer used (a prefetch never faults).
+    std::atomic<const Slot*> hint_slots{nullptr};
+    std::atomic<size_t> hint_mask{0};
     size_t count = 0;
     uint64_t bytes = 0;
   };

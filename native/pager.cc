@@ -577,6 +577,17 @@ void Pager::fault_loop() {
     retrying.swap(retry_);
     retry_.clear();
     uint32_t follow_tid = 0;
+    // Start the two cache misses every fault takes (its page's metadata, and where the
+    // store keeps the page) together, before the locked pass waits on the first.
+    for (size_t i = 0; i < n; i++) {
+      if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+      uint64_t addr = msgs[i].arg.pagefault.address;
+      int ri = region_of(addr);
+      if (ri < 0) continue;
+      uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
+      __builtin_prefetch(&table_[idx]);
+      store_->prefetch(((uint64_t)regions_[ri].config_index << 32) | (idx - regions_[ri].first));
+    }
     try {
       // One pass under the page-table lock: classify every fault and plan the fetch.
       {

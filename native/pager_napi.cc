@@ -68,6 +68,7 @@ class MemBackend : public StoreBackend {
     *found = vm_->view(key, use);
     return true;
   }
+  void prefetch(uint64_t key) override { vm_->prefetch(key); }
   std::string name() const override { return "memory:"; }
 
  private:

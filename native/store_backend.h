@@ -25,6 +25,8 @@ class StoreBackend {
   virtual bool view(uint64_t /*key*/, uint32_t /*version*/, const std::function<void(const uint8_t*)>& /*use*/, bool* /*found*/) {
     return false;
   }
+  // Optional hint: the page will be read soon (start loading what locates it). Never blocks.
+  virtual void prefetch(uint64_t /*key*/) {}
   // Unblock any call waiting on the store (shutdown).
   virtual void cancel() {}
   virtual std::string name() const = 0;
