@@ -58,6 +58,8 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.regex(j.integrityDetail.afterDetach, /^integrity ok pages=8192$/);
   for (const k of ['usPerTouch', 'kernelSwapUsPerTouch', 'ratioVsKernelSwap', 'uffdFloorUs', 'p50VsFloor', 'uffdFloorMemfdUs', 'p50VsMemfdFloor']) t.true(j[k] > 0, `${k} = ${j[k]}`);
   t.is(j.pinCpu, 0);
+  t.is(j.repeats, 1);
+  t.is(j.runs, undefined, 'one run: no per-run list');
   t.true(typeof j.machine.cpuIdle.driver === 'string');
   t.true(j.faultLatencyUs.p50 > 0 && j.faultLatencyUs.p99 >= j.faultLatencyUs.p50, JSON.stringify(j.faultLatencyUs));
   t.true(Math.abs(j.ratioVsKernelSwap - j.usPerTouch / j.kernelSwapUsPerTouch) < 0.01);
@@ -78,6 +80,25 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.false(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes('memcg-v1'));
 });
 
+test.serial('--repeats: every run is listed, the figures are its medians, each pager run paired with the kernel run after it', async (t) => {
+  const r = await cli(t, ['bench', 'pager', '--workload', 'random', '--size', '16M', '--local', '4M', '--store', 'memory:', '--baseline', 'kernel-swap', '--touches', '4000', '--floor-repeats', '1', '--pin', '0', '--repeats', '3', '--json'], 180_000);
+  t.is(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  t.is(j.repeats, 3);
+  t.is(j.runs.length, 3);
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[1];
+  const runs = j.runs as { usPerTouch: number; kernelSwapUsPerTouch: number; ratioVsKernelSwap: number; integrity: string; hitRate: number }[];
+  t.true(runs.every((x) => x.integrity === 'ok' && x.usPerTouch > 0 && x.kernelSwapUsPerTouch > 0));
+  for (const x of runs) t.true(Math.abs(x.ratioVsKernelSwap - x.usPerTouch / x.kernelSwapUsPerTouch) < 0.01, 'each ratio pairs a run with its own kernel run');
+  t.is(j.usPerTouch, median(runs.map((x) => x.usPerTouch)));
+  t.is(j.kernelSwapUsPerTouch, median(runs.map((x) => x.kernelSwapUsPerTouch)));
+  t.is(j.ratioVsKernelSwap, median(runs.map((x) => x.ratioVsKernelSwap)));
+  t.is(j.kernelSwap.usPerTouch, j.kernelSwapUsPerTouch, 'the kernel detail is the median run');
+  t.is(j.hitRate, runs.find((x) => x.usPerTouch === j.usPerTouch)!.hitRate, 'the pager detail is the median run');
+  t.is(j.integrity, 'ok');
+  t.deepEqual(benchCgroups(), []);
+});
+
 test.serial('bad input is refused with exit 2 and a message naming the problem', async (t) => {
   const base = ['bench', 'pager', '--size', '32M', '--local', '8M', '--store', 'memory:'];
   const cases: [string[], RegExp][] = [
@@ -88,6 +109,8 @@ test.serial('bad input is refused with exit 2 and a message naming the problem',
     [['--workload', 'seq', '--baseline', 'swapfile'], /only baseline is kernel-swap/],
     [['--workload', 'seq', '--pin', '4096'], /--pin 4096 is not a CPU this process may use/],
     [['--workload', 'seq', '--policy', 'slru'], /policy 'slru' was replaced by 'refault'/],
+    [['--workload', 'seq', '--repeats', '0'], /--repeats must be from 1 to 20/],
+    [['--workload', 'seq', '--repeats', 'many'], /--repeats must be a whole number/],
   ];
   // parseArgs keeps the last value of a repeated option: each case overrides the base.
   for (const [extra, re] of cases) {

@@ -35,6 +35,8 @@ export interface Progress {
   phase: 'build' | 'fill' | 'evict' | 'warmup' | 'pager' | 'verify' | 'detach' | 'kernel-swap' | 'floor';
   done: number;
   total: number;
+  /** With --repeats: which repeat (1-based) the phase belongs to. */
+  repeat?: number;
 }
 
 export interface PagerBenchOptions {
@@ -54,6 +56,11 @@ export interface PagerBenchOptions {
   evictBatch?: number;
   /** Repeats of each floor measurement (default 3). */
   floorRepeats?: number;
+  /**
+   * Pager runs (each followed by its kernel-swap run) to take the medians of (default 1):
+   * one run of each varies by 10-20% here from one invocation to the next.
+   */
+  repeats?: number;
   /**
    * Put the workload, the pager's fault thread and the floor's two threads on this one
    * CPU (the evictor on the others): every fault is then served by local context
@@ -79,6 +86,17 @@ export interface WorkloadResult {
 
 export interface Percentiles { p50: number; p99: number }
 
+/** One repeat: the pager run and the kernel-swap run right after it. */
+export interface RepeatResult {
+  usPerTouch: number;
+  touchFaultUs: Percentiles;
+  hitRate: number;
+  integrity: 'ok' | 'corrupt';
+  kernelSwapUsPerTouch?: number;
+  kernelSwapTouchFaultUs?: Percentiles;
+  ratioVsKernelSwap?: number;
+}
+
 export interface PagerBenchResult {
   workload: Workload;
   sizeBytes: number;
@@ -88,8 +106,15 @@ export interface PagerBenchResult {
   touches: number;
   warmupTouches: number;
   seed: number;
+  /** Pager runs behind the numbers (--repeats); with more than one, each figure is a median. */
+  repeats: number;
+  /** Every repeat, in order (only with --repeats 2 or more). */
+  runs?: RepeatResult[];
+  /** Median over the repeats; pager, touchFaultUs, hitRate and the integrity details are those of the median run. */
   usPerTouch: number;
+  /** Median over the repeats; kernelSwap is the median run's detail. */
   kernelSwapUsPerTouch?: number;
+  /** Median of each repeat's own ratio (its pager run against the kernel run right after it). */
   ratioVsKernelSwap?: number;
   uffdFloorUs: number;
   /** The floor for a shared memfd, the kind of memory the pager pages here. */
@@ -172,6 +197,8 @@ export function validatePagerBenchOptions(o: PagerBenchOptions): void {
     if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ElasticmemError(`--${k} must be a whole number >= 0 (got ${v})`, 'EM_BAD_ARG');
   }
   if (o.touches === 0) throw new ElasticmemError('--touches must be at least 1', 'EM_BAD_ARG');
+  if (o.repeats !== undefined && (!Number.isSafeInteger(o.repeats) || o.repeats < 1 || o.repeats > 20))
+    throw new ElasticmemError(`--repeats must be a whole number from 1 to 20, e.g. 5 (got ${o.repeats})`, 'EM_BAD_ARG');
   if (o.evictBatch === 0) throw new ElasticmemError('--evict-batch must be at least 1', 'EM_BAD_ARG');
   if (o.pinCpu !== undefined) {
     const allowed = allowedCpus();
@@ -206,22 +233,43 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     progress({ phase: 'floor', done: samples.length, total: repeats });
     samples.push(await sampleFloor(4000, opts.pinCpu));
   };
+  const runCount = opts.repeats ?? 1;
+  const pagerRuns: Awaited<ReturnType<typeof pagerPhase>>[] = [];
+  const kernelRuns: KernelSwapResult[] = [];
   const store = await openStore(opts.store); // an unreachable store fails before anything runs
-  let pagerPart: Awaited<ReturnType<typeof pagerPhase>>;
   try {
-    if (repeats >= 2) await floorSample();
-    pagerPart = await pagerPhase(bin, args('memfd'), store, opts, policy, touches, progress);
+    for (let i = 1; i <= runCount; i++) {
+      const tagged = runCount > 1 ? (p: Progress) => progress({ ...p, repeat: i }) : progress;
+      if (i === 1 && repeats >= 2) await floorSample();
+      pagerRuns.push(await pagerPhase(bin, args('memfd'), store, opts, policy, touches, tagged));
+      if (i === 1 && repeats >= 3) await floorSample();
+      if (opts.baseline === 'kernel-swap') kernelRuns.push(await kernelSwapPhase(bin, args('anon'), opts, touches, tagged));
+    }
   } finally {
     await store.close().catch(() => {});
   }
-  if (repeats >= 3) await floorSample();
-  const kernel = opts.baseline === 'kernel-swap' ? await kernelSwapPhase(bin, args('anon'), opts, touches, progress) : undefined;
   while (samples.length < repeats) await floorSample();
   const floor = floorOf(samples);
 
-  const { wl, stats, integrity } = pagerPart;
-  const ok = integrity.before.startsWith('integrity ok') && integrity.after.startsWith('integrity ok') && wl.readMismatches === 0;
   const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
+  const okOf = (r: (typeof pagerRuns)[number]) =>
+    r.integrity.before.startsWith('integrity ok') && r.integrity.after.startsWith('integrity ok') && r.wl.readMismatches === 0;
+  const hitOf = (r: (typeof pagerRuns)[number]) => round(1 - r.stats.fetches / touches, 4);
+  // The median run (by time per touch) stands for all of them in the detailed fields.
+  const medianRun = <T,>(runs: T[], key: (r: T) => number): T => [...runs].sort((a, b) => key(a) - key(b))[Math.floor((runs.length - 1) / 2)]!;
+  const pagerPart = medianRun(pagerRuns, (r) => r.wl.usPerTouch);
+  const kernel = kernelRuns.length ? medianRun(kernelRuns, (k) => k.usPerTouch) : undefined;
+  const pairRatios = kernelRuns.map((k, i) => pagerRuns[i]!.wl.usPerTouch / k.usPerTouch);
+  const runs: RepeatResult[] = pagerRuns.map((r, i) => ({
+    usPerTouch: r.wl.usPerTouch,
+    touchFaultUs: r.wl.slowTouchUs,
+    hitRate: hitOf(r),
+    integrity: okOf(r) ? 'ok' : 'corrupt',
+    ...(kernelRuns[i] ? { kernelSwapUsPerTouch: kernelRuns[i]!.usPerTouch, kernelSwapTouchFaultUs: kernelRuns[i]!.touchFaultUs, ratioVsKernelSwap: round(pairRatios[i]!) } : {}),
+  }));
+
+  const { wl, stats, integrity } = pagerPart;
+  const ok = pagerRuns.every(okOf);
   const result: PagerBenchResult = {
     workload: opts.workload,
     sizeBytes: opts.sizeBytes,
@@ -231,8 +279,10 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     touches,
     warmupTouches: warmup,
     seed,
+    repeats: runCount,
+    ...(runCount > 1 ? { runs } : {}),
     usPerTouch: wl.usPerTouch,
-    ...(kernel ? { kernelSwapUsPerTouch: kernel.usPerTouch, ratioVsKernelSwap: round(wl.usPerTouch / kernel.usPerTouch) } : {}),
+    ...(kernel ? { kernelSwapUsPerTouch: kernel.usPerTouch, ratioVsKernelSwap: round(medianRun(pairRatios, (x) => x)) } : {}),
     uffdFloorUs: floor.floorUs,
     uffdFloorMemfdUs: floor.memfdFloorUs,
     ...(opts.pinCpu !== undefined ? { pinCpu: opts.pinCpu } : {}),
@@ -240,11 +290,11 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     touchFaultUs: wl.slowTouchUs,
     p50VsFloor: floor.floorUs > 0 ? round(wl.slowTouchUs.p50 / floor.floorUs) : 0,
     p50VsMemfdFloor: floor.memfdFloorUs > 0 ? round(wl.slowTouchUs.p50 / floor.memfdFloorUs) : 0,
-    hitRate: round(1 - stats.fetches / touches, 4),
+    hitRate: hitOf(pagerPart),
     integrity: ok ? 'ok' : 'corrupt',
     integrityDetail: { beforeDetach: integrity.before, afterDetach: integrity.after, readMismatches: wl.readMismatches },
     pager: stats,
-    ...(kernel ? { kernelSwap: kernel } : {}),
+    ...(kernel ? { kernelSwap: { ...kernel, integrity: kernelRuns.every((k) => k.integrity === 'ok') ? 'ok' as const : 'corrupt' as const } } : {}),
     uffdFloor: floor,
     machine: { kernel: os.release(), cpus: os.cpus().length, date: new Date().toISOString(), cpuIdle: cpuIdle() },
   };

@@ -9,7 +9,7 @@ import { allowedCpus } from '../../../native/pager.ts';
 import { runPagerBench, WORKLOADS, type PagerBenchOptions, type PagerBenchResult, type Progress, type Workload } from '../../bench/pager-bench.ts';
 
 const usage = `usage: elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI
-                              [--baseline kernel-swap] [--policy refault|fifo] [--pin CPU] [--json]
+                              [--baseline kernel-swap] [--policy refault|fifo] [--pin CPU] [--repeats N] [--json]
 
 Measure what one page touch costs under the pager: a workload process fills SIZE of
 shared memory, the pager attaches with a resident cap of --local and pages the rest to
@@ -32,6 +32,9 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
   --prefetch N         the pager's sequential prefetch limit in pages (default: the pager's)
   --evict-batch N      the pager's eviction batch in pages (default: the pager's)
   --floor-repeats N    samples of the uffd floor, spread over the run (default 3)
+  --repeats N          N pager runs, each followed by its kernel-swap run; the figures
+                       are medians (a single run varies 10-20% between invocations)
+                       and each run is listed (default 1)
   --pin CPU            run the workload, the pager's fault thread and the floor on this
                        CPU (the evictor on the others): faults are then served by local
                        context switches, not cross-CPU wake-ups (slow on a VM). Without
@@ -43,6 +46,7 @@ examples:
   elasticmem bench pager --workload seq --size 128M --local 64M --store memory: --baseline kernel-swap
   elasticmem bench pager --workload zipf --size 128M --local 64M --store memory: --policy fifo --json
   elasticmem bench pager --workload zipf --size 128M --local 64M --store memory: --baseline kernel-swap --pin 0
+  elasticmem bench pager --workload random --size 128M --local 64M --store memory: --baseline kernel-swap --pin 0 --repeats 5
 `;
 
 const OPTIONS = {
@@ -58,6 +62,7 @@ const OPTIONS = {
   prefetch: { type: 'string' },
   'evict-batch': { type: 'string' },
   'floor-repeats': { type: 'string' },
+  repeats: { type: 'string' },
   pin: { type: 'string' },
   json: { type: 'boolean' },
 } as const;
@@ -66,6 +71,12 @@ function count(v: string | undefined, name: string): number | undefined {
   if (v === undefined) return undefined;
   if (!/^\d+$/.test(v.trim())) throw new UsageError(`bench pager: --${name} must be a whole number, got '${v}'`);
   return Number(v);
+}
+
+function repeatsOf(v: string | undefined): number | undefined {
+  const n = count(v, 'repeats');
+  if (n !== undefined && (n < 1 || n > 20)) throw new UsageError(`bench pager: --repeats must be from 1 to 20, e.g. --repeats 5 (got ${n})`);
+  return n;
 }
 
 /** Command line -> options; every mistake is a UsageError naming the option. */
@@ -116,6 +127,7 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
     prefetchMax: count(values.prefetch as string | undefined, 'prefetch'),
     evictBatch: count(values['evict-batch'] as string | undefined, 'evict-batch'),
     floorRepeats: count(values['floor-repeats'] as string | undefined, 'floor-repeats'),
+    repeats: repeatsOf(values.repeats as string | undefined),
     pinCpu,
   };
 }
@@ -132,7 +144,8 @@ function progressBar(): { update(p: Progress): void; done(): void } {
       last = now;
       const f = p.total > 0 ? Math.min(1, Math.max(0, p.done / p.total)) : 0;
       const bar = '#'.repeat(Math.round(f * width)).padEnd(width, '.');
-      process.stderr.write(`\r\x1b[2K${p.phase.padEnd(12)} [${bar}] ${(f * 100).toFixed(0).padStart(3)}%`);
+      const label = p.repeat ? `${p.phase} #${p.repeat}` : p.phase;
+      process.stderr.write(`\r\x1b[2K${label.padEnd(15)} [${bar}] ${(f * 100).toFixed(0).padStart(3)}%`);
       shown = true;
     },
     done() {
@@ -161,10 +174,11 @@ export function renderTable(r: PagerBenchResult): string {
   const line = (row: string[]) => '  ' + row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('   ');
   const p = r.pager;
   return [
-    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches${r.pinCpu !== undefined ? `, pinned to CPU ${r.pinCpu}` : ''}`,
+    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches${r.pinCpu !== undefined ? `, pinned to CPU ${r.pinCpu}` : ''}${r.repeats > 1 ? `; medians of ${r.repeats} runs` : ''}`,
     '',
     ...rows.map(line),
     '',
+    r.runs ? `  each run, pager / kernel µs per touch: ${r.runs.map((x) => `${f1(x.usPerTouch)}${x.kernelSwapUsPerTouch !== undefined ? ` / ${f1(x.kernelSwapUsPerTouch)} (${x.ratioVsKernelSwap!.toFixed(2)}x)` : ''}`).join(', ')}` : '',
     `  fault p50/p99: faulting touches as the workload saw them (> 2 µs). p50 vs floor: ${r.p50VsFloor.toFixed(2)}x (vs the memfd floor: ${r.p50VsMemfdFloor.toFixed(2)}x)`,
     `  pager's own fault latency (read to resolved): p50 ${f1(r.faultLatencyUs.p50)} µs, p99 ${f1(r.faultLatencyUs.p99)} µs`,
     `  pager during the timed touches: faults ${p.faults}, fetches ${p.fetches}, prefetched ${p.prefetched}, evictions ${p.evictions},`,
