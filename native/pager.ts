@@ -205,6 +205,10 @@ function validate(opts: PagerAttachOptions): void {
     );
   validateCpus(opts.faultCpus, 'fault thread');
   validateCpus(opts.evictCpus, 'eviction thread');
+  if (opts.followFaults !== undefined && typeof opts.followFaults !== 'boolean')
+    throw new ElasticmemError(`followFaults must be true or false, got ${JSON.stringify(opts.followFaults)}`, 'EM_BAD_ARG');
+  if (opts.followFaults === true && opts.faultCpus !== undefined)
+    throw new ElasticmemError('followFaults: true cannot go with faultCpus (the fault thread stays on those CPUs): drop one of the two', 'EM_BAD_ARG');
 }
 
 /** CPU numbers this process may run on (sched_getaffinity, through /proc). */

@@ -339,6 +339,9 @@ test('without faultCpus the fault thread moves to the CPU its target faults on, 
   }
   const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
   await target.cmd('fill memfd 19');
+  const both = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [region(target, 'memfd')], capPages: 256, store, faultCpus: [cpus[0]!], followFaults: true }).catch((e) => e);
+  t.is(both.code, 'EM_BAD_ARG', 'followFaults with faultCpus is refused');
+  t.is(uffdCount(target.pid), 0, 'a refused attach leaves the target untouched');
   const still = await attach(t, target, [region(target, 'memfd')], 256, store, { followFaults: false });
   await waitFor(() => still.stats().residentPages <= 256);
   t.is(parseReply(await target.cmd('churn memfd 500 1 0.5')).corrupt, 0);
