@@ -279,6 +279,26 @@ for (const kind of ['memfd', 'anon'] as const) {
   });
 }
 
+// The pager resolves its VM's table in the embedded store once (native MemStore::vm);
+// dropping the VM by name while the pager runs must empty that same table, so what the
+// pager stores afterwards is still found by name (a take-over reads the store by name).
+test('memory: pages the pager stores after a dropVm of its VM are found by name', async (t) => {
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  await target.cmd('fill memfd 23');
+  const pager = await attach(t, target, [region(target, 'memfd')], 1024, store);
+  await waitFor(() => pager.stats().residentPages <= 1024);
+  const vm = `test-${target.pid}`;
+  t.true((await store.list(vm)).length > 500, 'evicted pages are stored');
+  await store.dropVm(vm);
+  t.is((await store.list(vm)).length, 0, 'the drop emptied it');
+  pager.setCap(256);
+  await waitFor(() => pager.stats().residentPages <= 256);
+  const after = await store.list(vm);
+  t.true(after.length >= 600, `pages evicted after the drop are listed by name (${after.length})`);
+  t.is((await store.usage(vm)).pages, after.length);
+});
+
 test('memory: a page deleted from the embedded store behind the pager is reported lost and its fault held, never zero-filled', async (t) => {
   // The embedded store maps a single faulted page straight from its block (no copy):
   // this is that path's "store has no such page" branch.
