@@ -156,15 +156,7 @@ std::mutex g_gadget_mu;
 std::map<GadgetKey, uint64_t> g_gadgets;
 
 unsigned long long start_time_of(pid_t pid) {
-  std::string s = read_file("/proc/" + std::to_string(pid) + "/stat");
-  size_t rp = s.rfind(')');
-  if (rp == std::string::npos) return 0;
-  std::istringstream in(s.substr(rp + 2));
-  std::string tok;
-  // fields after comm: state(3) ... starttime is field 22 -> 20th token after ')'
-  for (int i = 0; i < 20 && (in >> tok); i++) {
-  }
-  return std::strtoull(tok.c_str(), nullptr, 10);
+  return std::strtoull(stat_field(pid, 0, 22).c_str(), nullptr, 10);  // starttime
 }
 
 bool has_syscall_at(pid_t pid, uint64_t addr) {
@@ -318,6 +310,17 @@ class Tracer {
 };
 
 }  // namespace
+
+std::string stat_field(pid_t pid, pid_t tid, int field) {
+  std::string s = read_file("/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/stat");
+  size_t rp = s.rfind(')');
+  if (field < 3 || rp == std::string::npos) return "";
+  std::istringstream in(s.substr(rp + 1));
+  std::string tok;
+  for (int f = 3; f <= field; f++)
+    if (!(in >> tok)) return "";
+  return tok;
+}
 
 std::string syscall_name(long nr) {
   switch (nr) {

@@ -202,27 +202,12 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
 // and a fault is two wake-ups; on the faulter's CPU both are local context switches.
 // The faulter waits for this thread meanwhile, so its last CPU is where it will resume.
 void Pager::follow_faulter(uint32_t tid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/task/%u/stat", cfg_.pid, tid);
-  // (ptid is the id in the faulter's own pid namespace: for a target in another
-  // namespace it names no thread of the target here, and nothing moves.)
-  int fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return;  // the thread just ended: try again on a later fault
-  char buf[1024];
-  ssize_t n = read(fd, buf, sizeof buf - 1);
-  close(fd);
-  if (n <= 0) return;
-  buf[n] = 0;
-  // Field 39 (processor). The command name (field 2) may hold spaces: count from the
-  // last ')', after which come fields 3, 4, ...
-  const char* p = strrchr(buf, ')');
-  if (!p) return;
-  int field = 2, cpu = -1;
-  for (const char* c = p + 1; *c; c++)
-    if (*c == ' ' && ++field == 39) {
-      cpu = atoi(c + 1);
-      break;
-    }
+  // Field 39 of its stat: the CPU it last ran on. "" when the thread just ended: try
+  // again on a later fault. (ptid is the id in the faulter's own pid namespace: for a
+  // target in another namespace it names no thread of the target here, and nothing moves.)
+  std::string field = stat_field(cfg_.pid, (pid_t)tid, 39);
+  if (field.empty()) return;
+  int cpu = atoi(field.c_str());
   if (cpu < 0 || cpu >= CPU_SETSIZE || !CPU_ISSET(cpu, &allowed_cpus_) || cpu == fault_cpu_) return;
   cpu_set_t one;
   CPU_ZERO(&one);
@@ -334,11 +319,7 @@ uint64_t Pager::addr_of(uint32_t idx) const {
   return r.start + (uint64_t)(idx - r.first) * kPageSize;
 }
 
-// Store key: index of the region in the attach request (stable across restarts) << 32 | page.
-uint64_t Pager::key_of(uint32_t idx) const {
-  const Region& r = region_at(idx);
-  return ((uint64_t)r.config_index << 32) | (idx - r.first);
-}
+uint64_t Pager::key_of(uint32_t idx) const { return key_in(region_at(idx), idx); }
 
 // ---------------------------------------------------------------- replacement policy
 //
@@ -584,9 +565,9 @@ void Pager::fault_loop() {
       uint64_t addr = msgs[i].arg.pagefault.address;
       int ri = region_of(addr);
       if (ri < 0) continue;
-      uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
+      uint32_t idx = index_in(regions_[ri], addr);
       __builtin_prefetch(&table_[idx]);
-      store_->prefetch(((uint64_t)regions_[ri].config_index << 32) | (idx - regions_[ri].first));
+      store_->prefetch(key_in(regions_[ri], idx));
     }
     try {
       // One pass under the page-table lock: classify every fault and plan the fetch.
@@ -614,7 +595,7 @@ void Pager::fault_loop() {
           }
           int ri = region_of(addr);
           if (ri < 0) continue;
-          uint32_t idx = regions_[ri].first + (uint32_t)((addr - regions_[ri].start) / kPageSize);
+          uint32_t idx = index_in(regions_[ri], addr);
           faults_++;
           if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
             wp_faults_++;
@@ -717,7 +698,7 @@ void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& d
     if (lo >= hi) continue;
     bool any = false;
     for (uint64_t a = lo & ~(uint64_t)(kPageSize - 1); a < hi; a += kPageSize) {
-      uint32_t idx = r.first + (uint32_t)((a - r.start) / kPageSize);
+      uint32_t idx = index_in(r, a);
       PageMeta& m = table_[idx];
       switch (m.state) {
         case kAbsent:

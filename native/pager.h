@@ -20,6 +20,7 @@
 #include "latency.h"
 #include "page_table.h"
 #include "store_backend.h"
+#include "uffd.h"
 
 namespace em {
 
@@ -137,6 +138,10 @@ class Pager {
   int region_of(uint64_t addr) const;
   uint64_t addr_of(uint32_t idx) const;
   uint64_t key_of(uint32_t idx) const;
+  // Page index of an address inside r, and the store key of a page of r (index of the
+  // region in the attach request, stable across restarts, << 32 | page in the region).
+  static uint32_t index_in(const Region& r, uint64_t addr) { return r.first + (uint32_t)((addr - r.start) / kPageSize); }
+  static uint64_t key_in(const Region& r, uint32_t idx) { return ((uint64_t)r.config_index << 32) | (idx - r.first); }
   const Region& region_at(uint32_t idx) const;
   void list_insert(uint32_t idx, bool hot);
   void list_remove(uint32_t idx);
