@@ -12,7 +12,8 @@
         "native/uffd.cc",
         "native/pager.cc",
         "native/pager_napi.cc",
-        "native/peercred.cc"
+        "native/peercred.cc",
+        "native/wake_signal.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -20,6 +20,7 @@
 #include "error.h"
 #include "inject.h"
 #include "uffd.h"
+#include "wake_signal.h"
 
 namespace em {
 
@@ -240,6 +241,10 @@ void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
 }
 
 void Pager::start() {
+  // A take-over may find the uffd blocking (a previous monitor's blocking_reads_):
+  // everything before the fault thread starts reads it without waiting.
+  int fl = fcntl(cfg_.uffd, F_GETFL);
+  if (fl < 0 || fcntl(cfg_.uffd, F_SETFL, fl | O_NONBLOCK) != 0) throw_sys("fcntl", "making the userfaultfd non-blocking");
   open_regions();
   pidfd_ = (int)syscall(SYS_pidfd_open, cfg_.pid, 0);
   if (pidfd_ < 0) throw_sys("pidfd_open", "watching process " + std::to_string(cfg_.pid));
@@ -284,12 +289,23 @@ void Pager::start() {
   }
   if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
   if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
+  blocking_reads_ = can_block_in_read();
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
     pin_thread(cfg_.fault_cpus, "fault");
     if (cfg_.fault_cpus.size() == 1) fault_cpu_ = (int)cfg_.fault_cpus[0];
     tl_uffd_reader = true;
+    if (blocking_reads_ && !unblock_wake_signal()) blocking_reads_ = false;  // before the uffd turns blocking
+    if (blocking_reads_) {
+      int f = fcntl(cfg_.uffd, F_GETFL);
+      if (f < 0 || fcntl(cfg_.uffd, F_SETFL, f & ~O_NONBLOCK) != 0) blocking_reads_ = false;
+    }
     fault_loop();
+    fault_done_ = true;
+  });
+  if (blocking_reads_) exit_watch_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "em-exit-watch");
+    watch_exit();
   });
   evict_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-evict");
@@ -513,6 +529,53 @@ bool Pager::store_del(std::vector<uint64_t>& keys) {
 
 // ---------------------------------------------------------------- fault thread
 
+// Whether the fault thread may sleep in a blocking read (blocking_reads_): a wake signal
+// is free, and the kernel reads a uffd without waiting on request (RWF_NOWAIT: the
+// retry path below must not sleep). Probed with a 1-byte buffer, which the uffd refuses
+// (EINVAL) after the VFS has accepted the flag, so no message is consumed.
+bool Pager::can_block_in_read() {
+  if (wake_signal() < 0) return false;
+  char byte;
+  return uffd_read_nowait(cfg_.uffd, &byte, 1) < 0 && errno == EINVAL;
+}
+
+// blocking_reads_: the fault thread cannot see the target exit while it sleeps in read()
+// (the uffd stays silent when the target's mm goes away), so this thread watches the
+// pidfd and interrupts it. Ends when the pager stops (stop_efd_).
+void Pager::watch_exit() {
+  struct pollfd p[2] = {{pidfd_, POLLIN, 0}, {stop_efd_, POLLIN, 0}};
+  for (;;) {
+    int pr = poll(p, 2, -1);
+    if (pr < 0 && errno == EINTR) continue;
+    if (pr < 0) {
+      emit({"error", std::string("watching the target for its exit failed: ") + strerror(errno), {}, 0, 0});
+      return;
+    }
+    if (p[1].revents) return;
+    if (p[0].revents & POLLIN) {
+      report_target_exit();
+      wake_fault_thread();
+      return;
+    }
+  }
+}
+
+void Pager::report_target_exit() {
+  if (!exit_reported_.exchange(true)) emit({"target-exited", "process " + std::to_string(cfg_.pid) + " exited", {}, 0, 0});
+  stop_ = true;
+  evict_cv_.notify_all();
+}
+
+// Interrupt the fault thread's blocking read until it has left its loop: a signal that
+// lands just before the read starts is lost, so it is repeated (every ms, at most 5 s).
+void Pager::wake_fault_thread() {
+  if (!blocking_reads_ || !fault_thread_.joinable() || fault_thread_.get_id() == std::this_thread::get_id()) return;
+  for (int i = 0; i < 5000 && !fault_done_; i++) {
+    interrupt_thread(fault_thread_.native_handle());
+    if (!fault_done_) sleep_ms(1);
+  }
+}
+
 void Pager::fault_loop() {
   struct uffd_msg msgs[kMaxMsgs];
   std::vector<uint32_t> fetch;
@@ -521,9 +584,13 @@ void Pager::fault_loop() {
   std::vector<std::pair<uint64_t, uint64_t>> removed;  // discarded ranges: waiters are woken
   std::vector<Retry> retrying;
   while (!stop_) {
-    // Read first (the uffd is non-blocking): under load the next faults are already
-    // queued and the poll would only cost a syscall. Sleep in poll when there are none.
-    ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
+    // blocking_reads_: sleep in read() until a message comes (or stop_threads / the exit
+    // watcher interrupt it). Otherwise, and while faults wait for a retry, read without
+    // waiting first (under load the next faults are already queued), then sleep in ppoll.
+    ssize_t got;
+    if (blocking_reads_ && retry_.empty()) got = read(cfg_.uffd, msgs, sizeof msgs);
+    else if (blocking_reads_) got = uffd_read_nowait(cfg_.uffd, msgs, sizeof msgs);
+    else got = read(cfg_.uffd, msgs, sizeof msgs);
     if (got < 0 && errno == EAGAIN) {
       // Faults put back by EAGAIN (the mm was changing) are retried after a short
       // sleep even if nothing new arrives; otherwise sleep until something does.
@@ -536,9 +603,7 @@ void Pager::fault_loop() {
       }
       if (stop_) return;
       if (pr > 0 && (p[2].revents & POLLIN)) {
-        emit({"target-exited", "process " + std::to_string(cfg_.pid) + " exited", {}, 0, 0});
-        stop_ = true;
-        evict_cv_.notify_all();
+        report_target_exit();
         return;
       }
       if (pr != 0 || retry_.empty()) continue;
@@ -1389,6 +1454,8 @@ void Pager::stop_threads() {
     (void)w;
   }
   evict_cv_.notify_all();
+  wake_fault_thread();  // blocking_reads_ (a no-op otherwise: the stop eventfd ends its ppoll)
+  if (exit_watch_thread_.joinable() && exit_watch_thread_.get_id() != std::this_thread::get_id()) exit_watch_thread_.join();
   if (fault_thread_.joinable() && fault_thread_.get_id() != std::this_thread::get_id()) fault_thread_.join();
   if (evict_thread_.joinable() && evict_thread_.get_id() != std::this_thread::get_id()) evict_thread_.join();
 }

@@ -155,6 +155,10 @@ class Pager {
   void follow_faulter(uint32_t tid);
   void place_evictor();
   void settle_events_then(const std::string& what, const std::function<bool()>& op);
+  bool can_block_in_read();
+  void watch_exit();
+  void report_target_exit();
+  void wake_fault_thread();
   void stop_threads();
   static uint64_t now_us();
   uint64_t slack() const;
@@ -193,6 +197,13 @@ class Pager {
   std::atomic<bool> evict_stop_{false};  // stop_threads: the evictor stops before the fault thread
   std::atomic<bool> draining_{false};
   std::thread fault_thread_, evict_thread_;
+  // The fault thread sleeps in a blocking read() of the uffd (wake_signal.h); it then
+  // cannot watch the target's pidfd, so a watcher thread does and interrupts it when the
+  // target exits. false: non-blocking reads and ppoll, as before (no free signal).
+  std::atomic<bool> blocking_reads_{false};
+  std::thread exit_watch_thread_;
+  std::atomic<bool> fault_done_{false};      // the fault thread left its loop: stop interrupting it
+  std::atomic<bool> exit_reported_{false};   // "target-exited" is emitted once
   FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
   // Faults whose ioctl met EAGAIN (the mm was changing: an event waits in the uffd, which
   // only the fault thread reads). Handled again on the fault thread's next round, at

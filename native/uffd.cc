@@ -1,6 +1,7 @@
 #include "uffd.h"
 
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <cerrno>
@@ -123,6 +124,11 @@ bool uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, boo
 void uffd_wake(int uffd, uint64_t start, uint64_t len) {
   struct uffdio_range r = {start, len};
   if (ioctl(uffd, UFFDIO_WAKE, &r) != 0) throw_sys("UFFDIO_WAKE", "waking threads waiting on " + range_str(start, len));
+}
+
+ssize_t uffd_read_nowait(int uffd, void* buf, size_t len) {
+  struct iovec v = {buf, len};
+  return preadv2(uffd, &v, 1, -1, RWF_NOWAIT);  // offset -1: a plain read, as for any stream
 }
 
 }  // namespace em

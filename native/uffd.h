@@ -2,6 +2,8 @@
 // of the target's uffd. Each throws em::Error with errno on failure, except the
 // outcomes the pager must branch on (EEXIST: already mapped), which are returned.
 #pragma once
+#include <sys/types.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <linux/userfaultfd.h>
@@ -40,5 +42,9 @@ CopyResult uffd_zeropage(int uffd, uint64_t dst, uint64_t len, bool wake, OnAgai
 bool uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, bool dontwake = false,
                        OnAgain again = OnAgain::kWait);
 void uffd_wake(int uffd, uint64_t start, uint64_t len);
+// read() of queued messages that never waits, whatever the uffd's O_NONBLOCK says
+// (preadv2 with RWF_NOWAIT): -1 with errno EAGAIN when none is queued. Plain read()
+// semantics otherwise (-1 and errno on failure).
+ssize_t uffd_read_nowait(int uffd, void* buf, size_t len);
 
 }  // namespace em

@@ -397,3 +397,52 @@ test('fault and eviction threads run on the CPUs asked for; CPUs this machine la
   t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
   t.true(pager.stats().totalPages > 0);
 });
+
+// The fault thread sleeps in a blocking read() of the uffd between faults (cheaper per
+// fault than read + EAGAIN + ppoll); such a read watches neither the stop eventfd nor
+// the target's pidfd, so stopping and the target's exit must interrupt it (a signal, and
+// a watcher thread on the pidfd). Serial: it tells its fault thread from others' by the
+// em-fault threads that appear while it attaches.
+test.serial('between faults the fault thread sleeps in read() on the uffd; detach, abandon and the target exiting all end it', async (t) => {
+  const faultThreads = () =>
+    fs.readdirSync('/proc/self/task').filter((tid) => {
+      try { return fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'em-fault'; } catch { return false; }
+    });
+  // The system call a thread sleeps in: 0 is read, 271 ppoll (x86-64); 'running' if none.
+  const syscallOf = (tid: string) => { try { return fs.readFileSync(`/proc/self/task/${tid}/syscall`, 'utf8').split(' ')[0]!; } catch { return 'gone'; } };
+  const store = await memoryStore(t);
+  const serveThenSleep = async () => {
+    const before = new Set(faultThreads());
+    const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+    await target.cmd('fill memfd 23');
+    const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+    await waitFor(() => faultThreads().some((x) => !before.has(x)), 5000).catch(() => {});  // it names itself once running
+    const tid = faultThreads().find((x) => !before.has(x))!;
+    t.truthy(tid, 'the pager started a fault thread');
+    await waitFor(() => pager.stats().residentPages <= 256);
+    t.is(parseReply(await target.cmd('churn memfd 300 1 0.5')).corrupt, 0, 'faults are served');
+    await waitFor(() => syscallOf(tid) === '0', 5000).catch(() => {});
+    t.is(syscallOf(tid), '0', 'idle, the fault thread sleeps in read() on the uffd');
+    return { target, pager, tid };
+  };
+  const gone = (tid: string) => waitFor(() => syscallOf(tid) === 'gone', 5000).then(() => true, () => false);
+
+  const a = await serveThenSleep();
+  const t0 = Date.now();
+  await a.pager.detach();
+  t.true(await gone(a.tid), `detach ended the sleeping fault thread (${Date.now() - t0} ms)`);
+  t.is(parseReply(await a.target.cmd('verify memfd')).corrupt, 0);
+
+  const b = await serveThenSleep();
+  b.pager.abandon();
+  t.true(await gone(b.tid), 'abandon ended the sleeping fault thread');
+
+  const c = await serveThenSleep();
+  const exited = new Promise<boolean>((resolve) => {
+    c.pager.on('target-exited', () => resolve(true));
+    setTimeout(() => resolve(false), 5000);
+  });
+  await c.target.kill();
+  t.true(await exited, 'the target exiting while the fault thread sleeps is reported (target-exited)');
+  t.true(await gone(c.tid), 'and the fault thread ends');
+});
