@@ -227,6 +227,20 @@ int main(int argc, char** argv) {
          (unsigned long long)touches, (double)elapsed / 1e9, (double)elapsed / 1e3 / (double)touches, pct(0.5, 0), pct(0.99, 0),
          (unsigned long long)faults, pct(0.5, fault_from), pct(0.99, fault_from), (unsigned long long)mismatches);
 
+  // Diagnostics: EM_BENCH_HIST=PREFIX writes the touch histogram to PREFIX.MODE (memfd:
+  // the pager run, anon: kernel swap) as lines "bucket upper bound µs, touches" for the
+  // non-empty buckets, to see where the time of the slow touches goes.
+  const char* hist_prefix = getenv("EM_BENCH_HIST");
+  if (hist_prefix && *hist_prefix) {
+    char hist_path[4096];
+    snprintf(hist_path, sizeof hist_path, "%s.%s", hist_prefix, mode);
+    FILE* hf = fopen(hist_path, "w");
+    if (!hf) die("EM_BENCH_HIST");
+    for (size_t i = 0; i <= FINE + COARSE; i++)
+      if (hist[i]) fprintf(hf, "%.1f %llu\n", bucket_upper_us(i), (unsigned long long)hist[i]);
+    fclose(hf);
+  }
+
   expect("verify");
   for (;;) {  // verify again on request (after the pager detached), until exit or EOF
     uint64_t corrupt = 0, firstbad = (uint64_t)-1;
