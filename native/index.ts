@@ -98,6 +98,8 @@ export interface PagerStartOptions {
   _testUnsafeSkipWriteProtect?: boolean;
   /** TEST ONLY: every drop removes half of its runs, then fails (proves a partial drop loses nothing). */
   _testFailDrops?: boolean;
+  /** TEST ONLY: the mode used when no wake signal is free: non-blocking reads and ppoll on the uffd, stop eventfd and pidfd. */
+  _testNonBlockingReads?: boolean;
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

@@ -54,6 +54,7 @@ struct PagerConfig {
   bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
   bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
   bool test_fail_drops = false; // TEST ONLY: every drop removes half its runs, then fails (partial-failure handling)
+  bool test_nonblocking_reads = false; // TEST ONLY: the fallback when no wake signal is free (non-blocking reads, ppoll)
 };
 
 struct PagerEvent {

@@ -39,6 +39,8 @@ export interface PagerAttachOptions {
   _testUnsafeSkipWriteProtect?: boolean;
   /** TEST ONLY: drops fail part-way (see native/index.ts). */
   _testFailDrops?: boolean;
+  /** TEST ONLY: the fault thread reads without blocking and sleeps in ppoll (see native/index.ts). */
+  _testNonBlockingReads?: boolean;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
@@ -126,6 +128,7 @@ export class Pager extends EventEmitter {
       policy: opts.policy,
       _testUnsafeSkipWriteProtect: opts._testUnsafeSkipWriteProtect,
       _testFailDrops: opts._testFailDrops,
+      _testNonBlockingReads: opts._testNonBlockingReads,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },

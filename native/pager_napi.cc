@@ -310,6 +310,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.follow_faults = !o.Has("followFaults") || o.Get("followFaults").IsUndefined() || o.Get("followFaults").ToBoolean();
     cfg.test_skip_wp = o.Get("_testUnsafeSkipWriteProtect").ToBoolean();
     cfg.test_fail_drops = o.Get("_testFailDrops").ToBoolean();
+    cfg.test_nonblocking_reads = o.Get("_testNonBlockingReads").ToBoolean();
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();

@@ -403,7 +403,7 @@ test('fault and eviction threads run on the CPUs asked for; CPUs this machine la
 // the target's pidfd, so stopping and the target's exit must interrupt it (a signal, and
 // a watcher thread on the pidfd). Serial: it tells its fault thread from others' by the
 // em-fault threads that appear while it attaches.
-test.serial('between faults the fault thread sleeps in read() on the uffd; detach, abandon and the target exiting all end it', async (t) => {
+test.serial('between faults the fault thread sleeps in read() on the uffd (ppoll in the fallback); detach, abandon and the target exiting all end it', async (t) => {
   const faultThreads = () =>
     fs.readdirSync('/proc/self/task').filter((tid) => {
       try { return fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'em-fault'; } catch { return false; }
@@ -411,18 +411,19 @@ test.serial('between faults the fault thread sleeps in read() on the uffd; detac
   // The system call a thread sleeps in: 0 is read, 271 ppoll (x86-64); 'running' if none.
   const syscallOf = (tid: string) => { try { return fs.readFileSync(`/proc/self/task/${tid}/syscall`, 'utf8').split(' ')[0]!; } catch { return 'gone'; } };
   const store = await memoryStore(t);
-  const serveThenSleep = async () => {
+  // 0 is read (x86-64); 271 is ppoll, where the fallback without a free wake signal sleeps.
+  const serveThenSleep = async (sleepsIn = '0', extra: Partial<Parameters<typeof Pager.attach>[0]> = {}) => {
     const before = new Set(faultThreads());
     const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
     await target.cmd('fill memfd 23');
-    const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+    const pager = await attach(t, target, [region(target, 'memfd')], 256, store, extra);
     await waitFor(() => faultThreads().some((x) => !before.has(x)), 5000).catch(() => {});  // it names itself once running
     const tid = faultThreads().find((x) => !before.has(x))!;
     t.truthy(tid, 'the pager started a fault thread');
     await waitFor(() => pager.stats().residentPages <= 256);
     t.is(parseReply(await target.cmd('churn memfd 300 1 0.5')).corrupt, 0, 'faults are served');
-    await waitFor(() => syscallOf(tid) === '0', 5000).catch(() => {});
-    t.is(syscallOf(tid), '0', 'idle, the fault thread sleeps in read() on the uffd');
+    await waitFor(() => syscallOf(tid) === sleepsIn, 5000).catch(() => {});
+    t.is(syscallOf(tid), sleepsIn, `idle, the fault thread sleeps in system call ${sleepsIn}`);
     return { target, pager, tid };
   };
   const gone = (tid: string) => waitFor(() => syscallOf(tid) === 'gone', 5000).then(() => true, () => false);
@@ -445,4 +446,18 @@ test.serial('between faults the fault thread sleeps in read() on the uffd; detac
   await c.target.kill();
   t.true(await exited, 'the target exiting while the fault thread sleeps is reported (target-exited)');
   t.true(await gone(c.tid), 'and the fault thread ends');
+
+  // The fallback (no free signal): the fault thread polls the uffd, the stop eventfd and
+  // the pidfd itself, with no watcher thread.
+  const d = await serveThenSleep('271', { _testNonBlockingReads: true });
+  const dExited = new Promise<boolean>((resolve) => {
+    d.pager.on('target-exited', () => resolve(true));
+    setTimeout(() => resolve(false), 5000);
+  });
+  await d.target.kill();
+  t.true(await dExited, 'fallback: the target exiting is reported');
+  t.true(await gone(d.tid), 'fallback: and the fault thread ends');
+  const e = await serveThenSleep('271', { _testNonBlockingReads: true });
+  await e.pager.detach();
+  t.true(await gone(e.tid), 'fallback: detach ends the fault thread');
 });
