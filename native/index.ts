@@ -58,6 +58,8 @@ export interface PagerStatsRaw {
   capWaitUs: number;
   /** The one CPU the fault thread runs on (faultCpus of one CPU, or where it followed the faults); -1: not pinned. */
   faultCpu: number;
+  /** How dirty pages leave: 'splice' (memfd RAM and the embedded store: no write-protect, docs/architecture.md) or 'write-protect'. */
+  evictMode: 'splice' | 'write-protect';
   lostPages: number;
   faultLatencyUs: { p50: number; p90: number; p99: number; max: number; count: number };
   /** Histogram of fault latency: bucket upper bounds in µs and counts. */
@@ -100,6 +102,10 @@ export interface PagerStartOptions {
   _testFailDrops?: boolean;
   /** TEST ONLY: the mode used when no wake signal is free: non-blocking reads and ppoll on the uffd, stop eventfd and pidfd. */
   _testNonBlockingReads?: boolean;
+  /** TEST ONLY: evict memfd RAM by write-protect and copy-out even with the embedded store (the path other stores take). */
+  _testNoSplice?: boolean;
+  /** TEST ONLY: the splice eviction waits this many ms between splice and punch (widens the race the race tests probe). */
+  _testRaceWindowMs?: number;
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

@@ -32,6 +32,13 @@ constexpr uint64_t kRetryMinMs = 50, kRetryMaxMs = 5000;
 constexpr int kEvictorNice = 10;
 constexpr uint32_t kFollowEvery = 256;  // faults between checks of where the faulting thread runs
 constexpr uint64_t kArmFetchCostUs = 30;  // ~4 uffd round trips on this class of machine
+// Pages per splice eviction of scattered pages (evict_by_splice): a fault on one of them
+// waits from its punch until the batch is stored, so such batches are kept short.
+// Measured (pinned zipf, 2 runs each): 64-page batches 1.60-1.66 µs a touch, 256-page
+// ones 1.71-1.76; the write-protect path gains nothing from shorter batches (1.79-1.84
+// either way). Victims in long runs (a sequential scan) go in full evictBatch batches:
+// there the evictor's throughput matters (64-page batches: 4x the cap waits on seq).
+constexpr size_t kSpliceBatch = 64;
 // True on the fault thread, the uffd's only reader: its ioctls must not wait out EAGAIN
 // (see OnAgain in uffd.h), everyone else's may.
 thread_local bool tl_uffd_reader = false;
@@ -70,6 +77,8 @@ Pager::~Pager() {
     if (r.fd >= 0) close(r.fd);
   if (pidfd_ >= 0) close(pidfd_);
   if (stop_efd_ >= 0) close(stop_efd_);
+  if (pipe_r_ >= 0) close(pipe_r_);
+  if (pipe_w_ >= 0) close(pipe_w_);
   if (cfg_.uffd >= 0) close(cfg_.uffd);
 }
 
@@ -289,6 +298,9 @@ void Pager::start() {
   }
   if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
   if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
+  if (!cfg_.test_no_splice && store_->lives_in_monitor() &&
+      std::all_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; }))
+    open_splice_pipe();
   blocking_reads_ = can_block_in_read();
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
@@ -769,7 +781,8 @@ void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& d
         case kAbsent:
           continue;
         case kEvicting:
-          if (!(m.flags & kFlDropping)) m.flags |= kFlAbort;  // counted when its fault comes
+          // (evict_by_splice: a page being dropped was discarded too; it is stored as zeros)
+          if (!(m.flags & kFlDropping) || splice_evictions_) m.flags |= kFlAbort;  // counted when its fault comes
           continue;
         case kRemote:
           remote_--;
@@ -1215,6 +1228,8 @@ size_t Pager::evict_batch(size_t want) {
   if (!cfg_.test_skip_wp) for_runs(arm, [&](const Run& run) {
     uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
   });
+  if (victims.empty()) return 0;
+  if (splice_evictions_) return evict_by_splice(dirty, clean);
   // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
   // because the pages are already marked evicting: a write-protect fault that races
   // this (left from a clean page) aborts the page's eviction, and an abort is final.
@@ -1231,7 +1246,6 @@ size_t Pager::evict_batch(size_t want) {
     }
     throw;
   }
-  if (victims.empty()) return 0;
   // Phase 2: copy the dirty pages out and store them (invariant 3: store before drop).
   // (uninitialised: every byte is overwritten by the copy-out)
   std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
@@ -1358,6 +1372,224 @@ size_t Pager::evict_batch(size_t want) {
   return left;
 }
 
+// The pipe evict_by_splice passes pages through, sized for one splice batch
+// (min(evictBatch, kSpliceBatch) pages; fewer if the system refuses that size).
+void Pager::open_splice_pipe() {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) throw_sys("pipe2", "creating the eviction pipe");
+  pipe_r_ = fds[0];
+  pipe_w_ = fds[1];
+  int size = fcntl(pipe_w_, F_SETPIPE_SZ, (int)(std::max<uint32_t>(cfg_.evict_batch, 1) * kPageSize));
+  if (size < 0) size = fcntl(pipe_w_, F_GETPIPE_SZ);
+  if (size < 0) throw_sys("fcntl(F_GETPIPE_SZ)", "sizing the eviction pipe");
+  pipe_pages_ = (size_t)size / kPageSize;
+  splice_batch_ = std::min(pipe_pages_, kSpliceBatch);
+  splice_evictions_ = pipe_pages_ > 0;
+}
+
+// Evict without write-protecting (splice_evictions_: every region a memfd, the store in
+// this process). The evictor's write-protects and punches each flush the page from the
+// CPU the guest runs on, and on a VM each such interrupt costs that CPU 4-8 µs
+// (docs/bench-pager.md); this needs the punch only:
+//  1. splice the dirty victims into a pipe: the pipe takes a reference to each page
+//     itself, not a copy, so a guest write before step 2 lands in what the pipe holds;
+//  2. punch them out: from here the guest cannot write them (its faults wait on
+//     kFlDropping until step 4);
+//  3. read the pipe: each page's last content (invariant 1 without write-protect);
+//  4. store, then mark remote and wake the waiting faults.
+// The pages are stored after they left the guest, which invariant 3 forbids for a store
+// that outlives the monitor: this one dies with the monitor and every page in it. If
+// the store fails, the pages are put back with UFFDIO_COPY. A page QEMU discards
+// meanwhile (missing fault before the punch, REMOVE event) is not stored: it reads as
+// zeros. Clean victims are dropped as in evict_batch.
+size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean) {
+  // Next batch: short when these victims were scattered, full when they came in runs.
+  size_t runs = 0;
+  for_runs(dirty, [&](const Run&) { runs++; });
+  splice_batch_ = runs * 8 <= dirty.size() ? pipe_pages_ : std::min(pipe_pages_, kSpliceBatch);
+  // 1. splice (dirty is sorted: the pipe then holds the pages in the order of `dirty`)
+  size_t spliced_bytes = 0;
+  bool splice_ok = true;
+  try {
+    for_runs(dirty, [&](const Run& run) {
+      const Region& r = region_at(run.first);
+      off64_t off = (off64_t)(r.file_offset + (uint64_t)(run.first - r.first) * kPageSize);
+      size_t left = (size_t)run.count * kPageSize;
+      while (left > 0) {
+        ssize_t n = splice(r.fd, &off, pipe_w_, nullptr, left, SPLICE_F_NONBLOCK);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw_sys("splice", "passing evicted pages of '" + r.name + "' to the eviction pipe", n < 0 ? errno : EIO);
+        left -= (size_t)n;
+        spliced_bytes += (size_t)n;
+      }
+    });
+  } catch (const Error& e) {
+    splice_ok = false;
+    emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
+  }
+  std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
+  auto read_pipe = [&] {  // every byte spliced, also after a failure (the pipe must be empty for the next batch)
+    for (size_t done = 0; done < spliced_bytes;) {
+      ssize_t n = read(pipe_r_, buf.get() + done, spliced_bytes - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw_sys("read", "reading the eviction pipe", n < 0 ? errno : EIO);
+      done += (size_t)n;
+    }
+  };
+  // 2. commit the drop: dirty pages discarded by QEMU meanwhile, and clean pages written
+  // meanwhile, stay (kFlAbort); so does everything if the splice failed.
+  std::vector<uint32_t> drop;
+  {
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    auto keep = [&](uint32_t idx) {
+      PageMeta& m = table_[idx];
+      if (m.flags & kFlAbort) evict_aborts_++;
+      m.flags &= ~kFlAbort;
+      m.state = kResDirty;
+      list_insert(idx, true);
+    };
+    for (uint32_t idx : dirty) {
+      if (!splice_ok || (table_[idx].flags & kFlAbort)) keep(idx);
+      else { table_[idx].flags |= kFlDropping; drop.push_back(idx); }
+    }
+    for (uint32_t idx : clean) {
+      if (table_[idx].flags & kFlAbort) keep(idx);
+      else { table_[idx].flags |= kFlDropping; drop.push_back(idx); }
+    }
+  }
+  if (!splice_ok) {
+    try { read_pipe(); } catch (const Error& e) { emit({"error", std::string("eviction: ") + e.what(), {}, 0, 0}); }
+    if (drop.empty()) return 0;
+  }
+  // TEST ONLY (test_skip_wp): read before the punch, as a copy-out without protection
+  // would: a write between the read and the punch is lost (the race test must see it).
+  bool read_done = false;
+  if (cfg_.test_skip_wp && splice_ok) {
+    read_pipe();
+    read_done = true;
+  }
+  // TEST ONLY: widen the window before the punch to what a store write takes in the
+  // write-protect path, so the race tests see writes land in it.
+  if (cfg_.test_race_window_ms) sleep_ms(cfg_.test_race_window_ms);
+  std::sort(drop.begin(), drop.end());
+  std::vector<uint8_t> gone(drop.size(), 1);
+  try {
+    drop_pages(drop);
+  } catch (const Error& e) {
+    emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
+    try {
+      gone = probe_gone(drop);
+    } catch (const Error& pe) {
+      std::fill(gone.begin(), gone.end(), 0);
+      emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
+    }
+  }
+  // 3. the last content of every spliced page
+  bool have_data = splice_ok;
+  if (splice_ok && !read_done) {
+    try {
+      read_pipe();
+    } catch (const Error& e) {
+      have_data = false;
+      emit({"error", std::string("eviction: ") + e.what(), {}, 0, 0});
+    }
+  }
+  // 4. store the dirty pages that left, not zero, not discarded: packed to the front of
+  // buf in place (both buf and drop are in page order), so put_slot[k] says where each is.
+  std::vector<uint64_t> put_keys, del_keys;
+  std::vector<uint32_t> put_vers;
+  std::vector<uint8_t> kind(drop.size(), 2);  // 0 store, 1 zero, 2 clean or not gone, 3 discarded
+  std::vector<size_t> put_slot(drop.size(), 0), put_from;
+  std::vector<uint8_t> zero(dirty.size(), 0);
+  if (have_data)  // before taking the lock: the fault thread needs it meanwhile
+    for (size_t d = 0; d < dirty.size(); d++) zero[d] = all_zero(buf.get() + d * kPageSize);
+  {
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    for (size_t i = 0, d = 0; i < drop.size(); i++) {
+      while (d < dirty.size() && dirty[d] < drop[i]) d++;
+      if (d == dirty.size() || dirty[d] != drop[i]) continue;  // a clean victim
+      PageMeta& m = table_[drop[i]];
+      if (!gone[i] || m.state != kEvicting) continue;
+      if (m.flags & kFlAbort) { kind[i] = 3; continue; }
+      if (have_data && zero[d]) { kind[i] = 1; continue; }
+      kind[i] = 0;
+      put_keys.push_back(key_of(drop[i]));
+      put_vers.push_back(m.version + 1);
+      put_slot[i] = put_from.size();
+      put_from.push_back(d);
+    }
+  }
+  // pack (put_from is increasing and put_from[k] >= k: no page is overwritten before it moved)
+  if (have_data)
+    for (size_t k = 0; k < put_from.size(); k++)
+      if (put_from[k] != k) memmove(buf.get() + k * kPageSize, buf.get() + put_from[k] * kPageSize, kPageSize);
+  bool stored = have_data && (put_keys.empty() || store_put(put_keys, put_vers, buf.get()));
+  // 5. commit: remote / absent; a page the store did not take goes back into the guest.
+  size_t left = 0, vi = 0;
+  {
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    for (size_t i = 0; i < drop.size(); i++) {
+      uint32_t idx = drop[i];
+      PageMeta& m = table_[idx];
+      m.flags &= ~kFlDropping;
+      if (!gone[i]) {  // still in the guest: dirty ones writable, clean ones still protected
+        bool was_clean = !std::binary_search(dirty.begin(), dirty.end(), idx);
+        m.state = was_clean && !(m.flags & kFlAbort) ? kResClean : kResDirty;
+        m.flags &= ~kFlAbort;
+        list_insert(idx, false);
+        continue;
+      }
+      if (kind[i] == 0 && !stored) {
+        // Not stored: map the content back (the guest's faults on it wait meanwhile).
+        uint64_t copied = 0;
+        if (have_data) {
+          try {
+            uffd_copy(cfg_.uffd, addr_of(idx), buf.get() + put_slot[i] * kPageSize, kPageSize, false, false, &copied);
+          } catch (const Error& e) {
+            emit({"error", std::string("putting back a page the store did not take: ") + e.what(), {}, 0, 0});
+          }
+        }
+        if (copied == kPageSize) {
+          m.state = kResDirty;
+          list_insert(idx, true);
+          vi++;
+          continue;
+        }
+        // No content to put back: the page is lost; its faults stay held (invariant 2).
+        m.flags |= kFlLost;
+        lost_pages_++;
+        emit({"page-lost", "an evicted page could be neither stored nor put back: its fault is held", {key_of(idx)}, 0, 0});
+        vi++;
+      }
+      bool discarded = kind[i] == 3 || (m.flags & kFlAbort);
+      m.flags &= ~kFlAbort;
+      bool zero = kind[i] == 1 || discarded;
+      if (kind[i] == 0 && stored) {
+        m.version = put_vers[vi++];
+        m.flags |= kFlStoreCopy;
+        store_writes_++;
+        if (discarded) del_keys.push_back(key_of(idx));  // QEMU discarded it after it was read
+      } else if (zero && (m.flags & kFlStoreCopy)) {
+        del_keys.push_back(key_of(idx));
+      }
+      if (kind[i] == 2) clean_drops_++;
+      if (discarded) discards_++;
+      if (zero) m.flags &= ~kFlStoreCopy;
+      m.state = zero ? kAbsent : kRemote;
+      if (!zero) remote_++;
+      m.prev = evict_clock_++;
+      m.next = kNil;
+      resident_--;
+      evictions_++;
+      left++;
+    }
+  }
+  if (!del_keys.empty()) store_del(del_keys);
+  wake_deferred();
+  evicted_cv_.notify_all();
+  return left;
+}
+
 // Watermarks: eviction starts once residency passes cap - slack (high) and goes down
 // to cap - 2*slack (low), so the cap itself is normally never crossed; faults that
 // would cross it wait briefly for the evictor (back-pressure in fault_loop).
@@ -1395,6 +1627,7 @@ void Pager::evict_loop() {
     uint64_t done = 0, last_report = now_us();
     while (!stop_ && !evict_stop_ && !draining_ && resident_ > low && cap_ == cap) {
       size_t want = (size_t)std::min<uint64_t>(cfg_.evict_batch, resident_ - low);
+      if (splice_evictions_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
       size_t got = 0;
       try {
         got = evict_batch(want);
@@ -1423,6 +1656,7 @@ PagerStats Pager::stats() {
   s.store_retries = store_retries_; s.lost_pages = lost_pages_;
   s.cap_waits = cap_waits_; s.cap_wait_us = cap_wait_us_;
   s.fault_cpu = fault_cpu_;
+  s.evict_mode = splice_evictions_ ? "splice" : "write-protect";
   s.resident = resident_; s.cap = cap_; s.remote = remote_; s.total_pages = table_.size();
   s.metadata_bytes = table_.capacity() * sizeof(PageMeta);
   s.draining = draining_;

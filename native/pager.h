@@ -55,6 +55,8 @@ struct PagerConfig {
   bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
   bool test_fail_drops = false; // TEST ONLY: every drop removes half its runs, then fails (partial-failure handling)
   bool test_nonblocking_reads = false; // TEST ONLY: the fallback when no wake signal is free (non-blocking reads, ppoll)
+  bool test_no_splice = false;  // TEST ONLY: evict by write-protect and copy-out even where splice applies
+  uint32_t test_race_window_ms = 0;  // TEST ONLY: evict_by_splice waits this long before the punch
 };
 
 struct PagerEvent {
@@ -69,6 +71,7 @@ struct PagerStats {
       evict_aborts, store_retries, lost_pages;
   uint64_t cap_waits, cap_wait_us;  // fault batches that waited at the cap for the evictor, and for how long
   int fault_cpu;                    // the one CPU the fault thread is pinned to, -1 when none
+  std::string evict_mode;           // "splice" (evict_by_splice) or "write-protect"
   uint64_t resident, cap, remote, total_pages, metadata_bytes;
   std::string store_state, store_error;
   bool draining;
@@ -126,6 +129,8 @@ class Pager {
   // --- evictor ---
   void evict_loop();
   size_t evict_batch(size_t want);
+  size_t evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean);
+  void open_splice_pipe();
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
   void drop_pages(const std::vector<uint32_t>& idx);
@@ -205,6 +210,12 @@ class Pager {
   std::thread exit_watch_thread_;
   std::atomic<bool> fault_done_{false};      // the fault thread left its loop: stop interrupting it
   std::atomic<bool> exit_reported_{false};   // "target-exited" is emitted once
+  // Eviction by splice (evict_by_splice): every region a memfd and the store in this
+  // process. The pipe holds one batch of dirty pages by reference; evictor only.
+  bool splice_evictions_ = false;
+  int pipe_r_ = -1, pipe_w_ = -1;
+  size_t pipe_pages_ = 0;
+  size_t splice_batch_ = 0;  // pages in the next splice batch (kSpliceBatch, or pipe_pages_ for runs)
   FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
   // Faults whose ioctl met EAGAIN (the mm was changing: an event waits in the uffd, which
   // only the fault thread reads). Handled again on the fault thread's next round, at

@@ -41,6 +41,10 @@ export interface PagerAttachOptions {
   _testFailDrops?: boolean;
   /** TEST ONLY: the fault thread reads without blocking and sleeps in ppoll (see native/index.ts). */
   _testNonBlockingReads?: boolean;
+  /** TEST ONLY: evict by write-protect even where splice applies (see native/index.ts). */
+  _testNoSplice?: boolean;
+  /** TEST ONLY: the splice eviction waits this long before its punch (see native/index.ts). */
+  _testRaceWindowMs?: number;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
@@ -129,6 +133,8 @@ export class Pager extends EventEmitter {
       _testUnsafeSkipWriteProtect: opts._testUnsafeSkipWriteProtect,
       _testFailDrops: opts._testFailDrops,
       _testNonBlockingReads: opts._testNonBlockingReads,
+      _testNoSplice: opts._testNoSplice,
+      _testRaceWindowMs: opts._testRaceWindowMs,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },

@@ -69,6 +69,7 @@ class MemBackend : public StoreBackend {
     return true;
   }
   void prefetch(uint64_t key) override { vm_->prefetch(key); }
+  bool lives_in_monitor() const override { return true; }
   std::string name() const override { return "memory:"; }
 
  private:
@@ -311,6 +312,8 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.test_skip_wp = o.Get("_testUnsafeSkipWriteProtect").ToBoolean();
     cfg.test_fail_drops = o.Get("_testFailDrops").ToBoolean();
     cfg.test_nonblocking_reads = o.Get("_testNonBlockingReads").ToBoolean();
+    cfg.test_no_splice = o.Get("_testNoSplice").ToBoolean();
+    cfg.test_race_window_ms = (uint32_t)Num(o, "_testRaceWindowMs", 0);
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();
@@ -397,6 +400,7 @@ Napi::Value JsPagerStats(const Napi::CallbackInfo& info) {
     n("totalPages", s.total_pages); n("storeRetries", s.store_retries); n("lostPages", s.lost_pages);
     n("capWaits", s.cap_waits); n("capWaitUs", s.cap_wait_us);
     o.Set("faultCpu", Napi::Number::New(env, s.fault_cpu));
+    o.Set("evictMode", Napi::String::New(env, s.evict_mode));
     n("metadataBytes", s.metadata_bytes);
     o.Set("storeState", s.store_state);
     o.Set("storeError", s.store_error);

@@ -27,6 +27,10 @@ class StoreBackend {
   }
   // Optional hint: the page will be read soon (start loading what locates it). Never blocks.
   virtual void prefetch(uint64_t /*key*/) {}
+  // The pages live in this process and die with it (the embedded store). The pager may
+  // then store an evicted page after it left the guest (Pager::evict_by_splice): a
+  // monitor crash in between loses nothing that the crash would not lose anyway.
+  virtual bool lives_in_monitor() const { return false; }
   // Unblock any call waiting on the store (shutdown).
   virtual void cancel() {}
   virtual std::string name() const = 0;
