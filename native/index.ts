@@ -106,6 +106,8 @@ export interface PagerStartOptions {
   _testNoSplice?: boolean;
   /** TEST ONLY: the splice eviction waits this many ms between splice and punch (widens the race the race tests probe). */
   _testRaceWindowMs?: number;
+  /** TEST ONLY: every other splice batch's store fails after the punch (its pages must go back into the guest). */
+  _testFailPuts?: boolean;
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

@@ -1523,7 +1523,9 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   if (have_data)
     for (size_t k = 0; k < put_from.size(); k++)
       if (put_from[k] != k) memmove(buf.get() + k * kPageSize, buf.get() + put_from[k] * kPageSize, kPageSize);
-  bool stored = have_data && (put_keys.empty() || store_put(put_keys, put_vers, buf.get()));
+  // (TEST ONLY test_fail_puts: every other store of a batch fails, as a full store would)
+  bool refused = cfg_.test_fail_puts && !put_keys.empty() && (++test_puts_ & 1);
+  bool stored = have_data && !refused && (put_keys.empty() || store_put(put_keys, put_vers, buf.get()));
   // 5. commit: remote / absent; a page the store did not take goes back into the guest.
   size_t left = 0, vi = 0;
   {

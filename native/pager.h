@@ -57,6 +57,7 @@ struct PagerConfig {
   bool test_nonblocking_reads = false; // TEST ONLY: the fallback when no wake signal is free (non-blocking reads, ppoll)
   bool test_no_splice = false;  // TEST ONLY: evict by write-protect and copy-out even where splice applies
   uint32_t test_race_window_ms = 0;  // TEST ONLY: evict_by_splice waits this long before the punch
+  bool test_fail_puts = false;  // TEST ONLY: evict_by_splice's store of every other batch fails
 };
 
 struct PagerEvent {
@@ -216,6 +217,7 @@ class Pager {
   int pipe_r_ = -1, pipe_w_ = -1;
   size_t pipe_pages_ = 0;
   size_t splice_batch_ = 0;  // pages in the next splice batch (kSpliceBatch, or pipe_pages_ for runs)
+  uint64_t test_puts_ = 0;   // test_fail_puts: batches stored so far
   FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
   // Faults whose ioctl met EAGAIN (the mm was changing: an event waits in the uffd, which
   // only the fault thread reads). Handled again on the fault thread's next round, at

@@ -45,6 +45,8 @@ export interface PagerAttachOptions {
   _testNoSplice?: boolean;
   /** TEST ONLY: the splice eviction waits this long before its punch (see native/index.ts). */
   _testRaceWindowMs?: number;
+  /** TEST ONLY: the splice eviction's store fails every other batch (see native/index.ts). */
+  _testFailPuts?: boolean;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
@@ -135,6 +137,7 @@ export class Pager extends EventEmitter {
       _testNonBlockingReads: opts._testNonBlockingReads,
       _testNoSplice: opts._testNoSplice,
       _testRaceWindowMs: opts._testRaceWindowMs,
+      _testFailPuts: opts._testFailPuts,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },

@@ -314,6 +314,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.test_nonblocking_reads = o.Get("_testNonBlockingReads").ToBoolean();
     cfg.test_no_splice = o.Get("_testNoSplice").ToBoolean();
     cfg.test_race_window_ms = (uint32_t)Num(o, "_testRaceWindowMs", 0);
+    cfg.test_fail_puts = o.Get("_testFailPuts").ToBoolean();
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();

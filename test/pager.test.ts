@@ -168,6 +168,25 @@ test('the splice race test can fail: reading the pipe before the punch loses rac
   t.true(corrupt > 0, 'lost writes are detected when the pipe is read before the punch');
 });
 
+// The splice path stores a page after it left the guest; when the store fails there, the
+// page must go back into the guest (UFFDIO_COPY), not be lost or read as zeros.
+test('memfd + memory: a store that fails after the punch loses no page (pages go back into the guest)', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 32, anonMiB: 1 });
+  await target.cmd('fill memfd 29');
+  const store = await memoryStore(t);
+  const r = region(target, 'memfd');
+  const cap = Math.floor(r.length / PAGE / 10);
+  const pager = await attach(t, target, [r], cap, store, { _testFailPuts: true });
+  await waitFor(() => pager.stats().residentPages <= cap);
+  const churn = parseReply(await target.cmd('churn memfd 2000 2 0.5'));
+  t.is(churn.corrupt, 0, 'no corruption seen by the writers');
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0, 'every page verifies');
+  const s = pager.stats();
+  t.is(s.evictMode, 'splice');
+  t.is(s.lostPages, 0, 'no page reported lost');
+  t.true(s.evictions > 1000 && s.fetches > 500, `the pager still evicts and fetches (${s.evictions} / ${s.fetches})`);
+});
+
 test('zero pages are never stored and clean pages are not rewritten', async (t) => {
   const target = await startTarget(t, { memfdMiB: 32, anonMiB: 1 });
   const pages = (32 * MiB) / PAGE;
