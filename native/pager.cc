@@ -1174,6 +1174,24 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
     throw Error("EM_TEST", "test-only partial drop: the later runs were not dropped", EIO);
 }
 
+// Drop the (sorted) pages; which of them left host memory: all of them, or after a
+// failure part-way those probe_gone finds gone (none when even that fails: every page
+// is then treated as still here, the target most likely gone).
+std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted) {
+  try {
+    drop_pages(sorted);
+    return std::vector<uint8_t>(sorted.size(), 1);
+  } catch (const Error& e) {
+    emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
+  }
+  try {
+    return probe_gone(sorted);
+  } catch (const Error& pe) {
+    emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
+    return std::vector<uint8_t>(sorted.size(), 0);
+  }
+}
+
 // After a drop failed part-way, which of its pages are really gone from host memory:
 // a page that left must become remote (its fault fetches the stored copy), not stay
 // "resident" (its fault would then read as a discard: zeros, the stored copy deleted).
@@ -1330,19 +1348,7 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint32_t> sorted_drop(drop.size());
   std::vector<uint8_t> sorted_zero(drop.size());
   for (size_t i = 0; i < order.size(); i++) { sorted_drop[i] = drop[order[i]]; sorted_zero[i] = drop_zero[order[i]]; }
-  std::vector<uint8_t> gone(sorted_drop.size(), 1);
-  try {
-    drop_pages(sorted_drop);
-  } catch (const Error& e) {
-    emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
-    try {
-      gone = probe_gone(sorted_drop);
-    } catch (const Error& pe) {
-      // Nothing known: every page is treated as still here (the target is most likely gone).
-      std::fill(gone.begin(), gone.end(), 0);
-      emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
-    }
-  }
+  std::vector<uint8_t> gone = drop_or_probe(sorted_drop);
   // Phase 3b: the pages are gone from host memory.
   size_t left = 0;
   {
@@ -1472,18 +1478,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   // write-protect path, so the race tests see writes land in it.
   if (cfg_.test_race_window_ms) sleep_ms(cfg_.test_race_window_ms);
   std::sort(drop.begin(), drop.end());
-  std::vector<uint8_t> gone(drop.size(), 1);
-  try {
-    drop_pages(drop);
-  } catch (const Error& e) {
-    emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
-    try {
-      gone = probe_gone(drop);
-    } catch (const Error& pe) {
-      std::fill(gone.begin(), gone.end(), 0);
-      emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
-    }
-  }
+  std::vector<uint8_t> gone = drop_or_probe(drop);
   // 3. the last content of every spliced page
   bool have_data = splice_ok;
   if (splice_ok && !read_done) {

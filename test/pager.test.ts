@@ -121,7 +121,7 @@ async function hammerUnderEviction(t: Parameters<typeof startTarget>[0], unsafe:
   await target.cmd('fill memfd 3');
   const store = storeKind === 'file' ? await raceStore(t) : await memoryStore(t);
   // (memory: the splice path; its window before the punch is widened to a file store write's)
-  const pager = await attach(t, target, [region(target, 'memfd')], 32, store, { evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: unsafe, ...(storeKind === 'memory' ? { _testRaceWindowMs: 2 } : {}) });
+  const pager = await attach(t, target, [region(target, 'memfd')], 32, store, { evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: unsafe, ...(storeKind === 'memory' ? { _testRaceWindowMs: 5 } : {}) });
   let corrupt = 0, writes = 0;
   // 5 rounds, or for the unsafe run up to 15, stopping early once a lost write is seen
   // (only the unsafe run can; on a loaded machine the race may take a few rounds)
@@ -481,24 +481,23 @@ test.serial('between faults the fault thread sleeps in read() on the uffd (ppoll
   b.pager.abandon();
   t.true(await gone(b.tid), 'abandon ended the sleeping fault thread');
 
+  // Kill the target: is 'target-exited' reported within 5 s?
+  const killReportsExit = async (h: Awaited<ReturnType<typeof serveThenSleep>>) => {
+    const exited = new Promise<boolean>((resolve) => {
+      h.pager.on('target-exited', () => resolve(true));
+      setTimeout(() => resolve(false), 5000);
+    });
+    await h.target.kill();
+    return exited;
+  };
   const c = await serveThenSleep();
-  const exited = new Promise<boolean>((resolve) => {
-    c.pager.on('target-exited', () => resolve(true));
-    setTimeout(() => resolve(false), 5000);
-  });
-  await c.target.kill();
-  t.true(await exited, 'the target exiting while the fault thread sleeps is reported (target-exited)');
+  t.true(await killReportsExit(c), 'the target exiting while the fault thread sleeps is reported (target-exited)');
   t.true(await gone(c.tid), 'and the fault thread ends');
 
   // The fallback (no free signal): the fault thread polls the uffd, the stop eventfd and
   // the pidfd itself, with no watcher thread.
   const d = await serveThenSleep('271', { _testNonBlockingReads: true });
-  const dExited = new Promise<boolean>((resolve) => {
-    d.pager.on('target-exited', () => resolve(true));
-    setTimeout(() => resolve(false), 5000);
-  });
-  await d.target.kill();
-  t.true(await dExited, 'fallback: the target exiting is reported');
+  t.true(await killReportsExit(d), 'fallback: the target exiting is reported');
   t.true(await gone(d.tid), 'fallback: and the fault thread ends');
   const e = await serveThenSleep('271', { _testNonBlockingReads: true });
   await e.pager.detach();
