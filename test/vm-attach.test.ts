@@ -44,6 +44,7 @@ test('attach at 25%, squeeze, resize down and up, grow, detach: corrupt=0 throug
   t.true(s.residentPages <= 16384 + 1024, `resident ${s.residentPages} near the cap`);
   t.true(s.remotePages > 8000, `remote ${s.remotePages}: the workload does not fit`);
   t.true(s.fetches > 0 && s.evictions > 0);
+  t.is(s.evictMode, 'splice', "libvirt's memfd RAM with the embedded store is evicted by splice, without write-protect");
 
   // Resize down: the cap is obeyed at once.
   const r1 = await d.cli('resize', dom.name, '--local', '40M');

@@ -12,7 +12,9 @@ Counters of an attached VM's pager.
   --json    one JSON object: faults, zeroFills, fetches, evictions, cleanDrops,
             storeWrites, prefetched, residentPages, localCapPages, remotePages,
             faultLatencyUs {p50, p99}, storeState, storeError, faultCpu (the
-            CPU the fault thread runs on, -1 when not on one), ...
+            CPU the fault thread runs on, -1 when not on one), evictMode
+            ("splice": memfd RAM with the embedded store, no write-protect;
+            "write-protect"), ...
   --watch   live view refreshed every second: rates per second, resident pages
             against the cap, fault latency (with --json: one JSON sample per line)
 
@@ -27,7 +29,7 @@ function renderOnce(s: PublicStats): string {
     `${s.name} (${s.vm})  store ${s.store}  store state ${s.storeState}${s.storeError ? ` (${s.storeError})` : ''}`,
     `  resident ${formatSize(s.residentPages * PAGE)} of cap ${formatSize(s.localCapPages * PAGE)}, remote ${formatSize(s.remotePages * PAGE)}`,
     `  faults ${s.faults}  zeroFills ${s.zeroFills}  fetches ${s.fetches}  prefetched ${s.prefetched}`,
-    `  evictions ${s.evictions}  cleanDrops ${s.cleanDrops}  storeWrites ${s.storeWrites}`,
+    `  evictions ${s.evictions}  cleanDrops ${s.cleanDrops}  storeWrites ${s.storeWrites}  (evicting by ${s.evictMode})`,
     `  fault latency p50 ${s.faultLatencyUs.p50} us, p99 ${s.faultLatencyUs.p99} us${s.faultCpu >= 0 ? `, fault thread on CPU ${s.faultCpu}` : ''}`,
     '',
   ].join('\n');
