@@ -1174,6 +1174,18 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
     throw Error("EM_TEST", "test-only partial drop: the later runs were not dropped", EIO);
 }
 
+// An evicted page has left host memory (mu_ held): absent if it was zero, else remote;
+// prev keeps the eviction clock for its refault distance.
+void Pager::mark_left(uint32_t idx, bool zero) {
+  PageMeta& m = table_[idx];
+  m.state = zero ? kAbsent : kRemote;
+  if (!zero) remote_++;
+  m.prev = evict_clock_++;
+  m.next = kNil;
+  resident_--;
+  evictions_++;
+}
+
 // Drop the (sorted) pages; which of them left host memory: all of them, or after a
 // failure part-way those probe_gone finds gone (none when even that fails: every page
 // is then treated as still here, the target most likely gone).
@@ -1362,14 +1374,8 @@ size_t Pager::evict_batch(size_t want) {
         list_insert(idx, false);
         continue;
       }
-      bool was_zero = sorted_zero[i] == 1;
       if (sorted_zero[i] == 2) clean_drops_++;
-      m.state = was_zero ? kAbsent : kRemote;
-      if (!was_zero) remote_++;
-      m.prev = evict_clock_++;
-      m.next = kNil;
-      resident_--;
-      evictions_++;
+      mark_left(idx, sorted_zero[i] == 1);
       left++;
     }
   }
@@ -1572,12 +1578,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
       if (kind[i] == 2) clean_drops_++;
       if (discarded) discards_++;
       if (zero) m.flags &= ~kFlStoreCopy;
-      m.state = zero ? kAbsent : kRemote;
-      if (!zero) remote_++;
-      m.prev = evict_clock_++;
-      m.next = kNil;
-      resident_--;
-      evictions_++;
+      mark_left(idx, zero);
       left++;
     }
   }

@@ -137,6 +137,7 @@ class Pager {
   void drop_pages(const std::vector<uint32_t>& idx);
   std::vector<uint8_t> probe_gone(const std::vector<uint32_t>& idx);
   std::vector<uint8_t> drop_or_probe(const std::vector<uint32_t>& sorted);
+  void mark_left(uint32_t idx, bool zero);
   // --- store with retry (invariant 5) ---
   bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
   bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
