@@ -252,8 +252,7 @@ void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
 void Pager::start() {
   // A take-over may find the uffd blocking (a previous monitor's blocking_reads_):
   // everything before the fault thread starts reads it without waiting.
-  int fl = fcntl(cfg_.uffd, F_GETFL);
-  if (fl < 0 || fcntl(cfg_.uffd, F_SETFL, fl | O_NONBLOCK) != 0) throw_sys("fcntl", "making the userfaultfd non-blocking");
+  if (!uffd_set_nonblocking(cfg_.uffd, true)) throw_sys("fcntl", "making the userfaultfd non-blocking");
   open_regions();
   pidfd_ = (int)syscall(SYS_pidfd_open, cfg_.pid, 0);
   if (pidfd_ < 0) throw_sys("pidfd_open", "watching process " + std::to_string(cfg_.pid));
@@ -308,10 +307,7 @@ void Pager::start() {
     if (cfg_.fault_cpus.size() == 1) fault_cpu_ = (int)cfg_.fault_cpus[0];
     tl_uffd_reader = true;
     if (blocking_reads_ && !unblock_wake_signal()) blocking_reads_ = false;  // before the uffd turns blocking
-    if (blocking_reads_) {
-      int f = fcntl(cfg_.uffd, F_GETFL);
-      if (f < 0 || fcntl(cfg_.uffd, F_SETFL, f & ~O_NONBLOCK) != 0) blocking_reads_ = false;
-    }
+    if (blocking_reads_ && !uffd_set_nonblocking(cfg_.uffd, false)) blocking_reads_ = false;
     fault_loop();
     fault_done_ = true;
   });
@@ -599,10 +595,8 @@ void Pager::fault_loop() {
     // blocking_reads_: sleep in read() until a message comes (or stop_threads / the exit
     // watcher interrupt it). Otherwise, and while faults wait for a retry, read without
     // waiting first (under load the next faults are already queued), then sleep in ppoll.
-    ssize_t got;
-    if (blocking_reads_ && retry_.empty()) got = read(cfg_.uffd, msgs, sizeof msgs);
-    else if (blocking_reads_) got = uffd_read_nowait(cfg_.uffd, msgs, sizeof msgs);
-    else got = read(cfg_.uffd, msgs, sizeof msgs);
+    ssize_t got = blocking_reads_ && !retry_.empty() ? uffd_read_nowait(cfg_.uffd, msgs, sizeof msgs)
+                                                     : read(cfg_.uffd, msgs, sizeof msgs);
     if (got < 0 && errno == EAGAIN) {
       // Faults put back by EAGAIN (the mm was changing) are retried after a short
       // sleep even if nothing new arrives; otherwise sleep until something does.

@@ -1,5 +1,6 @@
 #include "uffd.h"
 
+#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -124,6 +125,11 @@ bool uffd_writeprotect(int uffd, uint64_t start, uint64_t len, bool protect, boo
 void uffd_wake(int uffd, uint64_t start, uint64_t len) {
   struct uffdio_range r = {start, len};
   if (ioctl(uffd, UFFDIO_WAKE, &r) != 0) throw_sys("UFFDIO_WAKE", "waking threads waiting on " + range_str(start, len));
+}
+
+bool uffd_set_nonblocking(int uffd, bool on) {
+  int fl = fcntl(uffd, F_GETFL);
+  return fl >= 0 && fcntl(uffd, F_SETFL, on ? fl | O_NONBLOCK : fl & ~O_NONBLOCK) == 0;
 }
 
 ssize_t uffd_read_nowait(int uffd, void* buf, size_t len) {

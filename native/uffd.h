@@ -46,5 +46,7 @@ void uffd_wake(int uffd, uint64_t start, uint64_t len);
 // (preadv2 with RWF_NOWAIT): -1 with errno EAGAIN when none is queued. Plain read()
 // semantics otherwise (-1 and errno on failure).
 ssize_t uffd_read_nowait(int uffd, void* buf, size_t len);
+// Set or clear O_NONBLOCK on the uffd (shared with the target's copy); false with errno on failure.
+bool uffd_set_nonblocking(int uffd, bool on);
 
 }  // namespace em
