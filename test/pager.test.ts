@@ -123,9 +123,9 @@ async function hammerUnderEviction(t: Parameters<typeof startTarget>[0], unsafe:
   // (memory: the splice path; its window before the punch is widened to a file store write's)
   const pager = await attach(t, target, [region(target, 'memfd')], 32, store, { evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: unsafe, ...(storeKind === 'memory' ? { _testRaceWindowMs: 5 } : {}) });
   let corrupt = 0, writes = 0;
-  // 5 rounds, or for the unsafe run up to 15, stopping early once a lost write is seen
+  // 5 rounds, or for the unsafe run up to 40, stopping early once a lost write is seen
   // (only the unsafe run can; on a loaded machine the race may take a few rounds)
-  for (let round = 0; round < (unsafe ? 15 : 5) && corrupt === 0; round++) {
+  for (let round = 0; round < (unsafe ? 40 : 5) && corrupt === 0; round++) {
     const h = parseReply(await target.cmd('hammer memfd 100 64 2000'));
     writes += h.writes;
     corrupt += h.corrupt + parseReply(await target.cmd('verify memfd')).corrupt;
