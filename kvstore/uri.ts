@@ -37,7 +37,7 @@ const DEFAULT_PORTS: Record<string, number> = { redis: 6379, 'redis+cluster': 63
 export function parseStoreUri(uri: string): StoreSpec {
   if (typeof uri !== 'string' || uri.trim() === '') throw badUri('the store URI is empty', SUPPORTED);
   const m = /^([a-z][a-z0-9+.-]*):(.*)$/i.exec(uri.trim());
-  if (!m) throw badUri(`'${uri}' has no scheme (expected one of memory:, file:, redis:, rediss:, redis+cluster:, memcached:, aerospike:)`, SUPPORTED);
+  if (!m) throw badUri(`'${uri}' has no scheme (expected one of memory:, file:, redis:, rediss:, redis+cluster:, rediss+cluster:, memcached:, aerospike:)`, SUPPORTED);
   const scheme = m[1]!.toLowerCase();
   const rest = m[2]!;
   switch (scheme) {
@@ -57,7 +57,7 @@ export function parseStoreUri(uri: string): StoreSpec {
     case 'aerospike':
       return parseAerospike(rest);
     default:
-      throw badUri(`unknown scheme '${scheme}:' (supported: memory, file, redis, rediss, redis+cluster, memcached, aerospike)`, SUPPORTED);
+      throw badUri(`unknown scheme '${scheme}:' (supported: memory, file, redis, rediss, redis+cluster, rediss+cluster, memcached, aerospike)`, SUPPORTED);
   }
 }
 

@@ -111,7 +111,7 @@ test('daemon refuses a config with a bad key, naming the key', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emcfg-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const cases: [string, RegExp][] = [
-    ['store: mongo://x\n', /store: .*not a store URI/],
+    ['store: mongo://x\n', /store: .*unknown scheme 'mongo:'/],
     ['limits:\n  maxVms: 0\n', /limits\.maxVms: must be a whole number >= 1/],
     ['limits:\n  minLocal: huge\n', /limits\.minLocal: .*'huge' is not a size/],
     ['vms:\n  web1:\n    local: 12Q\n', /vms\.web1\.local: .*'12Q' is not a size/],

@@ -24,6 +24,7 @@ import YAML from 'yaml';
 import { ElasticmemError } from '../../native/errors.ts';
 import { parseSize } from '../size.ts';
 import { shownUri } from './secrets.ts';
+import { parseStoreUri } from '../../kvstore/uri.ts';
 import { allowedCpus } from '../../native/pager.ts';
 
 export interface VmOverride { store?: string; local?: number; storeKeyFile?: string }
@@ -48,15 +49,18 @@ export function defaultConfig(): Config {
   return { store: 'memory:', state: DEFAULT_STATE, limits: { maxVms: 16, minLocal: 16 * 1024 * 1024 }, pager: {}, vms: {}, source: '(defaults)' };
 }
 
-const SCHEMES = ['memory:', 'file://', 'redis://', 'rediss://', 'redis+cluster://', 'memcached://', 'aerospike://'];
-
-/** Syntactic check of a store URI; reachability is checked at attach. */
+/** Parses the store URI as attach would (kvstore/uri.ts), so a URI the daemon starts
+ *  with is one attach accepts; reachability is checked at attach. Passwords never
+ *  appear in the message. */
 export function checkStoreUri(uri: unknown, where: string): string {
-  if (typeof uri !== 'string' || !SCHEMES.some((s) => uri.startsWith(s))) {
-    throw new ElasticmemError(
-      `${where}: ${typeof uri === 'string' ? JSON.stringify(shownUri(uri)) : JSON.stringify(uri)} is not a store URI; use one of memory:, file:///path, redis://host:port, redis+cluster://h1:p1,h2:p2, memcached://h1:p1, aerospike://h1:p1/namespace`,
-      'BAD_STORE_URI',
-    );
+  if (typeof uri !== 'string') {
+    throw new ElasticmemError(`${where}: ${JSON.stringify(uri)} is not a store URI; write it as a string, e.g. memory: or redis://host:6379`, 'BAD_STORE_URI');
+  }
+  try {
+    parseStoreUri(uri);
+  } catch (e) {
+    const why = e instanceof Error ? e.message : String(e);
+    throw new ElasticmemError(`${where}: ${JSON.stringify(shownUri(uri))}: ${why.split(uri).join(shownUri(uri))}`, 'BAD_STORE_URI');
   }
   return uri;
 }

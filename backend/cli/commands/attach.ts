@@ -13,7 +13,7 @@ host, the rest goes to the store and comes back on demand. The VM keeps running.
   --store URI      where evicted pages go (default: the daemon's config, else memory:)
                      memory:  file:///path  redis://host:port[/db]
                      redis+cluster://h1:p1,h2:p2  memcached://h1:p1[,h2:p2]
-                     aerospike://h1:p1/namespace[/set]
+                     aerospike://h1:p1[,h2:p2]/namespace[/set]
                    a password in the URI (redis://:PASS@host:port) is shown as ***
   --store-key FILE encrypt pages at rest with AES-256-GCM under this key (32 bytes:
                    raw, 64 hex digits or base64; create one with

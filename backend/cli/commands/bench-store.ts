@@ -18,7 +18,7 @@ values over the bare protocol; overheadVsRaw is the adapter's time per page over
 raw time per page at batch 16. The benchmark writes under its own VM id and removes it.
 
   --store URI        memory:, file:///path, redis://host:port[/db], redis+cluster://h1:p1,h2:p2,
-                     memcached://h1:p1[,h2:p2], aerospike://h1:p1/namespace[/set]
+                     memcached://h1:p1[,h2:p2], aerospike://h1:p1[,h2:p2]/namespace[/set]
   --store-key FILE   AES-256-GCM key file: measure with encryption at rest
   --tls-ca FILE      PEM CA certificate(s) to trust for rediss:// (a private CA)
   --compress         measure with page compression on

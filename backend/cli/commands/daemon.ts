@@ -16,8 +16,10 @@ every connection); logs one line per event on stderr.
                    storeKeyFile: /etc/elasticmem/store.key   AES-256-GCM key for pages at rest
                    socket: /path.sock          control socket
                    state: /path/state.json     state file for restarts
+                   pager: { faultCpus: [2], evictCpus: [0], followFaults: true }   thread placement
                    limits: { maxVms: 16, minLocal: 16M }
                    vms: { web1: { store: redis://10.0.0.5:6379, local: 512M, storeKeyFile: /etc/k } }
+                 A commented example: vm-configs/elasticmem.example.yaml
   --socket PATH  control socket (default ${DEFAULT_SOCKET})
   --state FILE   state file (default /run/elasticmem/state.json, or state.json beside
                  a --socket given elsewhere)
