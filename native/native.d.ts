@@ -98,7 +98,9 @@ export interface PagerStartOptions {
   /** TEST ONLY: the splice eviction waits this many ms between splice and punch (widens the race the race tests probe). */
   _testRaceWindowMs?: number;
   /** TEST ONLY: every other splice batch's store fails after the punch (its pages must go back into the guest). */
-  _testFailPuts?: boolean;
+  _testFailPuts?: boolean | 'always';
+  /** TEST ONLY: every fault is served from the retry list (the path after EAGAIN), one round later. */
+  _testDeferFaults?: boolean;
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

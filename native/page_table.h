@@ -1,7 +1,12 @@
 // Per-page metadata of one attached target (16 bytes a page: 4 MiB per GiB of guest
 // RAM, the bound DESIGN.md sets) and the intrusive lists of the replacement policy.
 #pragma once
+#include <sys/mman.h>
+
+#include <atomic>
+#include <cerrno>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 namespace em {
@@ -42,25 +47,72 @@ struct PageMeta {
 };
 static_assert(sizeof(PageMeta) == 16, "page metadata must stay at 16 bytes a page");
 
-// An intrusive doubly linked list over PageMeta indexes (a FIFO, unless pushed at the front).
+// The page table of one target, one PageMeta per page. It lives in one reservation of
+// address space for the largest table (kNil pages, 64 GiB of address space, no memory)
+// and is made accessible page by page as it grows, so entries never move: the fault
+// and eviction threads go on using it while hot-added RAM extends it
+// (Pager::add_regions). Only grow() writes size; readers see whole entries.
+class PageTable {
+ public:
+  PageTable() = default;
+  PageTable(const PageTable&) = delete;
+  PageTable& operator=(const PageTable&) = delete;
+  ~PageTable() {
+    if (base_) munmap(base_, kReserve);
+  }
+  // Append n default entries. false (errno set) when the address space or memory is not there.
+  bool grow(uint32_t n) {
+    uint64_t want = (uint64_t)size() + n;
+    if (want >= kNil) { errno = E2BIG; return false; }
+    if (!base_) {
+      void* p = mmap(nullptr, kReserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (p == MAP_FAILED) return false;
+      base_ = static_cast<PageMeta*>(p);
+    }
+    size_t need = (size_t)((want * sizeof(PageMeta) + 4095) & ~(uint64_t)4095);
+    if (need > open_) {
+      if (mprotect(reinterpret_cast<char*>(base_) + open_, need - open_, PROT_READ | PROT_WRITE) != 0) return false;
+      open_ = need;
+    }
+    for (uint64_t i = size(); i < want; i++) new (&base_[i]) PageMeta();
+    size_.store((uint32_t)want, std::memory_order_release);
+    return true;
+  }
+  uint32_t size() const { return size_.load(std::memory_order_acquire); }
+  size_t bytes() const { return open_; }  // memory the table may occupy (what it made accessible)
+  PageMeta& operator[](uint32_t i) { return base_[i]; }
+  const PageMeta& operator[](uint32_t i) const { return base_[i]; }
+
+ private:
+  static constexpr size_t kReserve = (size_t)kNil * sizeof(PageMeta);
+  PageMeta* base_ = nullptr;
+  size_t open_ = 0;
+  std::atomic<uint32_t> size_{0};
+};
+
+// An intrusive doubly linked list over PageMeta indexes (a FIFO, unless pushed at the
+// front), over a PageTable or (in backend/bench/policy-sim.cc) a vector of PageMeta.
 struct PageList {
   uint32_t head = kNil, tail = kNil, size = 0;
 
-  void push_front(std::vector<PageMeta>& t, uint32_t i) {
+  template <class Table>
+  void push_front(Table& t, uint32_t i) {
     t[i].prev = kNil;
     t[i].next = head;
     if (head != kNil) t[head].prev = i; else tail = i;
     head = i;
     size++;
   }
-  void push_back(std::vector<PageMeta>& t, uint32_t i) {
+  template <class Table>
+  void push_back(Table& t, uint32_t i) {
     t[i].prev = tail;
     t[i].next = kNil;
     if (tail != kNil) t[tail].next = i; else head = i;
     tail = i;
     size++;
   }
-  void remove(std::vector<PageMeta>& t, uint32_t i) {
+  template <class Table>
+  void remove(Table& t, uint32_t i) {
     PageMeta& m = t[i];
     if (m.prev != kNil) t[m.prev].next = m.next; else head = m.next;
     if (m.next != kNil) t[m.next].prev = m.prev; else tail = m.prev;

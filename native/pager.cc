@@ -249,7 +249,39 @@ void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
   if (rc != 0) emit({"error", std::string("could not pin the ") + which + " thread: " + strerror(rc), {}, 0, 0});
 }
 
+// Start the pager; on a failure of a fresh attach, leave the target as it was: no
+// range registered (a fault there would wait for a reader that never comes), no thread
+// left, and the uffd closed inside the target, so a new attach is not taken for a
+// take-over. A failed take-over keeps everything: the target waits for a monitor.
 void Pager::start() {
+  size_t registered = 0;
+  try {
+    start_unguarded(registered);
+  } catch (...) {
+    if (!cfg_.reattach) undo_fresh_start(registered);
+    throw;
+  }
+}
+
+void Pager::undo_fresh_start(size_t registered) {
+  stop_threads();
+  for (size_t i = 0; i < registered && i < regions_.size(); i++) {
+    try {
+      uffd_writeprotect(cfg_.uffd, regions_[i].start, regions_[i].length, false);
+      uffd_unregister(cfg_.uffd, regions_[i].start, regions_[i].length);  // wakes any waiter
+    } catch (const std::exception&) {  // best effort: the error being thrown says what went wrong
+    }
+  }
+  if (cfg_.target_uffd >= 0) {
+    try {
+      RemoteTask task(cfg_.pid);
+      task.syscall(SYS_close, cfg_.target_uffd);
+    } catch (const std::exception&) {
+    }
+  }
+}
+
+void Pager::start_unguarded(size_t& registered) {
   // A take-over may find the uffd blocking (a previous monitor's blocking_reads_):
   // everything before the fault thread starts reads it without waiting.
   if (!uffd_set_nonblocking(cfg_.uffd, true)) throw_sys("fcntl", "making the userfaultfd non-blocking");
@@ -280,6 +312,7 @@ void Pager::start() {
   // (Re-)registering with the same uffd is allowed, so a take-over registers too.
   for (auto& r : regions_) {
     uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
+    registered++;
     if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
       throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
   }
@@ -530,6 +563,16 @@ bool Pager::store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, 
 bool Pager::store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data) {
   return with_retry("storing evicted pages", [&] { store_->put(keys.data(), vers.data(), keys.size(), data); });
 }
+// The evictor's store_put: false also when it fails in a way retrying cannot mend (a
+// corrupt store, anything that is not an em::Error), so its pages stay in the guest.
+bool Pager::put_or_report(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data) {
+  try {
+    return store_put(keys, vers, data);
+  } catch (const std::exception& e) {
+    report_throttled(std::string("storing evicted pages failed; they stay in the guest: ") + e.what());
+    return false;
+  }
+}
 bool Pager::store_del(std::vector<uint64_t>& keys) {
   if (keys.empty()) return true;
   return with_retry("deleting discarded pages", [&] { store_->del(keys.data(), keys.size()); });
@@ -584,6 +627,56 @@ void Pager::wake_fault_thread() {
   }
 }
 
+// A failed poll or read of the uffd: false (the fault thread ends) only when the uffd
+// itself is unusable; anything else is reported and retried after 10 ms, since ending
+// would leave every later fault of the guest waiting forever.
+bool Pager::fault_loop_error(const char* what, int err) {
+  report_throttled(std::string(what) + ": " + strerror(err));
+  if (err == EBADF || err == EINVAL) return false;
+  sleep_ms(10);
+  return !stop_;
+}
+
+// An "error" event, at most one a second (a failure that repeats every retry must not
+// flood the event channel); the ones held back are counted in the next.
+void Pager::report_throttled(const std::string& message) {
+  uint64_t now = now_us(), last = last_error_us_.load();
+  if (now - last < 1000000 || !last_error_us_.compare_exchange_strong(last, now)) {
+    held_errors_++;
+    return;
+  }
+  std::string m = message;
+  if (uint64_t held = held_errors_.exchange(0)) m += " (" + std::to_string(held) + " more errors in the last second not reported)";
+  emit({"error", m, {}, 0, 0});
+}
+
+// After a failure part-way through a round (fault thread): faults go back on retry_,
+// REMOVE events from msgs[first_unapplied] on wait in pending_removes_, waiters of
+// ranges already discarded are woken.
+void Pager::requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_unapplied, const std::vector<Retry>& retrying,
+                          const std::vector<std::pair<uint64_t, uint64_t>>& removed) {
+  for (const Retry& r : retrying) retry_.push_back(r);
+  for (size_t i = 0; i < n; i++) {
+    if (msgs[i].event == UFFD_EVENT_REMOVE) {
+      if (i >= first_unapplied) pending_removes_.push_back({msgs[i].arg.remove.start, msgs[i].arg.remove.end});
+      continue;
+    }
+    if (msgs[i].event != UFFD_EVENT_PAGEFAULT) continue;
+    uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t)(kPageSize - 1);
+    int ri = region_of(addr);
+    if (ri < 0) continue;
+    uint64_t flags = msgs[i].arg.pagefault.flags;
+    Retry::Kind kind = (flags & UFFD_PAGEFAULT_FLAG_WP) ? Retry::kWp : (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Retry::kWrite : Retry::kRead;
+    retry_.push_back({index_in(regions_[ri], addr), kind});
+  }
+  for (auto& r : removed) {
+    try {
+      uffd_wake(cfg_.uffd, r.first, r.second - r.first);
+    } catch (const std::exception&) {  // reported by the caller; the retry wakes again
+    }
+  }
+}
+
 void Pager::fault_loop() {
   struct uffd_msg msgs[kMaxMsgs];
   std::vector<uint32_t> fetch;
@@ -600,12 +693,15 @@ void Pager::fault_loop() {
     if (got < 0 && errno == EAGAIN) {
       // Faults put back by EAGAIN (the mm was changing) are retried after a short
       // sleep even if nothing new arrives; otherwise sleep until something does.
-      struct pollfd p[3] = {{cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
+      // A blocking uffd (blocking_reads_, here only while retries wait) always polls
+      // as EPOLLERR (userfaultfd_poll), which would make this a busy loop: then poll
+      // only the stop and exit descriptors, and sleep the 200 µs until the retries.
+      struct pollfd p[3] = {{blocking_reads_ ? -1 : cfg_.uffd, POLLIN, 0}, {stop_efd_, POLLIN, 0}, {pidfd_, POLLIN, 0}};
       struct timespec retry_after = {0, 200 * 1000};
       int pr = ppoll(p, 3, retry_.empty() ? nullptr : &retry_after, nullptr);
       if (pr < 0 && errno != EINTR) {
-        emit({"error", std::string("poll on the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
-        return;
+        if (!fault_loop_error("poll on the userfaultfd failed", errno)) return;
+        continue;
       }
       if (stop_) return;
       if (pr > 0 && (p[2].revents & POLLIN)) {
@@ -617,8 +713,8 @@ void Pager::fault_loop() {
     }
     if (got < 0) {
       if (errno == EINTR) continue;
-      emit({"error", std::string("reading the userfaultfd failed: ") + strerror(errno), {}, 0, 0});
-      return;
+      if (!fault_loop_error("reading the userfaultfd failed", errno)) return;
+      continue;
     }
     uint64_t t0 = now_us();
     size_t n = (size_t)got / sizeof(struct uffd_msg);
@@ -628,6 +724,7 @@ void Pager::fault_loop() {
     removed.clear();
     retrying.swap(retry_);
     retry_.clear();
+    size_t next_msg = 0;  // messages before this one were handled (a failure re-queues the rest)
     uint32_t follow_tid = 0;
     // Start the two cache misses every fault takes (its page's metadata, and where the
     // store keeps the page) together, before the locked pass waits on the first.
@@ -644,6 +741,8 @@ void Pager::fault_loop() {
       // One pass under the page-table lock: classify every fault and plan the fetch.
       {
         std::lock_guard<AdaptiveMutex> g(mu_);
+        for (auto& r : pending_removes_) handle_remove(r.first, r.second, dels, removed);
+        pending_removes_.clear();
         for (const Retry& r : retrying) {
           if (r.kind == Retry::kWp) {
             handle_wp(r.idx);
@@ -652,7 +751,7 @@ void Pager::fault_loop() {
             if (r.kind == Retry::kWrite) writes.push_back(r.idx);
           }
         }
-        for (size_t i = 0; i < n; i++) {
+        for (size_t i = 0; i < n; i++, next_msg = i) {
           if (msgs[i].event == UFFD_EVENT_REMOVE) {
             // The caller's madvise waits until this message is read; the zap follows.
             handle_remove(msgs[i].arg.remove.start, msgs[i].arg.remove.end, dels, removed);
@@ -668,6 +767,11 @@ void Pager::fault_loop() {
           if (ri < 0) continue;
           uint32_t idx = index_in(regions_[ri], addr);
           faults_++;
+          if (cfg_.test_defer_faults) {  // TEST ONLY: served from retry_ in a later round, as after EAGAIN
+            uint64_t f = msgs[i].arg.pagefault.flags;
+            retry_.push_back({idx, (f & UFFD_PAGEFAULT_FLAG_WP) ? Retry::kWp : (f & UFFD_PAGEFAULT_FLAG_WRITE) ? Retry::kWrite : Retry::kRead});
+            continue;
+          }
           if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
             wp_faults_++;
             handle_wp(idx);
@@ -679,6 +783,7 @@ void Pager::fault_loop() {
             if (write) writes.push_back(idx);
           }
         }
+        next_msg = n;
         if (!fetch.empty()) {
           std::sort(writes.begin(), writes.end());
           plan_fetch(fetch, true, &writes, fault_plan_);
@@ -696,8 +801,13 @@ void Pager::fault_loop() {
         std::lock_guard<std::mutex> fg(fetch_mu_);
         fetch_planned(fault_plan_);
       }
-    } catch (const Error& e) {
-      emit({"error", std::string("fault handling failed: ") + e.what(), {}, 0, 0});
+    } catch (const std::exception& e) {
+      // Nothing read may be dropped: its threads would wait forever. Every fault of this
+      // round is handled again at the next (the handlers are idempotent: a page mapped
+      // meanwhile meets EEXIST and its thread is woken), REMOVE events not yet applied
+      // are applied first, and threads of discarded ranges are woken now.
+      requeue_round(msgs, n, next_msg, retrying, removed);
+      report_throttled(std::string("fault handling failed (retrying): ") + e.what());
     }
     uint64_t dt = now_us() - t0;
     for (size_t i = 0; i < n; i++) latency_.record(dt);
@@ -751,8 +861,13 @@ void Pager::handle_wp(uint32_t idx) {
         unprotect();
       }
       break;
-    default:  // not resident any more: let the writer retry and take a missing fault
-      uffd_wake(cfg_.uffd, addr, kPageSize);
+    default:
+      // Not resident any more (dropped since the fault): the writer retries and takes a
+      // missing fault. Unprotect rather than only wake: if the page is in fact still
+      // here (a drop that failed unseen, drop_or_probe), a bare wake would trap again
+      // forever; letting the write through keeps the newest content in memory, where a
+      // fetch then meets EEXIST and keeps it.
+      unprotect();
   }
 }
 
@@ -966,6 +1081,9 @@ void Pager::fetch_planned(FetchPlan& plan) {
     uint64_t per_page = (now_us() - t0) / want.size();
     fetch_cost_us_.store((fetch_cost_us_.load(std::memory_order_relaxed) * 7 + per_page) / 8, std::memory_order_relaxed);
   } catch (const Error& e) {  // integrity failure: never map it; the faulting thread waits
+    // Anything else (a UFFDIO_COPY that failed in map_in_place, a wake): the page is
+    // still in the store, so it is not lost; the caller retries or reports.
+    if (e.code() != "STORE_INTEGRITY") throw;
     std::lock_guard<AdaptiveMutex> g(mu_);
     PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
     for (uint32_t idx : want) {
@@ -1194,8 +1312,23 @@ std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted) {
     return probe_gone(sorted);
   } catch (const Error& pe) {
     emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
-    return std::vector<uint8_t>(sorted.size(), 0);
   }
+  // Neither the drop nor the check worked. Dropping again is harmless (a punch or
+  // DONTNEED of a page already gone does nothing), so try a few more times.
+  for (uint32_t ms = 10; ms <= 160 && !stop_ && !evict_stop_; ms *= 2) {
+    sleep_ms(ms);
+    try {
+      drop_pages(sorted);
+      return std::vector<uint8_t>(sorted.size(), 1);
+    } catch (const Error&) {
+    }
+  }
+  // Then count every page as gone. The store holds each one's content (or it was zero),
+  // so a page that is in fact still here costs nothing (a fetch meets EEXIST and keeps
+  // the page in memory, a write-protect fault lets its write through); counting a page
+  // that left as still here would turn its next fault into a discard: zeros.
+  emit({"error", "could not drop evicted pages nor tell which left; they count as evicted (each still has its stored copy)", {}, 0, 0});
+  return std::vector<uint8_t>(sorted.size(), 1);
 }
 
 // After a drop failed part-way, which of its pages are really gone from host memory:
@@ -1217,8 +1350,8 @@ std::vector<uint8_t> Pager::probe_gone(const std::vector<uint32_t>& idxs) {
       }
       if (pagemap < 0) pagemap = open_pagemap();
       uint64_t e = 0;
-      if (pread(pagemap, &e, 8, (off_t)((r.start / kPageSize + page) * 8)) != 8)
-        throw_sys("pread", "reading the target's pagemap");
+      ssize_t got = pread(pagemap, &e, 8, (off_t)((r.start / kPageSize + page) * 8));
+      if (got != 8) throw_sys("pread", "reading the target's pagemap", got < 0 ? errno : EIO);
       gone[i] = !in_memory(e);
     }
   } catch (...) {
@@ -1247,11 +1380,24 @@ size_t Pager::evict_batch(size_t want) {
     }
   }
   std::sort(arm.begin(), arm.end());
-  // (the test-only unprotected mode skips this too: an armed page is protected for the
-  // rest of its eviction, which would hide the lost-write race that mode exists to show)
-  if (!cfg_.test_skip_wp) for_runs(arm, [&](const Run& run) {
-    uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
-  });
+  auto back_to_resident = [&] {  // nothing of this batch happened: the victims stay (dirty)
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    for (uint32_t idx : victims) {
+      table_[idx].state = kResDirty;
+      table_[idx].flags &= ~kFlAbort;
+      list_insert(idx, false);
+    }
+  };
+  try {
+    // (the test-only unprotected mode skips this too: an armed page is protected for the
+    // rest of its eviction, which would hide the lost-write race that mode exists to show)
+    if (!cfg_.test_skip_wp) for_runs(arm, [&](const Run& run) {
+      uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
+    });
+  } catch (...) {
+    back_to_resident();
+    throw;
+  }
   if (victims.empty()) return 0;
   if (splice_evictions_) return evict_by_splice(dirty, clean);
   // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
@@ -1262,12 +1408,7 @@ size_t Pager::evict_batch(size_t want) {
       uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
     });
   } catch (...) {
-    std::lock_guard<AdaptiveMutex> g(mu_);
-    for (uint32_t idx : victims) {
-      table_[idx].state = kResDirty;
-      table_[idx].flags &= ~kFlAbort;
-      list_insert(idx, false);
-    }
+    back_to_resident();
     throw;
   }
   // Phase 2: copy the dirty pages out and store them (invariant 3: store before drop).
@@ -1302,7 +1443,7 @@ size_t Pager::evict_batch(size_t want) {
         if (k != i) memmove(buf.get() + k * kPageSize, buf.get() + i * kPageSize, kPageSize);
         k++;
       }
-    stored = store_put(put_keys, put_vers, buf.get());
+    stored = put_or_report(put_keys, put_vers, buf.get());
   }
   if (stored) stored = store_del(del_keys);
   // Phase 3a: commit the drop for pages nobody touched meanwhile.
@@ -1518,10 +1659,29 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   if (have_data)
     for (size_t k = 0; k < put_from.size(); k++)
       if (put_from[k] != k) memmove(buf.get() + k * kPageSize, buf.get() + put_from[k] * kPageSize, kPageSize);
-  // (TEST ONLY test_fail_puts: every other store of a batch fails, as a full store would)
-  bool refused = cfg_.test_fail_puts && !put_keys.empty() && (++test_puts_ & 1);
-  bool stored = have_data && !refused && (put_keys.empty() || store_put(put_keys, put_vers, buf.get()));
-  // 5. commit: remote / absent; a page the store did not take goes back into the guest.
+  // (TEST ONLY test_fail_puts: every other store of a batch fails, as a full store would; or every one)
+  bool refused = !put_keys.empty() && (cfg_.test_fail_puts == 2 || (cfg_.test_fail_puts == 1 && (++test_puts_ & 1)));
+  bool stored = have_data && !refused && (put_keys.empty() || put_or_report(put_keys, put_vers, buf.get()));
+  // 5a. A page the store did not take goes back into the guest, mapped without the lock
+  // (the fault thread may need it to read the event that holds the mm changing; the
+  // page's own faults wait on kFlDropping meanwhile). EEXIST: the page was written back
+  // behind our back (another mapping of the memfd): what is in memory is authoritative.
+  enum : uint8_t { kNotBack = 0, kBack, kBackFailed };
+  std::vector<uint8_t> back(drop.size(), kNotBack);
+  if (!stored)
+    for (size_t i = 0; i < drop.size(); i++) {
+      if (!gone[i] || kind[i] != 0) continue;
+      back[i] = kBackFailed;
+      if (!have_data) continue;
+      uint64_t copied = 0;
+      try {
+        CopyResult cr = uffd_copy(cfg_.uffd, addr_of(drop[i]), buf.get() + put_slot[i] * kPageSize, kPageSize, false, false, &copied);
+        if (copied == kPageSize || cr == CopyResult::kExists) back[i] = kBack;
+      } catch (const Error& e) {
+        report_throttled(std::string("putting back a page the store did not take: ") + e.what());
+      }
+    }
+  // 5b. commit: remote / absent / back in the guest.
   size_t left = 0, vi = 0;
   {
     std::lock_guard<AdaptiveMutex> g(mu_);
@@ -1537,17 +1697,9 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         continue;
       }
       if (kind[i] == 0 && !stored) {
-        // Not stored: map the content back (the guest's faults on it wait meanwhile).
-        uint64_t copied = 0;
-        if (have_data) {
-          try {
-            uffd_copy(cfg_.uffd, addr_of(idx), buf.get() + put_slot[i] * kPageSize, kPageSize, false, false, &copied);
-          } catch (const Error& e) {
-            emit({"error", std::string("putting back a page the store did not take: ") + e.what(), {}, 0, 0});
-          }
-        }
-        if (copied == kPageSize) {
+        if (back[i] == kBack) {
           m.state = kResDirty;
+          m.flags &= ~kFlAbort;
           list_insert(idx, true);
           vi++;
           continue;
@@ -1617,24 +1769,36 @@ void Pager::evict_loop() {
     uint64_t total = resident_ > low ? resident_ - low : 0;
     bool report = total > 4096;  // a big shrink: show progress
     uint64_t done = 0, last_report = now_us();
+    bool stalled = false;
     while (!stop_ && !evict_stop_ && !draining_ && resident_ > low && cap_ == cap) {
       size_t want = (size_t)std::min<uint64_t>(cfg_.evict_batch, resident_ - low);
       if (splice_evictions_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
       size_t got = 0;
       try {
         got = evict_batch(want);
-      } catch (const Error& e) {
-        emit({"error", std::string("eviction failed: ") + e.what(), {}, 0, 0});
-        sleep_ms(100);
+      } catch (const std::exception& e) {
+        report_throttled(std::string("eviction failed: ") + e.what());
       }
       done += got;
       if (report && now_us() - last_report > 250000) {
         last_report = now_us();
         emit({"progress", "evicting to the new cap", {}, done, total});
       }
-      if (got == 0) break;  // nothing evictable right now (all pages busy)
+      if (got == 0) {  // nothing left this round (all victims busy, or a failure)
+        stalled = true;
+        break;
+      }
+      idle_backoff_ms_ = 0;
     }
     if (report && done) emit({"progress", "evicted to the cap", {}, done, done});
+    if (stalled) {
+      // Still above the watermark: waiting on evict_cv_ would return at once. Back off
+      // (1 ms doubling to 1 s while rounds keep failing) instead of spinning, unless
+      // the cap changes or the pager stops.
+      idle_backoff_ms_ = idle_backoff_ms_ ? std::min<uint32_t>(idle_backoff_ms_ * 2, 1000) : 1;
+      std::unique_lock<std::mutex> lk(evict_mu_);
+      evict_cv_.wait_for(lk, std::chrono::milliseconds(idle_backoff_ms_), [&] { return stop_ || evict_stop_ || draining_ || cap_ != cap; });
+    }
   }
 }
 

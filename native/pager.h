@@ -57,7 +57,8 @@ struct PagerConfig {
   bool test_nonblocking_reads = false; // TEST ONLY: the fallback when no wake signal is free (non-blocking reads, ppoll)
   bool test_no_splice = false;  // TEST ONLY: evict by write-protect and copy-out even where splice applies
   uint32_t test_race_window_ms = 0;  // TEST ONLY: evict_by_splice waits this long before the punch
-  bool test_fail_puts = false;  // TEST ONLY: evict_by_splice's store of every other batch fails
+  bool test_defer_faults = false;  // TEST ONLY: every fault goes through the retry path (as after EAGAIN) before it is served
+  uint8_t test_fail_puts = 0;   // TEST ONLY: evict_by_splice's store fails for every other batch (1) or every batch (2)
 };
 
 struct PagerEvent {
@@ -118,8 +119,15 @@ class Pager {
   // A pagemap entry's page holds data: present (bit 63) or swapped out (bit 62).
   static bool in_memory(uint64_t pagemap_entry) { return (pagemap_entry >> 62) & 3; }
   void build_state();
+  void start_unguarded(size_t& registered);
+  void undo_fresh_start(size_t registered);
   // --- fault thread ---
   void fault_loop();
+  bool fault_loop_error(const char* what, int err);
+  void report_throttled(const std::string& message);
+  struct Retry;
+  void requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_unapplied, const std::vector<Retry>& retrying,
+                     const std::vector<std::pair<uint64_t, uint64_t>>& removed);
   void handle_wp(uint32_t idx);
   void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels, bool write);
   void handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels, std::vector<std::pair<uint64_t, uint64_t>>& removed);
@@ -141,6 +149,7 @@ class Pager {
   // --- store with retry (invariant 5) ---
   bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
   bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
+  bool put_or_report(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
   bool store_del(std::vector<uint64_t>& keys);
   template <class F> bool with_retry(const char* what, F&& op);
   // --- helpers ---
@@ -230,6 +239,10 @@ class Pager {
     Kind kind;
   };
   std::vector<Retry> retry_;
+  std::vector<std::pair<uint64_t, uint64_t>> pending_removes_;  // REMOVE events a failed round left unapplied (fault thread)
+  std::atomic<uint64_t> last_error_us_{0};  // report_throttled (fault thread and evictor)
+  std::atomic<uint64_t> held_errors_{0};
+  uint32_t idle_backoff_ms_ = 0;  // evictor only: the wait after a round that evicted nothing
 
   // follow_faults placement: the CPUs this process may use (at start), the fault
   // thread's CPU (-1: not placed), faults until the next check, and the CPU the evictor

@@ -45,8 +45,10 @@ export interface PagerAttachOptions {
   _testNoSplice?: boolean;
   /** TEST ONLY: the splice eviction waits this long before its punch (see native/index.ts). */
   _testRaceWindowMs?: number;
-  /** TEST ONLY: the splice eviction's store fails every other batch (see native/index.ts). */
-  _testFailPuts?: boolean;
+  /** TEST ONLY: the splice eviction's store fails every other batch, or every one ('always'). */
+  _testFailPuts?: boolean | 'always';
+  /** TEST ONLY: every fault is served from the retry list (the path after EAGAIN), one round later. */
+  _testDeferFaults?: boolean;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
@@ -138,6 +140,7 @@ export class Pager extends EventEmitter {
       _testNoSplice: opts._testNoSplice,
       _testRaceWindowMs: opts._testRaceWindowMs,
       _testFailPuts: opts._testFailPuts,
+      _testDeferFaults: opts._testDeferFaults,
       regions: opts.regions,
       capPages: opts.capPages,
       store: memHandle !== undefined ? { kind: 'memory', handle: memHandle, vm: opts.vmId } : { kind: 'bridge' },

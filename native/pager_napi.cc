@@ -29,7 +29,10 @@ namespace {
 class Channel {
  public:
   Channel(Napi::Env env, Napi::Function fn, const char* name) {
-    tsfn_ = Napi::ThreadSafeFunction::New(env, fn, name, 0, 1);
+    // Bounded: while JavaScript is stalled, a failure repeating on a native thread must
+    // not queue without limit. A full queue drops the call (post frees it): an event is
+    // lost, a bridge request times out and is retried.
+    tsfn_ = Napi::ThreadSafeFunction::New(env, fn, name, kMaxQueued, 1);
     alive_ = true;
   }
   template <class T, class F>
@@ -46,6 +49,7 @@ class Channel {
   ~Channel() { release(); }
 
  private:
+  static constexpr size_t kMaxQueued = 4096;
   std::mutex mu_;
   bool alive_ = false;
   Napi::ThreadSafeFunction tsfn_;
@@ -59,7 +63,11 @@ class MemBackend : public StoreBackend {
     for (size_t i = 0; i < n; i++) found[i] = vm_->get(keys[i], out + i * kPageSize);
   }
   void put(const uint64_t* keys, const uint32_t*, size_t n, const uint8_t* data) override {
-    for (size_t i = 0; i < n; i++) vm_->put(keys[i], data + i * kPageSize);
+    try {
+      for (size_t i = 0; i < n; i++) vm_->put(keys[i], data + i * kPageSize);
+    } catch (const std::bad_alloc&) {  // an em::Error, so the pager backs off and retries
+      throw Error("STORE_FULL", "memory store: no memory left for more pages", ENOMEM);
+    }
   }
   void del(const uint64_t* keys, size_t n) override {
     for (size_t i = 0; i < n; i++) vm_->remove(keys[i]);
@@ -313,8 +321,12 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.test_fail_drops = o.Get("_testFailDrops").ToBoolean();
     cfg.test_nonblocking_reads = o.Get("_testNonBlockingReads").ToBoolean();
     cfg.test_no_splice = o.Get("_testNoSplice").ToBoolean();
+    cfg.test_defer_faults = o.Get("_testDeferFaults").ToBoolean();
     cfg.test_race_window_ms = (uint32_t)Num(o, "_testRaceWindowMs", 0);
-    cfg.test_fail_puts = o.Get("_testFailPuts").ToBoolean();
+    {
+      Napi::Value fp = o.Get("_testFailPuts");  // true: every other batch, 'always': every batch
+      cfg.test_fail_puts = fp.IsString() && fp.As<Napi::String>().Utf8Value() == "always" ? 2 : fp.ToBoolean() ? 1 : 0;
+    }
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();

@@ -275,6 +275,27 @@ test('bad input: dead pid, missing region, cap too large, second attach', async 
   t.true(first.stats().totalPages > 0);
 });
 
+test('an attach that fails after registering one region leaves the target as it was: nothing registered, its uffd closed', async (t) => {
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  const r = region(target, 'memfd');
+  await target.cmd('discard memfd 0 64');  // pages that are not there: a fault on them needs a reader
+  // The second region cannot be registered (the kernel's vsyscall page, above every
+  // mapping): the memfd region, registered first, must be unregistered again.
+  const bad: RegionSpec = { start: '0xffffffffff600000', length: PAGE, kind: 'anon', name: 'vsyscall' };
+  const e = await Pager.attach({ pid: target.pid, vmId: `test-${target.pid}`, regions: [r, bad], capPages: 128, store }).catch((x) => x);
+  t.truthy(e.code, `attach failed with a code: ${e.message}`);
+  t.is(uffdCount(target.pid), 0, 'the uffd was closed inside the target');
+  // Nothing is registered: the target reads its discarded pages (zeros) without a monitor.
+  const v = parseReply(await target.cmd('verify memfd 0 64'));
+  t.true(v.corrupt !== undefined, 'the target answered: its faults did not wait for a monitor');
+  // And a new attach is a fresh attach, not a take-over of a leftover uffd.
+  const pager = await attach(t, target, [r], 128, store);
+  await target.cmd('fill memfd 5');
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  t.true(pager.stats().evictions > 0);
+});
+
 for (const kind of ['memfd', 'anon'] as const) {
   test(`${kind}: pages the target discards itself (as QEMU's balloon does) read back as zeros, and their stored copies are deleted`, async (t) => {
     const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
@@ -446,6 +467,53 @@ test('fault and eviction threads run on the CPUs asked for; CPUs this machine la
 // the target's pidfd, so stopping and the target's exit must interrupt it (a signal, and
 // a watcher thread on the pidfd). Serial: it tells its fault thread from others' by the
 // em-fault threads that appear while it attaches.
+test('faults waiting for a retry (after EAGAIN) are served while nothing else arrives, in both read modes', async (t) => {
+  for (const nonBlocking of [false, true]) {
+    const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+    await target.cmd('fill memfd 41');
+    const store = await memoryStore(t);
+    const pager = await attach(t, target, [region(target, 'memfd')], 256, store, { _testDeferFaults: true, _testNonBlockingReads: nonBlocking });
+    await waitFor(() => pager.stats().residentPages <= 256);
+    // One thread faults on one page at a time: no other message comes to wake the fault
+    // thread, so each fault is served only if the retry timer works.
+    const v = parseReply(await target.cmd('verify memfd', { timeoutMs: 30000 }));
+    t.is(v.corrupt, 0, nonBlocking ? 'non-blocking reads' : 'blocking reads');
+    const s = pager.stats();
+    t.true(s.fetches + s.prefetched > 1000, `every evicted page came back through the retry path (${s.fetches} + ${s.prefetched})`);
+    pager.abandon();
+  }
+});
+
+test.serial('an evictor that cannot evict backs off instead of spinning, and loses nothing', async (t) => {
+  const evictThreads = () =>
+    fs.readdirSync('/proc/self/task').filter((tid) => {
+      try { return fs.readFileSync(`/proc/self/task/${tid}/comm`, 'utf8').trim() === 'em-evict'; } catch { return false; }
+    });
+  // utime + stime of a thread, in clock ticks (100 a second)
+  const cpuTicks = (tid: string) => {
+    const f = fs.readFileSync(`/proc/self/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+    return Number(f[11]) + Number(f[12]);
+  };
+  const before = new Set(evictThreads());
+  const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+  await target.cmd('fill memfd 37');
+  const store = await memoryStore(t);
+  // Every store of an evicted batch fails: each round puts its pages back and evicts nothing.
+  const pager = await attach(t, target, [region(target, 'memfd')], 256, store, { _testFailPuts: 'always' });
+  await waitFor(() => evictThreads().some((x) => !before.has(x)), 5000);
+  const tid = evictThreads().find((x) => !before.has(x))!;
+  await new Promise((r) => setTimeout(r, 1500));  // past the first, short back-offs
+  const c0 = cpuTicks(tid), w0 = Date.now();
+  await new Promise((r) => setTimeout(r, 3000));
+  const busy = (cpuTicks(tid) - c0) / ((Date.now() - w0) / 10);
+  t.log(`evictor CPU while it cannot evict: ${(busy * 100).toFixed(1)}%; evictions ${pager.stats().evictions}`);
+  t.true(busy < 0.25, `the evictor used ${(busy * 100).toFixed(0)}% of a CPU evicting nothing`);
+  const s = pager.stats();
+  t.true(s.residentPages > 256, 'nothing could be evicted');
+  t.is(s.lostPages, 0);
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0, 'every page put back intact');
+});
+
 test.serial('between faults the fault thread sleeps in read() on the uffd (ppoll in the fallback); detach, abandon and the target exiting all end it', async (t) => {
   const faultThreads = () =>
     fs.readdirSync('/proc/self/task').filter((tid) => {
