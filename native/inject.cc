@@ -600,6 +600,7 @@ struct RemoteTask::Impl {
   struct user_regs_struct resume_regs(bool deliver) const;
   void restore_and_detach();
   bool interrupt_and_wait();
+  int interrupt_errno = 0;  // why the last PTRACE_INTERRUPT failed (0: it did not)
   void note_signal_stop(int st);
 };
 
@@ -650,7 +651,11 @@ void RemoteTask::Impl::seize() {
 
 // PTRACE_INTERRUPT a running tracee and wait for the stop; false if it does not stop in time.
 bool RemoteTask::Impl::interrupt_and_wait() {
-  if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0) return false;
+  if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0) {
+    interrupt_errno = errno;
+    return false;
+  }
+  interrupt_errno = 0;
   int st = 0;
   if (!wait_stop(pid, tid, timeout_ms, &st)) return false;
   stopped = true;
@@ -1033,11 +1038,16 @@ RemoteTask::~RemoteTask() {
     // Nothing may escape this thread (std::terminate): a thread that died meanwhile
     // (wait_stop throws EM_NO_PROCESS) needs no restoring.
     try {
-      for (int i = 0; ::syscall(SYS_tgkill, k.pid, k.tid, 0) == 0; i++) {
+      while (::syscall(SYS_tgkill, k.pid, k.tid, 0) == 0) {
         if (k.interrupt_and_wait()) {
           k.restore_and_detach();
           return;
         }
+        // ESRCH while the thread lives: it is no longer our tracee, nothing to restore
+        // from here. Otherwise try again shortly: a PTRACE_INTERRUPT that fails at
+        // once must not make this a busy loop.
+        if (k.interrupt_errno == ESRCH) return;
+        ::usleep(50 * 1000);
       }
     } catch (...) {
     }
