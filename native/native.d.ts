@@ -17,6 +17,13 @@ export interface RegionSpec {
   fileOffset?: number;
   /** Human name (QEMU RAM block id, memfd name). */
   name: string;
+  /**
+   * The region's part of its pages' store keys (keyId * 2^32 + page), below 2^21. Give
+   * one that depends on the region itself (the daemon hashes the RAM block's name), so a
+   * monitor that takes over finds the pages whatever order it lists the regions in.
+   * Default: the region's position in the attach request.
+   */
+  keyId?: number;
 }
 
 export interface AcquiredUffd {
@@ -130,6 +137,8 @@ export interface NativeAddon {
   pagerStart(opts: PagerStartOptions): unknown;
   pagerStats(h: unknown): PagerStatsRaw;
   pagerSetCap(h: unknown, capPages: number): void;
+  /** Put hot-added guest RAM under a running pager (checked first: bad input changes nothing). */
+  pagerAddRegions(h: unknown, regions: RegionSpec[]): void;
   /** Drain every page back, unregister; resolves through onEvent progress then the callback. */
   pagerDetach(h: unknown, done: (err: Error | null) => void): void;
   /** Stop serving without draining (monitor shutdown that leaves the target waiting). */

@@ -73,7 +73,7 @@ Pager::Pager(PagerConfig cfg, std::unique_ptr<StoreBackend> store, EventSink sin
 
 Pager::~Pager() {
   stop_threads();
-  for (auto& r : regions_)
+  for (auto& r : regions())
     if (r.fd >= 0) close(r.fd);
   if (pidfd_ >= 0) close(pidfd_);
   if (stop_efd_ >= 0) close(stop_efd_);
@@ -89,26 +89,52 @@ void Pager::emit(PagerEvent ev) {
 // ---------------------------------------------------------------- set-up
 
 void Pager::open_regions() {
+  if (cfg_.regions.size() > kMaxRegions)
+    throw Error("EM_BAD_REGION", std::to_string(cfg_.regions.size()) + " RAM regions; the pager takes at most " + std::to_string(kMaxRegions));
   uint64_t total = 0;
   for (size_t ci = 0; ci < cfg_.regions.size(); ci++) {
-    const RegionConfig& rc = cfg_.regions[ci];
-    if (rc.start % kPageSize || rc.length % kPageSize || rc.length == 0)
-      throw Error("EM_BAD_REGION", "region '" + rc.name + "' is not page aligned or is empty");
-    Region r;
-    static_cast<RegionConfig&>(r) = rc;
-    r.config_index = (uint32_t)ci;
-    r.first = (uint32_t)total;
-    r.npages = (uint32_t)(rc.length / kPageSize);
-    total += r.npages;
-    if (total >= kNil) throw Error("EM_BAD_REGION", "guest RAM too large for the page table (16 TiB max)");
-    if (r.memfd) {
-      r.fd = open(rc.file_path.c_str(), O_RDWR | O_CLOEXEC);
-      if (r.fd < 0) throw_sys("open", "opening the memfd of region '" + rc.name + "' at " + rc.file_path);
-    }
-    regions_.push_back(std::move(r));
+    check_new_region(cfg_.regions, ci, 0);
+    regions_[ci] = make_region(cfg_.regions[ci], (uint32_t)ci, total);
+    total += regions_[ci].npages;
   }
-  std::sort(regions_.begin(), regions_.end(), [](const Region& a, const Region& b) { return a.start < b.start; });
-  table_.assign(total, PageMeta{});
+  std::sort(regions_.get(), regions_.get() + cfg_.regions.size(), [](const Region& a, const Region& b) { return a.start < b.start; });
+  nregions_.store(cfg_.regions.size(), std::memory_order_release);
+  if (!table_.grow((uint32_t)total)) throw_sys("mmap", "allocating the page table");
+}
+
+// A region as the pager keeps it, its memfd opened (total: pages before it).
+Pager::Region Pager::make_region(const RegionConfig& rc, uint32_t config_index, uint64_t first) const {
+  Region r;
+  static_cast<RegionConfig&>(r) = rc;
+  r.config_index = config_index;
+  r.key_id = rc.key_id >= 0 ? (uint32_t)rc.key_id : config_index;
+  r.first = (uint32_t)first;
+  r.npages = (uint32_t)(rc.length / kPageSize);
+  if (r.memfd) {
+    r.fd = open(rc.file_path.c_str(), O_RDWR | O_CLOEXEC);
+    if (r.fd < 0) throw_sys("open", "opening the memfd of region '" + rc.name + "' at " + rc.file_path);
+  }
+  return r;
+}
+
+// Checks on region batch[at] (config index base + at) before anything is set up:
+// aligned, not empty, overlapping neither the regions the pager has nor those before it
+// in the batch, and a store key part of its own.
+void Pager::check_new_region(const std::vector<RegionConfig>& batch, size_t at, size_t base) const {
+  const RegionConfig& rc = batch[at];
+  if (rc.start % kPageSize || rc.length % kPageSize || rc.length == 0)
+    throw Error("EM_BAD_REGION", "region '" + rc.name + "' is not page aligned or is empty");
+  if (rc.key_id > (int64_t)UINT32_MAX) throw Error("EM_BAD_REGION", "region '" + rc.name + "': key id out of range");
+  auto key_of_batch = [&](size_t i) { return batch[i].key_id >= 0 ? batch[i].key_id : (int64_t)(base + i); };
+  const int64_t key = key_of_batch(at);
+  const uint64_t end = rc.start + rc.length;
+  auto clash = [&](uint64_t s, uint64_t l, int64_t other_key, const std::string& other) {
+    if (rc.start < s + l && s < end) throw Error("EM_BAD_REGION", "region '" + rc.name + "' overlaps region '" + other + "'");
+    if (other_key == key)
+      throw Error("EM_BAD_REGION", "regions '" + rc.name + "' and '" + other + "' have the same store key id " + std::to_string(key));
+  };
+  for (const Region& r : regions()) clash(r.start, r.length, r.key_id, r.name);
+  for (size_t i = 0; i < at; i++) clash(batch[i].start, batch[i].length, key_of_batch(i), batch[i].name);
 }
 
 // Which pages of a region are resident now: memfd holes (SEEK_DATA/SEEK_HOLE) or
@@ -159,7 +185,7 @@ void Pager::scan_resident(Region& r, std::vector<uint8_t>& present) {
 
 void Pager::build_state() {
   std::vector<uint8_t> present;
-  for (size_t ri = 0; ri < regions_.size(); ri++) {
+  for (size_t ri = 0; ri < regions().size(); ri++) {
     Region& r = regions_[ri];
     scan_resident(r, present);
     std::vector<uint8_t> remote(r.npages, 0);
@@ -265,7 +291,7 @@ void Pager::start() {
 
 void Pager::undo_fresh_start(size_t registered) {
   stop_threads();
-  for (size_t i = 0; i < registered && i < regions_.size(); i++) {
+  for (size_t i = 0; i < registered && i < regions().size(); i++) {
     try {
       uffd_writeprotect(cfg_.uffd, regions_[i].start, regions_[i].length, false);
       uffd_unregister(cfg_.uffd, regions_[i].start, regions_[i].length);  // wakes any waiter
@@ -281,6 +307,98 @@ void Pager::undo_fresh_start(size_t registered) {
   }
 }
 
+// Hot-added guest RAM (a DIMM's memory backend, any new memfd or private range): checked,
+// registered and counted while the fault and eviction threads run. The page table grows
+// in place and the region array is appended to, so readers never see an entry move; a
+// region is published before its range is registered, so its first fault finds it. The
+// cap stays what it was: the new memory is paged within it.
+void Pager::add_regions(const std::vector<RegionConfig>& more) {
+  std::lock_guard<std::mutex> ag(add_mu_);
+  if (stop_ || draining_) throw Error("EM_PAGER_STOPPED", "the pager is stopping or detaching; memory cannot be put under it now");
+  if (more.empty()) return;
+  const size_t n0 = regions().size();
+  if (n0 + more.size() > kMaxRegions)
+    throw Error("EM_BAD_REGION", "the pager takes at most " + std::to_string(kMaxRegions) + " RAM regions per VM; it has " + std::to_string(n0));
+  const bool all_memfd = std::all_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; });
+  uint64_t added = 0;
+  for (size_t i = 0; i < more.size(); i++) {
+    check_new_region(more, i, cfg_.regions.size());
+    // A VM whose RAM is all memfd is paged with UFFD_EVENT_REMOVE on (start), which
+    // private memory cannot use: the evictor's own DONTNEED would raise it for every drop.
+    if (all_memfd && !more[i].memfd)
+      throw Error("EM_BAD_REGION", "region '" + more[i].name + "' is private memory, but this VM's RAM is shared memfd, paged with discard events that private memory cannot use; back the new memory with a memfd (memory-backend-memfd,share=on; libvirt <source type='memfd'/> with <access mode='shared'/>)");
+    added += more[i].length / kPageSize;
+  }
+  const uint64_t first = table_.size();
+  if (first + added >= kNil) throw Error("EM_BAD_REGION", "guest RAM too large for the page table (16 TiB max)");
+  std::vector<Region> fresh;
+  auto close_fresh = [&](size_t from) {
+    for (size_t i = from; i < fresh.size(); i++)
+      if (fresh[i].fd >= 0) close(fresh[i].fd);
+  };
+  try {
+    uint64_t at = first;
+    for (size_t i = 0; i < more.size(); i++) {
+      fresh.push_back(make_region(more[i], (uint32_t)(cfg_.regions.size() + i), at));
+      at += fresh.back().npages;
+    }
+  } catch (...) {
+    close_fresh(0);
+    throw;
+  }
+  if (!table_.grow((uint32_t)added)) {
+    int e = errno;
+    close_fresh(0);
+    throw_sys("mprotect", "growing the page table for hot-added memory", e);
+  }
+  // (The table keeps its new entries if a registration below fails: absent pages nobody
+  // can reach, a few bytes each.)
+  for (size_t i = 0; i < fresh.size(); i++) {
+    const size_t slot = n0 + i;
+    regions_[slot] = fresh[i];
+    fresh[i].fd = -1;  // the array owns it now
+    nregions_.store(slot + 1, std::memory_order_release);
+    const Region& r = regions_[slot];
+    try {
+      uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
+      if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT))) {
+        uffd_unregister(cfg_.uffd, r.start, r.length);
+        throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
+      }
+    } catch (...) {
+      // Unpublished again; its entry stays in the array, unused, until the next add.
+      nregions_.store(slot, std::memory_order_release);
+      if (regions_[slot].fd >= 0) close(regions_[slot].fd);
+      regions_[slot].fd = -1;
+      close_fresh(i + 1);
+      throw;
+    }
+    cfg_.regions.push_back(more[i]);
+    // Pages already there (QEMU may have touched the memory before it was registered)
+    // are resident; a page faulted in since the registration is the fault thread's.
+    std::vector<uint8_t> present;
+    try {
+      scan_resident(regions_[slot], present);
+    } catch (const Error& e) {  // the region is in service; only pages QEMU wrote before it was registered stay untracked
+      emit({"error", std::string("hot-added region: ") + e.what(), {}, 0, 0});
+      present.assign(r.npages, 0);
+    }
+    uint64_t adopted = 0;
+    {
+      std::lock_guard<AdaptiveMutex> g(mu_);
+      for (uint32_t p = 0; p < r.npages; p++) {
+        uint32_t idx = r.first + p;
+        if (!present[p] || table_[idx].state != kAbsent) continue;
+        table_[idx].state = kResDirty;
+        list_insert(idx, false);
+        adopted++;
+      }
+      resident_ += adopted;
+    }
+  }
+  if (resident_ > high_watermark()) evict_cv_.notify_one();
+}
+
 void Pager::start_unguarded(size_t& registered) {
   // A take-over may find the uffd blocking (a previous monitor's blocking_reads_):
   // everything before the fault thread starts reads it without waiting.
@@ -290,7 +408,7 @@ void Pager::start_unguarded(size_t& registered) {
   if (pidfd_ < 0) throw_sys("pidfd_open", "watching process " + std::to_string(cfg_.pid));
   stop_efd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_efd_ < 0) throw_sys("eventfd", "creating the pager's stop signal");
-  bool any_memfd = std::any_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
+  bool any_memfd = std::any_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; });
   if (!cfg_.reattach) {
     // EVENT_REMOVE: QEMU's discards (MADV_DONTNEED / MADV_REMOVE) are announced, so a
     // discarded page that is remote loses its stored copy instead of coming back stale.
@@ -302,7 +420,7 @@ void Pager::start_unguarded(size_t& registered) {
     // be handled): the anonymous churn test did 5x fewer writes (34.7k vs 174k). So
     // private memory keeps the limit of docs/architecture.md (a discarded remote page
     // keeps its stored copy).
-    bool all_memfd = std::all_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; });
+    bool all_memfd = std::all_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; });
     // THREAD_ID: the faulting thread's id in each fault message (follow_faulter).
     uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID | (all_memfd ? UFFD_FEATURE_EVENT_REMOVE : 0) |
                     (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
@@ -310,7 +428,7 @@ void Pager::start_unguarded(size_t& registered) {
     if ((got & want) != want) throw Error("EM_UFFD_FEATURES", "the kernel lacks userfaultfd features the pager needs (missing/write-protect on shmem)");
   }
   // (Re-)registering with the same uffd is allowed, so a take-over registers too.
-  for (auto& r : regions_) {
+  for (auto& r : regions()) {
     uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
     registered++;
     if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
@@ -322,7 +440,7 @@ void Pager::start_unguarded(size_t& registered) {
     // messages it had read: unprotect everything (resident pages are treated as dirty)
     // and wake every waiter so each fault is delivered again to us. A discard by QEMU
     // meanwhile can still hold the mm changing (EAGAIN): its event is applied first.
-    for (auto& r : regions_) {
+    for (auto& r : regions()) {
       settle_events_then("unprotecting '" + r.name + "' after a take-over",
                          [&] { return uffd_writeprotect(cfg_.uffd, r.start, r.length, false, false, OnAgain::kReturn); });
       uffd_wake(cfg_.uffd, r.start, r.length);
@@ -331,7 +449,7 @@ void Pager::start_unguarded(size_t& registered) {
   if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
   if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
   if (!cfg_.test_no_splice && store_->lives_in_monitor() &&
-      std::all_of(regions_.begin(), regions_.end(), [](const Region& r) { return r.memfd; }))
+      std::all_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; }))
     open_splice_pipe();
   blocking_reads_ = can_block_in_read();
   fault_thread_ = std::thread([this] {
@@ -359,14 +477,15 @@ void Pager::start_unguarded(size_t& registered) {
 // ---------------------------------------------------------------- helpers
 
 int Pager::region_of(uint64_t addr) const {
-  // regions_ is sorted by start; a VM has few regions, so a linear scan is fine.
-  for (size_t i = 0; i < regions_.size(); i++)
+  // A VM has few regions, so a linear scan is fine (regions added at run time are
+  // appended, not sorted in: readers never see an entry move).
+  for (size_t i = 0; i < regions().size(); i++)
     if (addr >= regions_[i].start && addr < regions_[i].start + regions_[i].length) return (int)i;
   return -1;
 }
 
 const Pager::Region& Pager::region_at(uint32_t idx) const {
-  for (auto& r : regions_)
+  for (auto& r : regions())
     if (idx >= r.first && idx < r.first + r.npages) return r;
   throw Error("EM_INTERNAL", "page index out of range");
 }
@@ -879,7 +998,7 @@ void Pager::handle_wp(uint32_t idx) {
 // for private memory the evictor's own injected MADV_DONTNEED raises this event too.
 void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels,
                           std::vector<std::pair<uint64_t, uint64_t>>& removed) {
-  for (const Region& r : regions_) {
+  for (const Region& r : regions()) {
     uint64_t lo = std::max(start, r.start), hi = std::min(end, r.start + r.length);
     if (lo >= hi) continue;
     bool any = false;
@@ -1814,7 +1933,7 @@ PagerStats Pager::stats() {
   s.fault_cpu = fault_cpu_;
   s.evict_mode = splice_evictions_ ? "splice" : "write-protect";
   s.resident = resident_; s.cap = cap_; s.remote = remote_; s.total_pages = table_.size();
-  s.metadata_bytes = table_.capacity() * sizeof(PageMeta);
+  s.metadata_bytes = table_.bytes();
   s.draining = draining_;
   {
     std::lock_guard<std::mutex> g(store_state_mu_);
@@ -1887,7 +2006,7 @@ void Pager::detach() {
       if (table_[i].state == kRemote)
         throw Error("EM_DETACH_INCOMPLETE", "some pages could not be brought back; the VM stays attached");
   }
-  for (auto& r : regions_) {
+  for (auto& r : regions()) {
     uffd_writeprotect(cfg_.uffd, r.start, r.length, false);
     uffd_unregister(cfg_.uffd, r.start, r.length);  // wakes every waiter
   }

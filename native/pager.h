@@ -31,6 +31,10 @@ struct RegionConfig {
   std::string file_path;       // memfd only: /proc/PID/map_files/LO-HI
   uint64_t file_offset = 0;    // memfd only: offset of start in the file
   std::string name;
+  // The region's part of its pages' store keys (key_id << 32 | page): stable across
+  // monitor restarts whatever order the regions are listed in. -1: its position in
+  // the attach request.
+  int64_t key_id = -1;
 };
 
 struct PagerConfig {
@@ -91,12 +95,16 @@ class Pager {
   void set_cap(uint32_t pages);
   void detach();                          // blocking: drain every page back, unregister, close (throws on failure)
   void abandon();                         // stop serving; the target keeps its uffd and waits
+  // Put more guest RAM under the pager while it runs (hot-added memory). Checked first:
+  // on bad input nothing changes.
+  void add_regions(const std::vector<RegionConfig>& more);
 
  private:
   struct Region : RegionConfig {
     int fd = -1;
     uint32_t first = 0, npages = 0;
-    uint32_t config_index = 0;  // position in the attach request: the store key's region part
+    uint32_t config_index = 0;  // position in the attach request (PagerConfig::remote_pages)
+    uint32_t key_id = 0;        // the store key's region part (RegionConfig::key_id)
   };
   struct Run { uint32_t first, count; };
   // Why a page is in a fetch: faulted (read or write) or prefetched behind one.
@@ -114,6 +122,8 @@ class Pager {
 
   // --- set-up ---
   void open_regions();
+  Region make_region(const RegionConfig& rc, uint32_t config_index, uint64_t first) const;
+  void check_new_region(const std::vector<RegionConfig>& batch, size_t at, size_t base) const;
   void scan_resident(Region& r, std::vector<uint8_t>& present);
   int open_pagemap() const;
   // A pagemap entry's page holds data: present (bit 63) or swapped out (bit 62).
@@ -159,7 +169,7 @@ class Pager {
   // Page index of an address inside r, and the store key of a page of r (index of the
   // region in the attach request, stable across restarts, << 32 | page in the region).
   static uint32_t index_in(const Region& r, uint64_t addr) { return r.first + (uint32_t)((addr - r.start) / kPageSize); }
-  static uint64_t key_in(const Region& r, uint32_t idx) { return ((uint64_t)r.config_index << 32) | (idx - r.first); }
+  static uint64_t key_in(const Region& r, uint32_t idx) { return ((uint64_t)r.key_id << 32) | (idx - r.first); }
   const Region& region_at(uint32_t idx) const;
   void list_insert(uint32_t idx, bool hot);
   void list_remove(uint32_t idx);
@@ -185,12 +195,24 @@ class Pager {
   PagerConfig cfg_;
   std::unique_ptr<StoreBackend> store_;
   EventSink sink_;
-  std::vector<Region> regions_;
+  // Guest-RAM regions: a fixed array that add_regions appends to while the fault and
+  // eviction threads read it; the count is published after the entry (release).
+  static constexpr size_t kMaxRegions = 64;
+  std::unique_ptr<Region[]> regions_{new Region[kMaxRegions]};
+  std::atomic<size_t> nregions_{0};
+  struct RegionSpan {
+    Region* b;
+    Region* e;
+    Region* begin() const { return b; }
+    Region* end() const { return e; }
+    size_t size() const { return (size_t)(e - b); }
+  };
+  RegionSpan regions() const { return {regions_.get(), regions_.get() + nregions_.load(std::memory_order_acquire)}; }
   int pidfd_ = -1;
   int stop_efd_ = -1;
 
   AdaptiveMutex mu_;              // guards table_, lists, deferred_, resident_ (spins briefly: see adaptive_mutex.h)
-  std::vector<PageMeta> table_;
+  PageTable table_;
   // Replacement policy (pick_victims): resident pages in a ring of FIFO lists indexed by
   // priority (slot = priority mod kRingSlots, all within kRingSlots of ring_low_), the
   // armed list, the scan list and the pending run; policy 'fifo' uses fifo_ alone.
@@ -207,6 +229,7 @@ class Pager {
   std::atomic<uint64_t> remote_{0};
   std::atomic<uint32_t> cap_{0};
 
+  std::mutex add_mu_;             // one add_regions at a time
   std::mutex fetch_mu_;           // serialises fetch_pages between the fault thread and the drain
   std::mutex evict_mu_;
   std::condition_variable evict_cv_;

@@ -120,9 +120,10 @@ export class Pager extends EventEmitter {
       uffd = found;
       const keys = await opts.store.list(opts.vmId);
       remotePages = opts.regions.map(() => []);
+      const byKeyId = new Map(opts.regions.map((r, i) => [r.keyId ?? i, i]));
       for (const k of keys) {
-        const r = Math.floor(k / REGION_KEY_STRIDE);
-        if (r < remotePages.length) remotePages[r]!.push(k % REGION_KEY_STRIDE);
+        const r = byKeyId.get(Math.floor(k / REGION_KEY_STRIDE));
+        if (r !== undefined) remotePages[r]!.push(k % REGION_KEY_STRIDE);
       }
     } else {
       uffd = native.acquireUffd(opts.pid);
@@ -178,6 +179,15 @@ export class Pager extends EventEmitter {
 
   setCap(capPages: number): void {
     loadNative().pagerSetCap(this.handle, capPages);
+  }
+
+  /**
+   * Put hot-added guest RAM (a DIMM's backend, a new memfd) under this pager while it
+   * runs; the cap stays as it is. A take-over later must list these regions too.
+   */
+  addRegions(regions: RegionSpec[]): void {
+    if (this.closed) throw new ElasticmemError('this pager has been detached or abandoned; attach again', 'EM_PAGER_STOPPED');
+    loadNative().pagerAddRegions(this.handle, regions);
   }
 
   /** Drain every page back into the target, unregister, close. Progress arrives as 'progress' events. */

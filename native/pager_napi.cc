@@ -1,4 +1,4 @@
-// N-API face of the pager: pagerStart/Stats/SetCap/Detach/Abandon/Complete, the
+// N-API face of the pager: pagerStart/Stats/SetCap/AddRegions/Detach/Abandon/Complete, the
 // store backends (native memory store, batched bridge to TypeScript stores) and the
 // thread-safe channels that carry events and requests to JavaScript.
 #include <napi.h>
@@ -301,6 +301,36 @@ std::vector<uint32_t> CpuList(Napi::Object o, const char* name) {
   return out;
 }
 
+// RegionSpec[] (native.d.ts) -> RegionConfig
+std::vector<RegionConfig> Regions(Napi::Value rv, const char* what) {
+  if (!rv.IsArray()) throw Error("EM_BAD_ARG", std::string(what) + " must be an array of regions");
+  std::vector<RegionConfig> out;
+  Napi::Array ra = rv.As<Napi::Array>();
+  for (uint32_t i = 0; i < ra.Length(); i++) {
+    if (!Napi::Value(ra[i]).IsObject()) throw Error("EM_BAD_ARG", std::string(what) + ": entry " + std::to_string(i) + " is not a region");
+    Napi::Object r = Napi::Value(ra[i]).As<Napi::Object>();
+    RegionConfig rc;
+    rc.start = ParseAddress(r.Get("start"), "region start");
+    rc.length = Num(r, "length", 0, true);
+    std::string kind = r.Get("kind").ToString().Utf8Value();
+    if (kind != "memfd" && kind != "anon") throw Error("EM_BAD_ARG", "region kind must be 'memfd' or 'anon', not '" + kind + "'");
+    rc.memfd = kind == "memfd";
+    rc.name = r.Get("name").IsString() ? r.Get("name").As<Napi::String>().Utf8Value() : "ram" + std::to_string(i);
+    if (rc.memfd) {
+      if (!r.Get("filePath").IsString()) throw Error("EM_BAD_ARG", "memfd region '" + rc.name + "' needs filePath");
+      rc.file_path = r.Get("filePath").As<Napi::String>().Utf8Value();
+      rc.file_offset = Num(r, "fileOffset", 0);
+    }
+    if (r.Has("keyId") && !r.Get("keyId").IsUndefined()) {
+      int64_t k = Num(r, "keyId", 0);
+      if (k < 0 || k >= (int64_t)1 << 21) throw Error("EM_BAD_ARG", "region '" + rc.name + "': keyId must be a whole number below 2^21");
+      rc.key_id = k;
+    }
+    out.push_back(rc);
+  }
+  return out;
+}
+
 Napi::Value PagerStart(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     Napi::Env env = info.Env();
@@ -333,25 +363,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
       if (p != "fifo" && p != "refault") throw Error("EM_BAD_ARG", "policy must be 'refault' or 'fifo', not '" + p + "'");
       cfg.fifo = p == "fifo";
     }
-    Napi::Value rv = o.Get("regions");
-    if (!rv.IsArray()) throw Error("EM_BAD_ARG", "option 'regions' must be an array");
-    Napi::Array ra = rv.As<Napi::Array>();
-    for (uint32_t i = 0; i < ra.Length(); i++) {
-      Napi::Object r = Napi::Value(ra[i]).As<Napi::Object>();
-      RegionConfig rc;
-      rc.start = ParseAddress(r.Get("start"), "region start");
-      rc.length = Num(r, "length", 0, true);
-      std::string kind = r.Get("kind").ToString().Utf8Value();
-      if (kind != "memfd" && kind != "anon") throw Error("EM_BAD_ARG", "region kind must be 'memfd' or 'anon', not '" + kind + "'");
-      rc.memfd = kind == "memfd";
-      rc.name = r.Get("name").IsString() ? r.Get("name").As<Napi::String>().Utf8Value() : "ram" + std::to_string(i);
-      if (rc.memfd) {
-        if (!r.Get("filePath").IsString()) throw Error("EM_BAD_ARG", "memfd region '" + rc.name + "' needs filePath");
-        rc.file_path = r.Get("filePath").As<Napi::String>().Utf8Value();
-        rc.file_offset = Num(r, "fileOffset", 0);
-      }
-      cfg.regions.push_back(rc);
-    }
+    cfg.regions = Regions(o.Get("regions"), "option 'regions'");
     if (cfg.regions.empty()) throw Error("EM_BAD_ARG", "no guest RAM regions given");
     if (cfg.reattach && o.Get("remotePages").IsArray()) {
       Napi::Array rp = o.Get("remotePages").As<Napi::Array>();
@@ -440,6 +452,15 @@ Napi::Value PagerSetCap(const Napi::CallbackInfo& info) {
       throw Error("EM_BAD_CAP", "the resident cap must be between 1 page and the guest's RAM (" +
                                     std::to_string(h->pager->stats().total_pages) + " pages)");
     h->pager->set_cap((uint32_t)cap);
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value PagerAddRegions(const Napi::CallbackInfo& info) {
+  return Guard(info, [&]() -> Napi::Value {
+    PagerHandle* h = HandleOf(info);
+    if (info.Length() < 2) throw Error("EM_BAD_ARG", "pagerAddRegions expects a pager and an array of regions");
+    h->pager->add_regions(Regions(info[1], "regions to add"));
     return info.Env().Undefined();
   });
 }
@@ -535,6 +556,7 @@ void RegisterPager(Napi::Env env, Napi::Object exports) {
   exports.Set("pagerStart", Napi::Function::New(env, PagerStart));
   exports.Set("pagerStats", Napi::Function::New(env, JsPagerStats));
   exports.Set("pagerSetCap", Napi::Function::New(env, PagerSetCap));
+  exports.Set("pagerAddRegions", Napi::Function::New(env, PagerAddRegions));
   exports.Set("pagerDetach", Napi::Function::New(env, PagerDetach));
   exports.Set("pagerAbandon", Napi::Function::New(env, PagerAbandon));
   exports.Set("pagerComplete", Napi::Function::New(env, PagerComplete));

@@ -275,6 +275,70 @@ test('bad input: dead pid, missing region, cap too large, second attach', async 
   t.true(first.stats().totalPages > 0);
 });
 
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`${kind}: memory hot-added while attached is paged under the same cap, stays intact and is drained on detach; bad additions change nothing`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
+    await target.cmd(`fill ${kind} 43`);
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const cap = 512;
+    const pager = await attach(t, target, [r], cap, store);
+    await waitFor(() => pager.stats().residentPages <= cap);
+    const pages0 = pager.stats().totalPages;
+    const extra = await target.addRegion(kind, 16);
+    // Bad additions: refused with a reason, the pager unchanged.
+    const refused = (regions: RegionSpec[]) => { try { pager.addRegions(regions); return null; } catch (e) { return e as { code: string; message: string }; } };
+    const overlap = refused([{ ...extra, start: r.start }]);
+    t.is(overlap?.code, 'EM_BAD_REGION');
+    t.regex(overlap!.message, /overlaps/);
+    if (kind === 'memfd') {
+      const priv = refused([region(target, 'anon')]);
+      t.is(priv?.code, 'EM_BAD_REGION', 'private memory cannot join a memfd VM');
+      t.regex(priv!.message, /memfd/);
+    }
+    t.is(refused([{ ...extra, length: 1000 }])?.code, 'EM_BAD_REGION', 'unaligned');
+    t.is(pager.stats().totalPages, pages0, 'a refused addition changes nothing');
+    pager.addRegions([extra]);
+    t.is(pager.stats().totalPages, pages0 + extra.length / PAGE);
+    // The new memory is written, paged within the same cap, and verifies.
+    await target.cmd('fill extra 47');
+    await waitFor(() => pager.stats().residentPages <= cap);
+    const keys = await store.list(`test-${target.pid}`);
+    t.true(keys.some((k) => k >= 2 ** 32), 'pages of the added region were evicted to the store (key part 1)');
+    t.is(parseReply(await target.cmd('churn extra 500 2 0.5')).corrupt, 0);
+    t.is(parseReply(await target.cmd(`churn ${kind} 500 2 0.5`)).corrupt, 0);
+    t.is(parseReply(await target.cmd('verify extra')).corrupt, 0);
+    t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0);
+    t.true(pager.stats().residentPages <= cap + 256, `resident ${pager.stats().residentPages} within the cap`);
+    await pager.detach();
+    t.is(uffdCount(target.pid), 0);
+    t.is(parseReply(await target.cmd('verify extra')).corrupt, 0, 'detach drained the added region too');
+    t.throws(() => pager.addRegions([extra]), { code: 'EM_PAGER_STOPPED' } as never);
+  });
+}
+
+test('after a hot-add, a take-over that lists the regions in another order finds every page (store keys follow keyId, not position)', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+  await target.cmd('fill memfd 51');
+  const store = await raceStore(t);  // file://: outlives the monitor
+  const vmId = `takeover-${target.pid}`;
+  const boot: RegionSpec = { ...region(target, 'memfd'), keyId: 3 };
+  const first = await Pager.attach({ pid: target.pid, vmId, regions: [boot], capPages: 512, store });
+  await waitFor(() => first.stats().residentPages <= 512);
+  const extra: RegionSpec = { ...(await target.addRegion('memfd', 16)), keyId: 7 };
+  first.addRegions([extra]);
+  await target.cmd('fill extra 53');
+  await waitFor(() => first.stats().residentPages <= 512);
+  const keys = await store.list(vmId);
+  t.true(keys.some((k) => Math.floor(k / 2 ** 32) === 3) && keys.some((k) => Math.floor(k / 2 ** 32) === 7), 'both regions have pages in the store');
+  first.abandon();  // as a monitor that died: the target keeps its uffd and waits
+  // The new monitor discovers the regions in another order.
+  const second = await Pager.attach({ pid: target.pid, vmId, regions: [extra, boot], capPages: 512, store, reattach: true });
+  t.teardown(() => second.abandon());
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  t.is(parseReply(await target.cmd('verify extra')).corrupt, 0);
+});
+
 test('an attach that fails after registering one region leaves the target as it was: nothing registered, its uffd closed', async (t) => {
   const store = await memoryStore(t);
   const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });

@@ -72,6 +72,8 @@ export interface Target {
   cmd(line: string, opts?: { timeoutMs?: number }): Promise<string>;
   /** RegionSpec objects (native/index.ts) for both regions, ready for pagerStart. */
   regionSpecs(): RegionSpec[];
+  /** Map a third region, "extra", as QEMU maps a hot-added DIMM's backend; its RegionSpec. */
+  addRegion(kind: 'memfd' | 'anon', mib: number): Promise<RegionSpec>;
   /** SIGKILL the target and wait for it to be gone (idempotent). */
   kill(): Promise<void>;
   /** Resolves when the target has exited (code as a shell reports it: 128+N after signal N). */
@@ -171,6 +173,16 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     ];
   }
 
+  async function addRegion(kind: 'memfd' | 'anon', mib: number): Promise<RegionSpec> {
+    const reply = await cmd(`addmem ${kind} ${mib}`);
+    const m = /start=(0x[0-9a-f]+) length=(\d+)/.exec(reply);
+    if (!m) throw new Error(`em-target addmem: unexpected reply '${reply}'`);
+    const lo = BigInt(m[1]!), length = Number(m[2]);
+    return kind === 'memfd'
+      ? { start: m[1]!, length, kind, filePath: `/proc/${info.pid}/map_files/${procHex(lo)}-${procHex(lo + BigInt(length))}`, fileOffset: 0, name: 'elasticmem-extra' }
+      : { start: m[1]!, length, kind, name: 'extra' };
+  }
+
   return {
     pid: info.pid,
     memfd: info.memfd,
@@ -178,6 +190,7 @@ export async function startTarget(t: TeardownContext, opts: TargetOptions): Prom
     proc,
     cmd,
     regionSpecs,
+    addRegion,
     kill,
     exited,
     stderr: gc.stderr,
