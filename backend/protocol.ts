@@ -41,7 +41,7 @@ const ARGS: Record<Op, Record<string, { type: 'string' | 'number' | 'boolean'; r
   ping: {},
   attach: { vm: { type: 'string', required: true }, local: { type: 'string' }, store: { type: 'string' }, storeKey: { type: 'string' } },
   resize: { vm: { type: 'string', required: true }, local: { type: 'string', required: true } },
-  grow: { vm: { type: 'string', required: true }, size: { type: 'string', required: true }, wait: { type: 'boolean' } },
+  grow: { vm: { type: 'string', required: true }, size: { type: 'string', required: true }, wait: { type: 'boolean' }, dimm: { type: 'boolean' } },
   detach: { vm: { type: 'string', required: true } },
   list: {},
   stats: { vm: { type: 'string', required: true } },

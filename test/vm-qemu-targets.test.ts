@@ -35,7 +35,7 @@ function watchSamples(socket: string, vm: string, n: number): Promise<Record<str
 
 test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0', async (t) => {
   const [p, q, d] = await Promise.all([
-    bootQemu(t, { memMiB: 256, maxMemMiB: 512, memory: 'private', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 51, passes: 0, pauseMs: 100 } }),
+    bootQemu(t, { memMiB: 256, maxMemMiB: 512, dimmMiB: 128, memory: 'private', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 51, passes: 0, pauseMs: 100 } }),
     bootQemu(t, { memMiB: 256, maxMemMiB: 512, memory: 'memfd', workload: { sizeMiB: 96, pattern: 'seq', write: 0.25, seed: 52, passes: 0, pauseMs: 100 } }),
     startDaemon(t),
   ]);
@@ -71,6 +71,15 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   t.is(g.code, 0, g.stderr);
   t.true(JSON.parse(g.stdout).complete);
   await p.console.waitForMemTotal(before + 60 * 1024, 60_000);
+  // And by a DIMM through QMP (object-add + device_add): private like the boot RAM, its
+  // RAM block joins the pager.
+  const pagesBefore = JSON.parse((await d.cli('stats', `pid:${p.pid}`, '--json')).stdout).totalPages;
+  const withVmem = p.console.memTotalKb!;
+  const gd = await d.cli('grow', `pid:${p.pid}`, '128M', '--dimm', '--json');
+  t.is(gd.code, 0, gd.stderr);
+  t.is(JSON.parse(gd.stdout).kind, 'dimm');
+  t.is(JSON.parse((await d.cli('stats', `pid:${p.pid}`, '--json')).stdout).totalPages, pagesBefore + 32768);
+  await p.console.waitForMemTotal(withVmem + 120 * 1024, 60_000);
 
   await p.console.waitForPasses(p.console.passes.length + 2, 120_000);
   const det = await d.cli('detach', `pid:${p.pid}`);

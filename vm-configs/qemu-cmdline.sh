@@ -14,7 +14,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 guest="$(cd "$here/.." && pwd)/.cache/guest"
 
-mem=256 maxmem=2048 qmp="" serial="" private=0 name="elasticmem-guest"
+mem=256 maxmem=2048 dimm=0 qmp="" serial="" private=0 name="elasticmem-guest"
 cmdline_extra="em.size=64 em.pattern=seq em.write=0.25 em.seed=1 em.passes=0"
 # Fixed part of the guest command line: serial console; a panic reboots, and -no-reboot
 # turns that into an exit; swiotlb=noforce saves the 64 MiB bounce buffer the kernel
@@ -24,10 +24,11 @@ cmdline_full=""
 
 usage() {
   cat <<EOF
-usage: $0 --qmp SOCKET --serial FILE [--mem MiB] [--maxmem MiB] [--private] [--name NAME]
+usage: $0 --qmp SOCKET --serial FILE [--mem MiB] [--maxmem MiB] [--dimm-room MiB] [--private] [--name NAME]
           [--append 'em.size=.. ...' | --cmdline 'FULL KERNEL COMMAND LINE']
   --mem      boot RAM in MiB (default $mem)
   --maxmem   ceiling for hot-add in MiB (default $maxmem); the virtio-mem device may grow to maxmem-mem
+  --dimm-room  room for DIMMs (elasticmem grow --dimm) above that, in MiB, a multiple of 128 (default 0)
   --private  boot RAM as private anonymous memory (QEMU's default) instead of a shared memfd
   --append   workload parameters added to "$cmdline_base" (default: $cmdline_extra)
   --cmdline  the whole guest kernel command line instead (test/helpers/qemu.ts uses this)
@@ -38,6 +39,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --mem) mem="$2"; shift 2 ;;
     --maxmem) maxmem="$2"; shift 2 ;;
+    --dimm-room) dimm="$2"; shift 2 ;;
     --qmp) qmp="$2"; shift 2 ;;
     --serial) serial="$2"; shift 2 ;;
     --private) private=1; shift ;;
@@ -50,6 +52,7 @@ while [[ $# -gt 0 ]]; do
 done
 [[ -n "$qmp" && -n "$serial" ]] || { echo "qemu-cmdline.sh: --qmp and --serial are required" >&2; usage >&2; exit 2; }
 [[ "$mem" =~ ^[0-9]+$ && "$maxmem" =~ ^[0-9]+$ ]] || { echo "qemu-cmdline.sh: --mem/--maxmem take MiB as a whole number" >&2; exit 2; }
+[[ "$dimm" =~ ^[0-9]+$ ]] && (( dimm % 128 == 0 )) || { echo "qemu-cmdline.sh: --dimm-room takes MiB, a multiple of 128 (the x86 hot-add granularity)" >&2; exit 2; }
 (( maxmem > mem )) || { echo "qemu-cmdline.sh: --maxmem ($maxmem) must exceed --mem ($mem) to leave room for virtio-mem" >&2; exit 2; }
 [[ -s "$guest/vmlinuz" ]] || { echo "qemu-cmdline.sh: no guest image in $guest; run scripts/bootstrap.sh" >&2; exit 1; }
 
@@ -64,7 +67,7 @@ args=(
   -cpu max
   -smp 1
   -nodefaults -no-user-config -nographic -display none
-  -m "${mem}M,slots=1,maxmem=${maxmem}M"
+  -m "${mem}M,slots=2,maxmem=$(( maxmem + dimm ))M"
 )
 if [[ $private == 1 ]]; then
   args+=(-object "memory-backend-ram,id=ram0,size=${mem}M")

@@ -82,7 +82,7 @@ export class Daemon {
       case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
       case 'attach': return this.attach(a.vm as string, a.local as string | undefined, a.store as string | undefined, a.storeKey as string | undefined);
       case 'resize': return this.resize(a.vm as string, a.local as string, ctx);
-      case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false);
+      case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false, a.dimm === true);
       case 'detach': return this.detach(a.vm as string, ctx);
       case 'stats': return this.find(a.vm as string, true).stats();
       case 'watch': return this.watch(a.vm as string, (a.intervalMs as number | undefined) ?? 1000, ctx);
@@ -231,19 +231,21 @@ export class Daemon {
     });
   }
 
-  async grow(spec: string, sizeText: string, wait: boolean): Promise<unknown> {
+  async grow(spec: string, sizeText: string, wait: boolean, dimm = false): Promise<unknown> {
     const bytes = parseSize(sizeText, 'SIZE');
     const s = this.find(spec, true);
     const target = s.target as Target;
     return s.serial(async () => {
+      if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}; cannot grow it now`, 'VM_BUSY');
       const mon = await target.openMonitor();
       let dev: { id: string; requested: number; max: number; block: number; plugged: number };
       try {
         const devs = await mon.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
         const vm = devs.filter((d) => d.type === 'virtio-mem');
-        if (vm.length === 0) {
-          const dimms = devs.filter((d) => d.type === 'dimm').length;
-          throw new ElasticmemError(`VM '${s.name}' has no virtio-mem device${dimms ? ` (it has ${dimms} DIMMs; DIMM hot-add is not supported, use virtio-mem)` : ''}; add one, e.g. <memory model='virtio-mem'> as in vm-configs/libvirt/memfd.xml, and <maxMemory> above <memory>`, 'NO_HOTPLUG_DEVICE');
+        // A DIMM when asked for, or when there is no virtio-mem device to raise.
+        if (dimm || vm.length === 0) {
+          mon.close();
+          return await this.growByDimm(s, target, bytes);
         }
         const cands = vm.map((d) => ({ id: String(d.data.id ?? ''), requested: Number(d.data['requested-size'] ?? 0), max: Number(d.data['max-size'] ?? 0), block: Number(d.data['block-size'] ?? 2 << 20), plugged: Number(d.data.size ?? 0) }));
         const room = cands.find((d) => d.max - d.requested >= bytes);
@@ -277,6 +279,31 @@ export class Daemon {
       log(s.name, plugged >= newReq ? 'grown' : 'grow pending', `guest plugged ${formatSize(plugged)} of ${formatSize(newReq)}; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
       return { name: s.name, device: dev.id, requestedBytes: newReq, pluggedBytes: plugged, guestRamBytes: s.memory!.guestRamBytes, complete: plugged >= newReq };
     });
+  }
+
+  /**
+   * Hot-add a DIMM and put its RAM block under the VM's pager (same cap). QEMU maps the
+   * DIMM's backend when it is added; the pager registers it at once, adopting pages the
+   * guest may already have touched.
+   */
+  private async growByDimm(s: Session, target: Target, bytes: number): Promise<unknown> {
+    const DIMM_ALIGN = 128 << 20;  // x86 memory hot-add granularity (a Linux memory block)
+    if (bytes % DIMM_ALIGN !== 0) throw new ElasticmemError(`a DIMM is added in multiples of 128M on x86; ${formatSize(bytes)} is not one (e.g. grow ${s.target.spec} ${formatSize(Math.ceil(bytes / DIMM_ALIGN) * DIMM_ALIGN)} --dimm)`, 'BAD_SIZE');
+    const known = new Set(s.memory!.regions.map((r) => r.name));
+    await target.addDimm(bytes, s.memory!.backing === 'anon' ? 'anon' : 'memfd');
+    const mem = await target.discover();
+    const fresh = mem.regions.filter((r) => !known.has(r.name));
+    if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');
+    try {
+      s.pager!.addRegions(fresh);
+    } catch (e) {
+      throw new ElasticmemError(`the DIMM was added to '${s.name}' but its memory could not be put under the pager (${(e as Error).message}); it is not capped until the VM is detached and attached again`, (e as ElasticmemError).code ?? 'GROW_FAILED');
+    }
+    s.memory = mem;
+    this.saveState();
+    const names = fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ');
+    log(s.name, 'grown', `DIMM added (${names}), under the pager within the same cap; guest RAM now ${formatSize(mem.guestRamBytes)}`);
+    return { name: s.name, device: fresh.map((r) => r.name).join(','), kind: 'dimm', requestedBytes: bytes, pluggedBytes: bytes, guestRamBytes: mem.guestRamBytes, complete: true };
   }
 
   async detach(spec: string, ctx: RequestContext): Promise<unknown> {

@@ -74,6 +74,21 @@ export async function resolveLibvirt(spec: string): Promise<Target> {
       // libvirt's alias of the device is QEMU's device id; sizes in KiB.
       await virsh(['update-memory-device', name, '--alias', device, '--requested-size', String(bytes / 1024), '--live']);
     },
+    async addDimm(bytes) {
+      // libvirt picks the backend from the domain's <memoryBacking> (memfd + shared: a
+      // shared memfd, as the boot RAM) and names the device dimmN; node 0 exists in
+      // every domain that allows hot-add (a NUMA cell is required for <maxMemory>).
+      const dir = fs.mkdtempSync('/tmp/elasticmem-dimm-');
+      try {
+        const file = `${dir}/dimm.xml`;
+        fs.writeFileSync(file, `<memory model='dimm'>\n  <target>\n    <size unit='KiB'>${bytes / 1024}</size>\n    <node>0</node>\n  </target>\n</memory>\n`);
+        await virsh(['attach-device', name, file, '--live']);
+      } catch (e) {
+        throw new ElasticmemError(`adding a ${bytes / 2 ** 20} MiB DIMM to '${name}' failed: ${(e as Error).message.trim()}. A domain takes DIMMs when it has <maxMemory slots='N'> with room above its memory and a <numa> cell`, 'GROW_FAILED');
+      } finally {
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    },
     async discover() {
       return discoverGuestMemory(pid, libvirtMonitor(name));
     },

@@ -105,6 +105,29 @@ async function build(kind: TargetKind, pid: number, qmpPath: string): Promise<Ta
         await m.qmp('qom-set', { path: `/machine/peripheral/${device}`, property: 'requested-size', value: bytes });
       } finally { m.close(); }
     },
+    async addDimm(bytes, backing) {
+      const m = await open();
+      try {
+        const devs = await m.qmp<{ type: string; data: { id?: string } }[]>('query-memory-devices');
+        let n = 0;
+        while (devs.some((d) => d.data.id === `em-dimm${n}`)) n++;
+        const id = `em-dimm${n}`;
+        const backend = backing === 'memfd'
+          ? { 'qom-type': 'memory-backend-memfd', id: `${id}-mem`, size: bytes, share: true }
+          : { 'qom-type': 'memory-backend-ram', id: `${id}-mem`, size: bytes };
+        await m.qmp('object-add', backend);
+        try {
+          await m.qmp('device_add', { driver: 'pc-dimm', id, memdev: `${id}-mem` });
+        } catch (e) {
+          await m.qmp('object-del', { id: `${id}-mem` }).catch(() => undefined);
+          throw e;
+        }
+      } catch (e) {
+        throw new ElasticmemError(`adding a ${bytes / 2 ** 20} MiB DIMM to QEMU pid ${pid} failed: ${(e as Error).message}. QEMU takes DIMMs when started with -m SIZE,slots=N,maxmem=MAX and room left below MAX`, 'GROW_FAILED');
+      } finally {
+        m.close();
+      }
+    },
     async discover() {
       const m = await open();
       try { return await discoverGuestMemory(pid, m); } finally { m.close(); }

@@ -79,6 +79,30 @@ function explainUnsupported(kind: string, block: string, m: Mapping): string {
 }
 
 /** Discover the guest-RAM regions of QEMU process `pid`, ordered stably (store keys are per region index). */
+/**
+ * The store key part of a RAM block: a hash of its name (FNV-1a, folded to 21 bits so
+ * page keys stay exact JavaScript numbers). A block keeps its keys whatever order the
+ * blocks are listed in, so a daemon that takes over after memory was hot-added finds
+ * every page.
+ */
+export function regionKeyId(name: string): number {
+  let h = 0x811c9dc5;
+  for (const b of Buffer.from(name, 'utf8')) h = Math.imul(h ^ b, 0x01000193) >>> 0;
+  return (h ^ (h >>> 21)) & 0x1fffff;
+}
+
+function assignKeyIds(regions: RegionSpec[], pid: number): void {
+  const seen = new Map<number, string>();
+  for (const r of regions) {
+    r.keyId = regionKeyId(r.name);
+    const other = seen.get(r.keyId);
+    if (other !== undefined) {
+      throw new ElasticmemError(`RAM blocks '${other}' and '${r.name}' of QEMU pid ${pid} hash to the same store key id; rename one of their memory backends (the id of its memory-backend object)`, 'EM_ATTACH_NO_REGION');
+    }
+    seen.set(r.keyId, r.name);
+  }
+}
+
 export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<GuestMemory> {
   const rbText = await mon.qmp<{ 'human-readable-text': string } | string>('x-query-ramblock');
   const blocks = parseRamblocks(typeof rbText === 'string' ? rbText : rbText['human-readable-text']);
@@ -129,6 +153,7 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
     if (!deviceMemdevs.has(mrName)) bootBytes += b.used;
   }
   regions.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
+  assignKeyIds(regions, pid);
   const plugged = devices.reduce((s, d) => s + (d.data.size ?? 0), 0);
   const kinds = new Set(regions.map((r) => r.kind));
   return {

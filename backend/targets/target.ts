@@ -29,5 +29,11 @@ export interface Target {
   openMonitor(): Promise<Monitor & { close(): void }>;
   /** Set the hot-plug device's requested size (virtio-mem). */
   setRequestedSize(device: string, bytes: number): Promise<void>;
+  /**
+   * Hot-add a DIMM of `bytes` (a multiple of 128 MiB on x86), backed like the guest's
+   * RAM (memfd shared, or private); resolves once QEMU has it. Errors say what is
+   * missing (slots, maxMemory room, a NUMA cell).
+   */
+  addDimm(bytes: number, backing: 'memfd' | 'anon'): Promise<void>;
   discover(): Promise<GuestMemory>;
 }

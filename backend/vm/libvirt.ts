@@ -124,6 +124,8 @@ export interface BootOptions {
   memMiB: number;
   /** Hot-add ceiling in MiB; default memMiB + 1024. The virtio-mem region is (max - mem) rounded down to 128 MiB. */
   maxMemMiB?: number;
+  /** Room for DIMMs (MiB, a multiple of 128) above that, in <maxMemory>; default 0. */
+  dimmMiB?: number;
   template: 'memfd' | 'private';
   workload?: WorkloadParams;
 }
@@ -158,7 +160,9 @@ function checkBoot(o: BootOptions): { mem: number; max: number; vmem: number } {
   if (o.template !== 'memfd' && o.template !== 'private') throw new Error(`template must be 'memfd' or 'private', got ${String(o.template)}`);
   const w = o.workload ?? DEFAULT_WORKLOAD;
   if (w.sizeMiB > o.memMiB - 96) throw new Error(`workload sizeMiB ${w.sizeMiB} does not fit in ${o.memMiB} MiB of guest RAM (keep ~96 MiB for the kernel)`);
-  return { mem: o.memMiB, max: o.memMiB + vmem, vmem };
+  const dimm = o.dimmMiB ?? 0;
+  if (!Number.isInteger(dimm) || dimm < 0 || dimm % 128 !== 0) throw new Error(`dimmMiB must be a non-negative multiple of 128, got ${dimm}`);
+  return { mem: o.memMiB, max: o.memMiB + vmem + dimm, vmem };
 }
 
 /** Registers a cleanup with whoever owns the domain (t.teardown in tests, a cleanup list in the demo and bench). */

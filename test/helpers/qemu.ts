@@ -24,6 +24,8 @@ export interface QemuOptions {
   memMiB?: number;
   /** Hot-add ceiling in MiB (default memMiB + 1024). */
   maxMemMiB?: number;
+  /** Room for DIMMs above it (MiB, multiple of 128; default 0). */
+  dimmMiB?: number;
   /** 'memfd' (memory-backend-memfd,share=on, default) or 'private' (memory-backend-ram). */
   memory?: 'memfd' | 'private';
   workload?: WorkloadParams;
@@ -41,9 +43,9 @@ export interface BootedQemu {
 }
 
 /** The argv qemu-system-x86_64 gets (one line per argument from qemu-cmdline.sh). */
-export async function qemuArgs(o: { memMiB: number; maxMemMiB: number; memory: 'memfd' | 'private'; qmpPath: string; serialPath: string; workload: WorkloadParams; name: string }): Promise<string[]> {
+export async function qemuArgs(o: { memMiB: number; maxMemMiB: number; dimmMiB?: number; memory: 'memfd' | 'private'; qmpPath: string; serialPath: string; workload: WorkloadParams; name: string }): Promise<string[]> {
   const args = [
-    '--mem', String(o.memMiB), '--maxmem', String(o.maxMemMiB),
+    '--mem', String(o.memMiB), '--maxmem', String(o.maxMemMiB), '--dimm-room', String(o.dimmMiB ?? 0),
     '--qmp', o.qmpPath, '--serial', o.serialPath, '--name', o.name,
     // The same guest command line libvirt domains get.
     '--cmdline', guestCmdline(o.workload),
@@ -85,7 +87,7 @@ export async function bootQemu(t: ExecutionContext, opts: QemuOptions = {}): Pro
   let args: string[];
   try {
     args = await qemuArgs({
-      memMiB, maxMemMiB, memory: opts.memory ?? 'memfd', qmpPath, serialPath, workload,
+      memMiB, maxMemMiB, dimmMiB: opts.dimmMiB, memory: opts.memory ?? 'memfd', qmpPath, serialPath, workload,
       name: path.basename(dir),
     });
   } catch (e) {
