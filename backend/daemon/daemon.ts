@@ -4,7 +4,7 @@
  * file that lets a restarted daemon take its VMs over.
  */
 import { ElasticmemError } from '../../native/errors.ts';
-import { loadNative } from '../../native/index.ts';
+import { loadNative, type RegionSpec } from '../../native/index.ts';
 import { Pager } from '../../native/pager.ts';
 import type { Request } from '../protocol.ts';
 import { resolveTarget, type Target } from '../targets/index.ts';
@@ -38,7 +38,8 @@ export class Daemon {
   private attaching = new Set<string>();
   private stores = new StorePool();
   private server: ControlServer;
-  private events = new LibvirtEvents();
+  private events = new LibvirtEvents('lifecycle');
+  private deviceEvents = new LibvirtEvents('device-added');
   private poller?: NodeJS.Timeout;
   private closing = false;
 
@@ -53,6 +54,9 @@ export class Daemon {
     this.events.on('lifecycle', (ev: LifecycleEvent) => this.onLifecycle(ev));
     this.events.on('warning', (msg: string) => log('-', 'warning', `libvirt lifecycle events: ${msg}`));
     this.events.start();
+    this.deviceEvents.on('device-added', (ev: LifecycleEvent) => this.onDeviceAdded(ev));
+    this.deviceEvents.on('warning', (msg: string) => log('-', 'warning', `libvirt device events: ${msg}`));
+    this.deviceEvents.start();
     this.poller = setInterval(() => void this.pollLifecycle(), LIFECYCLE_POLL_MS);
     log('-', 'daemon started', `socket ${this.socketPath}, default store ${shownUri(this.config.store)}, config ${this.config.source}`);
     await this.restore();
@@ -289,21 +293,46 @@ export class Daemon {
   private async growByDimm(s: Session, target: Target, bytes: number): Promise<unknown> {
     const DIMM_ALIGN = 128 << 20;  // x86 memory hot-add granularity (a Linux memory block)
     if (bytes % DIMM_ALIGN !== 0) throw new ElasticmemError(`a DIMM is added in multiples of 128M on x86; ${formatSize(bytes)} is not one (e.g. grow ${s.target.spec} ${formatSize(Math.ceil(bytes / DIMM_ALIGN) * DIMM_ALIGN)} --dimm)`, 'BAD_SIZE');
-    const known = new Set(s.memory!.regions.map((r) => r.name));
     await target.addDimm(bytes, s.memory!.backing === 'anon' ? 'anon' : 'memfd');
+    const fresh = await this.pageNewRam(s, target);
+    if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');
+    const names = fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ');
+    log(s.name, 'grown', `DIMM added (${names}), under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+    return { name: s.name, device: fresh.map((r) => r.name).join(','), kind: 'dimm', requestedBytes: bytes, pluggedBytes: bytes, guestRamBytes: s.memory!.guestRamBytes, complete: true };
+  }
+
+  /**
+   * RAM blocks QEMU has now that the pager does not (hot-added DIMMs): put under the
+   * pager, same cap. Returns them (none: nothing new). Runs inside s.serial.
+   */
+  private async pageNewRam(s: Session, target: Target): Promise<RegionSpec[]> {
+    const known = new Set(s.memory!.regions.map((r) => r.name));
     const mem = await target.discover();
     const fresh = mem.regions.filter((r) => !known.has(r.name));
-    if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');
+    if (fresh.length === 0) return [];
     try {
       s.pager!.addRegions(fresh);
     } catch (e) {
-      throw new ElasticmemError(`the DIMM was added to '${s.name}' but its memory could not be put under the pager (${(e as Error).message}); it is not capped until the VM is detached and attached again`, (e as ElasticmemError).code ?? 'GROW_FAILED');
+      throw new ElasticmemError(`new memory of '${s.name}' (${fresh.map((r) => r.name).join(', ')}) could not be put under the pager (${(e as Error).message}); it is not capped until the VM is detached and attached again`, (e as ElasticmemError).code ?? 'GROW_FAILED');
     }
     s.memory = mem;
     this.saveState();
-    const names = fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ');
-    log(s.name, 'grown', `DIMM added (${names}), under the pager within the same cap; guest RAM now ${formatSize(mem.guestRamBytes)}`);
-    return { name: s.name, device: fresh.map((r) => r.name).join(','), kind: 'dimm', requestedBytes: bytes, pluggedBytes: bytes, guestRamBytes: mem.guestRamBytes, complete: true };
+    return fresh;
+  }
+
+  /** A device was added to a libvirt domain behind our back: page its RAM if it has any. */
+  private onDeviceAdded(ev: LifecycleEvent): void {
+    const s = [...this.sessions.values()].find((x) => x.target.kind === 'libvirt' && x.name === ev.domain);
+    if (!s || this.closing) return;
+    void s.serial(async () => {
+      if (s.state !== 'attached' || !s.pager) return;
+      try {
+        const fresh = await this.pageNewRam(s, s.target as Target);
+        if (fresh.length) log(s.name, 'memory added', `${ev.event}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+      } catch (e) {
+        log(s.name, 'error', `after device ${ev.event} was added: ${s.scrub((e as Error).message)}`);
+      }
+    }).catch(() => undefined);
   }
 
   async detach(spec: string, ctx: RequestContext): Promise<unknown> {
@@ -478,7 +507,7 @@ export class Daemon {
     if (this.closing) return;
     this.closing = true;
     clearInterval(this.poller);
-    await Promise.all([this.events.stop(), this.server.close()]);
+    await Promise.all([this.events.stop(), this.deviceEvents.stop(), this.server.close()]);
     // A QEMU that ended just before the signal: let its handling finish (briefly).
     await settleWithin([...this.handlingExit.values()], STOP_STEP_MS);
     // Operations in flight finish first: a detach drains on (its store must stay open

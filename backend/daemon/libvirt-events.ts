@@ -1,10 +1,13 @@
 /**
- * Lifecycle events of libvirt domains, from one long-running
- * `virsh event --loop --event lifecycle` (every domain: no --domain). We need the reason
+ * Events of libvirt domains, from one long-running `virsh event --loop --event TYPE`
+ * (every domain: no --domain), one watcher per type. Lifecycle: we need the reason
  * a domain stopped: a normal shutdown (or destroy) means its stored pages can go; a crash
  * means they are kept for the operator. Polling `domstate --reason` cannot tell for
  * transient domains, which vanish when they stop. The watcher restarts virsh if it exits
  * (libvirtd restart), and says why once when it keeps failing.
+ *
+ * Device-added: memory hot-added behind the daemon's back (virsh attach-device of a
+ * DIMM) is put under the VM's pager.
  *
  * (`--all` means "every event type" to virsh and cannot be combined with --event: with
  * it, virsh exited at once and no event ever arrived.)
@@ -13,11 +16,18 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { LIBVIRT_URI } from '../targets/virsh.ts';
 
+/** event: the lifecycle event (Stopped, ...) or the added device's alias; detail: the reason, if any. */
 export interface LifecycleEvent { domain: string; event: string; detail: string; at: number }
 
-export const EVENT_ARGS = ['-c', LIBVIRT_URI, 'event', '--loop', '--event', 'lifecycle'];
+export type EventType = 'lifecycle' | 'device-added';
+
+export const eventArgs = (type: EventType) => ['-c', LIBVIRT_URI, 'event', '--loop', '--event', type];
 
 export class LibvirtEvents extends EventEmitter {
+  /** Emits `type` with a LifecycleEvent per event, 'warning' when virsh keeps failing. */
+  constructor(readonly type: EventType = 'lifecycle') {
+    super();
+  }
   private child?: ChildProcess;
   private exited?: Promise<void>;
   private stopped = false;
@@ -30,7 +40,8 @@ export class LibvirtEvents extends EventEmitter {
 
   start(): void {
     if (this.stopped || this.child) return;
-    const child = spawn('virsh', EVENT_ARGS, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('virsh', eventArgs(this.type), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const lineRe = new RegExp(`event '${this.type}' for domain '(.+)': (\\S+) ?(.*)$`);
     this.child = child;
     this.exited = new Promise((resolve) => child.once('close', () => resolve()));
     let buf = '';
@@ -45,12 +56,13 @@ export class LibvirtEvents extends EventEmitter {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         // event 'lifecycle' for domain 'NAME': Stopped Shutdown
-        const m = /event 'lifecycle' for domain '(.+)': (\S+) ?(.*)$/.exec(line);
+        // event 'device-added' for domain 'NAME': dimm0
+        const m = lineRe.exec(line);
         if (!m) continue;
         this.backoffMs = 1000;
         const ev = { domain: m[1]!, event: m[2]!, detail: m[3]!.trim(), at: Date.now() };
         this.last.set(ev.domain, ev);
-        this.emit('lifecycle', ev);
+        this.emit(this.type, ev);
       }
     });
     child.on('error', (e) => { err += e.message; /* virsh missing: the exit handler retries */ });
