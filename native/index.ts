@@ -13,7 +13,7 @@ export { ElasticmemError } from './errors.ts';
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const ADDON_PATH = path.join(here, '..', 'build', 'Release', 'elasticmem.node');
 
-export type { RegionSpec, AcquiredUffd, PagerStatsRaw, BridgeRequest, PagerEvent, PagerStartOptions, NativeAddon } from './native.d.ts';
+export type { RegionSpec, AcquiredUffd, PagerStatsRaw, BridgeRequest, PagerEvent, PagerStartOptions, PagerTestHooks, NativeAddon } from './native.d.ts';
 import type { NativeAddon } from './native.d.ts';
 
 

@@ -86,14 +86,8 @@ export interface PagerEvent {
   total?: number;
 }
 
-export interface PagerStartOptions {
-  pid: number;
-  /** The monitor's uffd copy; pagerStart takes ownership of it, even when it throws. */
-  uffdFd: number;
-  /** The uffd's fd number inside the target, closed there by detach. */
-  uffdTargetFd?: number;
-  /** Replacement policy: 'refault' (default: by each page's refault distance) or 'fifo' (FluidMem/umap, for comparison). */
-  policy?: 'refault' | 'fifo';
+/** TEST ONLY switches of the pager, each there to prove a test can fail or to reach a rare path. */
+export interface PagerTestHooks {
   /** TEST ONLY: evict without write-protecting first (loses racing writes); proves the race test can fail. */
   _testUnsafeSkipWriteProtect?: boolean;
   /** TEST ONLY: every drop removes half of its runs, then fails (proves a partial drop loses nothing). */
@@ -108,6 +102,16 @@ export interface PagerStartOptions {
   _testFailPuts?: boolean | 'always';
   /** TEST ONLY: every fault is served from the retry list (the path after EAGAIN), one round later. */
   _testDeferFaults?: boolean;
+}
+
+export interface PagerStartOptions extends PagerTestHooks {
+  pid: number;
+  /** The monitor's uffd copy; pagerStart takes ownership of it, even when it throws. */
+  uffdFd: number;
+  /** The uffd's fd number inside the target, closed there by detach. */
+  uffdTargetFd?: number;
+  /** Replacement policy: 'refault' (default: by each page's refault distance) or 'fifo' (FluidMem/umap, for comparison). */
+  policy?: 'refault' | 'fifo';
   regions: RegionSpec[];
   capPages: number;
   /** 'memory' = a native memory store handle (hot path never enters JS); 'bridge' = requests go to onRequest. */

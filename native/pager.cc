@@ -1499,37 +1499,32 @@ size_t Pager::evict_batch(size_t want) {
     }
   }
   std::sort(arm.begin(), arm.end());
-  auto back_to_resident = [&] {  // nothing of this batch happened: the victims stay (dirty)
-    std::lock_guard<AdaptiveMutex> g(mu_);
-    for (uint32_t idx : victims) {
-      table_[idx].state = kResDirty;
-      table_[idx].flags &= ~kFlAbort;
-      list_insert(idx, false);
+  // Write-protect `pages` (runs, outside the lock); on a failure nothing of this batch
+  // has happened: the victims go back to the lists, dirty.
+  auto protect_or_restore = [&](const std::vector<uint32_t>& pages) {
+    try {
+      for_runs(pages, [&](const Run& run) {
+        uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
+      });
+    } catch (...) {
+      std::lock_guard<AdaptiveMutex> g(mu_);
+      for (uint32_t idx : victims) {
+        table_[idx].state = kResDirty;
+        table_[idx].flags &= ~kFlAbort;
+        list_insert(idx, false);
+      }
+      throw;
     }
   };
-  try {
-    // (the test-only unprotected mode skips this too: an armed page is protected for the
-    // rest of its eviction, which would hide the lost-write race that mode exists to show)
-    if (!cfg_.test_skip_wp) for_runs(arm, [&](const Run& run) {
-      uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
-    });
-  } catch (...) {
-    back_to_resident();
-    throw;
-  }
+  // (the test-only unprotected mode skips this too: an armed page is protected for the
+  // rest of its eviction, which would hide the lost-write race that mode exists to show)
+  if (!cfg_.test_skip_wp) protect_or_restore(arm);
   if (victims.empty()) return 0;
   if (splice_evictions_) return evict_by_splice(dirty, clean);
   // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
   // because the pages are already marked evicting: a write-protect fault that races
   // this (left from a clean page) aborts the page's eviction, and an abort is final.
-  try {
-    if (!cfg_.test_skip_wp) for_runs(dirty, [&](const Run& run) {
-      uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
-    });
-  } catch (...) {
-    back_to_resident();
-    throw;
-  }
+  if (!cfg_.test_skip_wp) protect_or_restore(dirty);
   // Phase 2: copy the dirty pages out and store them (invariant 3: store before drop).
   // (uninitialised: every byte is overwritten by the copy-out)
   std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);

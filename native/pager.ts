@@ -6,10 +6,10 @@
 import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadNative, ElasticmemError, type RegionSpec, type PagerStatsRaw, type PagerEvent, type BridgeRequest, type AcquiredUffd } from './index.ts';
+import { loadNative, ElasticmemError, type RegionSpec, type PagerStatsRaw, type PagerEvent, type BridgeRequest, type AcquiredUffd, type PagerTestHooks } from './index.ts';
 import type { PageStore } from '../kvstore/types.ts';
 
-export interface PagerAttachOptions {
+export interface PagerAttachOptions extends PagerTestHooks {
   pid: number;
   /** Stable id of the VM: keys in the store are per VM. */
   vmId: string;
@@ -35,20 +35,6 @@ export interface PagerAttachOptions {
    * to the scheduler.
    */
   followFaults?: boolean;
-  /** TEST ONLY: skip write-protect before copy-out (see native/index.ts). */
-  _testUnsafeSkipWriteProtect?: boolean;
-  /** TEST ONLY: drops fail part-way (see native/index.ts). */
-  _testFailDrops?: boolean;
-  /** TEST ONLY: the fault thread reads without blocking and sleeps in ppoll (see native/index.ts). */
-  _testNonBlockingReads?: boolean;
-  /** TEST ONLY: evict by write-protect even where splice applies (see native/index.ts). */
-  _testNoSplice?: boolean;
-  /** TEST ONLY: the splice eviction waits this long before its punch (see native/index.ts). */
-  _testRaceWindowMs?: number;
-  /** TEST ONLY: the splice eviction's store fails every other batch, or every one ('always'). */
-  _testFailPuts?: boolean | 'always';
-  /** TEST ONLY: every fault is served from the retry list (the path after EAGAIN), one round later. */
-  _testDeferFaults?: boolean;
   /** Folder of the per-target attach locks (default /run/elasticmem/locks). */
   lockDir?: string;
 }
