@@ -147,7 +147,9 @@ export class AerospikeStore implements RawStore {
     const scan = this.client.scan(this.spec.namespace, this.spec.set, select.length ? { select } : { nobins: true });
     const policy: Any = {};
     if (vm !== undefined) policy.filterExpression = exp.eq(exp.binStr('vm'), exp.str(vm));
-    return this.run(() => scan.results(policy), 'scan');
+    // A scan reads the whole set: its own policy bounds it (socket idle time, no total),
+    // the outer bound only catches a client that never answers.
+    return this.run(() => scan.results(policy), 'scan', SCAN_BOUND_MS);
   }
 
   async dropVm(vm: string): Promise<void> {
@@ -177,15 +179,18 @@ export class AerospikeStore implements RawStore {
     try { await this.client.close(false); } catch { /* already closed */ }
   }
 
-  private async run<T>(fn: () => Promise<T>, what: string): Promise<T> {
+  private async run<T>(fn: () => Promise<T>, what: string, boundMs = this.t.opTimeoutMs * 2): Promise<T> {
     if (this.closed) throw new ElasticmemError(`the store ${this.uri} is closed`, 'STORE_CLOSED');
     try {
-      return await withTimeout(fn(), this.t.opTimeoutMs * 2, `${this.uri}: ${what}`);
+      return await withTimeout(fn(), boundMs, `${this.uri}: ${what}`);
     } catch (e) {
       throw mapError(this.as, e, `${this.uri}: ${what}`);
     }
   }
 }
+
+/** Outer bound of a scan (list, dropVm, usage of a large set take long; see scan()). */
+const SCAN_BOUND_MS = 10 * 60_000;
 
 /**
  * A failed connect leaves the client's event loop referenced (client.js registers it

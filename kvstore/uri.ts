@@ -35,6 +35,17 @@ const SUPPORTED = Object.values(EXAMPLES).join(', ');
 const DEFAULT_PORTS: Record<string, number> = { redis: 6379, 'redis+cluster': 6379, memcached: 11211, aerospike: 3000 };
 
 export function parseStoreUri(uri: string): StoreSpec {
+  try {
+    return parse(uri);
+  } catch (e) {
+    // A URI that does not parse cannot be redacted by its parts: the message may quote
+    // credentials, so mask anything shaped like them.
+    if (e instanceof Error) e.message = hideCredentials(e.message);
+    throw e;
+  }
+}
+
+function parse(uri: string): StoreSpec {
   if (typeof uri !== 'string' || uri.trim() === '') throw badUri('the store URI is empty', SUPPORTED);
   const m = /^([a-z][a-z0-9+.-]*):(.*)$/i.exec(uri.trim());
   if (!m) throw badUri(`'${uri}' has no scheme (expected one of memory:, file:, redis:, rediss:, redis+cluster:, rediss+cluster:, memcached:, aerospike:)`, SUPPORTED);
@@ -63,7 +74,21 @@ export function parseStoreUri(uri: string): StoreSpec {
 
 /** The URI with any password replaced by '***' (for display and PageStore.uri). */
 export function redactUri(uri: string): string {
-  return uri.replace(/^([a-z+]+:\/\/)([^@/]*?):([^@/]*)@/i, (_, s, u) => `${s}${u}:***@`);
+  // The credentials end at the last '@' (as splitAuth reads them: a password may hold '@').
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)(.*)$/is.exec(uri);
+  if (!m) return hideCredentials(uri);
+  const [, scheme, rest] = m as unknown as [string, string, string];
+  const at = rest.lastIndexOf('@');
+  if (at < 0) return uri;
+  const cred = rest.slice(0, at);
+  const colon = cred.indexOf(':');
+  if (colon < 0 || cred.startsWith('/')) return uri;  // a user without password, or a file path
+  return `${scheme}${cred.slice(0, colon)}:***@${rest.slice(at + 1)}`;
+}
+
+/** Masks anything shaped like credentials ("user:secret@") in a text quoting a URI that did not parse. */
+export function hideCredentials(text: string): string {
+  return text.replace(/(\/\/|[a-z+]:)([^\s'"/:@]*):[^\s'"]*@/gi, (_, pre, user) => `${pre}${user}:***@`);
 }
 
 function parseFile(rest: string) {

@@ -1203,6 +1203,23 @@ void Pager::fetch_planned(FetchPlan& plan) {
     // Anything else (a UFFDIO_COPY that failed in map_in_place, a wake): the page is
     // still in the store, so it is not lost; the caller retries or reports.
     if (e.code() != "STORE_INTEGRITY") throw;
+    if (want.size() > 1) {
+      // Which page failed? One at a time: the healthy ones are mapped and only a bad one
+      // is held as lost (a store answers a batch with one error for all of it).
+      for (size_t k = 0; k < want.size(); k++) {
+        FetchPlan one;
+        one.want = {want[k]};
+        one.mark = {plan.mark[k]};
+        one.keys = {plan.keys[k]};
+        one.vers = {plan.vers[k]};
+        one.data.resize(kPageSize);
+        one.found.reset(new bool[1]);
+        one.found_cap = 1;
+        one.wp = plan.wp;
+        fetch_planned(one);
+      }
+      return;
+    }
     std::lock_guard<AdaptiveMutex> g(mu_);
     PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
     for (uint32_t idx : want) {

@@ -104,7 +104,13 @@ export class Pager extends EventEmitter {
       const found = native.findTargetUffd(opts.pid);
       if (!found) throw new ElasticmemError(`process ${opts.pid} holds no userfaultfd to take over; attach it normally`, 'EM_NO_UFFD_TO_TAKE_OVER');
       uffd = found;
-      const keys = await opts.store.list(opts.vmId);
+      let keys: number[];
+      try {
+        keys = await opts.store.list(opts.vmId);
+      } catch (e) {
+        native.closeFd(found.fd);  // (the target keeps its own: it waits for the next try)
+        throw e;
+      }
       remotePages = opts.regions.map(() => []);
       const byKeyId = new Map(opts.regions.map((r, i) => [r.keyId ?? i, i]));
       for (const k of keys) {

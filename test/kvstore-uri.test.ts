@@ -52,6 +52,15 @@ test('passwords never appear in store.uri', (t) => {
   t.is(redactUri('redis://user:secret@h:1/0'), 'redis://user:***@h:1/0');
   t.is(redactUri('rediss://:secret@h:1'), 'rediss://:***@h:1');
   t.is(redactUri('redis://h:1/0'), 'redis://h:1/0');
+  // The parser takes the credentials up to the last '@': so does the mask.
+  t.is(redactUri('redis://u:p@ss@h:1'), 'redis://u:***@h:1');
+  t.is(parseStoreUri('redis://u:p@ss@h:1').kind, 'redis');
+  t.is(redactUri('file:///var/lib/a@b'), 'file:///var/lib/a@b', 'a path is not a password');
+  // A URI that does not parse: its error never quotes the password.
+  for (const bad of ['redis:u:hunter2@h', 'redis://u:hunter2@h:nope', 'memcached://u:hun@ter2@h:x']) {
+    const e = t.throws(() => parseStoreUri(bad)) as Error;
+    t.notRegex(e.message, /hunter2|hun@ter2|ter2/, bad);
+  }
 });
 
 test('a bad key file is rejected before connecting (BAD_STORE_KEY)', async (t) => {

@@ -339,6 +339,43 @@ test('after a hot-add, a take-over that lists the regions in another order finds
   t.is(parseReply(await target.cmd('verify extra')).corrupt, 0);
 });
 
+test('a page that fails its integrity check in a fetched batch is the only one held: its neighbours in the batch are mapped', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  await target.cmd('fill memfd 59');
+  const inner = await memoryStore(t);
+  const bad = 1000;
+  const failed: number[][] = [];
+  // A store (through the TypeScript bridge) whose copy of one page fails its check:
+  // every batch holding that page fails as a whole, as a real store answers.
+  const store: PageStore = {
+    uri: 'test:one-corrupt-page',
+    capabilities: { persistent: false, maxBatch: 256, native: false },
+    get: async (vm, pages, versions) => {
+      if (pages.includes(bad)) {
+        failed.push([...pages]);
+        throw Object.assign(new Error(`page ${bad} failed its check`), { code: 'STORE_INTEGRITY' });
+      }
+      return inner.get(vm, pages, versions);
+    },
+    put: (vm, pages, data, versions) => inner.put(vm, pages, data, versions),
+    delete: (vm, pages) => inner.delete(vm, pages),
+    dropVm: (vm) => inner.dropVm(vm),
+    list: (vm) => inner.list(vm),
+    usage: (vm) => inner.usage(vm),
+    close: async () => {},
+  };
+  const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+  const lost: number[] = [];
+  pager.on('page-lost', (ev: { pages?: number[] }) => lost.push(...(ev.pages ?? [])));
+  await waitFor(() => pager.stats().residentPages <= 256);
+  // A sequential read brings pages in prefetch runs: one of them holds the bad page.
+  t.is(parseReply(await target.cmd(`verify memfd 0 ${bad}`)).corrupt, 0);
+  t.is(parseReply(await target.cmd(`verify memfd ${bad + 1} ${2048 - bad - 1}`)).corrupt, 0);
+  t.true(failed.some((b) => b.length > 1), `a multi-page batch held the bad page (${failed.map((b) => b.length).join(',')})`);
+  t.deepEqual(lost, [bad], 'only the bad page is held as lost');
+  t.is(pager.stats().lostPages, 1);
+});
+
 test('an attach that fails after registering one region leaves the target as it was: nothing registered, its uffd closed', async (t) => {
   const store = await memoryStore(t);
   const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });

@@ -41,6 +41,12 @@ export class Daemon {
   private events = new LibvirtEvents('lifecycle');
   private deviceEvents = new LibvirtEvents('device-added');
   private poller?: NodeJS.Timeout;
+  /**
+   * The take-over of the VMs a previous daemon left. Requests other than ping wait for
+   * it: a client's attach of a VM not yet taken over would otherwise be a fresh attach
+   * that deletes the pages the VM's evicted memory lives in.
+   */
+  private restoring: Promise<void> = Promise.resolve();
   private closing = false;
 
   constructor(readonly config: Config, readonly socketPath: string) {
@@ -59,7 +65,8 @@ export class Daemon {
     this.deviceEvents.start();
     this.poller = setInterval(() => void this.pollLifecycle(), LIFECYCLE_POLL_MS);
     log('-', 'daemon started', `socket ${this.socketPath}, default store ${shownUri(this.config.store)}, config ${this.config.source}`);
-    await this.restore();
+    this.restoring = this.restore();
+    await this.restoring;
   }
 
   // ---------------------------------------------------------------- requests
@@ -81,6 +88,7 @@ export class Daemon {
 
   private async handle(req: Request, ctx: RequestContext): Promise<unknown> {
     const a = req.args;
+    if (req.op !== 'ping') await this.restoring;
     switch (req.op) {
       case 'ping': return { pid: process.pid, vms: this.sessions.size, protocol: 1 };
       case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
@@ -117,11 +125,15 @@ export class Daemon {
     }
   }
 
-  async attach(spec: string, local: string | undefined, storeArg: string | undefined, storeKeyArg?: string): Promise<unknown> {
+  /**
+   * storeKeyArg null: no key, whatever the config says (a take-over of a VM attached
+   * without one). expect: the take-over of a state-file entry must find that very QEMU.
+   */
+  async attach(spec: string, local: string | undefined, storeArg: string | undefined, storeKeyArg?: string | null, expect?: { vmId: string; pid: number }): Promise<unknown> {
     // Validate everything that needs no VM first: bad input changes nothing.
     const localArg = local !== undefined ? parseSize(local, '--local') : undefined;
     if (storeArg !== undefined) parseStoreUri(storeArg);
-    if (storeKeyArg !== undefined) {
+    if (typeof storeKeyArg === 'string') {
       if (!storeKeyArg.startsWith('/')) throw new ElasticmemError(`--store-key ${JSON.stringify(storeKeyArg)}: give the key file's absolute path (the CLI resolves a relative one)`, 'BAD_REQUEST');
       if (storeArg !== undefined && parseStoreUri(storeArg).kind === 'memory') {
         throw new ElasticmemError('--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...', 'BAD_REQUEST');
@@ -137,6 +149,9 @@ export class Daemon {
     this.attaching.add(spec);
     try {
       const target = await resolveTarget(spec);
+      if (expect && (target.vmId !== expect.vmId || target.pid !== expect.pid)) {
+        throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
+      }
       const dup = [...this.sessions.values()].find((s) => s.vmId === target.vmId || s.target.pid === target.pid);
       if (dup) throw new ElasticmemError(`VM '${target.name}' is already attached (as '${dup.name}'); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
       const live = [...this.sessions.values()].filter((s) => s.state !== 'crashed' && s.state !== 'orphaned').length;
@@ -148,10 +163,10 @@ export class Daemon {
       const storeUri = storeArg ?? override?.store ?? this.config.store;
       // The key: --store-key, else the VM's, else the default; memory: takes none.
       const inDaemon = parseStoreUri(storeUri).kind === 'memory';
-      if (inDaemon && storeKeyArg !== undefined) {
+      if (inDaemon && typeof storeKeyArg === 'string') {
         throw new ElasticmemError(`--store-key has nothing to encrypt: VM '${target.name}' would page to memory: (the config's store), whose pages never leave the daemon; add --store file:///... or redis://...`, 'BAD_REQUEST');
       }
-      const storeKeyFile = inDaemon ? undefined : storeKeyArg ?? override?.storeKeyFile ?? this.config.storeKeyFile;
+      const storeKeyFile = inDaemon || storeKeyArg === null ? undefined : storeKeyArg ?? override?.storeKeyFile ?? this.config.storeKeyFile;
       if (storeKeyFile && storeKeyFile !== storeKeyArg) await checkKeyFile(storeKeyFile);
       const memory = await target.discover();
       this.checkCap(capBytes, memory.guestRamBytes, target.name);
@@ -228,7 +243,8 @@ export class Daemon {
       while (resident > cap + slack && Date.now() < deadline && s.state === 'attached' && !ctx.signal.aborted) {
         ctx.stream({ progress: { done: Math.max(0, start - resident), total: start - cap } });
         await new Promise((r) => setTimeout(r, 200));
-        resident = s.pager!.stats().residentPages;
+        if (s.state !== 'attached' || !s.pager || s.pager.isClosed) break;  // QEMU ended meanwhile: the cap was set all the same
+        resident = s.pager.stats().residentPages;
       }
       if (start > cap + slack) ctx.stream({ progress: { done: Math.max(0, start - resident), total: start - cap } });
       return { ...s.summary(), previousLocalBytes: before, reachedCap: resident <= cap + slack };
@@ -306,8 +322,17 @@ export class Daemon {
    * pager, same cap. Returns them (none: nothing new). Runs inside s.serial.
    */
   private async pageNewRam(s: Session, target: Target): Promise<RegionSpec[]> {
-    const known = new Set(s.memory!.regions.map((r) => r.name));
+    const known = new Map(s.memory!.regions.map((r) => [r.name, r]));
     const mem = await target.discover();
+    // A block the pager has must still be there, at the same place: RAM that was
+    // unplugged (or replaced under the same name) cannot be followed while attached.
+    const now = new Map(mem.regions.map((r) => [r.name, r]));
+    for (const [name, r] of known) {
+      const n = now.get(name);
+      if (!n || BigInt(n.start) !== BigInt(r.start) || n.length !== r.length) {
+        throw new ElasticmemError(`RAM block '${name}' of '${s.name}' was ${n ? 'replaced' : 'removed'} while attached; the pager cannot follow that: detach and attach the VM again`, 'RAM_CHANGED');
+      }
+    }
     const fresh = mem.regions.filter((r) => !known.has(r.name));
     if (fresh.length === 0) return [];
     try {
@@ -352,16 +377,20 @@ export class Daemon {
       s.state = 'detaching';
       const t0 = Date.now();
       const onProgress = (ev: { done?: number; total?: number }) => ctx.stream({ progress: { done: ev.done ?? 0, total: ev.total ?? 0 } });
-      s.pager.on('progress', onProgress);
+      // (QEMU's exit may end the session meanwhile: handleTargetGone drops s.pager)
+      const pager = s.pager;
+      pager.on('progress', onProgress);
       try {
-        await s.pager.detach();
+        await pager.detach();
       } catch (e) {
-        s.state = 'attached';
-        log(s.name, 'detach failed', `${(e as Error).message}; still attached`);
+        if (s.state === 'detaching') s.state = 'attached';
+        log(s.name, 'detach failed', `${(e as Error).message}${s.state === 'attached' ? '; still attached' : ''}`);
         throw e;
       } finally {
-        s.pager.off('progress', onProgress);
+        pager.off('progress', onProgress);
       }
+      if (s.ended) return { name: s.name, vm: s.vmId, drained: true, ms: Date.now() - t0 };  // QEMU ended meanwhile; its handling cleaned up
+      s.ended = true;
       // Every page is back in the VM: the stored copies are obsolete.
       await s.store!.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
       await this.stores.release(s.storeUri, s.storeKeyFile);
@@ -417,6 +446,7 @@ export class Daemon {
   }
 
   private async handleTargetGone(s: Session): Promise<void> {
+    if (s.ended) return;  // a detach finished first
     {
       // Nothing to serve any more: stop the pager's threads (a drain in flight ends too).
       if (s.pager && !s.pager.isClosed) s.pager.abandon();
@@ -437,7 +467,9 @@ export class Daemon {
         }
       }
       const normal = reason === 'shutdown' || reason === 'destroyed' || reason === 'shutdown finished';
+      if (s.ended) return;  // a detach finished while we waited for the reason
       if (normal) {
+        s.ended = true;
         await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
         await this.stores.release(s.storeUri, s.storeKeyFile);
         this.sessions.delete(s.vmId);
@@ -468,6 +500,7 @@ export class Daemon {
     const entries = readState(this.config.state);
     for (const e of entries) rememberStoreUri(e.store);
     for (const e of entries) {
+      if (this.sessions.has(e.vmId)) continue;  // (a state file listing a VM twice)
       const stub = { kind: e.kind as Target['kind'], spec: e.spec, name: e.name, vmId: e.vmId, pid: e.pid, startTime: e.startTime, aliases: [e.spec, e.name, e.vmId, `pid:${e.pid}`] };
       const alive = processAlive(e.pid, e.startTime);
       if (e.status === 'crashed' || !alive) {
@@ -487,7 +520,7 @@ export class Daemon {
         continue;
       }
       try {
-        const r = await this.attach(e.spec, String(e.capBytes), e.store, e.storeKeyFile);
+        const r = await this.attach(e.spec, String(e.capBytes), e.store, e.storeKeyFile ?? null, { vmId: e.vmId, pid: e.pid });
         log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
       } catch (err) {
         log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${shownUri(e.store)}${e.storeKeyFile ? ` --store-key ${e.storeKeyFile}` : ''}`);

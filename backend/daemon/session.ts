@@ -22,6 +22,12 @@ export class Session {
   storeError = '';
   lostPages = 0;
   note = '';
+  /**
+   * Set (synchronously) by whichever path ends the session for good: a detach that
+   * drained, or the handling of QEMU's exit. The other path then leaves the store
+   * reference and the session alone (releasing twice would close a store other VMs use).
+   */
+  ended = false;
 
   /** The store URI as shown (CLI, --json, stats, logs): the password masked. */
   readonly storeShown: string;

@@ -40,14 +40,18 @@ export class StorePool {
     }
     const openStore = await openStoreFn();
     let store: PageStore;
+    const opening = openStore(uri, keyFile);
     try {
-      store = await withTimeout(openStore(uri, keyFile), this.timeoutMs, `store ${shownUri(uri)}`);
+      store = await withTimeout(opening, this.timeoutMs, `store ${shownUri(uri)}`);
     } catch (e) {
+      // A store that opens after we gave up is nobody's: close it then.
+      opening.then((late) => late.close(), () => undefined).catch(() => undefined);
       throw storeError(uri, e);
     }
     try {
-      // A cheap round trip: connecting lazily is not proof the server is there.
-      await withTimeout(store.usage('elasticmem-probe'), this.timeoutMs, `store ${store.uri}`);
+      // A cheap round trip (one key that does not exist): connecting lazily is not proof
+      // the server is there. Not usage(): on a full store that scans every key.
+      await withTimeout(store.get('elasticmem-probe', [0]), this.timeoutMs, `store ${store.uri}`);
     } catch (e) {
       await store.close().catch(() => undefined);
       throw storeError(uri, e);

@@ -13,15 +13,22 @@ export function startTimeOf(pid: number): number | null {
   }
 }
 
-/** Is this exact process (pid and start time) still alive and not a zombie? */
+/**
+ * Is this exact process (pid and start time) still alive and not a zombie? Only a
+ * process that is not there (or another one under its pid) counts as gone: a read that
+ * fails for another reason (EMFILE, ENOMEM) says nothing, and taking a live QEMU for
+ * dead would abandon its pager and leave the guest waiting on its userfaultfd.
+ */
 export function processAlive(pid: number, startTime: number): boolean {
+  let stat: string;
   try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return rest[0] !== 'Z' && rest[0] !== 'X' && Number(rest[19]) === startTime;
-  } catch {
-    return false;
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    return !(code === 'ENOENT' || code === 'ESRCH');
   }
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return rest[0] !== 'Z' && rest[0] !== 'X' && Number(rest[19]) === startTime;
 }
 
 export function cmdlineOf(pid: number): string[] {

@@ -21,7 +21,14 @@ export class QmpClient extends EventEmitter {
 
   static async connect(path: string, timeoutMs = 10_000): Promise<QmpClient> {
     const c = new QmpClient(path, timeoutMs);
-    await c.open();
+    try {
+      await c.open();
+    } catch (e) {
+      // A connection left open here would take QEMU's one QMP slot once the client that
+      // holds it now leaves, and keep it forever.
+      c.close();
+      throw e;
+    }
     return c;
   }
 
