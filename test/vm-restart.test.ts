@@ -68,8 +68,33 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.true(JSON.parse(r.stdout).tookOver);
   await progresses(con, d3, dom.name, 3);
 
+  // 3. Again, and the take-over fails (its store cannot be opened): the VM is listed as
+  // waiting, kept in the state file, its pages are not deleted by a detach, and an
+  // attach without options retries the take-over with the saved store.
+  await d3.kill9();
+  const aside = `${storeDir}.aside`;
+  fs.renameSync(storeDir, aside);
+  fs.writeFileSync(storeDir, 'not a store');
+  const d4 = await d3.restart();
+  await d4.waitLog(new RegExp(`\\[${dom.name}\\] re-attach failed: `), 30_000);
+  const listed = JSON.parse((await d4.cli('list', '--json')).stdout).vms;
+  t.is(listed.length, 1);
+  t.is(listed[0].state, 'waiting');
+  t.regex(JSON.stringify(JSON.parse(fs.readFileSync(d4.state, 'utf8'))), new RegExp(dom.uuid), 'the state file keeps the VM');
+  const refused = await d4.cli('detach', dom.name);
+  t.is(refused.code, 1);
+  t.regex(refused.stderr, /\[VM_NOT_TAKEN_OVER\]/);
+  t.true(holdsUffd(dom.pid), 'still waiting on its userfaultfd');
+  fs.rmSync(storeDir);
+  fs.renameSync(aside, storeDir);
+  const retry = await d4.cli('attach', dom.name, '--json');
+  t.is(retry.code, 0, retry.stderr);
+  t.true(JSON.parse(retry.stdout).tookOver);
+  t.is(JSON.parse(retry.stdout).localBytes, 64 << 20, 'the saved cap');
+  await progresses(con, d4, dom.name, 3);
+
   // Detach leaves the VM whole.
-  const det = await d3.cli('detach', dom.name);
+  const det = await d4.cli('detach', dom.name);
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(dom.pid));
   await con.waitForPasses(con.passes.length + 2, 60_000);

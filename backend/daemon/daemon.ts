@@ -110,6 +110,9 @@ export class Daemon {
   private find(spec: string, mustBeLive = false): Session {
     const s = this.findOrNull(spec);
     if (!s) throw new ElasticmemError(`VM '${spec}' is not attached; see: elasticmem list`, 'NOT_ATTACHED');
+    if (mustBeLive && s.state === 'waiting') {
+      throw new ElasticmemError(`VM '${s.name}' waits to be taken over from the previous daemon (${s.note}); first: elasticmem attach ${s.target.spec}`, 'VM_NOT_TAKEN_OVER');
+    }
     if (mustBeLive && (s.state === 'crashed' || !s.pager)) {
       throw new ElasticmemError(`VM '${s.name}' is not running any more (${s.state}); its stored pages are kept until: elasticmem detach ${s.target.spec}`, 'VM_NOT_RUNNING');
     }
@@ -141,6 +144,21 @@ export class Daemon {
       await checkKeyFile(storeKeyArg);
     }
     const existing = this.findOrNull(spec);
+    if (existing && existing.state === 'waiting' && !expect) {
+      // Retry the take-over with what the previous daemon used, unless told otherwise.
+      this.sessions.delete(existing.vmId);
+      try {
+        return await this.attach(spec, local ?? String(existing.capBytes), storeArg ?? existing.storeUri,
+          storeKeyArg !== undefined ? storeKeyArg : existing.storeKeyFile ?? null, { vmId: existing.vmId, pid: existing.target.pid });
+      } catch (e) {
+        if (!this.sessions.has(existing.vmId)) {
+          existing.note = `take-over failed: ${existing.scrub((e as Error).message)}`;
+          this.sessions.set(existing.vmId, existing);
+          this.saveState();
+        }
+        throw e;
+      }
+    }
     if (existing && (existing.state === 'crashed' || existing.state === 'orphaned')) {
       throw new ElasticmemError(`VM '${existing.name}' has pages kept from an earlier QEMU that ended (${existing.state}); delete them first with: elasticmem detach ${existing.target.spec}`, 'ALREADY_ATTACHED');
     }
@@ -363,6 +381,11 @@ export class Daemon {
   async detach(spec: string, ctx: RequestContext): Promise<unknown> {
     const s = this.find(spec);
     return s.serial(async () => {
+      if (s.state === 'waiting') {
+        // Its QEMU is alive and waits on its userfaultfd; the pages it needs are in the
+        // store. Deleting them would break the VM for good.
+        throw new ElasticmemError(`VM '${s.name}' waits to be taken over from the previous daemon; take it over first (elasticmem attach ${s.target.spec}), then detach`, 'VM_NOT_TAKEN_OVER');
+      }
       if (s.state === 'crashed' || s.state === 'orphaned' || !s.pager) {
         // QEMU is gone: what remains is its stored pages. Deleting them is this command's job.
         const store = await this.stores.acquire(s.storeUri, s.storeKeyFile);
@@ -429,6 +452,12 @@ export class Daemon {
   private async pollLifecycle(): Promise<void> {
     for (const s of this.sessions.values()) {
       if ((s.state === 'attached' || s.state === 'detaching') && !processAlive(s.target.pid, s.target.startTime)) void this.onTargetGone(s);
+      if (s.state === 'waiting' && !processAlive(s.target.pid, s.target.startTime)) {
+        s.state = 'crashed';
+        s.note = `QEMU pid ${s.target.pid} ended before it was taken over; stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
+        this.saveState();
+        log(s.name, 'QEMU ended while waiting for a take-over', s.note);
+      }
     }
   }
 
@@ -497,8 +526,9 @@ export class Daemon {
 
   /** Take over the VMs a previous daemon left (state file), or remember their pages. */
   private async restore(): Promise<void> {
-    const entries = readState(this.config.state);
+    const entries = readState(this.config.state, (msg) => log('-', 'warning', msg));
     for (const e of entries) rememberStoreUri(e.store);
+    const pending: [StateEntry, Session][] = [];
     for (const e of entries) {
       if (this.sessions.has(e.vmId)) continue;  // (a state file listing a VM twice)
       const stub = { kind: e.kind as Target['kind'], spec: e.spec, name: e.name, vmId: e.vmId, pid: e.pid, startTime: e.startTime, aliases: [e.spec, e.name, e.vmId, `pid:${e.pid}`] };
@@ -519,11 +549,22 @@ export class Daemon {
         log(e.name, 'CANNOT RE-ATTACH', s.note);
         continue;
       }
+      // Listed (and kept in the state file) as waiting until its take-over succeeds.
+      const w = new Session(stub, e.store, e.capBytes, e.storeKeyFile);
+      w.state = 'waiting';
+      w.note = 'being taken over';
+      this.sessions.set(e.vmId, w);
+      pending.push([e, w]);
+    }
+    for (const [e, w] of pending) {
+      this.sessions.delete(e.vmId);
       try {
         const r = await this.attach(e.spec, String(e.capBytes), e.store, e.storeKeyFile ?? null, { vmId: e.vmId, pid: e.pid });
         log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
       } catch (err) {
-        log(e.name, 're-attach failed', `${(err as Error).message}; run: elasticmem attach ${e.spec} --local ${formatSize(e.capBytes)} --store ${shownUri(e.store)}${e.storeKeyFile ? ` --store-key ${e.storeKeyFile}` : ''}`);
+        w.note = `take-over failed: ${w.scrub((err as Error).message)}`;
+        if (!this.sessions.has(e.vmId)) this.sessions.set(e.vmId, w);
+        log(e.name, 're-attach failed', `${(err as Error).message}; it waits on its userfaultfd: retry with elasticmem attach ${e.spec}`);
       }
     }
     this.saveState();

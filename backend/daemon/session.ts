@@ -7,7 +7,12 @@ import { toPublic, type PublicStats } from '../stats/stream.ts';
 import { PAGE } from '../size.ts';
 import { scrub, shownUri } from './secrets.ts';
 
-export type SessionState = 'attaching' | 'attached' | 'detaching' | 'crashed' | 'orphaned';
+/**
+ * waiting: a VM the previous daemon served, whose take-over has not happened (yet, or it
+ * failed): its QEMU waits on its userfaultfd; `attach` retries the take-over with the
+ * saved store and key, and the state file keeps it for the next daemon.
+ */
+export type SessionState = 'attaching' | 'attached' | 'detaching' | 'crashed' | 'orphaned' | 'waiting';
 
 export class Session {
   state: SessionState = 'attaching';

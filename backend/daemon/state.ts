@@ -30,13 +30,27 @@ export interface StateEntry {
 /** The daemon's own folder: made private even when it exists already. */
 export const DEFAULT_STATE_DIR = '/run/elasticmem';
 
-export function readState(file: string): StateEntry[] {
+/**
+ * The VMs the previous daemon served. A missing file is an empty list; a file that
+ * cannot be read or parsed is moved aside (FILE.bad-TIME) with a warning rather than
+ * overwritten by the next save: it names the stores the waiting VMs' pages are in.
+ */
+export function readState(file: string, warn: (msg: string) => void = () => {}): StateEntry[] {
   let text: string;
-  try { text = fs.readFileSync(file, 'utf8'); } catch { return []; }
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') warn(`cannot read state file ${file}: ${(e as Error).message}; VMs it lists are not taken over`);
+    return [];
+  }
   try {
     const doc = JSON.parse(text) as { v?: number; vms?: StateEntry[] };
-    return Array.isArray(doc.vms) ? doc.vms.filter((e) => typeof e?.vmId === 'string' && typeof e.pid === 'number') : [];
-  } catch {
+    if (!Array.isArray(doc.vms)) throw new Error('no "vms" list');
+    return doc.vms.filter((e) => typeof e?.vmId === 'string' && typeof e.pid === 'number');
+  } catch (e) {
+    const aside = `${file}.bad-${Date.now()}`;
+    try { fs.renameSync(file, aside); } catch { /* left in place */ }
+    warn(`state file ${file} does not parse (${(e as Error).message}); kept as ${aside}; VMs it lists are not taken over`);
     return [];
   }
 }
