@@ -29,6 +29,8 @@ const EXIT_REASON_WAIT_MS = 3000;
 const RESIZE_WAIT_MS = 30_000;
 /** At stop: how long to let the handling of a QEMU that just ended finish, and to close each store. */
 const STOP_STEP_MS = 2000;
+/** How long a stopping daemon lets operations in flight (a detach draining) finish. */
+const STOP_INFLIGHT_MS = 60_000;
 /** After stop: if something still holds the event loop this long, say what, and exit anyway. */
 const EXIT_WATCHDOG_MS = 3000;
 
@@ -587,7 +589,16 @@ export class Daemon {
     // Operations in flight finish first: a detach drains on (its store must stay open
     // until every page is back; it ends at once if QEMU dies), resize and grow stop
     // following their VM now that their client is gone.
-    await Promise.all([...this.sessions.values()].map((s) => s.serial(async () => undefined)));
+    // Bounded: a detach whose store stopped answering would otherwise hold the stop
+    // forever. A VM on a persistent store still detaching then is left for the next
+    // daemon like the others (its pages are in the store or already back).
+    await settleWithin([...this.sessions.values()].map((s) => s.serial(async () => undefined)), STOP_INFLIGHT_MS);
+    for (const s of [...this.sessions.values()]) {
+      if (s.state === 'detaching' && s.pager && !s.pager.isClosed && s.store?.capabilities.persistent) {
+        s.pager.abandon();
+        log(s.name, 'left for the next daemon', `its detach had not finished after ${STOP_INFLIGHT_MS / 1000} s; QEMU keeps its userfaultfd, pages stay in ${s.storeShown}`);
+      }
+    }
     for (const s of [...this.sessions.values()]) {
       if (!s.pager || s.pager.isClosed || s.state !== 'attached') continue;
       if (!processAlive(s.target.pid, s.target.startTime)) {
