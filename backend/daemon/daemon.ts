@@ -172,7 +172,8 @@ export class Daemon {
       if (expect && (target.vmId !== expect.vmId || target.pid !== expect.pid)) {
         throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
       }
-      const dup = [...this.sessions.values()].find((s) => s.vmId === target.vmId || s.target.pid === target.pid);
+      // (same process: pid and start time; a crashed entry's pid may belong to a new QEMU by now)
+      const dup = [...this.sessions.values()].find((s) => s.vmId === target.vmId || (s.target.pid === target.pid && s.target.startTime === target.startTime));
       if (dup) throw new ElasticmemError(`VM '${target.name}' is already attached (as '${dup.name}'); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
       const live = [...this.sessions.values()].filter((s) => s.state !== 'crashed' && s.state !== 'orphaned').length;
       if (live >= this.config.limits.maxVms) throw new ElasticmemError(`${live} VMs are attached, the limit is ${this.config.limits.maxVms} (limits.maxVms in the config)`, 'TOO_MANY_VMS');
