@@ -788,6 +788,10 @@ void Pager::requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_un
     Retry::Kind kind = (flags & UFFD_PAGEFAULT_FLAG_WP) ? Retry::kWp : (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Retry::kWrite : Retry::kRead;
     retry_.push_back({index_in(regions_[ri], addr), kind});
   }
+  // A fault may be on the list twice now (re-queued here and by its own EAGAIN in the
+  // round): keep one of each, so rounds that keep failing cannot grow the list.
+  std::sort(retry_.begin(), retry_.end(), [](const Retry& a, const Retry& b) { return a.idx != b.idx ? a.idx < b.idx : a.kind < b.kind; });
+  retry_.erase(std::unique(retry_.begin(), retry_.end(), [](const Retry& a, const Retry& b) { return a.idx == b.idx && a.kind == b.kind; }), retry_.end());
   for (auto& r : removed) {
     try {
       uffd_wake(cfg_.uffd, r.first, r.second - r.first);
