@@ -115,21 +115,30 @@ async function raceStore(t: { teardown(fn: () => unknown): void }): Promise<Page
   return s;
 }
 
-/** Hammer 64 pages while a 32-page cap evicts them again and again; returns what the target saw. */
-async function hammerUnderEviction(t: Parameters<typeof startTarget>[0], unsafe: boolean) {
-  const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
+/**
+ * Writes racing eviction: `cmd` writes pages (and checks each before rewriting it) while
+ * the cap keeps evicting them; then every page is verified. Up to `rounds` rounds for
+ * the unsafe twins (stopping at the first lost write: on a loaded machine the race may
+ * take a few), 5 for the safe runs. Returns what the target saw.
+ */
+async function writesRacingEviction(t: Parameters<typeof startTarget>[0], o: { memfdMiB: number; cap: number; store: PageStore; cmd: string; rounds: number; unsafe: boolean; raceWindowMs?: number }) {
+  const target = await startTarget(t, { memfdMiB: o.memfdMiB, anonMiB: 1 });
   await target.cmd('fill memfd 3');
-  const store = await raceStore(t);
-  const pager = await attach(t, target, [region(target, 'memfd')], 32, store, { evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: unsafe });
+  const pager = await attach(t, target, [region(target, 'memfd')], o.cap, o.store, {
+    evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: o.unsafe, ...(o.raceWindowMs ? { _testRaceWindowMs: o.raceWindowMs } : {}),
+  });
   let corrupt = 0, writes = 0;
-  // 5 rounds, or for the unsafe run up to 40, stopping early once a lost write is seen
-  // (only the unsafe run can; on a loaded machine the race may take a few rounds)
-  for (let round = 0; round < (unsafe ? 40 : 5) && corrupt === 0; round++) {
-    const h = parseReply(await target.cmd('hammer memfd 100 64 2000'));
-    writes += h.writes;
-    corrupt += h.corrupt + parseReply(await target.cmd('verify memfd')).corrupt;
+  for (let round = 0; round < (o.unsafe ? o.rounds : 5) && corrupt === 0; round++) {
+    const c = parseReply(await target.cmd(o.cmd));
+    writes += c.writes;
+    corrupt += c.corrupt + parseReply(await target.cmd('verify memfd')).corrupt;
   }
   return { corrupt, writes, stats: pager.stats() };
+}
+
+/** Hammer 64 pages while a 32-page cap evicts them again and again (write-protect path: file store). */
+async function hammerUnderEviction(t: Parameters<typeof startTarget>[0], unsafe: boolean) {
+  return writesRacingEviction(t, { memfdMiB: 16, cap: 32, store: await raceStore(t), cmd: 'hammer memfd 100 64 2000', rounds: 40, unsafe });
 }
 
 test('memfd: writes racing eviction are never lost (write-protect before copy-out)', async (t) => {
@@ -159,18 +168,7 @@ test('the race test can fail: without write-protect before copy-out, racing writ
 // loop of pages, as the write-protect test does, spends that window waiting for room at
 // the cap: the unsafe twin then saw a lost write only now and then.)
 async function churnUnderSpliceEviction(t: Parameters<typeof startTarget>[0], unsafe: boolean) {
-  const target = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
-  await target.cmd('fill memfd 3');
-  const store = await memoryStore(t);
-  const pager = await attach(t, target, [region(target, 'memfd')], 128, store, { evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: unsafe, _testRaceWindowMs: 5 });
-  let corrupt = 0, writes = 0;
-  // 5 rounds, or for the unsafe run up to 10, stopping at the first lost write
-  for (let round = 0; round < (unsafe ? 10 : 5) && corrupt === 0; round++) {
-    const c = parseReply(await target.cmd('churn memfd 1000 4 0.5'));
-    writes += c.writes;
-    corrupt += c.corrupt + parseReply(await target.cmd('verify memfd')).corrupt;
-  }
-  return { corrupt, writes, stats: pager.stats() };
+  return writesRacingEviction(t, { memfdMiB: 1, cap: 128, store: await memoryStore(t), cmd: 'churn memfd 1000 4 0.5', rounds: 10, unsafe, raceWindowMs: 5 });
 }
 
 test('memfd + memory: writes racing eviction are never lost (splice, punch, then read)', async (t) => {
