@@ -107,7 +107,7 @@ Pager::Region Pager::make_region(const RegionConfig& rc, uint32_t config_index, 
   Region r;
   static_cast<RegionConfig&>(r) = rc;
   r.config_index = config_index;
-  r.key_id = rc.key_id >= 0 ? (uint32_t)rc.key_id : config_index;
+  r.key_id = (uint32_t)key_id_of(rc, config_index);
   r.first = (uint32_t)first;
   r.npages = (uint32_t)(rc.length / kPageSize);
   if (r.memfd) {
@@ -125,7 +125,7 @@ void Pager::check_new_region(const std::vector<RegionConfig>& batch, size_t at, 
   if (rc.start % kPageSize || rc.length % kPageSize || rc.length == 0)
     throw Error("EM_BAD_REGION", "region '" + rc.name + "' is not page aligned or is empty");
   if (rc.key_id > (int64_t)UINT32_MAX) throw Error("EM_BAD_REGION", "region '" + rc.name + "': key id out of range");
-  auto key_of_batch = [&](size_t i) { return batch[i].key_id >= 0 ? batch[i].key_id : (int64_t)(base + i); };
+  auto key_of_batch = [&](size_t i) { return key_id_of(batch[i], base + i); };
   const int64_t key = key_of_batch(at);
   const uint64_t end = rc.start + rc.length;
   auto clash = [&](uint64_t s, uint64_t l, int64_t other_key, const std::string& other) {
@@ -319,7 +319,7 @@ void Pager::add_regions(const std::vector<RegionConfig>& more) {
   const size_t n0 = regions().size();
   if (n0 + more.size() > kMaxRegions)
     throw Error("EM_BAD_REGION", "the pager takes at most " + std::to_string(kMaxRegions) + " RAM regions per VM; it has " + std::to_string(n0));
-  const bool all_memfd = std::all_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; });
+  const bool all_memfd = all_regions_memfd();
   uint64_t added = 0;
   for (size_t i = 0; i < more.size(); i++) {
     check_new_region(more, i, cfg_.regions.size());
@@ -360,11 +360,7 @@ void Pager::add_regions(const std::vector<RegionConfig>& more) {
     nregions_.store(slot + 1, std::memory_order_release);
     const Region& r = regions_[slot];
     try {
-      uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
-      if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT))) {
-        uffd_unregister(cfg_.uffd, r.start, r.length);
-        throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
-      }
+      register_region(r);
     } catch (...) {
       // Unpublished again; its entry stays in the array, unused, until the next add.
       nregions_.store(slot, std::memory_order_release);
@@ -399,6 +395,21 @@ void Pager::add_regions(const std::vector<RegionConfig>& more) {
   if (resident_ > high_watermark()) evict_cv_.notify_one();
 }
 
+// Register a region with the uffd (missing and write-protect faults); a range that
+// cannot be write-protected is unregistered again and refused.
+void Pager::register_region(const Region& r) {
+  uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
+  if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT))) {
+    uffd_unregister(cfg_.uffd, r.start, r.length);
+    throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
+  }
+}
+
+bool Pager::all_regions_memfd() const {
+  RegionSpan rs = regions();
+  return std::all_of(rs.begin(), rs.end(), [](const Region& r) { return r.memfd; });
+}
+
 void Pager::start_unguarded(size_t& registered) {
   // A take-over may find the uffd blocking (a previous monitor's blocking_reads_):
   // everything before the fault thread starts reads it without waiting.
@@ -420,7 +431,7 @@ void Pager::start_unguarded(size_t& registered) {
     // be handled): the anonymous churn test did 5x fewer writes (34.7k vs 174k). So
     // private memory keeps the limit of docs/architecture.md (a discarded remote page
     // keeps its stored copy).
-    bool all_memfd = std::all_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; });
+    bool all_memfd = all_regions_memfd();
     // THREAD_ID: the faulting thread's id in each fault message (follow_faulter).
     uint64_t want = UFFD_FEATURE_PAGEFAULT_FLAG_WP | UFFD_FEATURE_THREAD_ID | (all_memfd ? UFFD_FEATURE_EVENT_REMOVE : 0) |
                     (any_memfd ? UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_WP_HUGETLBFS_SHMEM : 0);
@@ -429,10 +440,8 @@ void Pager::start_unguarded(size_t& registered) {
   }
   // (Re-)registering with the same uffd is allowed, so a take-over registers too.
   for (auto& r : regions()) {
-    uint64_t ioctls = uffd_register(cfg_.uffd, r.start, r.length, true);
+    register_region(r);
     registered++;
-    if (!(ioctls & (1ULL << _UFFDIO_WRITEPROTECT)))
-      throw Error("EM_UFFD_FEATURES", "region '" + r.name + "' does not support userfaultfd write-protect (needed so no write is lost during eviction)");
   }
   build_state();
   if (cfg_.reattach) {
@@ -448,9 +457,7 @@ void Pager::start_unguarded(size_t& registered) {
   }
   if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
   if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
-  if (!cfg_.test_no_splice && store_->lives_in_monitor() &&
-      std::all_of(regions().begin(), regions().end(), [](const Region& r) { return r.memfd; }))
-    open_splice_pipe();
+  if (!cfg_.test_no_splice && store_->lives_in_monitor() && all_regions_memfd()) open_splice_pipe();
   blocking_reads_ = can_block_in_read();
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
@@ -784,9 +791,7 @@ void Pager::requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_un
     uint64_t addr = msgs[i].arg.pagefault.address & ~(uint64_t)(kPageSize - 1);
     int ri = region_of(addr);
     if (ri < 0) continue;
-    uint64_t flags = msgs[i].arg.pagefault.flags;
-    Retry::Kind kind = (flags & UFFD_PAGEFAULT_FLAG_WP) ? Retry::kWp : (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? Retry::kWrite : Retry::kRead;
-    retry_.push_back({index_in(regions_[ri], addr), kind});
+    retry_.push_back({index_in(regions_[ri], addr), Retry::of(msgs[i].arg.pagefault.flags)});
   }
   // A fault may be on the list twice now (re-queued here and by its own EAGAIN in the
   // round): keep one of each, so rounds that keep failing cannot grow the list.
@@ -891,8 +896,7 @@ void Pager::fault_loop() {
           uint32_t idx = index_in(regions_[ri], addr);
           faults_++;
           if (cfg_.test_defer_faults) {  // TEST ONLY: served from retry_ in a later round, as after EAGAIN
-            uint64_t f = msgs[i].arg.pagefault.flags;
-            retry_.push_back({idx, (f & UFFD_PAGEFAULT_FLAG_WP) ? Retry::kWp : (f & UFFD_PAGEFAULT_FLAG_WRITE) ? Retry::kWrite : Retry::kRead});
+            retry_.push_back({idx, Retry::of(msgs[i].arg.pagefault.flags)});
             continue;
           }
           if (msgs[i].arg.pagefault.flags & UFFD_PAGEFAULT_FLAG_WP) {
@@ -1439,8 +1443,8 @@ void Pager::mark_left(uint32_t idx, bool zero) {
 }
 
 // Drop the (sorted) pages; which of them left host memory: all of them, or after a
-// failure part-way those probe_gone finds gone (none when even that fails: every page
-// is then treated as still here, the target most likely gone).
+// failure part-way those probe_gone finds gone; when even that fails, the drop is
+// retried, and at last every page counts as gone (see the end).
 std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted) {
   try {
     drop_pages(sorted);
@@ -1836,14 +1840,12 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
           m.state = kResDirty;
           m.flags &= ~kFlAbort;
           list_insert(idx, true);
-          vi++;
           continue;
         }
         // No content to put back: the page is lost; its faults stay held (invariant 2).
         m.flags |= kFlLost;
         lost_pages_++;
         emit({"page-lost", "an evicted page could be neither stored nor put back: its fault is held", {key_of(idx)}, 0, 0});
-        vi++;
       }
       bool discarded = kind[i] == 3 || (m.flags & kFlAbort);
       m.flags &= ~kFlAbort;
@@ -1890,6 +1892,7 @@ void Pager::evict_loop() {
     emit({"error", std::string("could not lower the evictor's priority: ") + strerror(errno), {}, 0, 0});
   }
   tl_evictor = true;
+  uint32_t idle_backoff_ms = 0;  // the wait after a round that evicted nothing (grows while rounds keep failing)
   while (!stop_ && !evict_stop_ && !draining_) {
     place_evictor();
     {
@@ -1923,16 +1926,16 @@ void Pager::evict_loop() {
         stalled = true;
         break;
       }
-      idle_backoff_ms_ = 0;
+      idle_backoff_ms = 0;
     }
     if (report && done) emit({"progress", "evicted to the cap", {}, done, done});
     if (stalled) {
       // Still above the watermark: waiting on evict_cv_ would return at once. Back off
       // (1 ms doubling to 1 s while rounds keep failing) instead of spinning, unless
       // the cap changes or the pager stops.
-      idle_backoff_ms_ = idle_backoff_ms_ ? std::min<uint32_t>(idle_backoff_ms_ * 2, 1000) : 1;
+      idle_backoff_ms = idle_backoff_ms ? std::min<uint32_t>(idle_backoff_ms * 2, 1000) : 1;
       std::unique_lock<std::mutex> lk(evict_mu_);
-      evict_cv_.wait_for(lk, std::chrono::milliseconds(idle_backoff_ms_), [&] { return stop_ || evict_stop_ || draining_ || cap_ != cap; });
+      evict_cv_.wait_for(lk, std::chrono::milliseconds(idle_backoff_ms), [&] { return stop_ || evict_stop_ || draining_ || cap_ != cap; });
     }
   }
 }

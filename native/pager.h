@@ -130,6 +130,10 @@ class Pager {
   static bool in_memory(uint64_t pagemap_entry) { return (pagemap_entry >> 62) & 3; }
   void build_state();
   void start_unguarded(size_t& registered);
+  void register_region(const Region& r);
+  bool all_regions_memfd() const;
+  // A region's store key part: its key_id, or its position in the attach request.
+  static int64_t key_id_of(const RegionConfig& rc, size_t config_index) { return rc.key_id >= 0 ? rc.key_id : (int64_t)config_index; }
   void undo_fresh_start(size_t registered);
   // --- fault thread ---
   void fault_loop();
@@ -260,12 +264,15 @@ class Pager {
     enum Kind : uint8_t { kRead, kWrite, kWp };
     uint32_t idx;
     Kind kind;
+    // The kind of a fault message's flags.
+    static Kind of(uint64_t flags) {
+      return (flags & UFFD_PAGEFAULT_FLAG_WP) ? kWp : (flags & UFFD_PAGEFAULT_FLAG_WRITE) ? kWrite : kRead;
+    }
   };
   std::vector<Retry> retry_;
   std::vector<std::pair<uint64_t, uint64_t>> pending_removes_;  // REMOVE events a failed round left unapplied (fault thread)
   std::atomic<uint64_t> last_error_us_{0};  // report_throttled (fault thread and evictor)
   std::atomic<uint64_t> held_errors_{0};
-  uint32_t idle_backoff_ms_ = 0;  // evictor only: the wait after a round that evicted nothing
 
   // follow_faults placement: the CPUs this process may use (at start), the fault
   // thread's CPU (-1: not placed), faults until the next check, and the CPU the evictor
