@@ -147,17 +147,10 @@ export class Daemon {
     }
     const existing = this.findOrNull(spec);
     if (existing && existing.state === 'waiting' && !expect) {
-      // Retry the take-over with what the previous daemon used, unless told otherwise.
-      this.sessions.delete(existing.vmId);
       try {
-        return await this.attach(spec, local ?? String(existing.capBytes), storeArg ?? existing.storeUri,
-          storeKeyArg !== undefined ? storeKeyArg : existing.storeKeyFile ?? null, { vmId: existing.vmId, pid: existing.target.pid });
+        return await this.takeOver(existing, spec, local, storeArg, storeKeyArg);
       } catch (e) {
-        if (!this.sessions.has(existing.vmId)) {
-          existing.note = `take-over failed: ${existing.scrub((e as Error).message)}`;
-          this.sessions.set(existing.vmId, existing);
-          this.saveState();
-        }
+        this.saveState();
         throw e;
       }
     }
@@ -366,6 +359,22 @@ export class Daemon {
     return fresh;
   }
 
+  /**
+   * Take over a VM left `waiting` (by the previous daemon), with what that daemon used
+   * unless told otherwise; on failure it stays waiting, with the reason.
+   */
+  private async takeOver(w: Session, spec: string, local?: string, storeArg?: string, storeKeyArg?: string | null): Promise<unknown> {
+    this.sessions.delete(w.vmId);
+    try {
+      return await this.attach(spec, local ?? String(w.capBytes), storeArg ?? w.storeUri,
+        storeKeyArg !== undefined ? storeKeyArg : w.storeKeyFile ?? null, { vmId: w.vmId, pid: w.target.pid });
+    } catch (e) {
+      w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
+      if (!this.sessions.has(w.vmId)) this.sessions.set(w.vmId, w);
+      throw e;
+    }
+  }
+
   /** A device was added to a libvirt domain behind our back: page its RAM if it has any. */
   private onDeviceAdded(ev: LifecycleEvent): void {
     const s = [...this.sessions.values()].find((x) => x.target.kind === 'libvirt' && x.name === ev.domain);
@@ -560,13 +569,10 @@ export class Daemon {
       pending.push([e, w]);
     }
     for (const [e, w] of pending) {
-      this.sessions.delete(e.vmId);
       try {
-        const r = await this.attach(e.spec, String(e.capBytes), e.store, e.storeKeyFile ?? null, { vmId: e.vmId, pid: e.pid });
+        const r = await this.takeOver(w, e.spec);
         log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
       } catch (err) {
-        w.note = `take-over failed: ${w.scrub((err as Error).message)}`;
-        if (!this.sessions.has(e.vmId)) this.sessions.set(e.vmId, w);
         log(e.name, 're-attach failed', `${(err as Error).message}; it waits on its userfaultfd: retry with elasticmem attach ${e.spec}`);
       }
     }
