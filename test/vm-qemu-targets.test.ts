@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { bootQemu } from './helpers/qemu.ts';
+import { bootQemu, qmpCommand } from './helpers/qemu.ts';
 import { startDaemon, holdsUffd, BIN } from './helpers/daemon.ts';
 
 /** Collect `n` JSON lines of `stats --watch --json`, then stop it as Ctrl-C would. */
@@ -36,7 +36,7 @@ function watchSamples(socket: string, vm: string, n: number): Promise<Record<str
 test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0', async (t) => {
   const [p, q, d] = await Promise.all([
     bootQemu(t, { memMiB: 256, maxMemMiB: 512, dimmMiB: 128, memory: 'private', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 51, passes: 0, pauseMs: 100 } }),
-    bootQemu(t, { memMiB: 256, maxMemMiB: 512, memory: 'memfd', workload: { sizeMiB: 96, pattern: 'seq', write: 0.25, seed: 52, passes: 0, pauseMs: 100 } }),
+    bootQemu(t, { memMiB: 256, maxMemMiB: 512, dimmMiB: 128, memory: 'memfd', workload: { sizeMiB: 96, pattern: 'seq', write: 0.25, seed: 52, passes: 0, pauseMs: 100 } }),
     startDaemon(t),
   ]);
   await Promise.all([p.console.waitForPasses(1, 120_000), q.console.waitForPasses(1, 120_000)]);
@@ -80,6 +80,21 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   t.is(JSON.parse(gd.stdout).kind, 'dimm');
   t.is(JSON.parse((await d.cli('stats', `pid:${p.pid}`, '--json')).stdout).totalPages, pagesBefore + 32768);
   await p.console.waitForMemTotal(withVmem + 120 * 1024, 60_000);
+
+  // A DIMM added behind the daemon's back, straight on QEMU's QMP socket (no libvirt
+  // event exists for it): the daemon sees the new mapping and pages its RAM block.
+  const qPages = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
+  const qMem = q.console.memTotalKb!;
+  await qmpCommand(q.qmpPath, 'object-add', { 'qom-type': 'memory-backend-memfd', id: 'side-mem', size: 128 * 2 ** 20, share: true });
+  await qmpCommand(q.qmpPath, 'device_add', { driver: 'pc-dimm', id: 'side', memdev: 'side-mem' });
+  let qNow = qPages;
+  for (const end = Date.now() + 20_000; qNow === qPages && Date.now() < end;) {
+    await new Promise((r) => setTimeout(r, 250));
+    qNow = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
+  }
+  t.is(qNow, qPages + 32768, 'the side-added DIMM is under the pager');
+  t.regex(d.log(), /memory added.*QEMU mapped new memory.*side-mem/);
+  await q.console.waitForMemTotal(qMem + 120 * 1024, 60_000);
 
   await p.console.waitForPasses(p.console.passes.length + 2, 120_000);
   const det = await d.cli('detach', `pid:${p.pid}`);

@@ -19,6 +19,7 @@ import { StorePool } from './stores.ts';
 import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
+import { unpagedLargeMappings } from './ram-watch.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
 import { rememberStoreUri, scrubKnown, shownUri } from './secrets.ts';
 
@@ -378,14 +379,36 @@ export class Daemon {
   /** A device was added to a libvirt domain behind our back: page its RAM if it has any. */
   private onDeviceAdded(ev: LifecycleEvent): void {
     const s = [...this.sessions.values()].find((x) => x.target.kind === 'libvirt' && x.name === ev.domain);
-    if (!s || this.closing) return;
+    if (s) this.pageAddedRam(s, `device ${ev.event} was added`);
+  }
+
+  /**
+   * A pid:/qmp: QEMU has no event stream the daemon can hold (ram-watch.ts): a new
+   * large mapping outside the paged RAM is the sign of a DIMM added behind our back.
+   */
+  private checkRamMappings(s: Session): void {
+    if (s.target.kind === 'libvirt' || s.state !== 'attached' || !s.pager || !s.memory) return;
+    let now: string;
+    try {
+      now = unpagedLargeMappings(s.target.pid, s.memory.regions);
+    } catch {
+      return;  // QEMU is gone: its exit is handled on its own
+    }
+    if (now === s.unpagedMappings) return;
+    s.unpagedMappings = now;
+    if (now) this.pageAddedRam(s, 'QEMU mapped new memory');
+  }
+
+  /** Put RAM blocks added behind our back under the VM's pager (same cap), and say so. */
+  private pageAddedRam(s: Session, why: string): void {
+    if (this.closing) return;
     void s.serial(async () => {
       if (s.state !== 'attached' || !s.pager) return;
       try {
         const fresh = await this.pageNewRam(s, s.target as Target);
-        if (fresh.length) log(s.name, 'memory added', `${ev.event}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+        if (fresh.length) log(s.name, 'memory added', `${why}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
       } catch (e) {
-        log(s.name, 'error', `after device ${ev.event} was added: ${s.scrub((e as Error).message)}`);
+        log(s.name, 'error', `after ${why}: ${s.scrub((e as Error).message)}`);
       }
     }).catch(() => undefined);
   }
@@ -464,6 +487,7 @@ export class Daemon {
   private async pollLifecycle(): Promise<void> {
     for (const s of this.sessions.values()) {
       if ((s.state === 'attached' || s.state === 'detaching') && !processAlive(s.target.pid, s.target.startTime)) void this.onTargetGone(s);
+      this.checkRamMappings(s);
       if (s.state === 'waiting' && !processAlive(s.target.pid, s.target.startTime)) {
         s.state = 'crashed';
         s.note = `QEMU pid ${s.target.pid} ended before it was taken over; stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;

@@ -33,6 +33,11 @@ export class Session {
    * reference and the session alone (releasing twice would close a store other VMs use).
    */
   ended = false;
+  /**
+   * Large mappings of QEMU outside the paged RAM at the last look (ram-watch.ts): a
+   * pid:/qmp: VM's RAM is re-discovered when this changes.
+   */
+  unpagedMappings = '';
 
   /** The store URI as shown (CLI, --json, stats, logs): the password masked. */
   readonly storeShown: string;
