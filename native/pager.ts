@@ -250,17 +250,34 @@ function validateCpus(cpus: number[] | undefined, what: string): void {
     );
 }
 
+/** Field 22 of /proc/PID/stat (start time in clock ticks), or null when there is no such process. */
+function startTimeOf(pid: number): string | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '0';
+  } catch {
+    return null;
+  }
+}
+
 function lockTarget(pid: number, dir = '/run/elasticmem/locks'): number {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // The process start time makes the lock name unique even if the pid is reused.
-  let start = '0';
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    start = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '0';
-  } catch {
-    throw new ElasticmemError(`no process with pid ${pid}: check the pid (it may have exited)`, 'EM_NO_PROCESS', 3);
-  }
+  const start = startTimeOf(pid);
+  if (start === null) throw new ElasticmemError(`no process with pid ${pid}: check the pid (it may have exited)`, 'EM_NO_PROCESS', 3);
+  removeStaleLocks(dir);
   return loadNative().targetLock(path.join(dir, `${pid}-${start}.lock`));
+}
+
+/**
+ * Lock files of processes that have ended: nobody can want them again (the name holds
+ * the pid and its start time), so they are removed rather than left to pile up.
+ */
+function removeStaleLocks(dir: string): void {
+  for (const f of fs.readdirSync(dir)) {
+    const m = /^(\d+)-(\d+)\.lock$/.exec(f);
+    if (m && startTimeOf(Number(m[1])) !== m[2]) fs.rmSync(path.join(dir, f), { force: true });
+  }
 }
 
 export type { PagerEvent, PagerStatsRaw, RegionSpec };

@@ -285,7 +285,12 @@ test('bad input: dead pid, missing region, cap too large, second attach', async 
   t.is(uffdCount(target.pid), 0, 'a refused attach leaves the target untouched');
   const takeover = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: 128, store, reattach: true }).catch((e) => e);
   t.is(takeover.code, 'EM_REATTACH_NEEDS_PERSISTENT_STORE', 'a take-over with memory: would zero-fill what the dead monitor held');
+  // A lock file left by a process that has ended is removed at the next attach.
+  const stale = '/run/elasticmem/locks/999999-12345.lock';
+  fs.mkdirSync('/run/elasticmem/locks', { recursive: true });
+  fs.writeFileSync(stale, '');
   const first = await attach(t, target, [r], 128, store);
+  t.false(fs.existsSync(stale), 'the stale lock file was removed');
   const second = await Pager.attach({ pid: target.pid, vmId: 'x', regions: [r], capPages: 128, store }).catch((e) => e);
   t.is(second.code, 'EM_ALREADY_ATTACHED');
   t.is(uffdCount(target.pid), 1);
