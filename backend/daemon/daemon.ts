@@ -379,7 +379,7 @@ export class Daemon {
   /** A device was added to a libvirt domain behind our back: page its RAM if it has any. */
   private onDeviceAdded(ev: LifecycleEvent): void {
     const s = [...this.sessions.values()].find((x) => x.target.kind === 'libvirt' && x.name === ev.domain);
-    if (s) this.pageAddedRam(s, `device ${ev.event} was added`);
+    if (s) this.pageAddedRam(s, ev.event, `device ${ev.event} was added`);
   }
 
   /**
@@ -396,19 +396,22 @@ export class Daemon {
     }
     if (now === s.unpagedMappings) return;
     s.unpagedMappings = now;
-    if (now) this.pageAddedRam(s, 'QEMU mapped new memory');
+    if (now) this.pageAddedRam(s, 'QEMU mapped new memory', 'QEMU mapped new memory');
   }
 
-  /** Put RAM blocks added behind our back under the VM's pager (same cap), and say so. */
-  private pageAddedRam(s: Session, why: string): void {
+  /**
+   * Put RAM blocks added behind our back under the VM's pager (same cap), and say so:
+   * `source` heads the log line, `after` names the cause in an error.
+   */
+  private pageAddedRam(s: Session, source: string, after: string): void {
     if (this.closing) return;
     void s.serial(async () => {
       if (s.state !== 'attached' || !s.pager) return;
       try {
         const fresh = await this.pageNewRam(s, s.target as Target);
-        if (fresh.length) log(s.name, 'memory added', `${why}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+        if (fresh.length) log(s.name, 'memory added', `${source}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
       } catch (e) {
-        log(s.name, 'error', `after ${why}: ${s.scrub((e as Error).message)}`);
+        log(s.name, 'error', `after ${after}: ${s.scrub((e as Error).message)}`);
       }
     }).catch(() => undefined);
   }
