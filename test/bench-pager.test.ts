@@ -52,6 +52,7 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.is(j.localBytes, 8 * 2 ** 20);
   t.is(j.store, 'memory:');
   t.is(j.policy, 'refault');
+  t.is(j.memory, 'shared');
   t.is(j.touches, 20000);
   t.is(j.integrity, 'ok');
   t.regex(j.integrityDetail.beforeDetach, /^integrity ok pages=8192$/);
@@ -78,6 +79,18 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.deepEqual(benchCgroups(), []);
   t.deepEqual(swaps(), swapsBefore);
   t.false(fs.readFileSync('/proc/self/mountinfo', 'utf8').includes('memcg-v1'));
+});
+
+test.serial('--memory private: the workload pages private anonymous memory (QEMU\'s default RAM), dropped by injection; every page verifies', async (t) => {
+  const r = await cli(t, ['bench', 'pager', '--workload', 'random', '--size', '16M', '--local', '4M', '--store', 'memory:', '--memory', 'private', '--touches', '8000', '--floor-repeats', '1', '--pin', '0', '--json']);
+  t.is(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  t.log(JSON.stringify({ usPerTouch: j.usPerTouch, touchFaultUs: j.touchFaultUs, p50VsFloor: j.p50VsFloor, hitRate: j.hitRate }));
+  t.is(j.memory, 'private');
+  t.is(j.integrity, 'ok');
+  t.regex(j.integrityDetail.afterDetach, /^integrity ok pages=4096$/);
+  t.true(j.pager.fetches > 8000 * 0.5 && j.pager.evictions > 0, `fetches ${j.pager.fetches}, evictions ${j.pager.evictions}`);
+  t.is(j.pager.evictMode, 'write-protect', 'private memory is evicted with write-protect and a dropped range, never by splice');
 });
 
 test.serial('--repeats: every run is listed, the figures are its medians, each pager run paired with the kernel run after it', async (t) => {
@@ -111,6 +124,7 @@ test.serial('bad input is refused with exit 2 and a message naming the problem',
     [['--workload', 'seq', '--policy', 'slru'], /policy 'slru' was replaced by 'refault'/],
     [['--workload', 'seq', '--repeats', '0'], /--repeats must be from 1 to 20/],
     [['--workload', 'seq', '--repeats', 'many'], /--repeats must be a whole number/],
+    [['--workload', 'seq', '--memory', 'huge'], /unknown --memory 'huge'.*shared.*private/],
   ];
   // parseArgs keeps the last value of a repeated option: each case overrides the base.
   for (const [extra, re] of cases) {

@@ -2,7 +2,8 @@
  * `elasticmem bench pager`: the per-touch cost of the pager against kernel swap and
  * against the bare userfaultfd floor, in one run.
  *
- *   1. pager: the workload (workloads/workload.c) fills a shared memfd, the pager
+ *   1. pager: the workload (workloads/workload.c) fills a shared memfd (or, with
+ *      memory 'private', private anonymous memory, as QEMU's default RAM), the pager
  *      attaches with the local cap and evicts down to it, then the workload runs its
  *      touches (timed inside the workload), verifies every page, and the pager detaches
  *      (and the workload verifies again after the drain);
@@ -67,6 +68,12 @@ export interface PagerBenchOptions {
    * switches, not cross-CPU wake-ups, which on a VM decide most of a fault's latency.
    */
   pinCpu?: number;
+  /**
+   * The kind of memory the workload pages (default 'shared'): a shared memfd (QEMU with
+   * memory-backend-memfd, the setup elasticmem recommends) or private anonymous memory
+   * (QEMU's default RAM), which the pager drops by injected MADV_DONTNEED.
+   */
+  memory?: 'shared' | 'private';
   onProgress?: (p: Progress) => void;
   /** Aborting kills the workload; everything set up is undone before the promise settles. */
   signal?: AbortSignal;
@@ -103,6 +110,8 @@ export interface PagerBenchResult {
   localBytes: number;
   store: string;
   policy: 'refault' | 'fifo';
+  /** The kind of memory paged: 'shared' (memfd) or 'private' (anonymous). */
+  memory: 'shared' | 'private';
   touches: number;
   warmupTouches: number;
   seed: number;
@@ -117,7 +126,7 @@ export interface PagerBenchResult {
   /** Median of each repeat's own ratio (its pager run against the kernel run right after it). */
   ratioVsKernelSwap?: number;
   uffdFloorUs: number;
-  /** The floor for a shared memfd, the kind of memory the pager pages here. */
+  /** The floor for a shared memfd (uffdFloorUs is the anonymous one). */
   uffdFloorMemfdUs: number;
   /** The CPU the workload, the fault thread and the floor ran on (--pin), if pinned. */
   pinCpu?: number;
@@ -125,9 +134,9 @@ export interface PagerBenchResult {
   faultLatencyUs: Percentiles;
   /** Faulting touches as the workload saw them (touch to return): same vantage as the floor. */
   touchFaultUs: Percentiles;
-  /** touchFaultUs.p50 / uffdFloorUs. */
+  /** touchFaultUs.p50 / uffdFloorUs (like for like with memory 'private': both anonymous). */
   p50VsFloor: number;
-  /** touchFaultUs.p50 / uffdFloorMemfdUs (like for like: both serve a shared memfd). */
+  /** touchFaultUs.p50 / uffdFloorMemfdUs (like for like with memory 'shared': both a memfd). */
   p50VsMemfdFloor: number;
   /** 1 - fetches / touches over the timed touches. */
   hitRate: number;
@@ -153,7 +162,7 @@ export interface PagerPhaseStats extends Pick<
   PagerStatsRaw,
   | 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched'
   | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries' | 'capWaits' | 'capWaitUs'
-  | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages' | 'faultCpu'
+  | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages' | 'faultCpu' | 'evictMode'
   | 'faultLatencyUs' | 'latencyHistogram'
 > {
   prefetchMax?: number;
@@ -241,7 +250,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     for (let i = 1; i <= runCount; i++) {
       const tagged = runCount > 1 ? (p: Progress) => progress({ ...p, repeat: i }) : progress;
       if (i === 1 && repeats >= 2) await floorSample();
-      pagerRuns.push(await pagerPhase(bin, args('memfd'), store, opts, policy, touches, tagged));
+      pagerRuns.push(await pagerPhase(bin, args(opts.memory === 'private' ? 'anon' : 'memfd'), store, opts, policy, touches, tagged));
       if (i === 1 && repeats >= 3) await floorSample();
       if (opts.baseline === 'kernel-swap') kernelRuns.push(await kernelSwapPhase(bin, args('anon'), opts, touches, tagged));
     }
@@ -276,6 +285,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     localBytes: opts.localBytes,
     store: redactUri(opts.store.trim()),
     policy,
+    memory: opts.memory ?? 'shared',
     touches,
     warmupTouches: warmup,
     seed,
@@ -347,7 +357,11 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
   const unhook = killOnAbort(proc, opts.signal);
   let pager: Pager | undefined;
   try {
-    const regions = findMemfdRegions(proc.pid, MEMFD_NAME);
+    // Private memory has no name to find it by: the workload's ready line says where it is.
+    const ready = JSON.parse(proc.first) as { mode: string; start: string; length: number };
+    const regions = ready.mode === 'anon'
+      ? [{ start: ready.start, length: ready.length, kind: 'anon' as const, name: 'bench-private' }]
+      : findMemfdRegions(proc.pid, MEMFD_NAME);
     const capPages = opts.localBytes / PAGE;
     const vmId = `bench-${proc.pid}`;
     const t0 = Date.now();
@@ -488,6 +502,7 @@ function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOption
     remotePages: s1.remotePages,
     totalPages: s1.totalPages,
     faultCpu: s1.faultCpu,
+    evictMode: s1.evictMode,
     faultLatencyUs: lat,
     latencyHistogram: hist,
     ...(opts.prefetchMax !== undefined ? { prefetchMax: opts.prefetchMax } : {}),

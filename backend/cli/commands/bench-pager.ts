@@ -9,10 +9,11 @@ import { allowedCpus } from '../../../native/pager.ts';
 import { runPagerBench, WORKLOADS, type PagerBenchOptions, type PagerBenchResult, type Progress, type Workload } from '../../bench/pager-bench.ts';
 
 const usage = `usage: elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI
-                              [--baseline kernel-swap] [--policy refault|fifo] [--pin CPU] [--repeats N] [--json]
+                              [--baseline kernel-swap] [--policy refault|fifo] [--memory shared|private]
+                              [--pin CPU] [--repeats N] [--json]
 
 Measure what one page touch costs under the pager: a workload process fills SIZE of
-shared memory, the pager attaches with a resident cap of --local and pages the rest to
+memory, the pager attaches with a resident cap of --local and pages the rest to
 the store, then the workload touches pages (timed from inside) and verifies every page.
 Needs root. Also measures the bare userfaultfd fault latency (the floor) in the same run.
 
@@ -26,6 +27,10 @@ Needs root. Also measures the bare userfaultfd fault latency (the floor) in the 
   --policy refault|fifo
                        the pager's replacement policy (default refault: by each
                        page's refault distance; fifo: FluidMem's/umap's, to compare)
+  --memory shared|private
+                       what the workload's memory is (default shared: a shared memfd,
+                       as QEMU with memory-backend-memfd; private: anonymous memory,
+                       QEMU's default RAM, which the pager drops by injection)
   --touches N          timed touches (default: 6/12/40 per page for seq/random/zipf)
   --warmup N           untimed touches first (default: one per page)
   --seed N             workload seed (default 42)
@@ -56,6 +61,7 @@ const OPTIONS = {
   store: { type: 'string' },
   baseline: { type: 'string' },
   policy: { type: 'string' },
+  memory: { type: 'string' },
   touches: { type: 'string' },
   warmup: { type: 'string' },
   seed: { type: 'string' },
@@ -111,6 +117,8 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
   const policy = values.policy as string | undefined;
   if (policy === 'slru') throw new UsageError("bench pager: policy 'slru' was replaced by 'refault' (the default); use --policy refault or leave it out");
   if (policy !== undefined && policy !== 'refault' && policy !== 'fifo') throw new UsageError(`bench pager: unknown policy '${policy}': choose refault or fifo`);
+  const memory = values.memory as string | undefined;
+  if (memory !== undefined && memory !== 'shared' && memory !== 'private') throw new UsageError(`bench pager: unknown --memory '${memory}': choose shared (a memfd, the default) or private (anonymous)`);
   const pinCpu = count(values.pin as string | undefined, 'pin');
   if (pinCpu !== undefined && !allowedCpus().includes(pinCpu))
     throw new UsageError(`bench pager: --pin ${pinCpu} is not a CPU this process may use (${allowedCpus().join(',')}): pick one of those`);
@@ -121,6 +129,7 @@ export function optionsFromArgs(values: Record<string, string | boolean | undefi
     store,
     baseline: baseline as 'kernel-swap' | undefined,
     policy: policy as 'refault' | 'fifo' | undefined,
+    memory: memory as 'shared' | 'private' | undefined,
     touches: count(values.touches as string | undefined, 'touches'),
     warmup: count(values.warmup as string | undefined, 'warmup'),
     seed: count(values.seed as string | undefined, 'seed'),
@@ -174,7 +183,7 @@ export function renderTable(r: PagerBenchResult): string {
   const line = (row: string[]) => '  ' + row.map((cell, c) => (c === 0 ? cell.padEnd(w[c]!) : cell.padStart(w[c]!))).join('   ');
   const p = r.pager;
   return [
-    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches${r.pinCpu !== undefined ? `, pinned to CPU ${r.pinCpu}` : ''}${r.repeats > 1 ? `; medians of ${r.repeats} runs` : ''}`,
+    `bench pager: ${r.workload}, ${formatSize(r.sizeBytes)} working set, ${formatSize(r.localBytes)} local, ${r.memory} memory, store ${r.store}, policy ${r.policy}, ${r.touches} timed touches${r.pinCpu !== undefined ? `, pinned to CPU ${r.pinCpu}` : ''}${r.repeats > 1 ? `; medians of ${r.repeats} runs` : ''}`,
     '',
     ...rows.map(line),
     '',
