@@ -165,3 +165,17 @@ test('pinned pager runs (bench pager --pin) are their own series, next to unpinn
   t.true(touch.some((l) => l.includes('µs per touch: 4.56; series: kernel swap (zram), pinned')), touch.join('\n'));
   t.true(touch.some((l) => l.includes(`µs per touch: ${Math.round(unpinned.usPerTouch * 100) / 100}; series: pager, memory:, slru;`)), touch.join('\n'));
 });
+
+test('private-memory pager runs (bench pager --memory private) are their own series and latency curve', async (t) => {
+  const from = tmp(t);
+  const out = tmp(t);
+  const shared = readJson('pager-random.json');
+  const priv = { ...shared, memory: 'private', usPerTouch: 6.54 };
+  fs.writeFileSync(path.join(from, 'runs.json'), [shared, priv].map((r) => JSON.stringify(r)).join('\n'));
+  await generateCharts(from, out);
+  const touch = markLabels(fs.readFileSync(path.join(out, 'touch-cost.svg'), 'utf8')).filter((l) => l.startsWith('workload,'));
+  t.true(touch.some((l) => l.includes('µs per touch: 6.54; series: pager, memory:, slru, private memory')), touch.join('\n'));
+  t.true(touch.some((l) => l.includes(`µs per touch: ${Math.round(shared.usPerTouch * 100) / 100}; series: pager, memory:, slru;`)), touch.join('\n'));
+  const latency = fs.readFileSync(path.join(out, 'fault-latency.svg'), 'utf8');
+  t.true(latency.includes('memory:, private memory'), 'a curve of its own');
+});

@@ -120,7 +120,8 @@ export function faultLatencyChart(all: PagerBenchResult[]): Chart | null {
   for (const p of pager) {
     const h = p.pager?.latencyHistogram;
     if (!h || !Array.isArray(h.boundsUs) || !h.boundsUs.length) continue;
-    const key = storeLabel(p.store);
+    // private memory (bench pager --memory private) is paged another way: its own curve
+    const key = storeLabel(p.store) + (p.memory === 'private' ? ', private memory' : '');
     const e = byStore.get(key) ?? { counts: new Map<number, number>(), runs: [] as string[] };
     h.boundsUs.forEach((b, i) => e.counts.set(b, (e.counts.get(b) ?? 0) + (h.counts[i] ?? 0)));
     e.runs.push(`${p.workload}/${p.policy}`);
@@ -177,7 +178,8 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
   for (const p of pager) {
     // pinned runs (bench pager --pin) are their own series: thread placement changes the cost
     const pin = p.pinCpu !== undefined ? ', pinned' : '';
-    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'refault'}${pin}`, p.usPerTouch);
+    const priv = p.memory === 'private' ? ', private memory' : '';
+    add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'refault'}${priv}${pin}`, p.usPerTouch);
     if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)${pin}`, p.kernelSwapUsPerTouch);
   }
   if (!groups.size) return null;
