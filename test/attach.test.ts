@@ -270,7 +270,12 @@ test.serial('injection works while the target thread waits in a userfaultfd faul
   const p3 = BigInt(tg.anon.start) + 3n * BigInt(PAGE);
   const pending = tg.cmd('read anon 3');
   await srv.waitFor(/^fault /);
-  t.regex(fs.readFileSync(`/proc/${tg.pid}/wchan`, 'utf8'), /userfault/, 'main thread is blocked in the fault');
+  // The message is queued before the faulting thread goes to sleep: wchan reads "0"
+  // (running) for that moment, so look until it shows the wait.
+  let wchan = '';
+  for (const end = Date.now() + 5000; !/userfault/.test(wchan) && Date.now() < end; await new Promise((r) => setTimeout(r, 10)))
+    wchan = fs.readFileSync(`/proc/${tg.pid}/wchan`, 'utf8');
+  t.regex(wchan, /userfault/, 'main thread is blocked in the fault');
   // The only thread is in a user-mode fault: PTRACE_INTERRUPT takes it out of the wait,
   // the injection runs, and on detach the thread faults again.
   const t0 = performance.now();
