@@ -50,5 +50,23 @@ test('SIGSTOP on redis-server stalls the guest; SIGCONT resumes it with corrupt=
   t.is(s.storeState, 'ok');
   t.is(s.lostPages, 0);
   t.deepEqual(con.passes.filter((p) => p.corrupt !== 0), []);
-  t.is((await d.cli('detach', dom.name)).code, 0);
+  // The store refuses the deletion of the obsolete copies after the drain (UNLINK
+  // denied): the detach stands, and says what was left behind.
+  await redis.cli('ACL', 'SETUSER', 'default', '-unlink');
+  const det = await d.cli('detach', dom.name, '--json');
+  t.is(det.code, 0, det.stderr);
+  const j = JSON.parse(det.stdout);
+  t.true(j.drained);
+  t.regex(j.storedPagesLeft, /NOPERM|permission/i);
+  t.true(Number(await redis.cli('DBSIZE')) > 0, 'the obsolete copies are still in the store');
+  const plain = await d.cli('attach', dom.name, '--local', '48M', '--store', redis.uri);
+  t.not(plain.code, 0, 'a fresh attach cannot delete the old copies either: refused, VM untouched');
+  t.regex(plain.stderr, /NOPERM/, 'with the store\'s reason');
+  await redis.cli('ACL', 'SETUSER', 'default', '+unlink');
+  const again = await d.cli('attach', dom.name, '--local', '48M', '--store', redis.uri);
+  t.is(again.code, 0, again.stderr);
+  const det2 = await d.cli('detach', dom.name);
+  t.is(det2.code, 0, det2.stderr);
+  t.notRegex(det2.stderr, /warning/);
+  t.is((await redis.cli('DBSIZE')).trim(), '0', 'the next attach and detach deleted them');
 });

@@ -452,14 +452,19 @@ export class Daemon {
       }
       if (s.ended) return { name: s.name, vm: s.vmId, drained: true, ms: Date.now() - t0 };  // QEMU ended meanwhile; its handling cleaned up
       s.ended = true;
-      // Every page is back in the VM: the stored copies are obsolete.
-      await s.store!.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
+      // Every page is back in the VM: the stored copies are obsolete. If they cannot be
+      // deleted the detach still stands; the caller is told, as they take store space.
+      let storedPagesLeft: string | undefined;
+      await s.store!.dropVm(s.vmId).catch((e: Error) => {
+        storedPagesLeft = s.scrub(e.message);
+        log(s.name, 'warning', `could not delete stored pages: ${storedPagesLeft}`);
+      });
       await this.stores.release(s.storeUri, s.storeKeyFile);
       this.sessions.delete(s.vmId);
       this.saveState();
       const ms = Date.now() - t0;
       log(s.name, 'detached', `all pages drained back in ${ms} ms; the VM runs without elasticmem`);
-      return { name: s.name, vm: s.vmId, drained: true, ms };
+      return { name: s.name, vm: s.vmId, drained: true, ms, ...(storedPagesLeft ? { storedPagesLeft } : {}) };
     });
   }
 

@@ -37,6 +37,8 @@ const cmd: Command = {
     if (tty) process.stderr.write('\n');
     if (values.json) printJson(r);
     else process.stdout.write(r.drained ? `detached ${r.name}: every page is back (${r.ms} ms)\n` : `detached ${r.name}: QEMU was gone, its stored pages were deleted\n`);
+    if (r.storedPagesLeft)
+      process.stderr.write(`warning: the obsolete copies of ${r.name}'s pages could not be deleted from its store (${r.storedPagesLeft}); they take space there until the next attach of this VM deletes them, or delete the VM's keys (id ${r.vm}) in the store\n`);
     return 0;
   },
 };
