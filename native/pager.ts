@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadNative, ElasticmemError, type RegionSpec, type PagerStatsRaw, type PagerEvent, type BridgeRequest, type AcquiredUffd, type PagerTestHooks } from './index.ts';
 import type { PageStore } from '../kvstore/types.ts';
+import { startTimeOf } from './proc-start.ts';
 
 export interface PagerAttachOptions extends PagerTestHooks {
   pid: number;
@@ -250,16 +251,6 @@ function validateCpus(cpus: number[] | undefined, what: string): void {
     );
 }
 
-/** Field 22 of /proc/PID/stat (start time in clock ticks), or null when there is no such process. */
-function startTimeOf(pid: number): string | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? '0';
-  } catch {
-    return null;
-  }
-}
-
 function lockTarget(pid: number, dir = '/run/elasticmem/locks'): number {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // The process start time makes the lock name unique even if the pid is reused.
@@ -276,7 +267,7 @@ function lockTarget(pid: number, dir = '/run/elasticmem/locks'): number {
 function removeStaleLocks(dir: string): void {
   for (const f of fs.readdirSync(dir)) {
     const m = /^(\d+)-(\d+)\.lock$/.exec(f);
-    if (m && startTimeOf(Number(m[1])) !== m[2]) fs.rmSync(path.join(dir, f), { force: true });
+    if (m && startTimeOf(Number(m[1])) !== Number(m[2])) fs.rmSync(path.join(dir, f), { force: true });
   }
 }
 

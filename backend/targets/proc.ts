@@ -1,17 +1,8 @@
 /** Facts about a process from /proc. */
 import fs from 'node:fs';
 
-/** Start time in clock ticks since boot (field 22 of /proc/PID/stat), or null if the process is gone. */
-export function startTimeOf(pid: number): number | null {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return Number(rest[19]);
-  } catch {
-    return null;
-  }
-}
+// (the pager's lock files name processes by it too, below this layer)
+export { startTimeOf } from '../../native/proc-start.ts';
 
 /**
  * Is this exact process (pid and start time) still alive and not a zombie? Only a
