@@ -8,10 +8,22 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { bootDomain } from './helpers/libvirt.ts';
 import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
 import { sleep } from './helpers/servers.ts';
 import type { ConsoleReader } from './helpers/guest.ts';
+
+const execFileP = promisify(execFile);
+
+/** True once the process's main thread sleeps in a userfaultfd fault (within 10 s). */
+async function mainThreadWaitsOnUffd(pid: number): Promise<boolean> {
+  for (const end = Date.now() + 10_000; Date.now() < end; await sleep(20)) {
+    if (/userfault/.test(fs.readFileSync(`/proc/${pid}/task/${pid}/wchan`, 'utf8'))) return true;
+  }
+  return false;
+}
 
 /** Wait for guest passes; on timeout, say what the daemon saw (stats and log). */
 async function progresses(con: ConsoleReader, d: DaemonHandle, vm: string, n: number): Promise<void> {
@@ -57,6 +69,13 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   // 2. Again, and this time the state file is lost too: an explicit attach takes over.
   await d2.kill9();
   fs.rmSync(d2.state, { force: true });
+  // QEMU's main thread reads all of guest RAM (pmemsave) and stops on the first page only
+  // a monitor can bring back: from now on QEMU's monitor answers nobody (libvirt's calls
+  // queue behind this one), so neither the refusal nor the take-over may need it.
+  const dump = execFileP('virsh', ['-c', 'qemu:///system', 'qemu-monitor-command', dom.name,
+    JSON.stringify({ execute: 'pmemsave', arguments: { val: 0, size: 256 << 20, filename: '/dev/null' } })], { timeout: 300_000 });
+  dump.catch(() => undefined);
+  t.true(await mainThreadWaitsOnUffd(dom.pid), 'QEMU\'s main thread waits on a page');
   const d3 = await d2.restart();
   t.deepEqual(JSON.parse((await d3.cli('list', '--json')).stdout), { vms: [] });
   // Taking over with an empty, non-persistent store would turn evicted pages into zeros.
@@ -66,6 +85,8 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   const r = await d3.cli('attach', dom.name, '--local', '64M', '--store', fileUri, '--json');
   t.is(r.code, 0, r.stderr);
   t.true(JSON.parse(r.stdout).tookOver);
+  t.regex(d3.log(), /RAM blocks as recorded by the previous daemon/);
+  await dump;  // the main thread got its pages: the monitor answers again
   await progresses(con, d3, dom.name, 3);
 
   // 3. Again, and the take-over fails (its store cannot be opened): the VM is listed as
@@ -97,6 +118,7 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   const det = await d4.cli('detach', dom.name);
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(dom.pid));
+  t.deepEqual(fs.readdirSync(path.join(path.dirname(d4.state), 'memory')), [], 'its record of RAM blocks went with the detach');
   await con.waitForPasses(con.passes.length + 2, 60_000);
   t.deepEqual(con.passes.filter((p) => p.corrupt !== 0), []);
   t.true(con.passes.every((p) => p.verified === p.pages));

@@ -3,6 +3,7 @@
  * (attached VMs), answers control requests, watches VM lifecycles, and keeps the state
  * file that lets a restarted daemon take its VMs over.
  */
+import path from 'node:path';
 import { ElasticmemError } from '../../native/errors.ts';
 import { loadNative, type RegionSpec } from '../../native/index.ts';
 import { Pager } from '../../native/pager.ts';
@@ -20,6 +21,8 @@ import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
 import { unpagedLargeMappings } from './ram-watch.ts';
+import { MemoryRecords } from './memory-records.ts';
+import { memoryFromRecord, recordOf, type GuestMemory } from '../targets/ramblocks.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
 import { rememberStoreUri, scrubKnown, shownUri } from './secrets.ts';
 
@@ -40,6 +43,7 @@ export class Daemon {
   /** Specs with an attach in flight: a second attach of the same VM is refused at once. */
   private attaching = new Set<string>();
   private stores = new StorePool();
+  private records: MemoryRecords;
   private server: ControlServer;
   private events = new LibvirtEvents('lifecycle');
   private deviceEvents = new LibvirtEvents('device-added');
@@ -56,6 +60,7 @@ export class Daemon {
     rememberStoreUri(config.store);
     for (const v of Object.values(config.vms)) rememberStoreUri(v.store);
     this.server = new ControlServer(socketPath, (req, ctx) => this.handleScrubbed(req, ctx));
+    this.records = new MemoryRecords(path.join(path.dirname(config.state), 'memory'));
   }
 
   async start(): Promise<void> {
@@ -183,34 +188,36 @@ export class Daemon {
       }
       const storeKeyFile = inDaemon || storeKeyArg === null ? undefined : storeKeyArg ?? override?.storeKeyFile ?? this.config.storeKeyFile;
       if (storeKeyFile && storeKeyFile !== storeKeyArg) await checkKeyFile(storeKeyFile);
-      const memory = await target.discover();
-      this.checkCap(capBytes, memory.guestRamBytes, target.name);
       const native = loadNative();
       // A QEMU that already holds a userfaultfd was attached by a daemon that died: take it over.
       const left = native.findTargetUffd(target.pid);
       if (left) native.closeFd(left.fd);
       const store = await this.stores.acquire(storeUri, storeKeyFile);
-      if (left && !store.capabilities.persistent) {
-        // Taking over means trusting the store for every page that is not resident. A
-        // fresh non-persistent store is empty: those pages would come back as zeros.
-        await this.stores.release(storeUri, storeKeyFile);
-        throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
-      }
       const session = new Session(target, storeUri, capBytes, storeKeyFile);
-      session.memory = memory;
-      session.store = store;
       try {
+        if (left && !store.capabilities.persistent) {
+          // Taking over means trusting the store for every page that is not resident. A
+          // fresh non-persistent store is empty: those pages would come back as zeros.
+          throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
+        }
+        const memory = left ? await this.memoryToTakeOver(session) : await target.discover();
+        this.checkCap(capBytes, memory.guestRamBytes, target.name);
+        session.memory = memory;
+        session.store = store;
         session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: !!left, ...this.config.pager });
       } catch (e) {
         await this.stores.release(storeUri, storeKeyFile);
         throw e;
       }
+      const memory = session.memory;
       session.state = 'attached';
       this.sessions.set(target.vmId, session);
       this.wire(session);
       this.saveState();
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
-        `pid ${target.pid}, ${memory.regions.length} RAM blocks (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
+        `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
+      // Taken over from the record: QEMU may have gained RAM while no daemon watched.
+      if (left && session.memoryRecorded) this.pageAddedRam(session, 'found after the take-over', 'the take-over');
       return { ...session.summary(), tookOver: !!left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
     } finally {
       this.attaching.delete(spec);
@@ -361,6 +368,31 @@ export class Daemon {
   }
 
   /**
+   * Where the RAM of a QEMU to take over is: from the record the previous daemon kept
+   * (memory-records.ts), checked against the process, without asking QEMU, whose
+   * main thread may be waiting on a page right now; else from QMP (which may then time out).
+   */
+  private async memoryToTakeOver(s: Session): Promise<GuestMemory> {
+    const t = s.target as Target;
+    const rec = this.records.read(t.pid, t.startTime, t.vmId);
+    if (rec) {
+      try {
+        const m = memoryFromRecord(t.pid, rec);
+        s.memoryRecorded = true;
+        return m;
+      } catch (e) {
+        log(s.name, 'warning', `the record of its RAM blocks does not match QEMU pid ${t.pid} now (${(e as Error).message}); asking QEMU`);
+      }
+    }
+    try {
+      return await t.discover();
+    } catch (e) {
+      if ((e as ElasticmemError).code !== 'QMP_TIMEOUT') throw e;
+      throw new ElasticmemError(`${(e as Error).message}. QEMU pid ${t.pid} holds a userfaultfd from a monitor that died, so its main thread may be waiting on a page until it is taken over, and there is ${rec ? 'no usable' : 'no'} record of its RAM blocks in ${this.records.dir} to take it over without asking QEMU`, 'QMP_TIMEOUT');
+    }
+  }
+
+  /**
    * Take over a VM left `waiting` (by the previous daemon), with what that daemon used
    * unless told otherwise; on failure it stays waiting, with the reason.
    */
@@ -461,6 +493,7 @@ export class Daemon {
       });
       await this.stores.release(s.storeUri, s.storeKeyFile);
       this.sessions.delete(s.vmId);
+      this.records.remove(s.target.pid, s.target.startTime);
       this.saveState();
       const ms = Date.now() - t0;
       log(s.name, 'detached', `all pages drained back in ${ms} ms; the VM runs without elasticmem`);
@@ -566,10 +599,23 @@ export class Daemon {
       store: s.storeUri, ...(s.storeKeyFile ? { storeKeyFile: s.storeKeyFile } : {}), capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
     }));
     try { writeState(this.config.state, entries); } catch (e) { log('-', 'warning', `cannot write state file ${this.config.state}: ${(e as Error).message}`); }
+    for (const s of this.sessions.values()) {
+      if (s.state !== 'attached' || !s.memory) continue;
+      const rec = recordOf(s.memory);
+      const text = JSON.stringify(rec);
+      if (text === s.recordText) continue;
+      try {
+        this.records.write(s.target.pid, s.target.startTime, s.vmId, rec);
+        s.recordText = text;
+      } catch (e) {
+        log(s.name, 'warning', `cannot write the record of its RAM blocks in ${this.records.dir}: ${(e as Error).message}; a take-over will have to ask QEMU`);
+      }
+    }
   }
 
   /** Take over the VMs a previous daemon left (state file), or remember their pages. */
   private async restore(): Promise<void> {
+    this.records.sweep();
     const entries = readState(this.config.state, (msg) => log('-', 'warning', msg));
     for (const e of entries) rememberStoreUri(e.store);
     const pending: [StateEntry, Session][] = [];
@@ -658,7 +704,7 @@ export class Daemon {
       if (s.storeUri === 'memory:' || !s.store?.capabilities.persistent) {
         log(s.name, 'draining before daemon exit', 'its store does not outlive the daemon');
         // If QEMU dies meanwhile, the pager sees it (pidfd) and the drain ends at once.
-        try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', s.scrub((e as Error).message)); }
+        try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); this.records.remove(s.target.pid, s.target.startTime); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', s.scrub((e as Error).message)); }
       } else {
         s.pager.abandon();
         log(s.name, 'left for the next daemon', `QEMU keeps its userfaultfd; pages stay in ${s.storeShown}`);

@@ -38,6 +38,10 @@ export class Session {
    * pid:/qmp: VM's RAM is re-discovered when this changes.
    */
   unpagedMappings = '';
+  /** The record of its RAM blocks last written (memory-records.ts). */
+  recordText = '';
+  /** Taken over from that record, without asking QEMU. */
+  memoryRecorded = false;
 
   /** The store URI as shown (CLI, --json, stats, logs): the password masked. */
   readonly storeShown: string;

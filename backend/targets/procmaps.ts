@@ -44,3 +44,19 @@ export function backingOf(m: Mapping): Backing {
   if (m.path.startsWith('/dev/hugepages') || m.path.includes('hugetlbfs')) return 'hugetlb';
   return 'file';
 }
+
+/**
+ * The ranges of pid's address space registered with a userfaultfd for missing pages
+ * (smaps VmFlags `um`), sorted. Only a monitor that registered them, or a target that
+ * still holds the uffd of one that died, has any.
+ */
+export function readUffdRegistered(pid: number): { lo: bigint; hi: bigint }[] {
+  const out: { lo: bigint; hi: bigint }[] = [];
+  let cur: { lo: bigint; hi: bigint } | null = null;
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const h = /^([0-9a-f]+)-([0-9a-f]+)\s/.exec(line);
+    if (h) { cur = { lo: BigInt('0x' + h[1]), hi: BigInt('0x' + h[2]) }; continue; }
+    if (cur && line.startsWith('VmFlags:') && line.slice(8).trim().split(/\s+/).includes('um')) out.push(cur);
+  }
+  return out.sort((x, y) => (x.lo < y.lo ? -1 : 1));
+}

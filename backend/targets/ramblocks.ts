@@ -13,7 +13,7 @@
  */
 import { ElasticmemError } from '../../native/errors.ts';
 import type { RegionSpec } from '../../native/index.ts';
-import { backingOf, readMaps, type Mapping } from './procmaps.ts';
+import { backingOf, readMaps, readUffdRegistered, type Mapping } from './procmaps.ts';
 
 /** What ramblock discovery needs from a QEMU monitor (QMP socket or libvirt passthrough). */
 export interface Monitor {
@@ -103,6 +103,95 @@ function assignKeyIds(regions: RegionSpec[], pid: number): void {
   }
 }
 
+/**
+ * The region spec of a RAM block of `used` bytes at host address `base` in QEMU pid's
+ * address space, checked against its mappings: every byte mapped, one backing, a
+ * supported one. memfd regions get the map_files path the pager opens the memfd by.
+ */
+function placeBlock(pid: number, maps: Mapping[], name: string, base: bigint, used: number): RegionSpec {
+  const end = base + BigInt(used);
+  // The block may span several VMAs (madvise and uffd registration split them); all
+  // must be contiguous and of the same backing.
+  const covering = maps.filter((m) => m.hi > base && m.lo < end).sort((x, y) => (x.lo < y.lo ? -1 : 1));
+  if (covering.length === 0 || covering[0]!.lo > base || covering[covering.length - 1]!.hi < end) {
+    throw new ElasticmemError(`RAM block '${name}' at 0x${base.toString(16)} (+${used}) is not fully mapped in /proc/${pid}/maps`, 'EM_ATTACH_NO_REGION');
+  }
+  const first = covering[0]!;
+  const kind = backingOf(first);
+  for (let i = 0; i < covering.length; i++) {
+    const m = covering[i]!;
+    if (i > 0 && m.lo !== covering[i - 1]!.hi) throw new ElasticmemError(`RAM block '${name}' has a hole in its mapping at 0x${m.lo.toString(16)}`, 'EM_ATTACH_NO_REGION');
+    if (backingOf(m) !== kind || (kind === 'memfd' && m.inode !== first.inode)) throw new ElasticmemError(`RAM block '${name}' is mapped from more than one backing`, 'UNSUPPORTED_MEMORY');
+  }
+  if (kind !== 'memfd' && kind !== 'anon') throw new ElasticmemError(explainUnsupported(kind, name, first), 'UNSUPPORTED_MEMORY');
+  const spec: RegionSpec = { start: '0x' + base.toString(16), length: used, kind, name };
+  if (kind === 'memfd') {
+    spec.filePath = `/proc/${pid}/map_files/${first.range}`;
+    spec.fileOffset = Number(first.offset + (base - first.lo));
+  }
+  return spec;
+}
+
+/**
+ * What a take-over needs to remember of a VM's RAM without asking QEMU: QEMU answers its
+ * monitor from its main thread, and with no monitor serving the userfaultfd that thread
+ * may be waiting on a page (device emulation, a dump), so QMP cannot be relied on at the
+ * moment a take-over is needed most. The record is written by the daemon while attached.
+ */
+export interface GuestMemoryRecord {
+  regions: { name: string; start: string; length: number; kind: string }[];
+  guestRamBytes: number;
+  memoryDevices: MemoryDevice[];
+}
+
+export function recordOf(m: GuestMemory): GuestMemoryRecord {
+  return {
+    regions: m.regions.map((r) => ({ name: r.name, start: r.start, length: r.length, kind: r.kind })),
+    guestRamBytes: m.guestRamBytes,
+    memoryDevices: m.memoryDevices,
+  };
+}
+
+/**
+ * Guest memory from a record, checked against the process as it is now: each block must
+ * still be mapped with the same backing and registered with a userfaultfd over its whole
+ * range (smaps VmFlags `um`), i.e. be exactly what the dead monitor paged. Throws otherwise
+ * (then QMP is the only source left).
+ */
+export function memoryFromRecord(pid: number, rec: GuestMemoryRecord): GuestMemory {
+  const maps = readMaps(pid);
+  const registered = readUffdRegistered(pid);
+  const regions = rec.regions.map((r) => {
+    const spec = placeBlock(pid, maps, r.name, BigInt(r.start), r.length);
+    if (spec.kind !== r.kind) throw new ElasticmemError(`RAM block '${r.name}' is ${spec.kind} now, ${r.kind} when recorded`, 'RAM_CHANGED');
+    if (!covers(registered, BigInt(r.start), BigInt(r.start) + BigInt(r.length))) {
+      throw new ElasticmemError(`RAM block '${r.name}' at ${r.start} is not registered with a userfaultfd over its whole range`, 'RAM_CHANGED');
+    }
+    return spec;
+  });
+  assignKeyIds(regions, pid);
+  const kinds = new Set(regions.map((r) => r.kind));
+  return {
+    regions,
+    guestRamBytes: rec.guestRamBytes,
+    managedBytes: regions.reduce((s, r) => s + r.length, 0),
+    memoryDevices: rec.memoryDevices,
+    backing: kinds.size === 1 ? [...kinds][0]! : 'mixed',
+  };
+}
+
+/** Whether sorted, possibly adjacent ranges cover [lo, hi) without a gap. */
+function covers(ranges: { lo: bigint; hi: bigint }[], lo: bigint, hi: bigint): boolean {
+  let at = lo;
+  for (const r of ranges) {
+    if (r.hi <= at) continue;
+    if (r.lo > at) return false;
+    at = r.hi;
+    if (at >= hi) return true;
+  }
+  return at >= hi;
+}
+
 export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<GuestMemory> {
   const rbText = await mon.qmp<{ 'human-readable-text': string } | string>('x-query-ramblock');
   const blocks = parseRamblocks(typeof rbText === 'string' ? rbText : rbText['human-readable-text']);
@@ -128,28 +217,7 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
     const out = await mon.hmp(`gpa2hva 0x${where.gpa.toString(16)}`);
     const hm = /is 0x([0-9a-f]+)/i.exec(out);
     if (!hm) throw new ElasticmemError(`gpa2hva 0x${where.gpa.toString(16)} for '${b.name}' failed: ${out.trim()}`, 'EM_ATTACH_NO_REGION');
-    const base = BigInt('0x' + hm[1]) - where.offset;
-    const end = base + BigInt(b.used);
-    // The block may span several VMAs (madvise and uffd registration split them); all
-    // must be contiguous and of the same backing.
-    const covering = maps.filter((m) => m.hi > base && m.lo < end).sort((x, y) => (x.lo < y.lo ? -1 : 1));
-    if (covering.length === 0 || covering[0]!.lo > base || covering[covering.length - 1]!.hi < end) {
-      throw new ElasticmemError(`RAM block '${b.name}' at 0x${base.toString(16)} (+${b.used}) is not fully mapped in /proc/${pid}/maps`, 'EM_ATTACH_NO_REGION');
-    }
-    const first = covering[0]!;
-    const kind = backingOf(first);
-    for (let i = 0; i < covering.length; i++) {
-      const m = covering[i]!;
-      if (i > 0 && m.lo !== covering[i - 1]!.hi) throw new ElasticmemError(`RAM block '${b.name}' has a hole in its mapping at 0x${m.lo.toString(16)}`, 'EM_ATTACH_NO_REGION');
-      if (backingOf(m) !== kind || (kind === 'memfd' && m.inode !== first.inode)) throw new ElasticmemError(`RAM block '${b.name}' is mapped from more than one backing`, 'UNSUPPORTED_MEMORY');
-    }
-    if (kind !== 'memfd' && kind !== 'anon') throw new ElasticmemError(explainUnsupported(kind, b.name, first), 'UNSUPPORTED_MEMORY');
-    const spec: RegionSpec = { start: '0x' + base.toString(16), length: b.used, kind, name: b.name };
-    if (kind === 'memfd') {
-      spec.filePath = `/proc/${pid}/map_files/${first.range}`;
-      spec.fileOffset = Number(first.offset + (base - first.lo));
-    }
-    regions.push(spec);
+    regions.push(placeBlock(pid, maps, b.name, BigInt('0x' + hm[1]) - where.offset, b.used));
     if (!deviceMemdevs.has(mrName)) bootBytes += b.used;
   }
   regions.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));

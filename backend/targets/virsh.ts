@@ -16,6 +16,12 @@ export const LIBVIRT_URI = process.env.ELASTICMEM_LIBVIRT_URI ?? 'qemu:///system
 export async function virsh(args: string[], timeoutMs = 30_000): Promise<string> {
   const r = await exec('virsh', ['-q', '-c', LIBVIRT_URI, ...args], timeoutMs);
   if (r.code === 0) return r.stdout;
+  if (r.timedOut && args[0] === 'qemu-monitor-command') {
+    // QEMU answers its monitor from its main thread; that thread may be waiting on a page
+    // of guest RAM that only a monitor can bring back (or on a long command before ours).
+    const cmd = args.includes('--hmp') ? args[args.length - 1] : (/"execute":"([^"]+)"/.exec(args[args.length - 1] ?? '')?.[1] ?? '');
+    throw new ElasticmemError(`QEMU's monitor of '${args[1]}' did not answer ${cmd} within ${timeoutMs / 1000} s: QEMU's main thread is busy or waiting (on guest RAM no monitor pages in, or on an earlier monitor command); retry when it answers \`virsh qemu-monitor-command ${args[1]} --hmp info status\``, 'QMP_TIMEOUT');
+  }
   const msg = (r.stderr || r.stdout).trim().replace(/^error:\s*/gm, '').replace(/\n+/g, '; ');
   if (/failed to get domain|Domain not found|no domain with matching/i.test(msg)) {
     throw new ElasticmemError(`no libvirt domain '${args[args.length - 1] ?? ''}' on ${LIBVIRT_URI} (${msg}); check \`virsh -c ${LIBVIRT_URI} list --all\``, 'VM_NOT_FOUND');

@@ -1,0 +1,55 @@
+/**
+ * Per-QEMU records of the RAM blocks the daemon pages (FOLDER/PID-START.json, beside the
+ * state file), so that a take-over never has to ask QEMU: with no monitor serving its
+ * userfaultfd, QEMU's main thread (which answers QMP) may be waiting on a page, and the
+ * monitor then answers nobody until a take-over has happened. The state file says which
+ * VMs to take over; these say where their RAM is, and outlive a lost state file.
+ *
+ * Named by pid and process start time, so a reused pid never reads another QEMU's record;
+ * records of processes that ended are swept. Written atomically, mode 0600.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { startTimeOf } from '../../native/proc-start.ts';
+import type { GuestMemoryRecord } from '../targets/ramblocks.ts';
+
+export class MemoryRecords {
+  constructor(readonly dir: string) {}
+
+  private file(pid: number, startTime: number): string {
+    return path.join(this.dir, `${pid}-${startTime}.json`);
+  }
+
+  write(pid: number, startTime: number, vmId: string, rec: GuestMemoryRecord): void {
+    fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
+    const file = this.file(pid, startTime);
+    const tmp = `${file}.tmp-${process.pid}`;
+    fs.writeFileSync(tmp, JSON.stringify({ v: 1, vmId, ...rec }) + '\n', { mode: 0o600 });
+    fs.renameSync(tmp, file);
+  }
+
+  /** The record of this QEMU for this VM, or null (none, unreadable, another VM's). */
+  read(pid: number, startTime: number, vmId: string): GuestMemoryRecord | null {
+    try {
+      const doc = JSON.parse(fs.readFileSync(this.file(pid, startTime), 'utf8')) as GuestMemoryRecord & { v?: number; vmId?: string };
+      if (doc.v !== 1 || doc.vmId !== vmId || !Array.isArray(doc.regions)) return null;
+      return { regions: doc.regions, guestRamBytes: doc.guestRamBytes, memoryDevices: doc.memoryDevices ?? [] };
+    } catch {
+      return null;
+    }
+  }
+
+  remove(pid: number, startTime: number): void {
+    fs.rmSync(this.file(pid, startTime), { force: true });
+  }
+
+  /** Remove the records of processes that have ended. */
+  sweep(): void {
+    let names: string[];
+    try { names = fs.readdirSync(this.dir); } catch { return; }
+    for (const f of names) {
+      const m = /^(\d+)-(\d+)\.json(\.tmp-\d+)?$/.exec(f);
+      if (m && startTimeOf(Number(m[1])) !== Number(m[2])) fs.rmSync(path.join(this.dir, f), { force: true });
+    }
+  }
+}
