@@ -11,19 +11,11 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { bootDomain } from './helpers/libvirt.ts';
-import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
+import { startDaemon, holdsUffd, mainThreadWaitsOnUffd, type DaemonHandle } from './helpers/daemon.ts';
 import { sleep } from './helpers/servers.ts';
 import type { ConsoleReader } from './helpers/guest.ts';
 
 const execFileP = promisify(execFile);
-
-/** True once the process's main thread sleeps in a userfaultfd fault (within 10 s). */
-async function mainThreadWaitsOnUffd(pid: number): Promise<boolean> {
-  for (const end = Date.now() + 10_000; Date.now() < end; await sleep(20)) {
-    if (/userfault/.test(fs.readFileSync(`/proc/${pid}/task/${pid}/wchan`, 'utf8'))) return true;
-  }
-  return false;
-}
 
 /** Wait for guest passes; on timeout, say what the daemon saw (stats and log). */
 async function progresses(con: ConsoleReader, d: DaemonHandle, vm: string, n: number): Promise<void> {

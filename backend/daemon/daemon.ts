@@ -167,7 +167,14 @@ export class Daemon {
     if (this.attaching.has(spec)) throw new ElasticmemError(`VM '${spec}' is being attached right now`, 'ALREADY_ATTACHED');
     this.attaching.add(spec);
     try {
-      const target = await resolveTarget(spec);
+      // A QEMU left holding the uffd of a daemon that died may not answer its monitor
+      // (its main thread waiting on a page): then the record names the VM.
+      const target = await resolveTarget(spec, (pid, start) => {
+        const left = loadNative().findTargetUffd(pid);
+        if (!left) return null;
+        loadNative().closeFd(left.fd);
+        return this.records.vmIdOf(pid, start);
+      });
       if (expect && (target.vmId !== expect.vmId || target.pid !== expect.pid)) {
         throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
       }
@@ -318,6 +325,7 @@ export class Daemon {
       }
       const bootBytes = s.memory!.guestRamBytes - dev.plugged;
       s.memory!.guestRamBytes = bootBytes + plugged;
+      this.saveState();  // (the record of its RAM: a take-over checks caps against it)
       log(s.name, plugged >= newReq ? 'grown' : 'grow pending', `guest plugged ${formatSize(plugged)} of ${formatSize(newReq)}; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
       return { name: s.name, device: dev.id, requestedBytes: newReq, pluggedBytes: plugged, guestRamBytes: s.memory!.guestRamBytes, complete: plugged >= newReq };
     });
@@ -356,7 +364,16 @@ export class Daemon {
       }
     }
     const fresh = mem.regions.filter((r) => !known.has(r.name));
-    if (fresh.length === 0) return [];
+    if (fresh.length === 0) {
+      // Nothing new to page; guest RAM may still have changed (virtio-mem plugged more
+      // while no daemon watched, after a take-over from the record).
+      if (mem.guestRamBytes !== s.memory!.guestRamBytes) {
+        s.memory!.guestRamBytes = mem.guestRamBytes;
+        s.memory!.memoryDevices = mem.memoryDevices;
+        this.saveState();
+      }
+      return [];
+    }
     try {
       s.pager!.addRegions(fresh);
     } catch (e) {

@@ -39,6 +39,16 @@ export class MemoryRecords {
     }
   }
 
+  /** The VM id this QEMU's record was written for, or null. */
+  vmIdOf(pid: number, startTime: number): string | null {
+    try {
+      const doc = JSON.parse(fs.readFileSync(this.file(pid, startTime), 'utf8')) as { v?: number; vmId?: unknown };
+      return doc.v === 1 && typeof doc.vmId === 'string' ? doc.vmId : null;
+    } catch {
+      return null;
+    }
+  }
+
   remove(pid: number, startTime: number): void {
     fs.rmSync(this.file(pid, startTime), { force: true });
   }

@@ -73,22 +73,36 @@ async function pidOfQmpSocket(path: string): Promise<number> {
   }
 }
 
-async function build(kind: TargetKind, pid: number, qmpPath: string): Promise<Target> {
+/**
+ * The VM id of a QEMU whose monitor does not answer, when the caller knows it otherwise
+ * (the daemon's record of a QEMU it is taking over: with no monitor serving the uffd,
+ * QEMU's main thread, which executes QMP commands, may be waiting on a page).
+ */
+export type SilentVmId = (pid: number, startTime: number) => string | null;
+
+async function build(kind: TargetKind, pid: number, qmpPath: string, silentVmId?: SilentVmId): Promise<Target> {
   const startTime = startTimeOf(pid);
   if (startTime === null) throw new ElasticmemError(`process ${pid} is not running`, 'VM_NOT_RUNNING');
   const open = async () => socketMonitor(await QmpClient.connect(qmpPath));
-  const mon = await open();
-  let uuid: string;
+  let vmId: string;
   try {
-    const status = await mon.qmp<{ status: string }>('query-status');
-    if (status.status !== 'running' && status.status !== 'paused' && status.status !== 'prelaunch') {
-      throw new ElasticmemError(`QEMU pid ${pid} is not running (status: ${status.status})`, 'VM_NOT_RUNNING');
+    const mon = await open();
+    let uuid: string;
+    try {
+      const status = await mon.qmp<{ status: string }>('query-status');
+      if (status.status !== 'running' && status.status !== 'paused' && status.status !== 'prelaunch') {
+        throw new ElasticmemError(`QEMU pid ${pid} is not running (status: ${status.status})`, 'VM_NOT_RUNNING');
+      }
+      uuid = (await mon.qmp<{ UUID: string }>('query-uuid')).UUID;
+    } finally {
+      mon.close();
     }
-    uuid = (await mon.qmp<{ UUID: string }>('query-uuid')).UUID;
-  } finally {
-    mon.close();
+    vmId = uuid && !/^0{8}-0{4}-0{4}-0{4}-0{12}$/.test(uuid) ? uuid : `qemu-${pid}-${startTime}`;
+  } catch (e) {
+    const known = (e as ElasticmemError).code === 'QMP_TIMEOUT' ? silentVmId?.(pid, startTime) : null;
+    if (!known) throw e;
+    vmId = known;
   }
-  const vmId = uuid && !/^0{8}-0{4}-0{4}-0{4}-0{12}$/.test(uuid) ? uuid : `qemu-${pid}-${startTime}`;
   const spec = kind === 'pid' ? `pid:${pid}` : `qmp:${qmpPath}`;
   return {
     kind,
@@ -135,17 +149,17 @@ async function build(kind: TargetKind, pid: number, qmpPath: string): Promise<Ta
   };
 }
 
-export async function resolvePid(pidText: string): Promise<Target> {
+export async function resolvePid(pidText: string, silentVmId?: SilentVmId): Promise<Target> {
   if (!/^\d+$/.test(pidText) || Number(pidText) <= 0) throw new ElasticmemError(`pid:${pidText}: not a process id; e.g. pid:12345`, 'VM_NOT_FOUND');
   const pid = Number(pidText);
   if (!fs.existsSync(`/proc/${pid}`)) throw new ElasticmemError(`pid:${pid}: no such process`, 'VM_NOT_FOUND');
   if (!isQemu(pid)) throw new ElasticmemError(`pid:${pid} is not a QEMU process (${cmdlineOf(pid)[0] ?? 'unknown'})`, 'NOT_QEMU');
   const path = qmpSocketFromCmdline(cmdlineOf(pid));
   if (!path) throw new ElasticmemError(`pid:${pid} has no QMP Unix socket on its command line; start QEMU with -qmp unix:/path/qmp.sock,server=on,wait=off and attach qmp:/path/qmp.sock`, 'NO_QMP');
-  return build('pid', pid, path);
+  return build('pid', pid, path, silentVmId);
 }
 
-export async function resolveQmp(path: string): Promise<Target> {
+export async function resolveQmp(path: string, silentVmId?: SilentVmId): Promise<Target> {
   if (!path.startsWith('/')) throw new ElasticmemError(`qmp:${path}: give the absolute path of the QMP socket, e.g. qmp:/run/vm1/qmp.sock`, 'VM_NOT_FOUND');
-  return build('qmp', await pidOfQmpSocket(path), path);
+  return build('qmp', await pidOfQmpSocket(path), path, silentVmId);
 }

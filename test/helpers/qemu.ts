@@ -29,12 +29,16 @@ export interface QemuOptions {
   /** 'memfd' (memory-backend-memfd,share=on, default) or 'private' (memory-backend-ram). */
   memory?: 'memfd' | 'private';
   workload?: WorkloadParams;
+  /** A second QMP socket (qmp2Path) for the test's own commands. */
+  secondQmp?: boolean;
 }
 
 export interface BootedQemu {
   pid: number;
   /** QMP Unix socket (the qmp:<path> target). */
   qmpPath: string;
+  /** The second QMP socket, with secondQmp (QEMU's first -qmp is what the daemon uses). */
+  qmp2Path?: string;
   console: ConsoleReader;
   child: ChildProcess;
   dir: string;
@@ -96,6 +100,8 @@ export async function bootQemu(t: ExecutionContext, opts: QemuOptions = {}): Pro
     throw new Error(`vm-configs/qemu-cmdline.sh refused the options: ${(err.stderr || err.message).trim()}`);
   }
   args.push('-pidfile', path.join(dir, 'qemu.pid'));
+  const qmp2Path = opts.secondQmp ? path.join(dir, 'qmp2.sock') : undefined;
+  if (qmp2Path) args.push('-qmp', `unix:${qmp2Path},server,nowait`);
 
   let stderr = '';
   const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -129,7 +135,7 @@ export async function bootQemu(t: ExecutionContext, opts: QemuOptions = {}): Pro
     await new Promise((r) => setTimeout(r, 50));
   }
   if (child.pid === undefined) throw new Error(`qemu did not start: ${stderr.trim()}`);
-  return { pid: child.pid, qmpPath, console: reader, child, dir, virtioMemId: 'vm0' };
+  return { pid: child.pid, qmpPath, qmp2Path, console: reader, child, dir, virtioMemId: 'vm0' };
 }
 
 /**
