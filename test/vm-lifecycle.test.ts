@@ -52,6 +52,9 @@ test('two VMs, two stores: both verify; shutdown deletes pages, a crash keeps th
   t.is(after.length, 1);
   t.like(after[0], { name: b.name, state: 'crashed' });
   t.true((await store.list(b.uuid)).length > 0, 'the crashed VM\'s pages are still in the store');
+  // Both QEMUs are gone: so are the daemon's records of their RAM blocks (a shutdown
+  // detaches; a crash leaves the record of a process that ended, swept).
+  t.deepEqual(fs.readdirSync(path.join(path.dirname(d.state), 'memory')), []);
   const st = await d.cli('stats', b.name);
   t.is(st.code, 1);
   t.regex(st.stderr, /is not running any more \(crashed\); its stored pages are kept until: elasticmem detach/);

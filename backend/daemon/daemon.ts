@@ -616,6 +616,7 @@ export class Daemon {
       store: s.storeUri, ...(s.storeKeyFile ? { storeKeyFile: s.storeKeyFile } : {}), capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
     }));
     try { writeState(this.config.state, entries); } catch (e) { log('-', 'warning', `cannot write state file ${this.config.state}: ${(e as Error).message}`); }
+    this.records.sweep();  // (records of QEMUs that ended)
     for (const s of this.sessions.values()) {
       if (s.state !== 'attached' || !s.memory) continue;
       const rec = recordOf(s.memory);
