@@ -308,7 +308,7 @@ bool find_target_uffd(pid_t pid, Acquired* out) {
   return true;
 }
 
-void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n) {
+void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, RemoteTask* borrowed) {
   if (n == 0) return;
   for (size_t i = 0; i < n; i++)
     if (reinterpret_cast<uintptr_t>(iov[i].iov_base) % 4096 != 0)
@@ -329,7 +329,8 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n) {
   if (merged.empty()) return;
   iov = merged.data();
   n = merged.size();
-  std::unique_ptr<RemoteTask> task = borrow_thread(pid);
+  std::unique_ptr<RemoteTask> own = borrowed ? nullptr : borrow_thread(pid);
+  RemoteTask* task = borrowed ? borrowed : own.get();
   long pfd = task->check("opening a pidfd of the target inside itself", SYS_pidfd_open, pid_in_own_namespace(pid), 0);
   try {
     uint64_t sc = task->scratch(kMaxIov * sizeof(struct iovec));
@@ -368,6 +369,83 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n) {
     throw;
   }
   task->check("closing the target's pidfd of itself", SYS_close, pfd);
+}
+
+TargetPipe open_target_pipe(pid_t pid) {
+  require_process(pid);
+  Fd pidfd(open_pidfd(pid));
+  std::unique_ptr<RemoteTask> task = borrow_thread(pid);
+  uint64_t sc = task->scratch(2 * sizeof(int));
+  task->check("creating the eviction pipe inside the target", SYS_pipe2, static_cast<long>(sc), O_CLOEXEC);
+  int fds[2];
+  task->read(sc, fds, sizeof fds);
+  TargetPipe p;
+  try {
+    p.read_fd = getfd(pidfd.get(), pid, fds[0]);
+  } catch (...) {
+    try {
+      task->syscall(SYS_close, fds[0]);
+      task->syscall(SYS_close, fds[1]);
+    } catch (...) {
+    }
+    throw;
+  }
+  p.target_write_fd = fds[1];
+  long rc = task->syscall(SYS_close, fds[0]);  // the target only writes
+  if (rc < 0) {
+    ::close(p.read_fd);
+    try {
+      task->syscall(SYS_close, fds[1]);
+    } catch (...) {
+    }
+    throw Error("EM_INJECT", "closing the read end of the eviction pipe inside process " + pid_str(pid) + " failed",
+                static_cast<int>(-rc), "close");
+  }
+  return p;
+}
+
+void close_target_fd(pid_t pid, int target_fd) {
+  std::unique_ptr<RemoteTask> task = borrow_thread(pid);
+  task->check("closing a descriptor elasticmem opened inside the target", SYS_close, target_fd);
+}
+
+size_t remote_vmsplice(pid_t pid, int target_fd, const struct iovec* iov, size_t n, size_t* done_out, RemoteTask* borrowed) {
+  *done_out = 0;
+  if (n == 0) return 0;
+  require_process(pid);
+  std::vector<struct iovec> merged;  // touching ranges: one call gathers them as one
+  for (size_t i = 0; i < n; i++) {
+    if (iov[i].iov_len == 0) continue;
+    if (!merged.empty() &&
+        static_cast<char*>(merged.back().iov_base) + merged.back().iov_len == static_cast<char*>(iov[i].iov_base))
+      merged.back().iov_len += iov[i].iov_len;
+    else
+      merged.push_back(iov[i]);
+  }
+  std::unique_ptr<RemoteTask> own = borrowed ? nullptr : borrow_thread(pid);
+  RemoteTask* task = borrowed ? borrowed : own.get();
+  uint64_t sc = task->scratch(kMaxIov * sizeof(struct iovec));
+  size_t first = 0;
+  while (first < merged.size()) {
+    size_t cnt = std::min(kMaxIov, merged.size() - first);
+    task->write(sc, merged.data() + first, cnt * sizeof(struct iovec));
+    // SPLICE_F_NONBLOCK: a pipe that is full fails (EAGAIN) instead of holding the
+    // target's thread; the caller sizes the pipe for its batch.
+    long got = task->check("passing evicted pages to the eviction pipe with vmsplice", SYS_vmsplice, target_fd,
+                           static_cast<long>(sc), static_cast<long>(cnt), SPLICE_F_NONBLOCK);
+    if (got <= 0)
+      throw Error("EM_INJECT", "vmsplice inside process " + pid_str(pid) + " made no progress", EIO, "vmsplice");
+    size_t d = static_cast<size_t>(got);
+    *done_out += d;
+    while (d > 0 && first < merged.size()) {
+      size_t take = std::min(d, merged[first].iov_len);
+      merged[first].iov_base = static_cast<char*>(merged[first].iov_base) + take;
+      merged[first].iov_len -= take;
+      d -= take;
+      if (merged[first].iov_len == 0) first++;
+    }
+  }
+  return *done_out;
 }
 
 // ---- N-API ----

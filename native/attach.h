@@ -32,6 +32,8 @@
 
 namespace em {
 
+class RemoteTask;
+
 struct Acquired {
   int fd = -1;         // the monitor's copy (O_CLOEXEC; the file is O_NONBLOCK)
   int target_fd = -1;  // the same uffd's number inside the target, which keeps it open
@@ -60,6 +62,25 @@ bool find_target_uffd(pid_t pid, Acquired* out);
 // em::Error with errno; ranges before a failing one have been dropped by then.
 // If a range is registered with a uffd using UFFD_FEATURE_EVENT_REMOVE, the target
 // blocks until that uffd's reader reads the UFFD_EVENT_REMOVE: keep it reading.
-void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n);
+// `borrowed`: a thread of pid already stopped for injection (else one is borrowed).
+void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, RemoteTask* borrowed = nullptr);
+
+// A pipe whose write end lives in the target and whose read end in the monitor: the
+// evictor of private memory vmsplices the target's pages into it from inside the target
+// (the pipe then references the pages themselves, not copies) and reads them here.
+struct TargetPipe {
+  int read_fd = -1;          // in the monitor (O_CLOEXEC)
+  int target_write_fd = -1;  // in the target (O_CLOEXEC)
+};
+TargetPipe open_target_pipe(pid_t pid);
+
+// close(target_fd) inside `pid` (one injection). Throws EM_INJECT with errno.
+void close_target_fd(pid_t pid, int target_fd);
+
+// vmsplice the given page-aligned ranges of `pid`'s memory into the pipe `target_fd`
+// (an fd in the target), from inside it, non-blocking. Returns the bytes passed; on a
+// failure throws, with *done_out the bytes passed before it (they are in the pipe).
+size_t remote_vmsplice(pid_t pid, int target_fd, const struct iovec* iov, size_t n, size_t* done_out,
+                       RemoteTask* borrowed = nullptr);
 
 }  // namespace em

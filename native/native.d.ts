@@ -98,6 +98,8 @@ export interface PagerTestHooks {
   _testNoSplice?: boolean;
   /** TEST ONLY: the splice eviction waits this many ms between splice and punch (widens the race the race tests probe). */
   _testRaceWindowMs?: number;
+  /** TEST ONLY: the splice eviction does not write-protect private pages a write would copy (zero page, shared pages): proves the test that needs it. */
+  _testUnsafeSkipCowProtect?: boolean;
   /** TEST ONLY: every other splice batch's store fails after the punch (its pages must go back into the guest). */
   _testFailPuts?: boolean | 'always';
   /** TEST ONLY: every fault is served from the retry list (the path after EAGAIN), one round later. */

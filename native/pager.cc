@@ -79,6 +79,8 @@ Pager::~Pager() {
   if (stop_efd_ >= 0) close(stop_efd_);
   if (pipe_r_ >= 0) close(pipe_r_);
   if (pipe_w_ >= 0) close(pipe_w_);
+  if (tpipe_.read_fd >= 0) close(tpipe_.read_fd);
+  if (evict_pagemap_fd_ >= 0) close(evict_pagemap_fd_);
   if (cfg_.uffd >= 0) close(cfg_.uffd);
 }
 
@@ -457,7 +459,7 @@ void Pager::start_unguarded(size_t& registered) {
   }
   if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
   if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
-  if (!cfg_.test_no_splice && store_->lives_in_monitor() && all_regions_memfd()) open_splice_pipe();
+  if (!cfg_.test_no_splice && store_->lives_in_monitor()) open_splice_pipe();
   blocking_reads_ = can_block_in_read();
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
@@ -1425,7 +1427,7 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
     }
   });
   for (size_t i = 0; i < anon.size(); i += kIovMax)
-    remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i));
+    remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i), drop_task_);
   if (cfg_.test_fail_drops && nruns > 1)
     throw Error("EM_TEST", "test-only partial drop: the later runs were not dropped", EIO);
 }
@@ -1673,14 +1675,71 @@ void Pager::open_splice_pipe() {
   splice_evictions_ = pipe_pages_ > 0;
 }
 
-// Evict without write-protecting (splice_evictions_: every region a memfd, the store in
-// this process). The evictor's write-protects and punches each flush the page from the
-// CPU the guest runs on, and on a VM each such interrupt costs that CPU 4-8 µs
-// (docs/bench-pager.md); this needs the punch only:
+// The private pages among `sorted_private` that a write would not land in in place:
+// not present, or present but not exclusively this mapping's anonymous page (the
+// shared zero page a UFFDIO_ZEROPAGE or a read mapped, a page shared with another
+// mapping): a write copies such a page first, so a pipe holding the old one would miss
+// it. Read from /proc/PID/pagemap (PM_MMAP_EXCLUSIVE, bit 56), one read per run.
+std::vector<uint32_t> Pager::copied_on_write(const std::vector<uint32_t>& sorted_private) {
+  if (evict_pagemap_fd_ < 0) evict_pagemap_fd_ = open_pagemap();
+  std::vector<uint32_t> out;
+  std::vector<uint64_t> ent;
+  for_runs(sorted_private, [&](const Run& run) {
+    ent.resize(run.count);
+    off_t off = (off_t)(addr_of(run.first) / kPageSize * sizeof(uint64_t));
+    ssize_t n = pread(evict_pagemap_fd_, ent.data(), run.count * sizeof(uint64_t), off);
+    if (n != (ssize_t)(run.count * sizeof(uint64_t))) throw_sys("pread", "reading the target's pagemap", n < 0 ? errno : EIO);
+    for (uint32_t i = 0; i < run.count; i++) {
+      bool present = ent[i] >> 63 & 1, exclusive = ent[i] >> 56 & 1, file = ent[i] >> 61 & 1;
+      if (!present || !exclusive || file) out.push_back(run.first + i);
+    }
+  });
+  return out;
+}
+
+// No page of any process is merged by KSM now, and none can be before a batch ends:
+// ksmd is stopped (run 0), and a restarted ksmd merges a page only on its second full
+// scan. A KSM page is write-protected in every mapping and copied on the next write,
+// and pagemap cannot tell one that is mapped once from an exclusive page.
+bool Pager::ksm_quiet() {
+  auto value = [](const char* path) -> long {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno == ENOENT ? 0 : -1;  // (no KSM in this kernel, or no such counter)
+    char b[32] = {0};
+    ssize_t n = read(fd, b, sizeof b - 1);
+    close(fd);
+    return n > 0 ? strtol(b, nullptr, 10) : -1;
+  };
+  return value("/sys/kernel/mm/ksm/run") == 0 && value("/sys/kernel/mm/ksm/pages_shared") == 0 &&
+         value("/sys/kernel/mm/ksm/ksm_zero_pages") == 0;
+}
+
+void Pager::open_pipe_in_target() {
+  tpipe_ = open_target_pipe(cfg_.pid);
+  int size = fcntl(tpipe_.read_fd, F_SETPIPE_SZ, (int)(pipe_pages_ * kPageSize));
+  if (size < 0) size = fcntl(tpipe_.read_fd, F_GETPIPE_SZ);
+  if (size < 0) throw_sys("fcntl(F_GETPIPE_SZ)", "sizing the eviction pipe in the target");
+  // (the same limits as our own pipe: a smaller one only shortens the next batches)
+  pipe_pages_ = std::min(pipe_pages_, (size_t)size / kPageSize);
+  splice_batch_ = std::min(splice_batch_, pipe_pages_);
+  // Read only what a finished vmsplice put there: never wait on the target.
+  int fl = fcntl(tpipe_.read_fd, F_GETFL);
+  if (fl < 0 || fcntl(tpipe_.read_fd, F_SETFL, fl | O_NONBLOCK) != 0) throw_sys("fcntl(O_NONBLOCK)", "setting up the eviction pipe in the target");
+}
+
+// Evict without write-protecting (splice_evictions_: the store in this process). The
+// evictor's write-protects and punches each flush the page from the CPU the guest runs
+// on, and on a VM each such interrupt costs that CPU 4-8 µs (docs/bench-pager.md); this
+// needs the punch (memfd) or the injected MADV_DONTNEED (private memory) only:
 //  1. splice the dirty victims into a pipe: the pipe takes a reference to each page
-//     itself, not a copy, so a guest write before step 2 lands in what the pipe holds;
-//  2. punch them out: from here the guest cannot write them (its faults wait on
-//     kFlDropping until step 4);
+//     itself, not a copy, so a guest write before step 2 lands in what the pipe holds.
+//     Memfd pages are spliced from the memfd here; private pages are vmspliced from
+//     inside the target into a pipe whose write end it holds (open_pipe_in_target).
+//     A write lands in a private page in place only if the page is exclusively this
+//     mapping's (anonymous-exclusive pages are reused on write even while referenced);
+//     the others are write-protected first (step 0);
+//  2. punch / MADV_DONTNEED them out: from here the guest cannot write them (its faults
+//     wait on kFlDropping until step 4);
 //  3. read the pipe: each page's last content (invariant 1 without write-protect);
 //  4. store, then mark remote and wake the waiting faults.
 // The pages are stored after they left the guest, which invariant 3 forbids for a store
@@ -1691,14 +1750,47 @@ void Pager::open_splice_pipe() {
 size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean) {
   // Next batch: short when these victims were scattered, full when they came in runs.
   size_t runs = 0;
-  for_runs(dirty, [&](const Run&) { runs++; });
-  splice_batch_ = runs * 8 <= dirty.size() ? pipe_pages_ : std::min(pipe_pages_, kSpliceBatch);
-  // 1. splice (dirty is sorted: the pipe then holds the pages in the order of `dirty`)
-  size_t spliced_bytes = 0;
+  bool private_pages = false;
+  for_runs(dirty, [&](const Run& run) {
+    runs++;
+    private_pages |= !region_at(run.first).memfd;
+  });
+  // (private pages: each batch stops a target thread, which costs more than the waits
+  // of faults on a longer batch: full batches)
+  splice_batch_ = runs * 8 <= dirty.size() || private_pages ? pipe_pages_ : std::min(pipe_pages_, kSpliceBatch);
+  // 1. splice (dirty is sorted: each pipe then holds its pages in the order of `dirty`):
+  // memfd runs from the memfd here, private runs by one vmsplice inside the target.
+  size_t spliced_bytes = 0, tspliced_bytes = 0;
   bool splice_ok = true;
-  try {
+  std::unique_ptr<RemoteTask> task;
+  // 0. Private pages a write would be copied out of (the zero page, KSM or shared pages:
+  // copied_on_write) cannot rely on the pipe: they are write-protected first, as in
+  // evict_batch, so such a write traps and aborts their eviction. All of them while KSM
+  // may merge pages. (The test-only unprotected mode skips this as it skips the rest.)
+  if (!cfg_.test_skip_wp && !cfg_.test_skip_cow_wp) {
+    std::vector<uint32_t> priv_dirty;
+    for (uint32_t idx : dirty)
+      if (!region_at(idx).memfd) priv_dirty.push_back(idx);
+    if (!priv_dirty.empty()) {
+      try {
+        std::vector<uint32_t> wp = ksm_quiet() ? copied_on_write(priv_dirty) : priv_dirty;
+        for_runs(wp, [&](const Run& run) {
+          uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
+        });
+      } catch (const Error& e) {
+        splice_ok = false;
+        emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
+      }
+    }
+  }
+  if (splice_ok) try {
+    std::vector<struct iovec> priv;
     for_runs(dirty, [&](const Run& run) {
       const Region& r = region_at(run.first);
+      if (!r.memfd) {
+        priv.push_back({reinterpret_cast<void*>(addr_of(run.first)), (size_t)run.count * kPageSize});
+        return;
+      }
       off64_t off = (off64_t)(r.file_offset + (uint64_t)(run.first - r.first) * kPageSize);
       size_t left = (size_t)run.count * kPageSize;
       while (left > 0) {
@@ -1709,18 +1801,38 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         spliced_bytes += (size_t)n;
       }
     });
+    if (!priv.empty()) {
+      if (tpipe_.read_fd < 0) open_pipe_in_target();
+      // One stop of one target thread for the vmsplice and the drop (step 2): an
+      // injection session costs more than the calls in it.
+      task = borrow_thread(cfg_.pid);
+      remote_vmsplice(cfg_.pid, tpipe_.target_write_fd, priv.data(), priv.size(), &tspliced_bytes, task.get());
+    }
   } catch (const Error& e) {
     splice_ok = false;
     emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
   }
   std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
-  auto read_pipe = [&] {  // every byte spliced, also after a failure (the pipe must be empty for the next batch)
-    for (size_t done = 0; done < spliced_bytes;) {
-      ssize_t n = read(pipe_r_, buf.get() + done, spliced_bytes - done);
+  auto read_exact = [&](int fd, uint8_t* dst, size_t bytes) {
+    for (size_t done = 0; done < bytes;) {
+      ssize_t n = read(fd, dst + done, bytes - done);
       if (n < 0 && errno == EINTR) continue;
       if (n <= 0) throw_sys("read", "reading the eviction pipe", n < 0 ? errno : EIO);
       done += (size_t)n;
     }
+  };
+  auto read_pipe = [&] {  // every byte spliced, also after a failure (the pipes must be empty for the next batch)
+    if (!splice_ok) {
+      read_exact(pipe_r_, buf.get(), spliced_bytes);
+      read_exact(tpipe_.read_fd, buf.get(), tspliced_bytes);
+      return;
+    }
+    size_t pos = 0;
+    for_runs(dirty, [&](const Run& run) {
+      size_t bytes = (size_t)run.count * kPageSize;
+      read_exact(region_at(run.first).memfd ? pipe_r_ : tpipe_.read_fd, buf.get() + pos, bytes);
+      pos += bytes;
+    });
   };
   // 2. commit the drop: dirty pages discarded by QEMU meanwhile, and clean pages written
   // meanwhile, stay (kFlAbort); so does everything if the splice failed.
@@ -1758,7 +1870,16 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   // write-protect path, so the race tests see writes land in it.
   if (cfg_.test_race_window_ms) sleep_ms(cfg_.test_race_window_ms);
   std::sort(drop.begin(), drop.end());
-  std::vector<uint8_t> gone = drop_or_probe(drop);
+  drop_task_ = task.get();
+  std::vector<uint8_t> gone;
+  try {
+    gone = drop_or_probe(drop);
+  } catch (...) {
+    drop_task_ = nullptr;
+    throw;
+  }
+  drop_task_ = nullptr;
+  task.reset();  // the target's thread goes on
   // 3. the last content of every spliced page
   bool have_data = splice_ok;
   if (splice_ok && !read_done) {
@@ -2030,6 +2151,10 @@ void Pager::detach() {
     uffd_unregister(cfg_.uffd, r.start, r.length);  // wakes every waiter
   }
   stop_threads();
+  if (tpipe_.target_write_fd >= 0) {  // the eviction pipe's end inside the target
+    close_target_fd(cfg_.pid, tpipe_.target_write_fd);
+    tpipe_.target_write_fd = -1;
+  }
   if (cfg_.target_uffd >= 0) {
     // The target held its own reference for crash safety; the VM is whole again, so close it.
     RemoteTask task(cfg_.pid);

@@ -3,6 +3,7 @@
 // the page-state table they share. See docs/architecture.md for the state machine
 // and where each invariant of DESIGN.md is enforced.
 #pragma once
+#include "attach.h"
 #include <sched.h>
 #include <sys/types.h>
 
@@ -60,6 +61,7 @@ struct PagerConfig {
   bool test_fail_drops = false; // TEST ONLY: every drop removes half its runs, then fails (partial-failure handling)
   bool test_nonblocking_reads = false; // TEST ONLY: the fallback when no wake signal is free (non-blocking reads, ppoll)
   bool test_no_splice = false;  // TEST ONLY: evict by write-protect and copy-out even where splice applies
+  bool test_skip_cow_wp = false;  // TEST ONLY: evict_by_splice skips step 0 (write-protecting private pages a write would copy)
   uint32_t test_race_window_ms = 0;  // TEST ONLY: evict_by_splice waits this long before the punch
   bool test_defer_faults = false;  // TEST ONLY: every fault goes through the retry path (as after EAGAIN) before it is served
   uint8_t test_fail_puts = 0;   // TEST ONLY: evict_by_splice's store fails for every other batch (1) or every batch (2)
@@ -249,10 +251,19 @@ class Pager {
   std::thread exit_watch_thread_;
   std::atomic<bool> fault_done_{false};      // the fault thread left its loop: stop interrupting it
   std::atomic<bool> exit_reported_{false};   // "target-exited" is emitted once
-  // Eviction by splice (evict_by_splice): every region a memfd and the store in this
-  // process. The pipe holds one batch of dirty pages by reference; evictor only.
+  // Eviction by splice (evict_by_splice): the store in this process. The pipes hold one
+  // batch of dirty pages by reference; evictor only. Memfd pages go through pipe_r_/
+  // pipe_w_ (spliced from the memfd here), private pages through tpipe_, whose write
+  // end is in the target (vmspliced from inside it), opened at the first private batch.
   bool splice_evictions_ = false;
   int pipe_r_ = -1, pipe_w_ = -1;
+  TargetPipe tpipe_;
+  RemoteTask* drop_task_ = nullptr;  // evict_by_splice: the target thread stopped for its vmsplice, reused to drop
+  void open_pipe_in_target();
+  // Private pages a guest write would not land in in place (evict_by_splice step 0).
+  int evict_pagemap_fd_ = -1;
+  std::vector<uint32_t> copied_on_write(const std::vector<uint32_t>& sorted_private);
+  static bool ksm_quiet();
   size_t pipe_pages_ = 0;
   size_t splice_batch_ = 0;  // pages in the next splice batch (kSpliceBatch, or pipe_pages_ for runs)
   uint64_t test_puts_ = 0;   // test_fail_puts: batches stored so far

@@ -133,6 +133,7 @@ export class Pager extends EventEmitter {
       _testNonBlockingReads: opts._testNonBlockingReads,
       _testNoSplice: opts._testNoSplice,
       _testRaceWindowMs: opts._testRaceWindowMs,
+      _testUnsafeSkipCowProtect: opts._testUnsafeSkipCowProtect,
       _testFailPuts: opts._testFailPuts,
       _testDeferFaults: opts._testDeferFaults,
       regions: opts.regions,

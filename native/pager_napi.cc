@@ -353,6 +353,7 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
     cfg.test_no_splice = o.Get("_testNoSplice").ToBoolean();
     cfg.test_defer_faults = o.Get("_testDeferFaults").ToBoolean();
     cfg.test_race_window_ms = (uint32_t)Num(o, "_testRaceWindowMs", 0);
+    cfg.test_skip_cow_wp = o.Get("_testUnsafeSkipCowProtect").ToBoolean();
     {
       Napi::Value fp = o.Get("_testFailPuts");  // true: every other batch, 'always': every batch
       cfg.test_fail_puts = fp.IsString() && fp.As<Napi::String>().Utf8Value() == "always" ? 2 : fp.ToBoolean() ? 1 : 0;

@@ -51,7 +51,7 @@ function uffdCount(pid: number): number {
 
 // memfd with the embedded store evicts by splice; the write-protect path (every other
 // store, private RAM) is forced for memfd too, so both paths of memfd take the churn.
-for (const [kind, mode] of [['memfd', 'splice'], ['memfd', 'write-protect'], ['anon', 'write-protect']] as const) {
+for (const [kind, mode] of [['memfd', 'splice'], ['memfd', 'write-protect'], ['anon', 'splice'], ['anon', 'write-protect']] as const) {
   test(`${kind} (${mode}): 4 writer threads over 128 MiB with the cap at 10% keep every page intact`, async (t) => {
     const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 128 : 1, anonMiB: kind === 'anon' ? 128 : 1 });
     await target.cmd(`fill ${kind} 7`);
@@ -121,24 +121,28 @@ async function raceStore(t: { teardown(fn: () => unknown): void }): Promise<Page
  * the unsafe twins (stopping at the first lost write: on a loaded machine the race may
  * take a few), 5 for the safe runs. Returns what the target saw.
  */
-async function writesRacingEviction(t: Parameters<typeof startTarget>[0], o: { memfdMiB: number; cap: number; store: PageStore; cmd: string; rounds: number; unsafe: boolean; raceWindowMs?: number }) {
-  const target = await startTarget(t, { memfdMiB: o.memfdMiB, anonMiB: 1 });
-  await target.cmd('fill memfd 3');
-  const pager = await attach(t, target, [region(target, 'memfd')], o.cap, o.store, {
+async function writesRacingEviction(t: Parameters<typeof startTarget>[0], o: { kind?: 'memfd' | 'anon'; mib: number; cap: number; store: PageStore; cmd: string; rounds: number; unsafe: boolean; raceWindowMs?: number; prep?: string; perRound?: string; skipCowProtect?: boolean }) {
+  const kind = o.kind ?? 'memfd';
+  const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? o.mib : 1, anonMiB: kind === 'anon' ? o.mib : 1 });
+  await target.cmd(`fill ${kind} 3`);
+  if (o.prep) await target.cmd(o.prep);
+  const pager = await attach(t, target, [region(target, kind)], o.cap, o.store, {
     evictBatch: 16, prefetchMax: 0, _testUnsafeSkipWriteProtect: o.unsafe, ...(o.raceWindowMs ? { _testRaceWindowMs: o.raceWindowMs } : {}),
+    ...(o.skipCowProtect ? { _testUnsafeSkipCowProtect: true } : {}),
   });
   let corrupt = 0, writes = 0;
-  for (let round = 0; round < (o.unsafe ? o.rounds : 5) && corrupt === 0; round++) {
+  for (let round = 0; round < (o.unsafe || o.skipCowProtect ? o.rounds : 5) && corrupt === 0; round++) {
+    if (o.perRound) await target.cmd(o.perRound);
     const c = parseReply(await target.cmd(o.cmd));
     writes += c.writes;
-    corrupt += c.corrupt + parseReply(await target.cmd('verify memfd')).corrupt;
+    corrupt += c.corrupt + parseReply(await target.cmd(`verify ${kind}`)).corrupt;
   }
   return { corrupt, writes, stats: pager.stats() };
 }
 
 /** Hammer 64 pages while a 32-page cap evicts them again and again (write-protect path: file store). */
 async function hammerUnderEviction(t: Parameters<typeof startTarget>[0], unsafe: boolean) {
-  return writesRacingEviction(t, { memfdMiB: 16, cap: 32, store: await raceStore(t), cmd: 'hammer memfd 100 64 2000', rounds: 40, unsafe });
+  return writesRacingEviction(t, { mib: 16, cap: 32, store: await raceStore(t), cmd: 'hammer memfd 100 64 2000', rounds: 40, unsafe });
 }
 
 test('memfd: writes racing eviction are never lost (write-protect before copy-out)', async (t) => {
@@ -167,43 +171,69 @@ test('the race test can fail: without write-protect before copy-out, racing writ
 // evicted, inside the 5 ms the test widens the window to. (A single thread hammering a
 // loop of pages, as the write-protect test does, spends that window waiting for room at
 // the cap: the unsafe twin then saw a lost write only now and then.)
-async function churnUnderSpliceEviction(t: Parameters<typeof startTarget>[0], unsafe: boolean) {
-  return writesRacingEviction(t, { memfdMiB: 1, cap: 128, store: await memoryStore(t), cmd: 'churn memfd 1000 4 0.5', rounds: 10, unsafe, raceWindowMs: 5 });
+//
+// Private memory takes the same path: the pages are vmspliced into a pipe from inside
+// the target and dropped with an injected MADV_DONTNEED. A write lands in a private page
+// in place only if the page is exclusively the mapping's own; the zero page (mapped by
+// UFFDIO_ZEROPAGE, or by a read of a never-written page) is copied on write instead, so
+// such pages are write-protected first. The zero-page variant starts from pages the
+// target zeroes before each round: zero pages are dropped without a store write, a read then maps the zero page, and a write copies it.
+async function churnUnderSpliceEviction(t: Parameters<typeof startTarget>[0], kind: 'memfd' | 'anon', unsafe: boolean, o: { perRound?: string; skipCowProtect?: boolean; rounds?: number } = {}) {
+  return writesRacingEviction(t, { kind, mib: 1, cap: 128, store: await memoryStore(t), cmd: `churn ${kind} 1000 4 0.5`, rounds: 10, unsafe, raceWindowMs: 5, ...o });
 }
 
-test('memfd + memory: writes racing eviction are never lost (splice, punch, then read)', async (t) => {
-  const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, false);
+for (const kind of ['memfd', 'anon'] as const) {
+  const how = kind === 'memfd' ? 'splice, punch' : 'vmsplice inside the target, MADV_DONTNEED';
+  test(`${kind} + memory: writes racing eviction are never lost (${how}, then read)`, async (t) => {
+    const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, kind, false);
+    t.true(writes > 100);
+    t.is(corrupt, 0, 'every page read back exactly as last written');
+    t.true(s.evictions > 500, `evictions ${s.evictions}`);
+    t.is(s.evictMode, 'splice', `the embedded store and ${kind} RAM evict by splice`);
+    t.log(JSON.stringify({ writes, evictions: s.evictions }));
+  });
+
+  test(`the ${kind} splice race test can fail: reading the pipe before the drop loses racing writes`, async (t) => {
+    const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, kind, true);
+    t.log(JSON.stringify({ corrupt, writes, evictions: s.evictions }));
+    t.true(corrupt > 0, 'lost writes are detected when the pipe is read before the drop');
+  });
+}
+
+test('anon + memory: writes to pages mapped to the zero page racing their eviction are never lost', async (t) => {
+  const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, 'anon', false, { perRound: 'zero anon 0 256' });
   t.true(writes > 100);
   t.is(corrupt, 0, 'every page read back exactly as last written');
-  t.true(s.evictions > 500, `evictions ${s.evictions}`);
-  t.is(s.evictMode, 'splice', 'the embedded store and memfd RAM evict by splice');
-  t.log(JSON.stringify({ writes, evictions: s.evictions }));
+  t.true(s.zeroFills > 100, `reads mapped the zero page (${s.zeroFills} zero fills)`);
+  t.log(JSON.stringify({ writes, evictions: s.evictions, zeroFills: s.zeroFills }));
 });
 
-test('the splice race test can fail: reading the pipe before the punch loses racing writes', async (t) => {
-  const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, true);
+test('the zero-page race test can fail: without write-protecting pages a write would copy, racing writes are lost', async (t) => {
+  const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, 'anon', false, { perRound: 'zero anon 0 256', skipCowProtect: true, rounds: 40 });
   t.log(JSON.stringify({ corrupt, writes, evictions: s.evictions }));
-  t.true(corrupt > 0, 'lost writes are detected when the pipe is read before the punch');
+  t.true(corrupt > 0, 'lost writes are detected when zero-page-mapped pages are not write-protected');
 });
 
 // The splice path stores a page after it left the guest; when the store fails there, the
 // page must go back into the guest (UFFDIO_COPY), not be lost or read as zeros.
-test('memfd + memory: a store that fails after the punch loses no page (pages go back into the guest)', async (t) => {
-  const target = await startTarget(t, { memfdMiB: 32, anonMiB: 1 });
-  await target.cmd('fill memfd 29');
-  const store = await memoryStore(t);
-  const r = region(target, 'memfd');
-  const cap = Math.floor(r.length / PAGE / 10);
-  const pager = await attach(t, target, [r], cap, store, { _testFailPuts: true });
-  await waitFor(() => pager.stats().residentPages <= cap);
-  const churn = parseReply(await target.cmd('churn memfd 2000 2 0.5'));
-  t.is(churn.corrupt, 0, 'no corruption seen by the writers');
-  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0, 'every page verifies');
-  const s = pager.stats();
-  t.is(s.evictMode, 'splice');
-  t.is(s.lostPages, 0, 'no page reported lost');
-  t.true(s.evictions > 1000 && s.fetches > 500, `the pager still evicts and fetches (${s.evictions} / ${s.fetches})`);
-});
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`${kind} + memory: a store that fails after the ${kind === 'memfd' ? 'punch' : 'drop'} loses no page (pages go back into the guest)`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 32 : 1, anonMiB: kind === 'anon' ? 32 : 1 });
+    await target.cmd(`fill ${kind} 29`);
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const cap = Math.floor(r.length / PAGE / 10);
+    const pager = await attach(t, target, [r], cap, store, { _testFailPuts: true });
+    await waitFor(() => pager.stats().residentPages <= cap);
+    const churn = parseReply(await target.cmd(`churn ${kind} 2000 2 0.5`));
+    t.is(churn.corrupt, 0, 'no corruption seen by the writers');
+    t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0, 'every page verifies');
+    const s = pager.stats();
+    t.is(s.evictMode, 'splice');
+    t.is(s.lostPages, 0, 'no page reported lost');
+    t.true(s.evictions > 1000 && s.fetches > 500, `the pager still evicts and fetches (${s.evictions} / ${s.fetches})`);
+  });
+}
 
 test('zero pages are never stored and clean pages are not rewritten', async (t) => {
   const target = await startTarget(t, { memfdMiB: 32, anonMiB: 1 });
@@ -232,32 +262,36 @@ test('zero pages are never stored and clean pages are not rewritten', async (t) 
   t.true(s.storeWrites <= pages / 2, `storeWrites ${s.storeWrites} (was ${writesBefore}) must not exceed the ${pages / 2} data pages`);
 });
 
-test('resize down and up under load, then detach restores every page and leaves no registration', async (t) => {
-  const target = await startTarget(t, { memfdMiB: 64, anonMiB: 1 });
-  await target.cmd('fill memfd 9');
-  const store = await memoryStore(t);
-  const r = region(target, 'memfd');
-  const total = r.length / PAGE;
-  const pager = await attach(t, target, [r], total / 2, store);
-  const churn = target.cmd('churn memfd 5000 2 0.3');
-  await new Promise((res) => setTimeout(res, 1000));
-  pager.setCap(total / 16);
-  await waitFor(() => pager.stats().residentPages <= total / 16 + 64);
-  pager.setCap(total / 4);
-  t.is(parseReply(await churn).corrupt, 0);
-  t.is(pager.stats().localCapPages, total / 4);
-  const progress: number[] = [];
-  pager.on('progress', (e: { done?: number }) => progress.push(e.done ?? 0));
-  t.true(uffdCount(target.pid) >= 1, 'the target holds its own uffd while attached');
-  await pager.detach();
-  t.true(progress.length > 0, 'detach reported progress');
-  t.is(uffdCount(target.pid), 0, 'no userfaultfd left in the target');
-  const v = parseReply(await target.cmd('verify memfd'));
-  t.is(v.corrupt, 0);
-  // every page is back in host memory: no holes left in the memfd
-  const maps = fs.readFileSync(`/proc/${target.pid}/smaps`, 'utf8');
-  t.true(maps.includes('elasticmem-test'));
-});
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`${kind}: resize down and up under load, then detach restores every page and leaves no registration nor descriptor`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 64 : 1, anonMiB: kind === 'anon' ? 64 : 1 });
+    await target.cmd(`fill ${kind} 9`);
+    const fdsBefore = fs.readdirSync(`/proc/${target.pid}/fd`).map((fd) => { try { return fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`); } catch { return ''; } }).sort();
+    const store = await memoryStore(t);
+    const r = region(target, kind);
+    const total = r.length / PAGE;
+    const pager = await attach(t, target, [r], total / 2, store);
+    const churn = target.cmd(`churn ${kind} 5000 2 0.3`);
+    await new Promise((res) => setTimeout(res, 1000));
+    pager.setCap(total / 16);
+    await waitFor(() => pager.stats().residentPages <= total / 16 + 64);
+    pager.setCap(total / 4);
+    t.is(parseReply(await churn).corrupt, 0);
+    t.is(pager.stats().localCapPages, total / 4);
+    t.is(pager.stats().evictMode, 'splice');
+    const progress: number[] = [];
+    pager.on('progress', (e: { done?: number }) => progress.push(e.done ?? 0));
+    t.true(uffdCount(target.pid) >= 1, 'the target holds its own uffd while attached');
+    await pager.detach();
+    t.true(progress.length > 0, 'detach reported progress');
+    t.is(uffdCount(target.pid), 0, 'no userfaultfd left in the target');
+    // (private memory: the eviction pipe's end inside the target is closed too)
+    const fdsAfter = fs.readdirSync(`/proc/${target.pid}/fd`).map((fd) => { try { return fs.readlinkSync(`/proc/${target.pid}/fd/${fd}`); } catch { return ''; } }).sort();
+    t.deepEqual(fdsAfter.map((l) => l.replace(/\[\d+\]/, '')), fdsBefore.map((l) => l.replace(/\[\d+\]/, '')), 'the target has the descriptors it had before the attach');
+    const v = parseReply(await target.cmd(`verify ${kind}`));
+    t.is(v.corrupt, 0);
+  });
+}
 
 test('an unprivileged target (nobody) is attached through /dev/userfaultfd', async (t) => {
   const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1, user: 'nobody' });
