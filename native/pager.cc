@@ -1662,15 +1662,26 @@ size_t Pager::evict_batch(size_t want) {
 
 // The pipe evict_by_splice passes pages through, sized for one splice batch
 // (min(evictBatch, kSpliceBatch) pages; fewer if the system refuses that size).
+// Give pipe `fd` room for `bytes`, or the most it may have: above
+// /proc/sys/fs/pipe-max-size (1 MiB by default) only with CAP_SYS_RESOURCE, so halve
+// until the kernel agrees. Returns the pipe's size in bytes.
+static size_t size_pipe(int fd, size_t bytes, const char* what) {
+  for (size_t want = bytes; want >= kPageSize; want /= 2) {
+    int got = fcntl(fd, F_SETPIPE_SZ, (int)want);
+    if (got >= 0) return (size_t)got;
+    if (errno != EPERM && errno != EBUSY && errno != EINVAL) break;
+  }
+  int size = fcntl(fd, F_GETPIPE_SZ);
+  if (size < 0) throw_sys("fcntl(F_GETPIPE_SZ)", what);
+  return (size_t)size;
+}
+
 void Pager::open_splice_pipe() {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) throw_sys("pipe2", "creating the eviction pipe");
   pipe_r_ = fds[0];
   pipe_w_ = fds[1];
-  int size = fcntl(pipe_w_, F_SETPIPE_SZ, (int)(std::max<uint32_t>(cfg_.evict_batch, 1) * kPageSize));
-  if (size < 0) size = fcntl(pipe_w_, F_GETPIPE_SZ);
-  if (size < 0) throw_sys("fcntl(F_GETPIPE_SZ)", "sizing the eviction pipe");
-  pipe_pages_ = (size_t)size / kPageSize;
+  pipe_pages_ = size_pipe(pipe_w_, std::max<uint32_t>(cfg_.evict_batch, 1) * kPageSize, "sizing the eviction pipe") / kPageSize;
   splice_batch_ = std::min(pipe_pages_, kSpliceBatch);
   splice_evictions_ = pipe_pages_ > 0;
 }
@@ -1716,11 +1727,9 @@ bool Pager::ksm_quiet() {
 
 void Pager::open_pipe_in_target() {
   tpipe_ = open_target_pipe(cfg_.pid);
-  int size = fcntl(tpipe_.read_fd, F_SETPIPE_SZ, (int)(pipe_pages_ * kPageSize));
-  if (size < 0) size = fcntl(tpipe_.read_fd, F_GETPIPE_SZ);
-  if (size < 0) throw_sys("fcntl(F_GETPIPE_SZ)", "sizing the eviction pipe in the target");
+  size_t size = size_pipe(tpipe_.read_fd, pipe_pages_ * kPageSize, "sizing the eviction pipe in the target");
   // (the same limits as our own pipe: a smaller one only shortens the next batches)
-  pipe_pages_ = std::min(pipe_pages_, (size_t)size / kPageSize);
+  pipe_pages_ = std::min(pipe_pages_, size / kPageSize);
   splice_batch_ = std::min(splice_batch_, pipe_pages_);
   // Read only what a finished vmsplice put there: never wait on the target.
   int fl = fcntl(tpipe_.read_fd, F_GETFL);
