@@ -13,7 +13,7 @@ Counters of an attached VM's pager.
             storeWrites, prefetched, residentPages, localCapPages, remotePages,
             faultLatencyUs {p50, p99}, storeState, storeError, faultCpu (the
             CPU the fault thread runs on, -1 when not on one), evictMode
-            ("splice": memfd RAM with the embedded store, no write-protect;
+            ("splice": the embedded store, dirty pages passed by a pipe;
             "write-protect"), ...
   --watch   live view refreshed every second: rates per second, resident pages
             against the cap, fault latency (with --json: one JSON sample per line)
