@@ -308,14 +308,11 @@ bool find_target_uffd(pid_t pid, Acquired* out) {
   return true;
 }
 
-void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, RemoteTask* borrowed) {
-  if (n == 0) return;
-  for (size_t i = 0; i < n; i++)
-    if (reinterpret_cast<uintptr_t>(iov[i].iov_base) % 4096 != 0)
-      throw Error("EM_BAD_ARG", "range " + std::to_string(i) + " does not start on a page boundary", EINVAL);
-  require_process(pid);
-  // Merge touching ranges: one range is one page-table walk and one TLB flush in the
-  // target, instead of one per page (a flush interrupts every CPU the target runs on).
+namespace {
+
+// Ranges that touch merged into one (empty ones left out): one range is one page-table
+// walk and one TLB flush in the target for MADV_DONTNEED, one gather for vmsplice.
+std::vector<struct iovec> merge_touching(const struct iovec* iov, size_t n) {
   std::vector<struct iovec> merged;
   merged.reserve(n);
   for (size_t i = 0; i < n; i++) {
@@ -326,6 +323,33 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, Remot
     else
       merged.push_back(iov[i]);
   }
+  return merged;
+}
+
+// Skip `done` bytes of v[first..] (a call that stopped part-way), moving `first` past
+// the ranges that are finished.
+void advance(std::vector<struct iovec>& v, size_t& first, size_t done) {
+  while (done > 0 && first < v.size()) {
+    size_t take = std::min(done, v[first].iov_len);
+    v[first].iov_base = static_cast<char*>(v[first].iov_base) + take;
+    v[first].iov_len -= take;
+    done -= take;
+    if (v[first].iov_len == 0) first++;
+  }
+  while (first < v.size() && v[first].iov_len == 0) first++;
+}
+
+}  // namespace
+
+void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, RemoteTask* borrowed) {
+  if (n == 0) return;
+  for (size_t i = 0; i < n; i++)
+    if (reinterpret_cast<uintptr_t>(iov[i].iov_base) % 4096 != 0)
+      throw Error("EM_BAD_ARG", "range " + std::to_string(i) + " does not start on a page boundary", EINVAL);
+  require_process(pid);
+  // Merge touching ranges: one range is one page-table walk and one TLB flush in the
+  // target, instead of one per page (a flush interrupts every CPU the target runs on).
+  std::vector<struct iovec> merged = merge_touching(iov, n);
   if (merged.empty()) return;
   iov = merged.data();
   n = merged.size();
@@ -349,16 +373,8 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, Remot
                       "process_madvise");
         // The kernel stops at the first failing range and reports the bytes before it:
         // skip what was done and call again, so the failing range reports its errno.
-        size_t d = static_cast<size_t>(done);
-        left -= std::min(d, left);
-        while (d > 0 && first < batch.size()) {
-          size_t take = std::min(d, batch[first].iov_len);
-          batch[first].iov_base = static_cast<char*>(batch[first].iov_base) + take;
-          batch[first].iov_len -= take;
-          d -= take;
-          if (batch[first].iov_len == 0) first++;
-        }
-        while (first < batch.size() && batch[first].iov_len == 0) first++;
+        left -= std::min(static_cast<size_t>(done), left);
+        advance(batch, first, static_cast<size_t>(done));
       }
     }
   } catch (...) {
@@ -413,15 +429,7 @@ size_t remote_vmsplice(pid_t pid, int target_fd, const struct iovec* iov, size_t
   *done_out = 0;
   if (n == 0) return 0;
   require_process(pid);
-  std::vector<struct iovec> merged;  // touching ranges: one call gathers them as one
-  for (size_t i = 0; i < n; i++) {
-    if (iov[i].iov_len == 0) continue;
-    if (!merged.empty() &&
-        static_cast<char*>(merged.back().iov_base) + merged.back().iov_len == static_cast<char*>(iov[i].iov_base))
-      merged.back().iov_len += iov[i].iov_len;
-    else
-      merged.push_back(iov[i]);
-  }
+  std::vector<struct iovec> merged = merge_touching(iov, n);  // one call gathers touching ranges as one
   std::unique_ptr<RemoteTask> own = borrowed ? nullptr : borrow_thread(pid);
   RemoteTask* task = borrowed ? borrowed : own.get();
   uint64_t sc = task->scratch(kMaxIov * sizeof(struct iovec));
@@ -435,15 +443,8 @@ size_t remote_vmsplice(pid_t pid, int target_fd, const struct iovec* iov, size_t
                            static_cast<long>(sc), static_cast<long>(cnt), SPLICE_F_NONBLOCK);
     if (got <= 0)
       throw Error("EM_INJECT", "vmsplice inside process " + pid_str(pid) + " made no progress", EIO, "vmsplice");
-    size_t d = static_cast<size_t>(got);
-    *done_out += d;
-    while (d > 0 && first < merged.size()) {
-      size_t take = std::min(d, merged[first].iov_len);
-      merged[first].iov_base = static_cast<char*>(merged[first].iov_base) + take;
-      merged[first].iov_len -= take;
-      d -= take;
-      if (merged[first].iov_len == 0) first++;
-    }
+    *done_out += static_cast<size_t>(got);
+    advance(merged, first, static_cast<size_t>(got));
   }
   return *done_out;
 }
