@@ -1559,7 +1559,8 @@ size_t Pager::evict_batch(size_t want) {
       runs++;
       private_pages |= !region_at(run.first).memfd;
     });
-    if (!private_pages || runs * 8 > dirty.size()) return evict_by_splice(dirty, clean);
+    bool in_runs = runs * 8 <= dirty.size();
+    if (!private_pages || !in_runs) return evict_by_splice(dirty, clean, in_runs, private_pages);
     splice_batch_ = pipe_pages_;
   }
   // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
@@ -1674,8 +1675,6 @@ size_t Pager::evict_batch(size_t want) {
   return left;
 }
 
-// The pipe evict_by_splice passes pages through, sized for one splice batch
-// (min(evictBatch, kSpliceBatch) pages; fewer if the system refuses that size).
 // Give pipe `fd` room for `bytes`, or the most it may have: above
 // /proc/sys/fs/pipe-max-size (1 MiB by default) only with CAP_SYS_RESOURCE, so halve
 // until the kernel agrees. Returns the pipe's size in bytes.
@@ -1690,6 +1689,8 @@ static size_t size_pipe(int fd, size_t bytes, const char* what) {
   return (size_t)size;
 }
 
+// The pipe evict_by_splice passes memfd pages through, sized for one batch of evictBatch
+// pages (fewer if the system refuses that size); scattered batches use kSpliceBatch of it.
 void Pager::open_splice_pipe() {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) throw_sys("pipe2", "creating the eviction pipe");
@@ -1770,17 +1771,12 @@ void Pager::open_pipe_in_target() {
 // the store fails, the pages are put back with UFFDIO_COPY. A page QEMU discards
 // meanwhile (missing fault before the punch, REMOVE event) is not stored: it reads as
 // zeros. Clean victims are dropped as in evict_batch.
-size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean) {
+size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean, bool in_runs,
+                               bool private_pages) {
   // Next batch: short when these victims were scattered, full when they came in runs.
-  size_t runs = 0;
-  bool private_pages = false;
-  for_runs(dirty, [&](const Run& run) {
-    runs++;
-    private_pages |= !region_at(run.first).memfd;
-  });
   // (private pages: each batch stops a target thread, which costs more than the waits
   // of faults on a longer batch: full batches)
-  splice_batch_ = runs * 8 <= dirty.size() || private_pages ? pipe_pages_ : std::min(pipe_pages_, kSpliceBatch);
+  splice_batch_ = in_runs || private_pages ? pipe_pages_ : std::min(pipe_pages_, kSpliceBatch);
   // 1. splice (dirty is sorted: each pipe then holds its pages in the order of `dirty`):
   // memfd runs from the memfd here, private runs by one vmsplice inside the target.
   size_t spliced_bytes = 0, tspliced_bytes = 0;
@@ -1790,7 +1786,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   // copied_on_write) cannot rely on the pipe: they are write-protected first, as in
   // evict_batch, so such a write traps and aborts their eviction. All of them while KSM
   // may merge pages. (The test-only unprotected mode skips this as it skips the rest.)
-  if (!cfg_.test_skip_wp && !cfg_.test_skip_cow_wp) {
+  if (private_pages && !cfg_.test_skip_wp && !cfg_.test_skip_cow_wp) {
     std::vector<uint32_t> priv_dirty;
     for (uint32_t idx : dirty)
       if (!region_at(idx).memfd) priv_dirty.push_back(idx);

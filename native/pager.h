@@ -154,7 +154,9 @@ class Pager {
   // --- evictor ---
   void evict_loop();
   size_t evict_batch(size_t want);
-  size_t evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean);
+  // in_runs: the dirty victims came in long runs; private_pages: some are private memory.
+  size_t evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean, bool in_runs,
+                         bool private_pages);
   void open_splice_pipe();
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);

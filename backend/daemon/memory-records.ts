@@ -12,6 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startTimeOf } from '../../native/proc-start.ts';
 import type { GuestMemoryRecord } from '../targets/ramblocks.ts';
+import { writePrivateFile } from './state.ts';
 
 export class MemoryRecords {
   constructor(readonly dir: string) {}
@@ -22,28 +23,26 @@ export class MemoryRecords {
 
   write(pid: number, startTime: number, vmId: string, rec: GuestMemoryRecord): void {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    const file = this.file(pid, startTime);
-    const tmp = `${file}.tmp-${process.pid}`;
-    fs.writeFileSync(tmp, JSON.stringify({ v: 1, vmId, ...rec }) + '\n', { mode: 0o600 });
-    fs.renameSync(tmp, file);
+    writePrivateFile(this.file(pid, startTime), JSON.stringify({ v: 1, vmId, ...rec }) + '\n');
   }
 
   /** The record of this QEMU for this VM, or null (none, unreadable, another VM's). */
   read(pid: number, startTime: number, vmId: string): GuestMemoryRecord | null {
-    try {
-      const doc = JSON.parse(fs.readFileSync(this.file(pid, startTime), 'utf8')) as GuestMemoryRecord & { v?: number; vmId?: string };
-      if (doc.v !== 1 || doc.vmId !== vmId || !Array.isArray(doc.regions)) return null;
-      return { regions: doc.regions, guestRamBytes: doc.guestRamBytes, memoryDevices: doc.memoryDevices ?? [] };
-    } catch {
-      return null;
-    }
+    const doc = this.load(pid, startTime);
+    if (!doc || doc.vmId !== vmId || !Array.isArray(doc.regions)) return null;
+    return { regions: doc.regions, guestRamBytes: doc.guestRamBytes, memoryDevices: doc.memoryDevices ?? [] };
   }
 
   /** The VM id this QEMU's record was written for, or null. */
   vmIdOf(pid: number, startTime: number): string | null {
+    return this.load(pid, startTime)?.vmId ?? null;
+  }
+
+  /** This QEMU's record as written (format 1), or null. */
+  private load(pid: number, startTime: number): (GuestMemoryRecord & { vmId: string }) | null {
     try {
-      const doc = JSON.parse(fs.readFileSync(this.file(pid, startTime), 'utf8')) as { v?: number; vmId?: unknown };
-      return doc.v === 1 && typeof doc.vmId === 'string' ? doc.vmId : null;
+      const doc = JSON.parse(fs.readFileSync(this.file(pid, startTime), 'utf8')) as GuestMemoryRecord & { v?: number; vmId?: unknown };
+      return doc.v === 1 && typeof doc.vmId === 'string' ? (doc as GuestMemoryRecord & { vmId: string }) : null;
     } catch {
       return null;
     }
@@ -58,7 +57,7 @@ export class MemoryRecords {
     let names: string[];
     try { names = fs.readdirSync(this.dir); } catch { return; }
     for (const f of names) {
-      const m = /^(\d+)-(\d+)\.json(\.tmp-\d+)?$/.exec(f);
+      const m = /^(\d+)-(\d+)\.json(\.\d+\.tmp)?$/.exec(f);
       if (m && startTimeOf(Number(m[1])) !== Number(m[2])) fs.rmSync(path.join(this.dir, f), { force: true });
     }
   }

@@ -61,6 +61,11 @@ export function writeState(file: string, entries: StateEntry[]): void {
   // A folder the operator chose (it may be shared, like /tmp) is left alone: the file's
   // own mode protects it. Ours is always private.
   if (path.resolve(dir) === DEFAULT_STATE_DIR) fs.chmodSync(dir, 0o700);
+  writePrivateFile(file, JSON.stringify({ v: 1, vms: entries }, null, 1) + '\n');
+}
+
+/** Replace `file` atomically (rename) with `text`, mode 0600 whatever the umask. */
+export function writePrivateFile(file: string, text: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   // 'w' on a leftover tmp file would keep its mode: remove it, create it 0600, and
   // fchmod in case the umask took bits away from 0600 (it cannot add any).
@@ -68,7 +73,7 @@ export function writeState(file: string, entries: StateEntry[]): void {
   const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   try {
     fs.fchmodSync(fd, 0o600);
-    fs.writeSync(fd, JSON.stringify({ v: 1, vms: entries }, null, 1) + '\n');
+    fs.writeSync(fd, text);
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);

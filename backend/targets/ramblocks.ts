@@ -169,13 +169,18 @@ export function memoryFromRecord(pid: number, rec: GuestMemoryRecord): GuestMemo
     }
     return spec;
   });
+  return guestMemoryOf(regions, pid, rec.guestRamBytes, rec.memoryDevices);
+}
+
+/** GuestMemory of placed regions (their store key ids assigned here). */
+function guestMemoryOf(regions: RegionSpec[], pid: number, guestRamBytes: number, memoryDevices: MemoryDevice[]): GuestMemory {
   assignKeyIds(regions, pid);
   const kinds = new Set(regions.map((r) => r.kind));
   return {
     regions,
-    guestRamBytes: rec.guestRamBytes,
+    guestRamBytes,
     managedBytes: regions.reduce((s, r) => s + r.length, 0),
-    memoryDevices: rec.memoryDevices,
+    memoryDevices,
     backing: kinds.size === 1 ? [...kinds][0]! : 'mixed',
   };
 }
@@ -221,14 +226,6 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
     if (!deviceMemdevs.has(mrName)) bootBytes += b.used;
   }
   regions.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
-  assignKeyIds(regions, pid);
   const plugged = devices.reduce((s, d) => s + (d.data.size ?? 0), 0);
-  const kinds = new Set(regions.map((r) => r.kind));
-  return {
-    regions,
-    guestRamBytes: bootBytes + plugged,
-    managedBytes: regions.reduce((s, r) => s + r.length, 0),
-    memoryDevices: devices,
-    backing: kinds.size === 1 ? [...kinds][0]! : 'mixed',
-  };
+  return guestMemoryOf(regions, pid, bootBytes + plugged, devices);
 }
