@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstring>
 #include <fstream>
@@ -310,6 +311,10 @@ bool find_target_uffd(pid_t pid, Acquired* out) {
 
 namespace {
 
+// include/uapi/linux/pidfd.h (Linux 6.14): the calling process, wherever a pidfd goes.
+constexpr long kPidfdSelfThreadGroup = -10001;
+std::atomic<bool> g_no_pidfd_self{false};  // this kernel refused it (EBADF)
+
 // Ranges that touch merged into one (empty ones left out): one range is one page-table
 // walk and one TLB flush in the target for MADV_DONTNEED, one gather for vmsplice.
 std::vector<struct iovec> merge_touching(const struct iovec* iov, size_t n) {
@@ -355,7 +360,14 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, Remot
   n = merged.size();
   std::unique_ptr<RemoteTask> own = borrowed ? nullptr : borrow_thread(pid);
   RemoteTask* task = borrowed ? borrowed : own.get();
-  long pfd = task->check("opening a pidfd of the target inside itself", SYS_pidfd_open, pid_in_own_namespace(pid), 0);
+  // The target names itself by PIDFD_SELF_THREAD_GROUP where the kernel knows it (6.14
+  // on): two injected syscalls fewer than opening and closing a pidfd of itself, which
+  // older kernels need (they answer EBADF, remembered for the rest of this process).
+  long pfd = kPidfdSelfThreadGroup;
+  auto open_own_pidfd = [&] {
+    pfd = task->check("opening a pidfd of the target inside itself", SYS_pidfd_open, pid_in_own_namespace(pid), 0);
+  };
+  if (g_no_pidfd_self.load(std::memory_order_relaxed)) open_own_pidfd();
   try {
     uint64_t sc = task->scratch(kMaxIov * sizeof(struct iovec));
     for (size_t i = 0; i < n; i += kMaxIov) {
@@ -366,8 +378,16 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, Remot
       size_t first = 0;  // batch[first..] still to do
       while (left > 0) {
         task->write(sc, batch.data() + first, (batch.size() - first) * sizeof(struct iovec));
-        long done = task->check("dropping pages with MADV_DONTNEED", SYS_process_madvise, pfd, static_cast<long>(sc),
-                                static_cast<long>(batch.size() - first), MADV_DONTNEED, 0);
+        long done = 0;
+        try {
+          done = task->check("dropping pages with MADV_DONTNEED", SYS_process_madvise, pfd, static_cast<long>(sc),
+                             static_cast<long>(batch.size() - first), MADV_DONTNEED, 0);
+        } catch (const Error& e) {
+          if (pfd != kPidfdSelfThreadGroup || e.err() != EBADF) throw;
+          g_no_pidfd_self.store(true, std::memory_order_relaxed);
+          open_own_pidfd();
+          continue;
+        }
         if (done <= 0)
           throw Error("EM_INJECT", "process_madvise inside process " + pid_str(pid) + " made no progress", EIO,
                       "process_madvise");
@@ -379,12 +399,12 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, Remot
     }
   } catch (...) {
     try {
-      task->syscall(SYS_close, pfd);
+      if (pfd != kPidfdSelfThreadGroup) task->syscall(SYS_close, pfd);
     } catch (...) {
     }
     throw;
   }
-  task->check("closing the target's pidfd of itself", SYS_close, pfd);
+  if (pfd != kPidfdSelfThreadGroup) task->check("closing the target's pidfd of itself", SYS_close, pfd);
 }
 
 TargetPipe open_target_pipe(pid_t pid) {
@@ -508,8 +528,9 @@ Napi::Value CloseFd(const Napi::CallbackInfo& info) {
 
 // TEST ONLY: remote_madvise_dontneed of one page every `stridePages` pages of
 // [start, start+length) (stride 1: the whole range, merged into one; stride 2: every
-// other page, so many separate ranges exercise the batching). The pager calls the C++
-// function directly.
+// other page, so many separate ranges exercise the batching); `ownPidfd`: through a
+// pidfd the target opens of itself, as on kernels without PIDFD_SELF. The pager calls
+// the C++ function directly.
 Napi::Value TestMadviseDontneed(const Napi::CallbackInfo& info) {
   return Guard(info, [&]() -> Napi::Value {
     pid_t pid = ArgPid(info, 0);
@@ -522,6 +543,11 @@ Napi::Value TestMadviseDontneed(const Napi::CallbackInfo& info) {
     std::vector<struct iovec> iov;
     for (int64_t p = 0; p < length / 4096; p += stride)
       iov.push_back({reinterpret_cast<void*>(start + static_cast<uint64_t>(p) * 4096), 4096});
+    struct Route {  // ownPidfd for this call only
+      bool prev = g_no_pidfd_self.load();
+      explicit Route(bool own) { if (own) g_no_pidfd_self = true; }
+      ~Route() { g_no_pidfd_self = prev; }
+    } route(info.Length() > 4 && info[4].ToBoolean());
     remote_madvise_dontneed(pid, iov.data(), iov.size());
     return info.Env().Undefined();
   });

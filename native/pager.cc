@@ -39,6 +39,11 @@ constexpr uint64_t kArmFetchCostUs = 30;  // ~4 uffd round trips on this class o
 // either way). Victims in long runs (a sequential scan) go in full evictBatch batches:
 // there the evictor's throughput matters (64-page batches: 4x the cap waits on seq).
 constexpr size_t kSpliceBatch = 64;
+// Pages per batch while private victims come in long runs (run_batches_): each such
+// batch stops a target thread to inject MADV_DONTNEED, a fixed ~0.5 ms here, so a
+// 256-page batch spent most of its time on that stop and capped a sequential scan's
+// speed (private seq, pinned: 2.1-2.3 µs a touch with 256-page batches, 1.43 with 1024).
+constexpr size_t kRunBatch = 1024;
 // True on the fault thread, the uffd's only reader: its ioctls must not wait out EAGAIN
 // (see OnAgain in uffd.h), everyone else's may.
 thread_local bool tl_uffd_reader = false;
@@ -1547,22 +1552,24 @@ size_t Pager::evict_batch(size_t want) {
   // rest of its eviction, which would hide the lost-write race that mode exists to show)
   if (!cfg_.test_skip_wp) protect_or_restore(arm);
   if (victims.empty()) return 0;
-  if (splice_evictions_) {
-    // Private victims in long runs (a sequential scan) take the write-protect path:
-    // there it costs one call and one flush per run, and process_vm_readv copies out
-    // faster than vmsplice plus reading the pipe (seq, alternating pairs: 2.2-2.6
-    // against 2.9-3.1 µs a touch). The splice path pays off on scattered victims,
-    // whose per-page flushes interrupt the guest's CPU.
-    size_t runs = 0;
-    bool private_pages = false;
-    for_runs(dirty, [&](const Run& run) {
-      runs++;
-      private_pages |= !region_at(run.first).memfd;
-    });
-    bool in_runs = runs * 8 <= dirty.size();
-    if (!private_pages || !in_runs) return evict_by_splice(dirty, clean, in_runs, private_pages);
-    splice_batch_ = pipe_pages_;
-  }
+  size_t runs = 0;
+  bool private_pages = false;
+  for_runs(dirty, [&](const Run& run) {
+    runs++;
+    private_pages |= !region_at(run.first).memfd;
+  });
+  bool in_runs = runs * 8 <= dirty.size();
+  // Private dirty victims in long runs (a sequential scan): big batches from now on,
+  // until a batch's are not (kRunBatch). Batches of clean pages only say nothing.
+  if (!dirty.empty()) run_batches_ = private_pages && in_runs;
+  // Private victims in long runs take the write-protect path below: there it costs one
+  // call and one flush per run, and process_vm_readv copies out faster than vmsplice
+  // plus reading the pipe (seq, alternating pairs: 2.2-2.6 against 2.9-3.1 µs a touch).
+  // The splice path pays off on scattered victims, whose per-page flushes interrupt the
+  // guest's CPU. A pipe holds one batch: a run-sized batch whose victims turn out
+  // scattered (the first after a scan ends) takes the write-protect path too, once.
+  if (splice_evictions_ && !(private_pages && in_runs) && dirty.size() <= pipe_pages_)
+    return evict_by_splice(dirty, clean, in_runs, private_pages);
   // Write-protect outside the lock (the fault thread keeps serving meanwhile). Safe
   // because the pages are already marked evicting: a write-protect fault that races
   // this (left from a clean page) aborts the page's eviction, and an abort is final.
@@ -2016,7 +2023,8 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
 // would cross it wait briefly for the evictor (back-pressure in fault_loop).
 uint64_t Pager::slack() const {
   uint32_t cap = cap_;
-  return std::max<uint64_t>(1, std::min<uint64_t>(std::max<uint64_t>(16, std::min<uint64_t>(cfg_.evict_batch, cap / 16)), cap / 4));
+  uint64_t batch = run_batches_ ? std::max<uint64_t>(kRunBatch, cfg_.evict_batch) : cfg_.evict_batch;
+  return std::max<uint64_t>(1, std::min<uint64_t>(std::max<uint64_t>(16, std::min<uint64_t>(batch, cap / 16)), cap / 4));
 }
 uint64_t Pager::high_watermark() const {
   uint32_t cap = cap_;
@@ -2048,9 +2056,13 @@ void Pager::evict_loop() {
     bool report = total > 4096;  // a big shrink: show progress
     uint64_t done = 0, last_report = now_us();
     bool stalled = false;
-    while (!stop_ && !evict_stop_ && !draining_ && resident_ > low && cap_ == cap) {
-      size_t want = (size_t)std::min<uint64_t>(cfg_.evict_batch, resident_ - low);
-      if (splice_evictions_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
+    while (!stop_ && !evict_stop_ && !draining_ && cap_ == cap) {
+      // (the watermarks follow the batch size: slack() is larger while run_batches_)
+      sl = slack();
+      low = cap > 2 * sl ? cap - 2 * sl : 0;
+      if (resident_ <= low) break;
+      size_t want = (size_t)std::min<uint64_t>(run_batches_ ? kRunBatch : cfg_.evict_batch, resident_ - low);
+      if (splice_evictions_ && !run_batches_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
       size_t got = 0;
       try {
         got = evict_batch(want);

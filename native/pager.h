@@ -268,6 +268,10 @@ class Pager {
   static bool ksm_quiet();
   size_t pipe_pages_ = 0;
   size_t splice_batch_ = 0;  // pages in the next splice batch (kSpliceBatch, or pipe_pages_ for runs)
+  // The last batch's dirty victims were private pages in long runs: the next batches
+  // take kRunBatch pages, and the watermarks (slack) widen to match. Written by the
+  // evictor, read by the fault thread's watermark checks.
+  std::atomic<bool> run_batches_{false};
   uint64_t test_puts_ = 0;   // test_fail_puts: batches stored so far
   FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
   // Faults whose ioctl met EAGAIN (the mm was changing: an event waits in the uffd, which

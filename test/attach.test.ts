@@ -18,7 +18,7 @@ import { buildInjectCheck, qmp, startSandboxedQemu } from './helpers/inject.ts';
 
 const native = loadNative();
 /** Test-only export of native/attach.cc: remote_madvise_dontneed of one page every stridePages (default 1) in [start, start+length). */
-const testOnly = native as unknown as { _testMadviseDontneed(pid: number, start: string, length: number, stridePages?: number): void };
+const testOnly = native as unknown as { _testMadviseDontneed(pid: number, start: string, length: number, stridePages?: number, ownPidfd?: boolean): void };
 
 const PAGE = 4096;
 const UFFD_LINK = 'anon_inode:[userfaultfd]';
@@ -229,38 +229,57 @@ test.serial('findTargetUffd finds the uffd the target kept after the monitor clo
   await srv.waitFor(new RegExp(`^served 0x${p3.toString(16)}$`));
 });
 
-test.serial('remote MADV_DONTNEED drops private anonymous pages: the target reads zeros', async (t) => {
-  const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 10 });
-  const pages = tg.anon.length / PAGE;
-  await tg.cmd('fill anon 7');
-  const before = parseReply(await tg.cmd('read anon 5')).sum;
-  t.not(before, 0);
-  // Every other page of the first 2200: 1100 separate ranges, more than one
-  // process_madvise batch of 1024.
-  testOnly._testMadviseDontneed(tg.pid, tg.anon.start, 2200 * PAGE, 2);
-  t.is(await tg.cmd('read anon 4'), 'ok sum=0');
-  t.not(await tg.cmd('read anon 5'), 'ok sum=0');
-  t.is(await tg.cmd('read anon 2198'), 'ok sum=0');
-  t.deepEqual(parseReply(await tg.cmd('verify anon 0 2200')), { pages: 2200, corrupt: 1100, firstbad: 0 });
-  for (const p of [1, 3, 999, 2049, 2199]) t.deepEqual(parseReply(await tg.cmd(`verify anon ${p} 1`)).corrupt, 0, `odd page ${p} kept`);
-  // A contiguous run (merged into one range).
-  testOnly._testMadviseDontneed(tg.pid, (BigInt(tg.anon.start) + 2200n * BigInt(PAGE)).toString(), 100 * PAGE);
-  t.deepEqual(parseReply(await tg.cmd('verify anon 2200 100')), { pages: 100, corrupt: 100, firstbad: 2200 });
-  t.deepEqual(parseReply(await tg.cmd(`verify anon 2300 ${pages - 2300}`)), { pages: pages - 2300, corrupt: 0, firstbad: -1 });
+// Two routes to name the target inside itself: PIDFD_SELF_THREAD_GROUP (Linux 6.14 on,
+// this kernel) and, as on older kernels, a pidfd it opens and closes of itself.
+for (const route of ['PIDFD_SELF', 'own pidfd'] as const) {
+  test.serial(`remote MADV_DONTNEED drops private anonymous pages: the target reads zeros (${route})`, async (t) => {
+    const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 10 });
+    const drop = (start: string, length: number, stride?: number) =>
+      testOnly._testMadviseDontneed(tg.pid, start, length, stride, route === 'own pidfd');
+    const pages = tg.anon.length / PAGE;
+    await tg.cmd('fill anon 7');
+    const before = parseReply(await tg.cmd('read anon 5')).sum;
+    t.not(before, 0);
+    // Every other page of the first 2200: 1100 separate ranges, more than one
+    // process_madvise batch of 1024.
+    drop(tg.anon.start, 2200 * PAGE, 2);
+    t.is(await tg.cmd('read anon 4'), 'ok sum=0');
+    t.not(await tg.cmd('read anon 5'), 'ok sum=0');
+    t.is(await tg.cmd('read anon 2198'), 'ok sum=0');
+    t.deepEqual(parseReply(await tg.cmd('verify anon 0 2200')), { pages: 2200, corrupt: 1100, firstbad: 0 });
+    for (const p of [1, 3, 999, 2049, 2199]) t.deepEqual(parseReply(await tg.cmd(`verify anon ${p} 1`)).corrupt, 0, `odd page ${p} kept`);
+    // A contiguous run (merged into one range).
+    drop((BigInt(tg.anon.start) + 2200n * BigInt(PAGE)).toString(), 100 * PAGE);
+    t.deepEqual(parseReply(await tg.cmd('verify anon 2200 100')), { pages: 100, corrupt: 100, firstbad: 2200 });
+    t.deepEqual(parseReply(await tg.cmd(`verify anon 2300 ${pages - 2300}`)), { pages: pages - 2300, corrupt: 0, firstbad: -1 });
 
-  // The last page plus one past the end of the mapping: the kernel drops the ranges
-  // before the failing one, then reports ENOMEM, which arrives with its errno.
-  const end = (BigInt(tg.anon.start) + BigInt(tg.anon.length) - BigInt(PAGE)).toString();
-  const e = t.throws(() => testOnly._testMadviseDontneed(tg.pid, end, 2 * PAGE), { instanceOf: ElasticmemError });
-  t.is(e?.code, 'EM_INJECT');
-  t.is(e?.errno, os.constants.errno.ENOMEM);
-  t.is(e?.syscall, 'process_madvise');
-  const odd = t.throws(() => testOnly._testMadviseDontneed(tg.pid, (BigInt(tg.anon.start) + 8n).toString(), PAGE), { instanceOf: ElasticmemError });
-  t.is(odd?.code, 'EM_BAD_ARG');
-  t.deepEqual(parseReply(await tg.cmd(`verify anon 2300 ${pages - 2300}`)), { pages: pages - 2300, corrupt: 1, firstbad: pages - 1 });
-  t.is(uffdsOf(tg.pid).length, 0);
-  t.deepEqual(fs.readdirSync(`/proc/${tg.pid}/fd`).filter((f) => Number(f) > 2 && Number(f) < 200), [], 'no pidfd left in the target');
-});
+    // The last page plus one past the end of the mapping: the kernel drops the ranges
+    // before the failing one, then reports ENOMEM, which arrives with its errno.
+    const end = (BigInt(tg.anon.start) + BigInt(tg.anon.length) - BigInt(PAGE)).toString();
+    const e = t.throws(() => drop(end, 2 * PAGE), { instanceOf: ElasticmemError });
+    t.is(e?.code, 'EM_INJECT');
+    t.is(e?.errno, os.constants.errno.ENOMEM);
+    t.is(e?.syscall, 'process_madvise');
+    const odd = t.throws(() => drop((BigInt(tg.anon.start) + 8n).toString(), PAGE), { instanceOf: ElasticmemError });
+    t.is(odd?.code, 'EM_BAD_ARG');
+    t.deepEqual(parseReply(await tg.cmd(`verify anon 2300 ${pages - 2300}`)), { pages: pages - 2300, corrupt: 1, firstbad: pages - 1 });
+    t.is(uffdsOf(tg.pid).length, 0);
+    t.deepEqual(fs.readdirSync(`/proc/${tg.pid}/fd`).filter((f) => Number(f) > 2 && Number(f) < 200), [], 'no pidfd left in the target');
+
+    // Which route ran: with no descriptor free in the target only a pidfd of its own fails.
+    const open = new Set(fs.readdirSync(`/proc/${tg.pid}/fd`).map(Number));
+    let free = 0;
+    while (open.has(free)) free++;
+    await promisify(execFile)('prlimit', ['--pid', String(tg.pid), `--nofile=${free}:`]);
+    if (route === 'own pidfd') {
+      const full = t.throws(() => drop(tg.anon.start, PAGE), { instanceOf: ElasticmemError });
+      t.is(full?.syscall, 'pidfd_open');
+      t.is(full?.errno, os.constants.errno.EMFILE);
+    } else {
+      t.notThrows(() => drop(tg.anon.start, PAGE), 'PIDFD_SELF needs no descriptor in the target');
+    }
+  });
+}
 
 test.serial('injection works while the target thread waits in a userfaultfd fault', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 2 });
