@@ -71,6 +71,9 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.true(j.hitRate > 0 && j.hitRate < 0.5, `hit rate ${j.hitRate}`);
   t.true(j.pager.residentPages <= j.pager.localCapPages + 4 * 256, `resident ${j.pager.residentPages}`);
   t.is(j.pager.latencyHistogram.counts.reduce((a: number, b: number) => a + b, 0), j.pager.faultLatencyUs.count);
+  // Each punch of a scattered memfd victim still mapped on the workload's CPU interrupts it.
+  t.true(Number.isInteger(j.pager.tlbShootdowns) && j.pager.tlbShootdowns > 0, `pager TLB shootdowns ${j.pager.tlbShootdowns}`);
+  t.true(Number.isInteger(j.kernelSwap.tlbShootdowns) && j.kernelSwap.tlbShootdowns >= 0, `kernel TLB shootdowns ${j.kernelSwap.tlbShootdowns}`);
   t.is(j.kernelSwap.integrity, 'ok');
   t.true(j.kernelSwap.swapIns > 20000 * 0.5, `kernel swap-ins ${j.kernelSwap.swapIns}`);
   t.true(j.kernelSwap.limitBytes >= 8 * 2 ** 20 && j.kernelSwap.limitBytes < 12 * 2 ** 20);
@@ -167,4 +170,19 @@ test.serial('latency histogram deltas and percentiles', async (t) => {
   t.is(percentilesOf({ boundsUs: [1, 2], counts: [60, 40] }).p50, 1);
   t.is(percentilesOf({ boundsUs: [1, 2], counts: [60, 40] }).p99, 2);
   t.deepEqual(percentilesOf({ boundsUs: [], counts: [] }), { p50: 0, p90: 0, p99: 0, max: 0, count: 0 });
+});
+
+test.serial('TLB shootdowns are summed over every CPU of the /proc/interrupts row; absent row: null', async (t) => {
+  const { tlbShootdowns, countedBetween } = await import('../backend/bench/interrupts.ts');
+  const text = [
+    '           CPU0       CPU1       ',
+    '  NMI:          0          0   Non-maskable interrupts',
+    '  TLB:   58631760   27534310   TLB shootdowns',
+    '  TRM:          0          0   Thermal event interrupts',
+  ].join('\n');
+  t.is(tlbShootdowns(text), 58631760 + 27534310);
+  t.is(tlbShootdowns('  NMI: 0 0 Non-maskable interrupts\n'), null);
+  t.true(Number.isInteger(tlbShootdowns()), 'this x86 kernel counts them');
+  t.is(countedBetween(10, 25), 15);
+  t.is(countedBetween(null, 25), null);
 });

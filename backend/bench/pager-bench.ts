@@ -27,6 +27,7 @@ import { PAGE, formatSize } from '../size.ts';
 import { buildBenchProgram, launchLineProcess, type LineProcess } from './workload-bin.ts';
 import { setupKernelSwap } from './kernel-swap.ts';
 import { sampleFloor, floorOf, type UffdFloor } from './uffd-floor.ts';
+import { tlbShootdowns, countedBetween } from './interrupts.ts';
 
 export const WORKLOADS = ['seq', 'random', 'zipf'] as const;
 export type Workload = (typeof WORKLOADS)[number];
@@ -167,6 +168,8 @@ export interface PagerPhaseStats extends Pick<
 > {
   prefetchMax?: number;
   evictBatch?: number;
+  /** TLB-shootdown interrupts all CPUs received during the timed touches (host-wide; null: not counted here). */
+  tlbShootdowns: number | null;
   secondsToCap: number;
   detachSeconds: number;
 }
@@ -185,6 +188,8 @@ export interface KernelSwapResult {
   integrity: 'ok' | 'corrupt';
   /** Runs repeated because the kernel OOM-killed the workload in its cgroup (see kernelSwapPhase). */
   oomRetries: number;
+  /** TLB-shootdown interrupts all CPUs received during the timed touches (host-wide; null: not counted here). */
+  tlbShootdowns: number | null;
 }
 
 const TOUCHES_PER_PAGE: Record<Workload, number> = { seq: 6, random: 12, zipf: 40 };
@@ -382,8 +387,13 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
     const secondsToCap = (Date.now() - t0) / 1000;
     let s0!: PagerStatsRaw;
     let s1!: PagerStatsRaw;
+    let tlb0: number | null = null;
+    let tlb1: number | null = null;
     progress({ phase: 'warmup', done: 0, total: 1 });
-    const d = await drive(proc, { beforeRun: () => { s0 = p.stats(); }, afterRun: () => { s1 = p.stats(); } }, (done, tot) => progress({ phase: 'pager', done, total: tot }), 'pager run');
+    const d = await drive(proc, {
+      beforeRun: () => { s0 = p.stats(); tlb0 = tlbShootdowns(); },
+      afterRun: () => { s1 = p.stats(); tlb1 = tlbShootdowns(); },
+    }, (done, tot) => progress({ phase: 'pager', done, total: tot }), 'pager run');
     progress({ phase: 'detach', done: 0, total: 1 });
     const td = Date.now();
     p.on('progress', (e: { done?: number; total?: number }) => progress({ phase: 'detach', done: e.done ?? 0, total: e.total ?? 1 }));
@@ -398,7 +408,7 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
     return {
       wl: d.wl,
       integrity: { before: d.integrity, after },
-      stats: phaseStats(s0, s1, opts, secondsToCap, detachSeconds),
+      stats: phaseStats(s0, s1, opts, countedBetween(tlb0, tlb1), secondsToCap, detachSeconds),
       touches,
     };
   } finally {
@@ -452,7 +462,12 @@ async function kernelSwapAttempt(bin: string, args: string[], opts: PagerBenchOp
     fs.writeFileSync(`${env.cgroupDir}/memory.limit_in_bytes`, String(limitBytes));
     let c0 = env.swapCounters();
     let c1 = c0;
-    const d = await drive(proc, { beforeRun: () => { c0 = env.swapCounters(); }, afterRun: () => { c1 = env.swapCounters(); } }, (done, tot) => progress({ phase: 'kernel-swap', done, total: tot }), 'kernel-swap run');
+    let tlb0: number | null = null;
+    let tlb1: number | null = null;
+    const d = await drive(proc, {
+      beforeRun: () => { c0 = env.swapCounters(); tlb0 = tlbShootdowns(); },
+      afterRun: () => { c1 = env.swapCounters(); tlb1 = tlbShootdowns(); },
+    }, (done, tot) => progress({ phase: 'kernel-swap', done, total: tot }), 'kernel-swap run');
     proc.send('exit');
     const swapIns = c1.swapIns - c0.swapIns;
     return {
@@ -467,6 +482,7 @@ async function kernelSwapAttempt(bin: string, args: string[], opts: PagerBenchOp
       overheadBytes,
       zramAlgorithm: env.zramAlgorithm,
       integrity: d.integrity.startsWith('integrity ok') && d.wl.readMismatches === 0 ? 'ok' : 'corrupt',
+      tlbShootdowns: countedBetween(tlb0, tlb1),
     };
   } catch (e) {
     if (!opts.signal?.aborted && oomKills() > 0) throw new MemcgOom(limitBytes);
@@ -479,7 +495,7 @@ async function kernelSwapAttempt(bin: string, args: string[], opts: PagerBenchOp
 }
 
 /** Counters over the timed touches only (s1 - s0); gauges at the end of them. */
-function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOptions, secondsToCap: number, detachSeconds: number): PagerPhaseStats {
+function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOptions, tlb: number | null, secondsToCap: number, detachSeconds: number): PagerPhaseStats {
   const d = (k: keyof PagerStatsRaw) => (s1[k] as number) - (s0[k] as number);
   const hist = histogramDelta(s0.latencyHistogram, s1.latencyHistogram);
   const lat = percentilesOf(hist);
@@ -507,6 +523,7 @@ function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOption
     latencyHistogram: hist,
     ...(opts.prefetchMax !== undefined ? { prefetchMax: opts.prefetchMax } : {}),
     ...(opts.evictBatch !== undefined ? { evictBatch: opts.evictBatch } : {}),
+    tlbShootdowns: tlb,
     secondsToCap,
     detachSeconds,
   };

@@ -193,6 +193,7 @@ export function renderTable(r: PagerBenchResult): string {
     `  pager during the timed touches: faults ${p.faults}, fetches ${p.fetches}, prefetched ${p.prefetched}, evictions ${p.evictions},`,
     `    clean drops ${p.cleanDrops}, store writes ${p.storeWrites}, wp faults ${p.wpFaults}, evict aborts ${p.evictAborts}`,
     k ? `  kernel swap during the timed touches: swap-ins ${k.swapIns}, swap-outs ${k.swapOuts}, cgroup limit ${formatSize(k.limitBytes)} (cap + ${Math.round(k.overheadBytes / 1024)} KiB of the workload's own memory)${k.oomRetries ? `, repeated ${k.oomRetries}x after a memcg OOM kill` : ''}` : '',
+    p.tlbShootdowns !== null ? `  TLB shootdowns during the timed touches (all CPUs): pager ${p.tlbShootdowns}${k && k.tlbShootdowns !== null ? `, kernel swap ${k.tlbShootdowns}` : ''}` : '',
     `  integrity: ${r.integrityDetail.beforeDetach}; after detach: ${r.integrityDetail.afterDetach}`,
     '',
   ].filter((l, i, a) => l !== '' || a[i - 1] !== '').join('\n');
