@@ -351,7 +351,8 @@ void remote_madvise_dontneed(pid_t pid, const struct iovec* iov, size_t n, Remot
   for (size_t i = 0; i < n; i++)
     if (reinterpret_cast<uintptr_t>(iov[i].iov_base) % 4096 != 0)
       throw Error("EM_BAD_ARG", "range " + std::to_string(i) + " does not start on a page boundary", EINVAL);
-  require_process(pid);
+  // (no require_process here: borrow_thread checks the process, and a borrowed thread
+  // is stopped, so its process lives)
   // Merge touching ranges: one range is one page-table walk and one TLB flush in the
   // target, instead of one per page (a flush interrupts every CPU the target runs on).
   std::vector<struct iovec> merged = merge_touching(iov, n);

@@ -6,6 +6,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -74,8 +75,9 @@ std::string status_field(pid_t pid, const char* key) {
   return b == std::string::npos ? "" : val.substr(b);
 }
 
-// State letter and flags of /proc/PID/task/TID/stat (comm may contain spaces: parse after the last ')').
-bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags) {
+// State letter, flags and (if asked) parent of /proc/PID/task/TID/stat (comm may contain
+// spaces: parse after the last ')').
+bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags, long* parent = nullptr) {
   std::string s = read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
   size_t rp = s.rfind(')');
   if (rp == std::string::npos) return false;
@@ -87,6 +89,7 @@ bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags) {
   if (!in || st.empty()) return false;
   *state = st[0];
   *flags = fl;
+  if (parent) *parent = ppid;
   return true;
 }
 
@@ -154,6 +157,13 @@ struct GadgetKey {
 };
 std::mutex g_gadget_mu;
 std::map<GadgetKey, uint64_t> g_gadgets;
+// The main thread's stack mapping ("[stack]") per process, as the last read of its maps
+// found it (RemoteTask::scratch). That mapping only grows down and is never unmapped, so
+// while a stopped thread's stack pointer lies in the recorded range, the scratch space
+// below it does too: /proc/PID/maps (hundreds of lines for QEMU, read while the thread
+// is held) need not be read again. A thread on another stack (a QEMU coroutine) misses.
+std::mutex g_stack_mu;
+std::map<GadgetKey, std::pair<uint64_t, uint64_t>> g_stacks;
 
 unsigned long long start_time_of(pid_t pid) {
   return std::strtoull(stat_field(pid, 0, 22).c_str(), nullptr, 10);  // starttime
@@ -229,8 +239,8 @@ uint64_t scan_gadget(pid_t pid) {
               ENOEXEC);
 }
 
-uint64_t find_gadget(pid_t pid) {
-  GadgetKey key{pid, start_time_of(pid)};
+uint64_t find_gadget(pid_t pid, unsigned long long start_time) {
+  GadgetKey key{pid, start_time};
   {
     std::lock_guard<std::mutex> lk(g_gadget_mu);
     auto it = g_gadgets.find(key);
@@ -280,6 +290,11 @@ class Tracer {
 
  private:
   void loop() {
+    // wait_stop sleeps 20 µs between polls once its spin is over (an injected call that
+    // takes a while, like a big MADV_DONTNEED): with the default 50 µs timer slack each
+    // such sleep overshot to ~70 µs, all of it time the target's thread stays stopped.
+    // (best effort: the default slack only makes the stops longer)
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
       cv_.wait(lk, [this] { return job_ != nullptr || quit_; });
@@ -575,6 +590,7 @@ struct RemoteTask::Impl {
   }
   std::shared_ptr<PidGate> gate;  // held (entered) for the whole session
   pid_t tid = 0, pid = 0;
+  unsigned long long start_time = 0;  // of the process: with pid, the key of the per-process caches
   int timeout_ms = kInjectTimeoutMs;
   struct user_regs_struct saved {};
   uint64_t gadget = 0;
@@ -615,7 +631,8 @@ void RemoteTask::Impl::note_signal_stop(int st) {
 }
 
 void RemoteTask::Impl::seize() {
-  std::string who = "thread " + std::to_string(tid) + " of process " + std::to_string(pid) + " (" + comm_of(pid) + ")";
+  // (for error messages only: reading comm costs a /proc read on every injection)
+  auto who = [this] { return "thread " + std::to_string(tid) + " of process " + std::to_string(pid) + " (" + comm_of(pid) + ")"; };
   // TRACESYSGOOD: syscall stops report SIGTRAP|0x80, never confused with a real SIGTRAP.
   // Never PTRACE_O_EXITKILL: a dying monitor must leave the target running.
   if (ptrace(PTRACE_SEIZE, tid, nullptr, reinterpret_cast<void*>(PTRACE_O_TRACESYSGOOD)) != 0) {
@@ -624,28 +641,28 @@ void RemoteTask::Impl::seize() {
     if (e == EPERM) {
       std::string tracer = status_field(tid, "TracerPid");
       if (!tracer.empty() && tracer != "0")
-        throw_ptrace(who + " is already traced by process " + tracer + " (" + comm_of(std::atoi(tracer.c_str())) +
+        throw_ptrace(who() + " is already traced by process " + tracer + " (" + comm_of(std::atoi(tracer.c_str())) +
                          "): a debugger or another elasticmem monitor is attached; detach it first",
                      e, "PTRACE_SEIZE");
-      throw_ptrace("not permitted to trace " + who + " (run the monitor as root with CAP_SYS_PTRACE)", e,
+      throw_ptrace("not permitted to trace " + who() + " (run the monitor as root with CAP_SYS_PTRACE)", e,
                    "PTRACE_SEIZE");
     }
-    throw_ptrace("cannot trace " + who, e, "PTRACE_SEIZE");
+    throw_ptrace("cannot trace " + who(), e, "PTRACE_SEIZE");
   }
   if (ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr) != 0) {
     int e = errno;
     if (e == ESRCH) throw_gone(pid, "");
-    throw_ptrace("cannot stop " + who, e, "PTRACE_INTERRUPT");
+    throw_ptrace("cannot stop " + who(), e, "PTRACE_INTERRUPT");
   }
   int st = 0;
   if (!wait_stop(pid, tid, timeout_ms, &st))
     throw Error("EM_PTRACE",
-                who + " did not stop within " + std::to_string(timeout_ms) +
+                who() + " did not stop within " + std::to_string(timeout_ms) +
                     " ms (blocked in uninterruptible sleep or an unresolved userfaultfd fault?)",
                 ETIMEDOUT, "PTRACE_INTERRUPT");
   stopped = true;
   note_signal_stop(st);
-  if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0) throw_ptrace("reading registers of " + who, errno, "PTRACE_GETREGS");
+  if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0) throw_ptrace("reading registers of " + who(), errno, "PTRACE_GETREGS");
   crash_point("seized");
 }
 
@@ -810,7 +827,7 @@ void RemoteTask::Impl::disarm() {
 void RemoteTask::Impl::prepare() {
   prepared = true;
   if (test_switches().no_trampoline) return;
-  GadgetKey key{pid, start_time_of(pid)};
+  GadgetKey key{pid, start_time};
   uint64_t code = 0;
   {
     std::lock_guard<std::mutex> lk(g_tramp_mu);
@@ -989,7 +1006,8 @@ RemoteTask::RemoteTask(pid_t tid, int timeout_ms) : impl_(std::make_shared<Impl>
                 EBUSY, "PTRACE_SEIZE");
   m.gate = gate;
   // Find the gadget before stopping anything: scanning libc takes milliseconds.
-  m.gadget = find_gadget(m.pid);
+  m.start_time = start_time_of(m.pid);
+  m.gadget = find_gadget(m.pid, m.start_time);
   std::shared_ptr<Impl> keep = impl_;
   try {
     m.tracer.run([&m] { m.seize(); });
@@ -1083,12 +1101,25 @@ uint64_t RemoteTask::scratch(size_t bytes) {
   Impl& m = *impl_;
   // 128 bytes of red zone, then 8 KiB of slack for whatever the thread's frame holds.
   uint64_t want = (m.saved.rsp - 128 - 8192 - bytes) & ~static_cast<uint64_t>(63);
+  const GadgetKey key{m.pid, m.start_time};
+  auto on_stack = [&](uint64_t lo, uint64_t hi) { return m.saved.rsp > lo && m.saved.rsp <= hi && want >= lo && want < m.saved.rsp; };
+  {
+    std::lock_guard<std::mutex> lk(g_stack_mu);
+    auto it = g_stacks.find(key);
+    if (it != g_stacks.end() && on_stack(it->second.first, it->second.second)) return want;
+  }
   std::ifstream maps("/proc/" + std::to_string(m.pid) + "/maps");
   std::string line;
   while (std::getline(maps, line)) {
     unsigned long lo, hi;
     if (sscanf(line.c_str(), "%lx-%lx", &lo, &hi) != 2) continue;
     if (m.saved.rsp > lo && m.saved.rsp <= hi) {
+      if (line.size() >= 7 && line.compare(line.size() - 7, 7, "[stack]") == 0) {
+        std::lock_guard<std::mutex> lk(g_stack_mu);
+        for (auto it = g_stacks.begin(); it != g_stacks.end();)
+          it = (it->first.pid == m.pid) ? g_stacks.erase(it) : std::next(it);
+        g_stacks[key] = {lo, hi};
+      }
       if (want >= lo && want < m.saved.rsp) return want;
       break;
     }
@@ -1183,9 +1214,9 @@ std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
   std::string leader = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid);
   char state = 0;
   unsigned long flags = 0;
-  bool leader_ok = task_stat(pid, pid, &state, &flags) && (state == 'S' || state == 'R') &&
-                   read_file(leader + "/wchan").find("userfault") == std::string::npos &&
-                   std::atoi(status_field(pid, "PPid").c_str()) != getpid();
+  long parent = 0;
+  bool leader_ok = task_stat(pid, pid, &state, &flags, &parent) && (state == 'S' || state == 'R') &&
+                   read_file(leader + "/wchan").find("userfault") == std::string::npos && parent != getpid();
   std::unique_ptr<Error> leader_error;  // why the main thread did not stop, if it was tried
   if (leader_ok) {
     try {

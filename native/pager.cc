@@ -1415,7 +1415,10 @@ void Pager::read_pages(const std::vector<uint32_t>& idxs, uint8_t* out) {
   });
 }
 
-void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
+// Drop pages from host memory: punch memfd runs, inject MADV_DONTNEED for private ones,
+// through `stopped` when the caller already holds a target thread stopped (the vmsplice
+// session of evict_by_splice), else by stopping one.
+void Pager::drop_pages(const std::vector<uint32_t>& idxs, RemoteTask* stopped) {
   std::vector<struct iovec> anon;
   size_t runs = 0, nruns = 0;
   if (cfg_.test_fail_drops) for_runs(idxs, [&](const Run&) { nruns++; });
@@ -1432,7 +1435,7 @@ void Pager::drop_pages(const std::vector<uint32_t>& idxs) {
     }
   });
   for (size_t i = 0; i < anon.size(); i += kIovMax)
-    remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i), drop_task_);
+    remote_madvise_dontneed(cfg_.pid, anon.data() + i, std::min<size_t>(kIovMax, anon.size() - i), stopped);
   if (cfg_.test_fail_drops && nruns > 1)
     throw Error("EM_TEST", "test-only partial drop: the later runs were not dropped", EIO);
 }
@@ -1451,10 +1454,10 @@ void Pager::mark_left(uint32_t idx, bool zero) {
 
 // Drop the (sorted) pages; which of them left host memory: all of them, or after a
 // failure part-way those probe_gone finds gone; when even that fails, the drop is
-// retried, and at last every page counts as gone (see the end).
-std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted) {
+// retried, and at last every page counts as gone (see the end). `stopped`: drop_pages.
+std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted, RemoteTask* stopped) {
   try {
-    drop_pages(sorted);
+    drop_pages(sorted, stopped);
     return std::vector<uint8_t>(sorted.size(), 1);
   } catch (const Error& e) {
     emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
@@ -1469,7 +1472,7 @@ std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted) {
   for (uint32_t ms = 10; ms <= 160 && !stop_ && !evict_stop_; ms *= 2) {
     sleep_ms(ms);
     try {
-      drop_pages(sorted);
+      drop_pages(sorted, stopped);
       return std::vector<uint8_t>(sorted.size(), 1);
     } catch (const Error&) {
     }
@@ -1896,15 +1899,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   // write-protect path, so the race tests see writes land in it.
   if (cfg_.test_race_window_ms) sleep_ms(cfg_.test_race_window_ms);
   std::sort(drop.begin(), drop.end());
-  drop_task_ = task.get();
-  std::vector<uint8_t> gone;
-  try {
-    gone = drop_or_probe(drop);
-  } catch (...) {
-    drop_task_ = nullptr;
-    throw;
-  }
-  drop_task_ = nullptr;
+  std::vector<uint8_t> gone = drop_or_probe(drop, task.get());  // (the thread stopped for the vmsplice drops too)
   task.reset();  // the target's thread goes on
   // 3. the last content of every spliced page
   bool have_data = splice_ok;

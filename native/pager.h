@@ -160,9 +160,9 @@ class Pager {
   void open_splice_pipe();
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
-  void drop_pages(const std::vector<uint32_t>& idx);
+  void drop_pages(const std::vector<uint32_t>& idx, RemoteTask* stopped = nullptr);
   std::vector<uint8_t> probe_gone(const std::vector<uint32_t>& idx);
-  std::vector<uint8_t> drop_or_probe(const std::vector<uint32_t>& sorted);
+  std::vector<uint8_t> drop_or_probe(const std::vector<uint32_t>& sorted, RemoteTask* stopped = nullptr);
   void mark_left(uint32_t idx, bool zero);
   // --- store with retry (invariant 5) ---
   bool store_get(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, uint8_t* out, bool* found);
@@ -260,7 +260,6 @@ class Pager {
   bool splice_evictions_ = false;
   int pipe_r_ = -1, pipe_w_ = -1;
   TargetPipe tpipe_;
-  RemoteTask* drop_task_ = nullptr;  // evict_by_splice: the target thread stopped for its vmsplice, reused to drop
   void open_pipe_in_target();
   // Private pages a guest write would not land in in place (evict_by_splice step 0).
   int evict_pagemap_fd_ = -1;
