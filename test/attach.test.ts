@@ -15,6 +15,7 @@ import { createInterface } from 'node:readline';
 import { loadNative, ElasticmemError } from '../native/index.ts';
 import { startTarget, parseReply, buildFixture, type TeardownContext } from './helpers/target.ts';
 import { buildInjectCheck, qmp, startSandboxedQemu } from './helpers/inject.ts';
+import { mainThreadWaitsOnUffd } from './helpers/proc.ts';
 
 const native = loadNative();
 /** Test-only export of native/attach.cc: remote_madvise_dontneed of one page every stridePages (default 1) in [start, start+length). */
@@ -289,12 +290,7 @@ test.serial('injection works while the target thread waits in a userfaultfd faul
   const p3 = BigInt(tg.anon.start) + 3n * BigInt(PAGE);
   const pending = tg.cmd('read anon 3');
   await srv.waitFor(/^fault /);
-  // The message is queued before the faulting thread goes to sleep: wchan reads "0"
-  // (running) for that moment, so look until it shows the wait.
-  let wchan = '';
-  for (const end = Date.now() + 5000; !/userfault/.test(wchan) && Date.now() < end; await new Promise((r) => setTimeout(r, 10)))
-    wchan = fs.readFileSync(`/proc/${tg.pid}/wchan`, 'utf8');
-  t.regex(wchan, /userfault/, 'main thread is blocked in the fault');
+  t.true(await mainThreadWaitsOnUffd(tg.pid, 5000), 'main thread is blocked in the fault');
   // The only thread is in a user-mode fault: PTRACE_INTERRUPT takes it out of the wait,
   // the injection runs, and on detach the thread faults again.
   const t0 = performance.now();
@@ -447,9 +443,7 @@ test.serial('a thread waiting in a kernel-mode userfaultfd fault cannot be borro
   // serving it ends the wait. The target's only thread is stuck there.
   const pending = tg.cmd('kzero memfd 9');
   await srv.waitFor(/^fault /);
-  // the server sees the fault a moment before the thread is asleep in it
-  const wchan = () => fs.readFileSync(`/proc/${tg.pid}/task/${tg.pid}/wchan`, 'utf8');
-  for (let i = 0; i < 200 && !wchan().includes('userfault'); i++) await new Promise((r) => setTimeout(r, 5));
+  t.true(await mainThreadWaitsOnUffd(tg.pid, 1000), 'the only thread waits in the fault');
   const t0 = performance.now();
   const e = t.throws(() => testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE), { instanceOf: ElasticmemError });
   const took = performance.now() - t0;

@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bootQemu, qmpCommand } from './helpers/qemu.ts';
-import { startDaemon, holdsUffd, mainThreadWaitsOnUffd } from './helpers/daemon.ts';
+import { startDaemon, holdsUffd } from './helpers/daemon.ts';
+import { mainThreadWaitsOnUffd } from './helpers/proc.ts';
 
 test('pid: target, private RAM: the daemon dies, QEMU\'s main thread waits on a page, the next daemon takes over without QMP, corrupt=0', async (t) => {
   const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));

@@ -11,7 +11,8 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { bootDomain } from './helpers/libvirt.ts';
-import { startDaemon, holdsUffd, mainThreadWaitsOnUffd, type DaemonHandle } from './helpers/daemon.ts';
+import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
+import { mainThreadWaitsOnUffd } from './helpers/proc.ts';
 import { sleep } from './helpers/servers.ts';
 import type { ConsoleReader } from './helpers/guest.ts';
 

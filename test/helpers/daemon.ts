@@ -139,14 +139,3 @@ export function holdsUffd(pid: number): boolean {
   }
   return false;
 }
-
-/**
- * True once the process's main thread sleeps in a userfaultfd fault (within 10 s): QEMU's
- * main thread, which executes monitor commands, then answers no monitor.
- */
-export async function mainThreadWaitsOnUffd(pid: number): Promise<boolean> {
-  for (const end = Date.now() + 10_000; Date.now() < end; await new Promise((r) => setTimeout(r, 20))) {
-    if (/userfault/.test(fs.readFileSync(`/proc/${pid}/task/${pid}/wchan`, 'utf8'))) return true;
-  }
-  return false;
-}
