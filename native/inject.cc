@@ -147,23 +147,32 @@ bool wait_stop(pid_t pid, pid_t tid, int timeout_ms, int* status) {
   }
 }
 
-// The address of a `syscall` instruction (0f 05) in an executable mapping of the
-// target: libc first, then the vdso, then anything executable. Cached per process
-// (keyed by pid and start time, so a reused pid is rescanned) and re-checked each use.
-struct GadgetKey {
+// One process, also across pid reuse (pid and start time): the key of what is cached
+// per process here.
+struct ProcessKey {
   pid_t pid;
   unsigned long long start_time;
-  bool operator<(const GadgetKey& o) const { return pid != o.pid ? pid < o.pid : start_time < o.start_time; }
+  bool operator<(const ProcessKey& o) const { return pid != o.pid ? pid < o.pid : start_time < o.start_time; }
 };
+// Record `value` for `key`, forgetting what an earlier process with the same pid left.
+template <typename V>
+void remember(std::map<ProcessKey, V>& cache, const ProcessKey& key, V value) {
+  for (auto it = cache.begin(); it != cache.end();)
+    it = (it->first.pid == key.pid && it->first.start_time != key.start_time) ? cache.erase(it) : std::next(it);
+  cache[key] = std::move(value);
+}
+// The address of a `syscall` instruction (0f 05) in an executable mapping of the
+// target: libc first, then the vdso, then anything executable. Cached per process
+// (a reused pid is rescanned) and re-checked each use.
 std::mutex g_gadget_mu;
-std::map<GadgetKey, uint64_t> g_gadgets;
+std::map<ProcessKey, uint64_t> g_gadgets;
 // The main thread's stack mapping ("[stack]") per process, as the last read of its maps
 // found it (RemoteTask::scratch). That mapping only grows down and is never unmapped, so
 // while a stopped thread's stack pointer lies in the recorded range, the scratch space
 // below it does too: /proc/PID/maps (hundreds of lines for QEMU, read while the thread
 // is held) need not be read again. A thread on another stack (a QEMU coroutine) misses.
 std::mutex g_stack_mu;
-std::map<GadgetKey, std::pair<uint64_t, uint64_t>> g_stacks;
+std::map<ProcessKey, std::pair<uint64_t, uint64_t>> g_stacks;
 
 unsigned long long start_time_of(pid_t pid) {
   return std::strtoull(stat_field(pid, 0, 22).c_str(), nullptr, 10);  // starttime
@@ -240,7 +249,7 @@ uint64_t scan_gadget(pid_t pid) {
 }
 
 uint64_t find_gadget(pid_t pid, unsigned long long start_time) {
-  GadgetKey key{pid, start_time};
+  ProcessKey key{pid, start_time};
   {
     std::lock_guard<std::mutex> lk(g_gadget_mu);
     auto it = g_gadgets.find(key);
@@ -248,9 +257,7 @@ uint64_t find_gadget(pid_t pid, unsigned long long start_time) {
   }
   uint64_t g = scan_gadget(pid);
   std::lock_guard<std::mutex> lk(g_gadget_mu);
-  for (auto it = g_gadgets.begin(); it != g_gadgets.end();)
-    it = (it->first.pid == pid) ? g_gadgets.erase(it) : std::next(it);
-  g_gadgets[key] = g;
+  remember(g_gadgets, key, g);
   return g;
 }
 
@@ -546,7 +553,7 @@ struct TrampEntry {
   bool unavailable = false;  // the target refused an executable mapping: classic gadget only
 };
 std::mutex g_tramp_mu;
-std::map<GadgetKey, TrampEntry> g_tramps;
+std::map<ProcessKey, TrampEntry> g_tramps;
 
 // Test-only switches, read once: ELASTICMEM_TEST_INJECT_CRASH_AT=<point>[:<n>] makes
 // the monitor SIGKILL itself the n-th time (default 1st) it reaches <point>, so tests
@@ -827,7 +834,7 @@ void RemoteTask::Impl::disarm() {
 void RemoteTask::Impl::prepare() {
   prepared = true;
   if (test_switches().no_trampoline) return;
-  GadgetKey key{pid, start_time};
+  ProcessKey key{pid, start_time};
   uint64_t code = 0;
   {
     std::lock_guard<std::mutex> lk(g_tramp_mu);
@@ -846,9 +853,7 @@ void RemoteTask::Impl::prepare() {
   }
   {
     std::lock_guard<std::mutex> lk(g_tramp_mu);
-    for (auto it = g_tramps.begin(); it != g_tramps.end();)
-      it = (it->first.pid == pid && it->first.start_time != key.start_time) ? g_tramps.erase(it) : std::next(it);
-    g_tramps[key] = TrampEntry{code, refused};
+    remember(g_tramps, key, TrampEntry{code, refused});
   }
   if (!code) return;
   tramp = code;
@@ -1101,28 +1106,25 @@ uint64_t RemoteTask::scratch(size_t bytes) {
   Impl& m = *impl_;
   // 128 bytes of red zone, then 8 KiB of slack for whatever the thread's frame holds.
   uint64_t want = (m.saved.rsp - 128 - 8192 - bytes) & ~static_cast<uint64_t>(63);
-  const GadgetKey key{m.pid, m.start_time};
-  auto on_stack = [&](uint64_t lo, uint64_t hi) { return m.saved.rsp > lo && m.saved.rsp <= hi && want >= lo && want < m.saved.rsp; };
+  const ProcessKey key{m.pid, m.start_time};
+  auto holds_rsp = [&](uint64_t lo, uint64_t hi) { return m.saved.rsp > lo && m.saved.rsp <= hi; };
+  auto fits = [&](uint64_t lo) { return want >= lo && want < m.saved.rsp; };
   {
     std::lock_guard<std::mutex> lk(g_stack_mu);
     auto it = g_stacks.find(key);
-    if (it != g_stacks.end() && on_stack(it->second.first, it->second.second)) return want;
+    if (it != g_stacks.end() && holds_rsp(it->second.first, it->second.second) && fits(it->second.first)) return want;
   }
   std::ifstream maps("/proc/" + std::to_string(m.pid) + "/maps");
   std::string line;
   while (std::getline(maps, line)) {
     unsigned long lo, hi;
-    if (sscanf(line.c_str(), "%lx-%lx", &lo, &hi) != 2) continue;
-    if (m.saved.rsp > lo && m.saved.rsp <= hi) {
-      if (line.size() >= 7 && line.compare(line.size() - 7, 7, "[stack]") == 0) {
-        std::lock_guard<std::mutex> lk(g_stack_mu);
-        for (auto it = g_stacks.begin(); it != g_stacks.end();)
-          it = (it->first.pid == m.pid) ? g_stacks.erase(it) : std::next(it);
-        g_stacks[key] = {lo, hi};
-      }
-      if (want >= lo && want < m.saved.rsp) return want;
-      break;
+    if (sscanf(line.c_str(), "%lx-%lx", &lo, &hi) != 2 || !holds_rsp(lo, hi)) continue;
+    if (line.size() >= 7 && line.compare(line.size() - 7, 7, "[stack]") == 0) {
+      std::lock_guard<std::mutex> lk(g_stack_mu);
+      remember(g_stacks, key, std::pair<uint64_t, uint64_t>(lo, hi));
     }
+    if (fits(lo)) return want;
+    break;
   }
   size_t len = (bytes + 4095) & ~static_cast<size_t>(4095);
   if (m.map_len >= len) return m.map_addr;
