@@ -2016,14 +2016,20 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
 // Watermarks: eviction starts once residency passes cap - slack (high) and goes down
 // to cap - 2*slack (low), so the cap itself is normally never crossed; faults that
 // would cross it wait briefly for the evictor (back-pressure in fault_loop).
+// The eviction batch now: kRunBatch while private victims come in runs (config caps
+// evict_batch at kRunBatch).
+size_t Pager::batch_pages() const { return run_batches_ ? kRunBatch : cfg_.evict_batch; }
 uint64_t Pager::slack() const {
   uint32_t cap = cap_;
-  uint64_t batch = run_batches_ ? std::max<uint64_t>(kRunBatch, cfg_.evict_batch) : cfg_.evict_batch;
-  return std::max<uint64_t>(1, std::min<uint64_t>(std::max<uint64_t>(16, std::min<uint64_t>(batch, cap / 16)), cap / 4));
+  return std::max<uint64_t>(1, std::min<uint64_t>(std::max<uint64_t>(16, std::min<uint64_t>(batch_pages(), cap / 16)), cap / 4));
 }
 uint64_t Pager::high_watermark() const {
   uint32_t cap = cap_;
   return cap > slack() ? cap - slack() : 0;
+}
+uint64_t Pager::low_watermark() const {
+  uint32_t cap = cap_;
+  return cap > 2 * slack() ? cap - 2 * slack() : 0;
 }
 
 void Pager::evict_loop() {
@@ -2045,18 +2051,16 @@ void Pager::evict_loop() {
     }
     if (stop_ || evict_stop_ || draining_ || resident_ <= high_watermark()) continue;
     uint32_t cap = cap_;
-    uint64_t sl = slack();
-    uint64_t low = cap > 2 * sl ? cap - 2 * sl : 0;
+    uint64_t low = low_watermark();
     uint64_t total = resident_ > low ? resident_ - low : 0;
     bool report = total > 4096;  // a big shrink: show progress
     uint64_t done = 0, last_report = now_us();
     bool stalled = false;
     while (!stop_ && !evict_stop_ && !draining_ && cap_ == cap) {
-      // (the watermarks follow the batch size: slack() is larger while run_batches_)
-      sl = slack();
-      low = cap > 2 * sl ? cap - 2 * sl : 0;
+      // (the watermarks follow the batch size, larger while run_batches_)
+      low = low_watermark();
       if (resident_ <= low) break;
-      size_t want = (size_t)std::min<uint64_t>(run_batches_ ? kRunBatch : cfg_.evict_batch, resident_ - low);
+      size_t want = (size_t)std::min<uint64_t>(batch_pages(), resident_ - low);
       if (splice_evictions_ && !run_batches_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
       size_t got = 0;
       try {

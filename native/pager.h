@@ -197,8 +197,10 @@ class Pager {
   void wake_fault_thread();
   void stop_threads();
   static uint64_t now_us();
+  size_t batch_pages() const;
   uint64_t slack() const;
   uint64_t high_watermark() const;
+  uint64_t low_watermark() const;
 
   PagerConfig cfg_;
   std::unique_ptr<StoreBackend> store_;
