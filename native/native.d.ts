@@ -54,6 +54,8 @@ export interface PagerStatsRaw {
   /** Fault batches that waited at the cap for the evictor (back-pressure), and the total wait. */
   capWaits: number;
   capWaitUs: number;
+  /** Eviction batches that took pages out: evictions / evictBatches is the pages a batch. */
+  evictBatches: number;
   /** The one CPU the fault thread runs on (faultCpus of one CPU, or where it followed the faults); -1: not pinned. */
   faultCpu: number;
   /** How dirty pages leave: 'splice' (memfd RAM and the embedded store: no write-protect, docs/architecture.md) or 'write-protect'. */

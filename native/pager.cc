@@ -2060,6 +2060,10 @@ void Pager::evict_loop() {
       // (the watermarks follow the batch size, larger while run_batches_)
       low = low_watermark();
       if (resident_ <= low) break;
+      // A run batch costs a stop of the target whatever its size: below the high
+      // watermark, wait for a whole batch to gather instead of trickling small ones
+      // (when the faults come slower than the evictor goes).
+      if (run_batches_ && resident_ <= high_watermark()) break;
       size_t want = (size_t)std::min<uint64_t>(batch_pages(), resident_ - low);
       if (splice_evictions_ && !run_batches_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
       size_t got = 0;
@@ -2069,6 +2073,7 @@ void Pager::evict_loop() {
         report_throttled(std::string("eviction failed: ") + e.what());
       }
       done += got;
+      if (got) evict_batches_++;
       if (report && now_us() - last_report > 250000) {
         last_report = now_us();
         emit({"progress", "evicting to the new cap", {}, done, total});
@@ -2099,7 +2104,7 @@ PagerStats Pager::stats() {
   s.clean_drops = clean_drops_; s.store_writes = store_writes_; s.prefetched = prefetched_;
   s.wp_faults = wp_faults_; s.discards = discards_; s.evict_aborts = evict_aborts_;
   s.store_retries = store_retries_; s.lost_pages = lost_pages_;
-  s.cap_waits = cap_waits_; s.cap_wait_us = cap_wait_us_;
+  s.cap_waits = cap_waits_; s.cap_wait_us = cap_wait_us_; s.evict_batches = evict_batches_;
   s.fault_cpu = fault_cpu_;
   s.evict_mode = splice_evictions_ ? "splice" : "write-protect";
   s.resident = resident_; s.cap = cap_; s.remote = remote_; s.total_pages = table_.size();

@@ -78,6 +78,7 @@ struct PagerStats {
   uint64_t faults, zero_fills, fetches, evictions, clean_drops, store_writes, prefetched, wp_faults, discards,
       evict_aborts, store_retries, lost_pages;
   uint64_t cap_waits, cap_wait_us;  // fault batches that waited at the cap for the evictor, and for how long
+  uint64_t evict_batches;           // eviction batches that took pages out (evictions / evict_batches: pages a batch)
   int fault_cpu;                    // the one CPU the fault thread is pinned to, -1 when none
   std::string evict_mode;           // "splice" (evict_by_splice) or "write-protect"
   uint64_t resident, cap, remote, total_pages, metadata_bytes;
@@ -310,7 +311,7 @@ class Pager {
 
   std::atomic<uint64_t> faults_{0}, zero_fills_{0}, fetches_{0}, evictions_{0}, clean_drops_{0}, store_writes_{0},
       prefetched_{0}, wp_faults_{0}, discards_{0}, evict_aborts_{0}, store_retries_{0}, lost_pages_{0},
-      cap_waits_{0}, cap_wait_us_{0};
+      cap_waits_{0}, cap_wait_us_{0}, evict_batches_{0};
   LatencyHistogram latency_;
 };
 

@@ -424,7 +424,7 @@ Napi::Value JsPagerStats(const Napi::CallbackInfo& info) {
     n("wpFaults", s.wp_faults); n("discards", s.discards); n("evictAborts", s.evict_aborts);
     n("residentPages", s.resident); n("localCapPages", s.cap); n("remotePages", s.remote);
     n("totalPages", s.total_pages); n("storeRetries", s.store_retries); n("lostPages", s.lost_pages);
-    n("capWaits", s.cap_waits); n("capWaitUs", s.cap_wait_us);
+    n("capWaits", s.cap_waits); n("capWaitUs", s.cap_wait_us); n("evictBatches", s.evict_batches);
     o.Set("faultCpu", Napi::Number::New(env, s.fault_cpu));
     o.Set("evictMode", Napi::String::New(env, s.evict_mode));
     n("metadataBytes", s.metadata_bytes);

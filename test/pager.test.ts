@@ -200,6 +200,41 @@ for (const kind of ['memfd', 'anon'] as const) {
   });
 }
 
+// Each private batch stops a thread of the target for its injected MADV_DONTNEED (about
+// half a millisecond here): while the victims come in long runs (a scan) the evictor
+// takes 1024 pages a batch, its watermarks widening to match; scattered victims go back
+// to pipe-sized batches (256 pages at the default 1 MiB pipe-max-size).
+test('anon + memory: a scan evicts in run batches of up to 1024 pages, scattered victims in pipe-sized ones; every page verifies', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 1, anonMiB: 128 });
+  await target.cmd('fill anon 3');
+  const r = region(target, 'anon');
+  const cap = r.length / PAGE / 2;  // 16384 pages: cap/16 leaves room for 1024-page batches
+  const pager = await attach(t, target, [r], cap, await memoryStore(t));
+  await waitFor(() => pager.stats().residentPages <= cap);
+  const perBatch = async (cmd: string) => {
+    const s0 = pager.stats();
+    const reply = await target.cmd(cmd);
+    t.regex(reply, /^ok/, `${cmd}: ${reply}`);
+    const s1 = pager.stats();
+    t.true(s1.evictBatches > s0.evictBatches, `${cmd}: evicted`);
+    return (s1.evictions - s0.evictions) / (s1.evictBatches - s0.evictBatches);
+  };
+  await target.cmd('fill anon 4');  // a first scan: from then on the oldest resident pages are in order
+  const scan = await perBatch('fill anon 5');  // every page written in order
+  // Uniform random writes. The scan left its pages resident in order, and the first
+  // evictions take them, in runs still: measure once they have all gone.
+  const afterScan = pager.stats().evictions;
+  for (let i = 0; i < 60 && pager.stats().evictions - afterScan < 2 * cap; i++) await target.cmd('churn anon 1000 4 1');
+  t.true(pager.stats().evictions - afterScan >= 2 * cap, 'the scan\'s pages were evicted');
+  const scattered = await perBatch('churn anon 3000 4 1');
+  t.log(JSON.stringify({ pagesPerBatch: { scan: Math.round(scan), scattered: Math.round(scattered) } }));
+  t.true(scan > 512, `a scan's batches averaged ${scan.toFixed(0)} pages`);
+  t.true(scattered <= 300, `scattered batches averaged ${scattered.toFixed(0)} pages`);
+  t.is(pager.stats().evictMode, 'splice');
+  const v = parseReply(await target.cmd('verify anon'));
+  t.is(v.corrupt, 0, `verify: first bad page ${v.firstbad}`);
+});
+
 test('anon + memory: writes to pages mapped to the zero page racing their eviction are never lost', async (t) => {
   const { corrupt, writes, stats: s } = await churnUnderSpliceEviction(t, 'anon', false, { perRound: 'zero anon 0 256' });
   t.true(writes > 100);

@@ -162,7 +162,7 @@ function cpuIdle(): CpuIdle {
 export interface PagerPhaseStats extends Pick<
   PagerStatsRaw,
   | 'faults' | 'zeroFills' | 'fetches' | 'evictions' | 'cleanDrops' | 'storeWrites' | 'prefetched'
-  | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries' | 'capWaits' | 'capWaitUs'
+  | 'wpFaults' | 'discards' | 'evictAborts' | 'storeRetries' | 'capWaits' | 'capWaitUs' | 'evictBatches'
   | 'residentPages' | 'localCapPages' | 'remotePages' | 'totalPages' | 'faultCpu' | 'evictMode'
   | 'faultLatencyUs' | 'latencyHistogram'
 > {
@@ -513,6 +513,7 @@ function phaseStats(s0: PagerStatsRaw, s1: PagerStatsRaw, opts: PagerBenchOption
     storeRetries: d('storeRetries'),
     capWaits: d('capWaits'),
     capWaitUs: d('capWaitUs'),
+    evictBatches: d('evictBatches'),
     residentPages: s1.residentPages,
     localCapPages: s1.localCapPages,
     remotePages: s1.remotePages,
