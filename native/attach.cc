@@ -449,7 +449,8 @@ void close_target_fd(pid_t pid, int target_fd) {
 size_t remote_vmsplice(pid_t pid, int target_fd, const struct iovec* iov, size_t n, size_t* done_out, RemoteTask* borrowed) {
   *done_out = 0;
   if (n == 0) return 0;
-  require_process(pid);
+  // (no require_process: as in remote_madvise_dontneed, borrow_thread checks the process,
+  // and a borrowed thread is stopped, so its process lives; the pager borrows one)
   std::vector<struct iovec> merged = merge_touching(iov, n);  // one call gathers touching ranges as one
   std::unique_ptr<RemoteTask> own = borrowed ? nullptr : borrow_thread(pid);
   RemoteTask* task = borrowed ? borrowed : own.get();

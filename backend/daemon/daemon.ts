@@ -169,12 +169,7 @@ export class Daemon {
     try {
       // A QEMU left holding the uffd of a daemon that died may not answer its monitor
       // (its main thread waiting on a page): then the record names the VM.
-      const target = await resolveTarget(spec, (pid, start) => {
-        const left = loadNative().findTargetUffd(pid);
-        if (!left) return null;
-        loadNative().closeFd(left.fd);
-        return this.records.vmIdOf(pid, start);
-      });
+      const target = await resolveTarget(spec, (pid, start) => (holdsLeftUffd(pid) ? this.records.vmIdOf(pid, start) : null));
       if (expect && (target.vmId !== expect.vmId || target.pid !== expect.pid)) {
         throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
       }
@@ -195,10 +190,8 @@ export class Daemon {
       }
       const storeKeyFile = inDaemon || storeKeyArg === null ? undefined : storeKeyArg ?? override?.storeKeyFile ?? this.config.storeKeyFile;
       if (storeKeyFile && storeKeyFile !== storeKeyArg) await checkKeyFile(storeKeyFile);
-      const native = loadNative();
       // A QEMU that already holds a userfaultfd was attached by a daemon that died: take it over.
-      const left = native.findTargetUffd(target.pid);
-      if (left) native.closeFd(left.fd);
+      const left = holdsLeftUffd(target.pid);
       const store = await this.stores.acquire(storeUri, storeKeyFile);
       const session = new Session(target, storeUri, capBytes, storeKeyFile);
       try {
@@ -211,7 +204,7 @@ export class Daemon {
         this.checkCap(capBytes, memory.guestRamBytes, target.name);
         session.memory = memory;
         session.store = store;
-        session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: !!left, ...this.config.pager });
+        session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: left, ...this.config.pager });
       } catch (e) {
         await this.stores.release(storeUri, storeKeyFile);
         throw e;
@@ -225,7 +218,7 @@ export class Daemon {
         `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
       // Taken over from the record: QEMU may have gained RAM while no daemon watched.
       if (left && session.memoryRecorded) this.pageAddedRam(session, 'found after the take-over', 'the take-over');
-      return { ...session.summary(), tookOver: !!left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
+      return { ...session.summary(), tookOver: left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
     } finally {
       this.attaching.delete(spec);
     }
@@ -762,4 +755,12 @@ function exitWatchdog(ms: number): void {
 async function checkKeyFile(file: string): Promise<void> {
   const { loadKeyFile } = await import('../../kvstore/envelope.ts');
   loadKeyFile(file);
+}
+
+/** Does QEMU `pid` still hold the userfaultfd of a monitor that died? (The copy taken to look is closed again.) */
+function holdsLeftUffd(pid: number): boolean {
+  const native = loadNative();
+  const left = native.findTargetUffd(pid);
+  if (left) native.closeFd(left.fd);
+  return !!left;
 }
