@@ -40,7 +40,7 @@ struct PageMeta {
   uint32_t version = 0;  // version of the stored copy (0 = unknown, accepted on fetch)
   uint8_t state = kAbsent;
   uint8_t flags = 0;
-  // Replacement policy state (Pager::note_reference), kept while the page is remote:
+  // Replacement policy state (ReplacementPolicy::note_reference, replacement.h), kept while the page is remote:
   // bits 15-9 log2 of its mean refault distance, bits 8-7 how many refaults that mean
   // covers; while resident, bits 6-0 its slot in the priority ring.
   uint16_t pad = 0;

@@ -512,123 +512,10 @@ uint64_t Pager::addr_of(uint32_t idx) const {
 uint64_t Pager::key_of(uint32_t idx) const { return key_in(region_at(idx), idx); }
 
 // ---------------------------------------------------------------- replacement policy
-//
-// Refault-rate replacement. The pager does not see a resident page being used (a dirty
-// page is writable), only its refaults: how many evictions it spent away before it was
-// needed again. A page's mean refault distance (its last 3 refaults, kept in PageMeta::pad
-// while it is remote) estimates how often it is used; victims are the pages with the
-// lowest estimate. A resident page cannot confirm its estimate, so it ages: one octave
-// every 2 caps' worth of evictions. Both make one priority, the aging clock at insertion
-// plus 127 - lg (lg: log2 of the mean distance in 1/8 octaves relative to the cap), and
-// pages wait in a ring of FIFO lists, one per priority: insert, remove and pick are O(1).
-// Sequential runs of pages that are not hot are used once: they go on the scan list,
-// which is evicted first, most recently used first (see list_insert).
-// backend/bench/policy-sim.cc replays the bench workloads against this policy.
-namespace {
-constexpr uint32_t kSlotBits = 7;              // pad bits 6-0: ring slot (Pager::kRingSlots)
-constexpr uint32_t kCountBits = 2, kCountMax = 3;  // pad bits 8-7: refaults in the mean
-constexpr uint32_t kLgMax = 127;               // pad bits 15-9: lg, 0 = hottest
-constexpr double kLgPerOctave = 8;
-constexpr int kLgScale = 10;                   // lg 0: mean refault distance <= cap / 2^10
-constexpr uint32_t kScanLg = 76;               // runs: mean refault distance >= cap / sqrt(2)
-constexpr uint32_t kUntimedDiv = 32;           // a use seen while resident: as a refault after cap/32 evictions
-constexpr uint32_t kAgeDiv = 4;                // aging: one ring slot per cap/4 evictions
-constexpr uint32_t kArmedDiv = 8;              // armed list: at most cap/8 pages
-constexpr uint16_t kPadPending = 1;            // pad bit 0 of a kFlScanList page: on the pending run
-inline uint32_t pol_count(const PageMeta& m) { return (m.pad >> kSlotBits) & kCountMax; }
-// a page that never refaulted is the coldest there is
-inline uint32_t pol_lg(const PageMeta& m) { return pol_count(m) ? (uint32_t)(m.pad >> (kSlotBits + kCountBits)) : kLgMax; }
-}  // namespace
-
-// One more use of page m: a refault `distance` evictions after it left (timed), or a use
-// seen while it was resident (a write-protect trap, an abandoned eviction), counted as a
-// refault after cap/32 evictions. A refault sooner than the page's mean replaces the mean
-// at once, so a page that turns hot is treated as hot at its first quick refault.
-void Pager::note_reference(PageMeta& m, uint32_t distance, bool timed) {
-  const uint32_t cap = std::max<uint32_t>(cap_, 1);
-  const double unit = std::ldexp((double)cap, -kLgScale);
-  uint32_t k = pol_count(m);
-  double mean = k ? unit * std::exp2(pol_lg(m) / kLgPerOctave) : 0;
-  double d = std::max<double>(timed ? distance : cap / kUntimedDiv, 1);
-  double sum = (k && d < mean ? d : mean) * k + d;
-  k++;
-  if (k > kCountMax) {
-    sum = sum * kCountMax / k;
-    k = kCountMax;
-  }
-  double lg = std::round(kLgPerOctave * std::log2(std::max(sum / k, 1.0) / unit));
-  uint32_t l = (uint32_t)std::min<double>(std::max<double>(lg, 0), kLgMax);
-  m.pad = (uint16_t)((l << (kSlotBits + kCountBits)) | (k << kSlotBits) | (m.pad & (kRingSlots - 1)));
-}
-
-// Link a page into the ring at its priority.
-void Pager::ring_link(uint32_t idx) {
-  static_assert(kRingSlots == 1u << kSlotBits, "the ring slot must fit its pad bits");
-  PageMeta& m = table_[idx];
-  uint32_t h = ring_now_ + (kLgMax - pol_lg(m));
-  if ((int32_t)(h - ring_low_) < 0) h = ring_low_;  // (clock arithmetic: both wrap)
-  if (h - ring_low_ > kRingSlots - 1) h = ring_low_ + kRingSlots - 1;
-  uint32_t slot = h & (kRingSlots - 1);
-  m.pad = (uint16_t)((m.pad & ~(kRingSlots - 1)) | slot);
-  ring_[slot].push_back(table_, idx);
-  ring_pages_++;
-}
-
-// The oldest pages of the pending run beyond `keep` join the scan list at its front: the
-// reader has moved past them, so they are the scan's most recently used pages.
-void Pager::flush_pending(size_t keep) {
-  while (pending_.size > keep) {
-    uint32_t idx = pending_.head;
-    pending_.remove(table_, idx);
-    table_[idx].pad &= (uint16_t)~kPadPending;
-    scan_.push_front(table_, idx);
-  }
-}
+// (replacement.h; backend/bench/policy-sim.cc replays the bench workloads against it)
 
 // A page became resident (or stays so after an abandoned eviction: hot = true).
-void Pager::list_insert(uint32_t idx, bool hot) {
-  PageMeta& m = table_[idx];
-  m.flags &= ~(kFlRef | kFlArmList | kFlArmed | kFlScanList);
-  if (cfg_.fifo) {
-    fifo_.push_back(table_, idx);
-    return;
-  }
-  bool refault = m.prev != kNil;  // prev: the eviction clock when it left
-  if (refault) note_reference(m, evict_clock_ - m.prev, true);
-  else if (hot) note_reference(m, 0, false);
-  // A page that comes back right after its predecessor (a sequential run, mostly
-  // prefetched) and is not hot is used once. A loop larger than the cap is best served
-  // by keeping the pages it found resident and evicting the ones it just read, so runs
-  // go on the scan list, evicted before the ring and most recently used first; the run
-  // being read waits on the pending list (at most two prefetch runs, evicted last), as
-  // its pages are about to be used.
-  bool run = refault && last_insert_ != kNil && idx == last_insert_ + 1 && pol_lg(m) >= kScanLg;
-  last_insert_ = idx;
-  if (!run) {
-    flush_pending(0);
-    ring_link(idx);
-    return;
-  }
-  m.pad |= kPadPending;
-  m.flags |= kFlScanList;
-  pending_.push_back(table_, idx);
-  flush_pending(2 * ((size_t)cfg_.prefetch_max + 1));
-}
-
-void Pager::list_remove(uint32_t idx) {
-  PageMeta& m = table_[idx];
-  if (cfg_.fifo) {
-    fifo_.remove(table_, idx);
-  } else if (m.flags & kFlScanList) {
-    (m.pad & kPadPending ? pending_ : scan_).remove(table_, idx);
-  } else if (m.flags & kFlArmList) {
-    armed_.remove(table_, idx);
-  } else {
-    ring_[m.pad & (kRingSlots - 1)].remove(table_, idx);
-    ring_pages_--;
-  }
-  m.flags &= ~(kFlArmList | kFlScanList);
-}
+void Pager::list_insert(uint32_t idx, bool hot) { policy_.insert(idx, hot, evict_clock_, cap_, cfg_.prefetch_max); }
 
 void Pager::for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn) {
   size_t i = 0;
@@ -1324,68 +1211,14 @@ void Pager::fetch_planned(FetchPlan& plan) {
 
 // ---------------------------------------------------------------- evictor
 
-// Victims: the scan list first, then the lowest priorities of the ring, the pending run
-// last (see "replacement policy" above). A page written since it came in (a write-protect
-// trap on a clean or armed page) counts one more use and goes back into the ring instead.
-// A dirty page is writable, so its writes leave no trace: when arming pays (below), a
-// dirty page at the head of the ring is first "armed" (write-protected and parked on the
-// armed list, at most cap/8 pages); a write meanwhile traps and marks it used, so only
-// pages nobody wrote in that round are evicted.
+// Victims (ReplacementPolicy::pick), and dirty ones to arm.
 void Pager::pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm) {
-  if (cfg_.fifo) {  // FluidMem's / umap's first in, first out
-    while (out.size() < n && fifo_.size) {
-      uint32_t idx = fifo_.head;
-      list_remove(idx);
-      out.push_back(idx);
-    }
-    return;
-  }
-  uint32_t cap = std::max<uint32_t>(cap_, 1);
   // Arming costs a write-protect fault (one uffd round trip) per re-written page and
   // saves a fetch per page it keeps: worth it only when a fetch costs several round
   // trips (network or disk stores), not with the embedded store. Measured on zipf,
   // memory: 11k fewer fetches for 31k more write-protect faults: a net loss there.
   bool arm_dirty = fetch_cost_us_.load(std::memory_order_relaxed) >= kArmFetchCostUs;
-  size_t scanned = 0, scan_limit = 4 * n + 64, armed_max = std::max<uint32_t>(cap / kArmedDiv, 1);
-  size_t picked = out.size();
-  while (out.size() < n && (scan_.size || ring_pages_ || armed_.size || pending_.size)) {
-    uint32_t idx;
-    if (scan_.size) {
-      idx = scan_.head;
-    } else if (armed_.size && (armed_.size > armed_max || !ring_pages_)) {
-      idx = armed_.head;
-    } else if (ring_pages_) {
-      PageList& low = ring_[ring_low_ & (kRingSlots - 1)];
-      if (!low.size) {  // every ring page is within kRingSlots of ring_low_: this ends
-        ring_low_++;
-        continue;
-      }
-      idx = low.head;
-      PageMeta& m = table_[idx];
-      if (arm_dirty && m.state == kResDirty && !(m.flags & (kFlArmed | kFlRef)) && scanned++ < scan_limit) {
-        list_remove(idx);
-        m.flags |= kFlArmed | kFlArmList;
-        armed_.push_back(table_, idx);
-        arm.push_back(idx);
-        continue;
-      }
-    } else {
-      idx = pending_.head;
-    }
-    PageMeta& m = table_[idx];
-    if ((m.flags & kFlRef) && scanned++ < scan_limit) {
-      list_remove(idx);
-      m.flags &= ~(kFlRef | kFlArmed);
-      note_reference(m, 0, false);
-      ring_link(idx);
-      continue;
-    }
-    list_remove(idx);
-    out.push_back(idx);
-  }
-  // aging: the clock new priorities start from moves one slot per cap/4 evictions
-  ring_tick_ += (uint32_t)(out.size() - picked);
-  for (uint32_t step = std::max<uint32_t>(cap / kAgeDiv, 1); ring_tick_ >= step; ring_tick_ -= step) ring_now_++;
+  policy_.pick(n, cap_, arm_dirty, out, arm);
 }
 
 void Pager::read_pages(const std::vector<uint32_t>& idxs, uint8_t* out) {

@@ -20,6 +20,7 @@
 #include "adaptive_mutex.h"
 #include "latency.h"
 #include "page_table.h"
+#include "replacement.h"
 #include "store_backend.h"
 #include "uffd.h"
 
@@ -56,7 +57,7 @@ struct PagerConfig {
   // every kFollowEvery faults), and the evictor (unless evict_cpus) off that CPU. The
   // pinned placement's latency without naming CPUs; a VM whose vCPUs move is followed.
   bool follow_faults = true;
-  bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of SLRU+refault: for benchmarks
+  bool fifo = false;           // FIFO replacement (FluidMem/umap) instead of refault rate: for benchmarks
   bool test_skip_wp = false;   // TEST ONLY: skip write-protect before copy-out, to prove the race test catches lost writes
   bool test_fail_drops = false; // TEST ONLY: every drop removes half its runs, then fails (partial-failure handling)
   bool test_nonblocking_reads = false; // TEST ONLY: the fallback when no wake signal is free (non-blocking reads, ppoll)
@@ -181,10 +182,7 @@ class Pager {
   static uint64_t key_in(const Region& r, uint32_t idx) { return ((uint64_t)r.key_id << 32) | (idx - r.first); }
   const Region& region_at(uint32_t idx) const;
   void list_insert(uint32_t idx, bool hot);
-  void list_remove(uint32_t idx);
-  void note_reference(PageMeta& m, uint32_t distance, bool timed);
-  void ring_link(uint32_t idx);
-  void flush_pending(size_t keep);
+  void list_remove(uint32_t idx) { policy_.remove(idx); }
   void wake_deferred();
   void for_runs(const std::vector<uint32_t>& sorted, const std::function<void(const Run&)>& fn);
   void emit(PagerEvent ev);
@@ -224,16 +222,7 @@ class Pager {
 
   AdaptiveMutex mu_;              // guards table_, lists, deferred_, resident_ (spins briefly: see adaptive_mutex.h)
   PageTable table_;
-  // Replacement policy (pick_victims): resident pages in a ring of FIFO lists indexed by
-  // priority (slot = priority mod kRingSlots, all within kRingSlots of ring_low_), the
-  // armed list, the scan list and the pending run; policy 'fifo' uses fifo_ alone.
-  static constexpr uint32_t kRingSlots = 128;
-  PageList ring_[kRingSlots], armed_, scan_, pending_, fifo_;
-  uint32_t ring_low_ = 0;       // lowest priority that may hold pages: victims come from here
-  uint32_t ring_now_ = 0;       // aging clock, in slots: +1 every cap/4 evictions
-  uint32_t ring_tick_ = 0;      // evictions towards the next ring_now_ step
-  uint64_t ring_pages_ = 0;     // pages in the ring
-  uint32_t last_insert_ = kNil; // previous page inserted (sequential runs)
+  ReplacementPolicy<PageTable> policy_{table_, cfg_.fifo};  // (replacement.h) guarded by mu_
   std::vector<uint32_t> deferred_;   // faults on pages being dropped: woken after the drop
   uint32_t evict_clock_ = 0;
   std::atomic<uint64_t> resident_{0};

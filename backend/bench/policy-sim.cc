@@ -33,7 +33,8 @@
 // Policies (--policy a,b,...):
 //   fifo, lru (oracle), slru[:P]   the pager's FIFO, LRU, the SLRU the pager used until
 //                                  the refault-rate policy (P: protected share in 1/64)
-//   rr[/key=value...]              the pager's refault-rate policy (see struct Rr)
+//   rr[/key=value...]              the pager's refault-rate policy (native/replacement.h;
+//                                  keys: the PolicyTuning fields, see make_policy)
 //   gd:MODE:MUL:MAX                GreedyDual over a calendar queue, value from refaults
 //   bayes:A:B:K, aged:TAU:KMAX:F   refault-rate estimates with side arrays (not 16 bytes
 //                                  a page): the ceiling the quantised rr approximates
@@ -62,6 +63,7 @@
 #include <vector>
 
 #include "../../native/page_table.h"
+#include "../../native/replacement.h"
 
 using namespace em;
 
@@ -262,20 +264,35 @@ struct Sim {
 
 // ---------------------------------------------------------------- policies
 
-// The pager's FIFO (policy: 'fifo').
-struct Fifo : Policy {
+// The pager's own policy (native/replacement.h): 'fifo' and 'rr[/key=value...]'.
+struct PagerPolicy : Policy {
+  bool fifo;
+  PolicyTuning tune;
+  std::unique_ptr<ReplacementPolicy<std::vector<PageMeta>>> p;  // made at first use (s is set by then)
+  std::vector<uint32_t> arm;  // (the simulator's touch() sees armed pages by their kFlArmed flag)
+  explicit PagerPolicy(bool f, PolicyTuning t = {}) : fifo(f), tune(t) {}
+  ReplacementPolicy<std::vector<PageMeta>>& get() {
+    if (!p) p = std::make_unique<ReplacementPolicy<std::vector<PageMeta>>>(s->t, fifo, tune);
+    return *p;
+  }
+  void insert(uint32_t i, bool hot) override { get().insert(i, hot, s->clock, s->cap, s->pmax); }
+  void remove(uint32_t i) override { get().remove(i); }
+  void pick(size_t n, std::vector<uint32_t>& out) override {
+    arm.clear();
+    get().pick(n, s->cap, s->arm_dirty, out, arm);
+  }
+};
+
+// Oracle: LRU over every touch (the kernel with accessed bits, idealised).
+struct Lru : Policy {
   PageList l;
+  bool oracle() const override { return true; }
+  void touched(uint32_t i) override { l.remove(s->t, i); l.push_back(s->t, i); }
   void insert(uint32_t i, bool) override { s->t[i].flags &= ~(kFlRef | kFlArmList | kFlArmed); l.push_back(s->t, i); }
   void remove(uint32_t i) override { l.remove(s->t, i); }
   void pick(size_t n, std::vector<uint32_t>& out) override {
     while (out.size() < n && l.size) { uint32_t i = l.head; l.remove(s->t, i); out.push_back(i); }
   }
-};
-
-// Oracle: LRU over every touch (the kernel with accessed bits, idealised).
-struct Lru : Fifo {
-  bool oracle() const override { return true; }
-  void touched(uint32_t i) override { l.remove(s->t, i); l.push_back(s->t, i); }
 };
 
 // The pager's SLRU with refault admission (pick_victims as of 5f17610; arming off, as
@@ -451,124 +468,6 @@ struct BayesAged : Policy {
   }
 };
 
-// The pager's policy (native/pager.cc, "replacement policy"), written the same way, with
-// its constants as options for exploration: rr[/key=value...], keys
-//   age=4     aging: one ring slot per cap/age evictions (8 slots = one octave)
-//   opt=1     a refault sooner than the page's mean replaces the mean (0: plain mean)
-//   scan=2    sequential runs: 0 none, 1 pushed at the front of the lowest slot (LIFO by
-//             insertion), 2 the pager's: a pending run, then a scan list evicted first, MRU
-//   scanlg=76 runs of pages with lg >= this (mean refault distance >= cap/sqrt(2)) only
-//   untimed=32  a use seen while resident counts as a refault after cap/untimed evictions
-//   armed=8   the armed list holds at most cap/armed pages
-//   pending=2 the pending run holds at most pending * (prefetch + 1) pages
-// PageMeta::pad = lg (7 bits) | k (2 bits) | ring slot (7 bits); lg = 8 * log2(mean
-// refault distance * 2^10 / cap), the mean over the last k <= 3 refaults.
-struct Rr : Policy {
-  static constexpr uint32_t kSlotBits = 7, kSlots = 1u << kSlotBits, kCountMax = 3, kLgMax = 127;
-  static constexpr uint8_t kFlScanList = 128;  // on the scan list or the pending run (slot bits: 1 = pending)
-  uint32_t age = 4, opt = 1, scan = 2, scanlg = 76, untimed = 32, armed_div = 8, pending_mul = 2;
-  PageList ring[kSlots], armed, scanl, pending;
-  uint32_t low = 0, now = 0, tick = 0, last = kNil;
-  uint64_t pages = 0;
-
-  static uint32_t count(const PageMeta& m) { return (m.pad >> kSlotBits) & kCountMax; }
-  static uint32_t lg(const PageMeta& m) { return count(m) ? (uint32_t)(m.pad >> (kSlotBits + 2)) : kLgMax; }
-  void note(PageMeta& m, uint32_t distance, bool timed) {
-    const uint32_t cap = std::max<uint32_t>(s->cap, 1);
-    const double unit = std::ldexp((double)cap, -10);
-    uint32_t k = count(m);
-    double mean = k ? unit * std::exp2(lg(m) / 8.0) : 0;
-    double d = std::max<double>(timed ? distance : cap / untimed, 1);
-    double sum = (opt && k && d < mean ? d : mean) * k + d;
-    k++;
-    if (k > kCountMax) { sum = sum * kCountMax / k; k = kCountMax; }
-    double l = std::round(8 * std::log2(std::max(sum / k, 1.0) / unit));
-    uint32_t li = (uint32_t)std::min<double>(std::max<double>(l, 0), kLgMax);
-    m.pad = (uint16_t)((li << (kSlotBits + 2)) | (k << kSlotBits) | (m.pad & (kSlots - 1)));
-  }
-  void link(uint32_t i, bool front) {
-    PageMeta& m = s->t[i];
-    uint32_t h = front ? low : now + (kLgMax - lg(m));
-    if ((int32_t)(h - low) < 0) h = low;
-    if (h - low > kSlots - 1) h = low + kSlots - 1;
-    uint32_t slot = h & (kSlots - 1);
-    m.pad = (uint16_t)((m.pad & ~(kSlots - 1)) | slot);
-    if (front) ring[slot].push_front(s->t, i); else ring[slot].push_back(s->t, i);
-    pages++;
-  }
-  void flush(uint32_t keep) {  // the oldest pending pages join the scan list at its front
-    while (pending.size > keep) {
-      uint32_t j = pending.head;
-      pending.remove(s->t, j);
-      s->t[j].pad &= (uint16_t)~(kSlots - 1);
-      scanl.push_front(s->t, j);
-    }
-  }
-  void insert(uint32_t i, bool hot) override {
-    PageMeta& m = s->t[i];
-    m.flags &= ~(kFlRef | kFlArmList | kFlArmed | kFlScanList);
-    bool refault = m.prev != kNil;
-    if (refault) note(m, s->clock - m.prev, true);
-    else if (hot) note(m, 0, false);
-    bool run = scan && refault && last != kNil && i == last + 1 && lg(m) >= scanlg;
-    last = i;
-    if (scan == 2) {
-      if (!run) { flush(0); link(i, false); return; }
-      m.pad = (uint16_t)((m.pad & ~(kSlots - 1)) | 1);
-      m.flags |= kFlScanList;
-      pending.push_back(s->t, i);
-      flush(pending_mul * (s->pmax + 1));
-      return;
-    }
-    link(i, run);
-  }
-  void remove(uint32_t i) override {
-    PageMeta& m = s->t[i];
-    if (m.flags & kFlScanList) (m.pad & 1 ? pending : scanl).remove(s->t, i);
-    else if (m.flags & kFlArmList) armed.remove(s->t, i);
-    else { ring[m.pad & (kSlots - 1)].remove(s->t, i); pages--; }
-    m.flags &= ~(kFlArmList | kFlScanList);
-  }
-  void pick(size_t n, std::vector<uint32_t>& out) override {
-    const uint32_t cap = std::max<uint32_t>(s->cap, 1);
-    size_t scanned = 0, limit = 4 * n + 64, armed_max = std::max<uint32_t>(cap / armed_div, 1), first = out.size();
-    while (out.size() < n && (scanl.size || pages || armed.size || pending.size)) {
-      uint32_t i;
-      if (scanl.size) {
-        i = scanl.head;
-      } else if (armed.size && (armed.size > armed_max || !pages)) {
-        i = armed.head;
-      } else if (pages) {
-        PageList& c = ring[low & (kSlots - 1)];
-        if (!c.size) { low++; continue; }
-        i = c.head;
-        PageMeta& m = s->t[i];
-        if (s->arm_dirty && m.state == kResDirty && !(m.flags & (kFlArmed | kFlRef)) && scanned++ < limit) {
-          remove(i);
-          m.flags |= kFlArmed | kFlArmList;  // (on the armed list)
-          armed.push_back(s->t, i);
-          continue;
-        }
-      } else {
-        i = pending.head;
-      }
-      PageMeta& m = s->t[i];
-      if ((m.flags & kFlRef) && scanned++ < limit) {
-        remove(i);
-        m.flags &= ~(kFlRef | kFlArmed);
-        note(m, 0, false);
-        link(i, false);
-        continue;
-      }
-      remove(i);
-      out.push_back(i);
-    }
-    tick += (uint32_t)(out.size() - first);
-    for (uint32_t step = std::max<uint32_t>(cap / age, 1); tick >= step; tick -= step) now++;
-  }
-};
-
-
 // Experiment: write tracking with uffd-wp async + PAGEMAP_SCAN (every bench touch writes,
 // so "written since the last scan" is an accessed bit). Every K evictions the written
 // bits of all resident pages are read and re-armed; cnt = cnt*D/8 + 64*bit. Victims:
@@ -601,7 +500,7 @@ struct ScanLfu : Policy {
 // ---------------------------------------------------------------- main
 
 static std::unique_ptr<Policy> make_policy(const std::string& name) {
-  if (name == "fifo") return std::make_unique<Fifo>();
+  if (name == "fifo") return std::make_unique<PagerPolicy>(true);
   if (name == "lru") return std::make_unique<Lru>();
   if (name == "slru") return std::make_unique<Slru>();
   if (name.rfind("slru:", 0) == 0) return std::make_unique<Slru>((uint32_t)atoi(name.c_str() + 5));
@@ -625,8 +524,17 @@ static std::unique_ptr<Policy> make_policy(const std::string& name) {
     sscanf(name.c_str() + 5, "%u:%u:%u", &k, &d, &i0);
     return std::make_unique<ScanLfu>(k, d, i0);
   }
+  // rr[/key=value...]: the pager's policy with its constants (PolicyTuning) changed, keys
+  //   age=4       aging: one ring slot per cap/age evictions (8 slots = one octave)
+  //   opt=1       a refault sooner than the page's mean replaces the mean (0: plain mean)
+  //   scan=2      sequential runs: 0 none, 1 pushed at the front of the lowest slot, 2 the
+  //               pager's: a pending run, then a scan list evicted first, MRU first
+  //   scanlg=76   runs of pages with lg >= this (mean refault distance >= cap/sqrt(2)) only
+  //   untimed=32  a use seen while resident counts as a refault after cap/untimed evictions
+  //   armed=8     the armed list holds at most cap/armed pages
+  //   pending=2   the pending run holds at most pending * (prefetch + 1) pages
   if (name == "rr" || name.rfind("rr/", 0) == 0) {
-    auto p = std::make_unique<Rr>();
+    PolicyTuning t;
     size_t at = 2;
     while (at < name.size()) {
       size_t next = name.find('/', at + 1);
@@ -635,16 +543,17 @@ static std::unique_ptr<Policy> make_policy(const std::string& name) {
       size_t eq = kv.find('=');
       std::string k = kv.substr(0, eq);
       uint32_t v = eq == std::string::npos ? 0 : (uint32_t)atoi(kv.c_str() + eq + 1);
-      if (k == "age") p->age = v;
-      else if (k == "opt") p->opt = v;
-      else if (k == "scan") p->scan = v;
-      else if (k == "scanlg") p->scanlg = v;
-      else if (k == "untimed") p->untimed = v;
-      else if (k == "armed") p->armed_div = v;
-      else if (k == "pending") p->pending_mul = v;
+      if ((k == "age" || k == "untimed" || k == "armed") && v == 0) { fprintf(stderr, "rr option %s must be at least 1\n", k.c_str()); exit(2); }
+      if (k == "age") t.age_div = v;
+      else if (k == "opt") t.sooner_replaces = v != 0;
+      else if (k == "scan") t.scan_mode = v;
+      else if (k == "scanlg") t.scan_lg = v;
+      else if (k == "untimed") t.untimed_div = v;
+      else if (k == "armed") t.armed_div = v;
+      else if (k == "pending") t.pending_runs = v;
       else { fprintf(stderr, "unknown rr option %s\n", k.c_str()); exit(2); }
     }
-    return p;
+    return std::make_unique<PagerPolicy>(false, t);
   }
   fprintf(stderr, "unknown policy %s\n", name.c_str());
   exit(2);
