@@ -11,6 +11,8 @@
         "native/memstore.cc",
         "native/uffd.cc",
         "native/pager.cc",
+        "native/pager_fault.cc",
+        "native/pager_evict.cc",
         "native/pager_napi.cc",
         "native/peercred.cc",
         "native/wake_signal.cc"

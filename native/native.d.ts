@@ -141,7 +141,7 @@ export interface NativeAddon {
   acquireUffd(pid: number): AcquiredUffd;
   findTargetUffd(pid: number): AcquiredUffd | null;
   closeFd(fd: number): void;
-  // --- pager (native/pager.cc) ---
+  // --- pager (native/pager*.cc) ---
   pagerStart(opts: PagerStartOptions): unknown;
   pagerStats(h: unknown): PagerStatsRaw;
   pagerSetCap(h: unknown, capPages: number): void;

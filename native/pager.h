@@ -1,7 +1,9 @@
 // The pager of one attached target: a fault thread serving userfaultfd events in
 // batches, an eviction thread driven by watermarks around the resident cap, and
 // the page-state table they share. See docs/architecture.md for the state machine
-// and where each invariant of DESIGN.md is enforced.
+// and where each invariant of DESIGN.md is enforced. Implemented in pager.cc (set-up,
+// store calls, control), pager_fault.cc (the fault thread), pager_evict.cc (the
+// evictor) and replacement.h (which pages leave first).
 #pragma once
 #include "attach.h"
 #include <sched.h>

@@ -1,5 +1,5 @@
 // The pager's replacement policy: which resident pages leave first. One implementation,
-// used by the pager (native/pager.cc, over its PageTable) and by the trace-driven
+// used by the pager (native/pager*.cc, over its PageTable) and by the trace-driven
 // simulator (backend/bench/policy-sim.cc, over a vector of PageMeta), so what the
 // simulator measures is this code.
 //
