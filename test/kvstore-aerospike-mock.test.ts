@@ -15,7 +15,7 @@ import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { openStore } from '../kvstore/index.ts';
 import { startMockAerospike } from './helpers/aerospike-mock.ts';
-import { runConformance, sharedServer, expectCode, pageOf, vmId } from './kvstore-conformance.ts';
+import { runConformance, sharedServer, expectCode, pageOf, vmId, serverFixture } from './kvstore-conformance.ts';
 
 const NAME = 'aerospike on a mock Aerospike server';
 const shared = sharedServer(test, (ctx) => startMockAerospike(ctx));
@@ -23,20 +23,7 @@ const shared = sharedServer(test, (ctx) => startMockAerospike(ctx));
 runConformance(test, NAME, async (t, { fresh }) => {
   const mock = fresh ? await startMockAerospike(t) : await shared();
   const uri = mock.uri('test', 'elasticmem_test');
-  const open = async (o = {}) => {
-    const s = await openStore(uri, o);
-    t.teardown(() => s.close());
-    return s;
-  };
-  return {
-    store: await open(),
-    reopen: open,
-    survivesRestart: false, // the mock keeps records in memory, like an in-memory namespace
-    restart: () => mock.restart(),
-    stop: () => mock.stop(),
-    pause: () => mock.pause(),
-    resume: () => mock.resume(),
-  };
+  return serverFixture(t, mock, uri, false); // the mock keeps records in memory, like an in-memory namespace
 }, { server: true, envelope: true });
 
 test.serial(`${NAME}: server error codes and dropped connections become typed errors`, async (t) => {

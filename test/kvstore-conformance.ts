@@ -9,6 +9,7 @@ import crypto from 'node:crypto';
 import type { PageStore } from '../kvstore/types.ts';
 import { PAGE_SIZE } from '../kvstore/types.ts';
 import { EnvelopeStore } from '../kvstore/envelope.ts';
+import { openStore } from '../kvstore/index.ts';
 import type { OpenStoreOptions } from '../kvstore/index.ts';
 
 export interface Fixture {
@@ -32,6 +33,32 @@ export interface FixtureOptions {
 }
 
 export type Factory = (t: ExecutionContext, opts: FixtureOptions) => Promise<Fixture>;
+
+/** A server a test started and controls (test/helpers/servers.ts, the Aerospike mock). */
+export interface ControlledServer {
+  restart(): Promise<void>;
+  stop(): Promise<void>;
+  pause(): void;
+  resume(): void;
+}
+
+/** The fixture of the store at `uri` on `server`; every store it opens is closed at teardown. */
+export async function serverFixture(t: ExecutionContext, server: ControlledServer, uri: string, survivesRestart: boolean): Promise<Fixture> {
+  const open = async (o: OpenStoreOptions = {}) => {
+    const s = await openStore(uri, o);
+    t.teardown(() => s.close());
+    return s;
+  };
+  return {
+    store: await open(),
+    reopen: open,
+    survivesRestart,
+    restart: () => server.restart(),
+    stop: () => server.stop(),
+    pause: () => server.pause(),
+    resume: () => server.resume(),
+  };
+}
 
 let vmCounter = 0;
 /** A VM id unique to this run and test. */

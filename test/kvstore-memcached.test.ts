@@ -3,27 +3,14 @@ import { openStore } from '../kvstore/index.ts';
 import { HashRing } from '../kvstore/ketama.ts';
 import { MemcachedStore } from '../kvstore/memcached.ts';
 import { startMemcached } from './helpers/servers.ts';
-import { runConformance, sharedServer, pageOf, vmId, expectCode } from './kvstore-conformance.ts';
+import { runConformance, sharedServer, pageOf, vmId, expectCode, serverFixture } from './kvstore-conformance.ts';
 import net from 'node:net';
 
 const shared = sharedServer(test, (ctx) => startMemcached(ctx));
 
 runConformance(test, 'memcached', async (t, { fresh }) => {
   const servers = fresh ? await startMemcached(t, { memoryMb: 64 }) : await shared();
-  const open = async (o = {}) => {
-    const s = await openStore(servers.uri, o);
-    t.teardown(() => s.close());
-    return s;
-  };
-  return {
-    store: await open(),
-    reopen: open,
-    survivesRestart: false, // memcached keeps nothing across a restart
-    restart: () => servers.restart(),
-    stop: () => servers.stop(),
-    pause: () => servers.pause(),
-    resume: () => servers.resume(),
-  };
+  return serverFixture(t, servers, servers.uri, false); // memcached keeps nothing across a restart
 }, { server: true, envelope: true });
 
 /** Items on one memcached server (stats curr_items). */

@@ -3,7 +3,7 @@ import { openStore } from '../kvstore/index.ts';
 import { pageKey, GROUP } from '../kvstore/redis.ts';
 import { keySlot } from '../kvstore/redis-cluster.ts';
 import { startRedisCluster } from './helpers/servers.ts';
-import { runConformance, sharedServer, pageOf, vmId } from './kvstore-conformance.ts';
+import { runConformance, sharedServer, pageOf, vmId, serverFixture } from './kvstore-conformance.ts';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 
@@ -11,20 +11,7 @@ const shared = sharedServer(test, (ctx) => startRedisCluster(ctx));
 
 runConformance(test, 'redis-cluster', async (t, { fresh }) => {
   const cluster = fresh ? await startRedisCluster(t, { persistence: true, appendfsync: 'always' }) : await shared();
-  const open = async (o = {}) => {
-    const s = await openStore(cluster.uri, o);
-    t.teardown(() => s.close());
-    return s;
-  };
-  return {
-    store: await open(),
-    reopen: open,
-    survivesRestart: true,
-    restart: () => cluster.restart(),
-    stop: () => cluster.stop(),
-    pause: () => cluster.pause(),
-    resume: () => cluster.resume(),
-  };
+  return serverFixture(t, cluster, cluster.uri, true);
 }, { server: true, envelope: true });
 
 test.serial('redis-cluster: pages spread over all three masters, 64-page groups share a slot', async (t) => {

@@ -2,27 +2,14 @@ import test from 'ava';
 import { openStore, EnvelopeStore } from '../kvstore/index.ts';
 import type { RawStore } from '../kvstore/raw.ts';
 import { startRedis, makeTlsCerts } from './helpers/servers.ts';
-import { runConformance, sharedServer, pageOf, vmId, expectCode } from './kvstore-conformance.ts';
+import { runConformance, sharedServer, pageOf, vmId, expectCode, serverFixture } from './kvstore-conformance.ts';
 
 const shared = sharedServer(test, (ctx) => startRedis(ctx));
 
 runConformance(test, 'redis', async (t, { fresh }) => {
   // Fresh servers (restart / down / freeze tests) run with the AOF, fsync always.
   const server = fresh ? await startRedis(t, { persistence: true, appendfsync: 'always' }) : await shared();
-  const open = async (o = {}) => {
-    const s = await openStore(`${server.uri}/0`, o);
-    t.teardown(() => s.close());
-    return s;
-  };
-  return {
-    store: await open(),
-    reopen: open,
-    survivesRestart: true,
-    restart: () => server.restart(),
-    stop: () => server.stop(),
-    pause: () => server.pause(),
-    resume: () => server.resume(),
-  };
+  return serverFixture(t, server, `${server.uri}/0`, true);
 }, { server: true, envelope: true });
 
 test.serial('redis: killed (SIGKILL) and restarted with appendfsync always: no acknowledged page lost', async (t) => {
