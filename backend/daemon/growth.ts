@@ -1,0 +1,162 @@
+/**
+ * Guest memory that grows while a VM is attached: `elasticmem grow` (virtio-mem or a
+ * DIMM), and RAM added behind the daemon's back (libvirt's device-added event; for
+ * pid:/qmp: QEMUs a new large mapping, ram-watch.ts). New RAM blocks go under the VM's
+ * pager within the same cap.
+ */
+import { ElasticmemError } from '../../native/errors.ts';
+import type { RegionSpec } from '../../native/index.ts';
+import type { Target } from '../targets/index.ts';
+import { formatSize } from '../size.ts';
+import type { Session } from './session.ts';
+import { log } from './log.ts';
+import { unpagedLargeMappings } from './ram-watch.ts';
+
+/** What growing a VM needs of the daemon. */
+export interface GrowthHost {
+  /** Write the state file (it records each VM's guest RAM: a take-over checks caps against it). */
+  saveState(): void;
+  /** The daemon is stopping: start nothing new. */
+  closing(): boolean;
+}
+
+/**
+ * Grow the guest-visible memory of an attached VM by `bytes`: raise a virtio-mem
+ * device's requested size (its backend is under the pager since attach), or add a DIMM
+ * (when asked for, or when there is no virtio-mem device to raise) and page it.
+ */
+export async function growVm(host: GrowthHost, s: Session, bytes: number, wait: boolean, dimm: boolean): Promise<unknown> {
+  const target = s.target as Target;
+  return s.serial(async () => {
+    if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}; cannot grow it now`, 'VM_BUSY');
+    const mon = await target.openMonitor();
+    let dev: { id: string; requested: number; max: number; block: number; plugged: number };
+    try {
+      const devs = await mon.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
+      const vm = devs.filter((d) => d.type === 'virtio-mem');
+      // A DIMM when asked for, or when there is no virtio-mem device to raise.
+      if (dimm || vm.length === 0) {
+        mon.close();
+        return await growByDimm(host, s, target, bytes);
+      }
+      const cands = vm.map((d) => ({ id: String(d.data.id ?? ''), requested: Number(d.data['requested-size'] ?? 0), max: Number(d.data['max-size'] ?? 0), block: Number(d.data['block-size'] ?? 2 << 20), plugged: Number(d.data.size ?? 0) }));
+      const room = cands.find((d) => d.max - d.requested >= bytes);
+      if (!room) {
+        const most = Math.max(...cands.map((d) => d.max - d.requested));
+        throw new ElasticmemError(`cannot grow VM '${s.name}' by ${formatSize(bytes)}: its virtio-mem device has ${formatSize(most)} left (max-size ${formatSize(cands[0]!.max)}); grow by at most ${formatSize(most)}, or add a DIMM with --dimm`, 'GROW_TOO_LARGE');
+      }
+      if (bytes % room.block !== 0) throw new ElasticmemError(`grow size ${formatSize(bytes)} is not a multiple of the virtio-mem block size ${formatSize(room.block)}`, 'BAD_SIZE');
+      if (!room.id) throw new ElasticmemError(`the virtio-mem device of '${s.name}' has no id; cannot address it`, 'NO_HOTPLUG_DEVICE');
+      dev = room;
+    } finally {
+      mon.close();
+    }
+    const newReq = dev.requested + bytes;
+    await target.setRequestedSize!(dev.id, newReq);
+    log(s.name, 'grow requested', `virtio-mem ${dev.id} requested-size ${formatSize(dev.requested)} -> ${formatSize(newReq)} (its backend has been under the pager since attach)`);
+    // Wait for the guest driver to plug the blocks (it does so within seconds).
+    let plugged = dev.plugged;
+    const deadline = Date.now() + (wait ? 60_000 : 0);
+    for (;;) {
+      const m = await target.openMonitor();
+      try {
+        const devs = await m.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
+        plugged = Number(devs.find((d) => d.data.id === dev.id)?.data.size ?? plugged);
+      } finally { m.close(); }
+      if (plugged >= newReq || Date.now() >= deadline || host.closing()) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    const bootBytes = s.memory!.guestRamBytes - dev.plugged;
+    s.memory!.guestRamBytes = bootBytes + plugged;
+    host.saveState();  // (the record of its RAM: a take-over checks caps against it)
+    log(s.name, plugged >= newReq ? 'grown' : 'grow pending', `guest plugged ${formatSize(plugged)} of ${formatSize(newReq)}; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+    return { name: s.name, device: dev.id, requestedBytes: newReq, pluggedBytes: plugged, guestRamBytes: s.memory!.guestRamBytes, complete: plugged >= newReq };
+  });
+}
+
+/**
+ * Hot-add a DIMM and put its RAM block under the VM's pager (same cap). QEMU maps the
+ * DIMM's backend when it is added; the pager registers it at once, adopting pages the
+ * guest may already have touched.
+ */
+async function growByDimm(host: GrowthHost, s: Session, target: Target, bytes: number): Promise<unknown> {
+  const DIMM_ALIGN = 128 << 20;  // x86 memory hot-add granularity (a Linux memory block)
+  if (bytes % DIMM_ALIGN !== 0) throw new ElasticmemError(`a DIMM is added in multiples of 128M on x86; ${formatSize(bytes)} is not one (e.g. grow ${s.target.spec} ${formatSize(Math.ceil(bytes / DIMM_ALIGN) * DIMM_ALIGN)} --dimm)`, 'BAD_SIZE');
+  await target.addDimm(bytes, s.memory!.backing === 'anon' ? 'anon' : 'memfd');
+  const fresh = await pageNewRam(host, s, target);
+  if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');
+  const names = fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ');
+  log(s.name, 'grown', `DIMM added (${names}), under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+  return { name: s.name, device: fresh.map((r) => r.name).join(','), kind: 'dimm', requestedBytes: bytes, pluggedBytes: bytes, guestRamBytes: s.memory!.guestRamBytes, complete: true };
+}
+
+/**
+ * RAM blocks QEMU has now that the pager does not (hot-added DIMMs): put under the
+ * pager, same cap. Returns them (none: nothing new). Runs inside s.serial.
+ */
+async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise<RegionSpec[]> {
+  const known = new Map(s.memory!.regions.map((r) => [r.name, r]));
+  const mem = await target.discover();
+  // A block the pager has must still be there, at the same place: RAM that was
+  // unplugged (or replaced under the same name) cannot be followed while attached.
+  const now = new Map(mem.regions.map((r) => [r.name, r]));
+  for (const [name, r] of known) {
+    const n = now.get(name);
+    if (!n || BigInt(n.start) !== BigInt(r.start) || n.length !== r.length) {
+      throw new ElasticmemError(`RAM block '${name}' of '${s.name}' was ${n ? 'replaced' : 'removed'} while attached; the pager cannot follow that: detach and attach the VM again`, 'RAM_CHANGED');
+    }
+  }
+  const fresh = mem.regions.filter((r) => !known.has(r.name));
+  if (fresh.length === 0) {
+    // Nothing new to page; guest RAM may still have changed (virtio-mem plugged more
+    // while no daemon watched, after a take-over from the record).
+    if (mem.guestRamBytes !== s.memory!.guestRamBytes) {
+      s.memory!.guestRamBytes = mem.guestRamBytes;
+      s.memory!.memoryDevices = mem.memoryDevices;
+      host.saveState();
+    }
+    return [];
+  }
+  try {
+    s.pager!.addRegions(fresh);
+  } catch (e) {
+    throw new ElasticmemError(`new memory of '${s.name}' (${fresh.map((r) => r.name).join(', ')}) could not be put under the pager (${(e as Error).message}); it is not capped until the VM is detached and attached again`, (e as ElasticmemError).code ?? 'GROW_FAILED');
+  }
+  s.memory = mem;
+  host.saveState();
+  return fresh;
+}
+
+/**
+ * A pid:/qmp: QEMU has no event stream the daemon can hold (ram-watch.ts): a new
+ * large mapping outside the paged RAM is the sign of a DIMM added behind our back.
+ */
+export function checkRamMappings(host: GrowthHost, s: Session): void {
+  if (s.target.kind === 'libvirt' || s.state !== 'attached' || !s.pager || !s.memory) return;
+  let now: string;
+  try {
+    now = unpagedLargeMappings(s.target.pid, s.memory.regions);
+  } catch {
+    return;  // QEMU is gone: its exit is handled on its own
+  }
+  if (now === s.unpagedMappings) return;
+  s.unpagedMappings = now;
+  if (now) pageAddedRam(host, s, 'QEMU mapped new memory', 'QEMU mapped new memory');
+}
+
+/**
+ * Put RAM blocks added behind our back under the VM's pager (same cap), and say so:
+ * `source` heads the log line, `after` names the cause in an error.
+ */
+export function pageAddedRam(host: GrowthHost, s: Session, source: string, after: string): void {
+  if (host.closing()) return;
+  void s.serial(async () => {
+    if (s.state !== 'attached' || !s.pager) return;
+    try {
+      const fresh = await pageNewRam(host, s, s.target as Target);
+      if (fresh.length) log(s.name, 'memory added', `${source}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+    } catch (e) {
+      log(s.name, 'error', `after ${after}: ${s.scrub((e as Error).message)}`);
+    }
+  }).catch(() => undefined);
+}
