@@ -5,8 +5,8 @@
  * The refault-rate policy must beat FluidMem's / umap's FIFO where replacement matters
  * (zipf: skewed reuse; seq: a loop larger than the cap) and not lose on uniform random
  * touches, where no policy can do better than cap / size. The pager runs this same
- * code (Pager::list_insert / pick_victims), so these hold for it; the simulator makes
- * them quick and deterministic.
+ * code (Pager::list_insert / pick_victims); the simulator makes these checks quick and
+ * deterministic, and bench-pager.test.ts compares the two policies on the real pager.
  */
 import test from 'ava';
 import { execFileSync, spawnSync } from 'node:child_process';
