@@ -33,7 +33,7 @@ test('every chart is drawn from the sample results and carries every data point'
   t.is(results.vm.length, 1);
   t.is(results.pager.length, 1);
   t.is(results.store.length, 1);
-  t.deepEqual(written.map((w) => path.basename(w.file)).sort(), ['fault-latency.svg', 'store-latency.svg', 'touch-cost.svg', 'vm-slowdown.svg']);
+  t.deepEqual(written.map((w) => path.basename(w.file)).sort(), ['fault-latency.svg', 'miss-rate.svg', 'store-latency.svg', 'touch-cost.svg', 'vm-slowdown.svg']);
   for (const w of written) {
     const svg = fs.readFileSync(w.file, 'utf8');
     t.true(svg.startsWith('<svg'), `${w.file} is an SVG`);
@@ -62,6 +62,12 @@ test('every chart is drawn from the sample results and carries every data point'
   t.true(touch.some((l) => l.startsWith(`workload, working set / local: ${wl}; µs per touch: ${r2(pager.usPerTouch)}; series: pager, memory:, slru`)), touch.join('\n'));
   t.true(touch.some((l) => l.startsWith(`workload, working set / local: ${wl}; µs per touch: ${r2(pager.kernelSwapUsPerTouch)}; series: kernel swap (zram)`)), touch.join('\n'));
   t.is(touch.filter((l) => l.startsWith('workload,')).length, 2);
+
+  // Miss rate: the pager's misses per touch under its policy, and the kernel's.
+  const miss = markLabels(svgOf('miss-rate.svg')).filter((l) => l.startsWith('series:'));
+  t.true(miss.some((l) => l.startsWith(`series: pager, slru; misses (% of touches): ${r2(100 * (1 - pager.hitRate))}; workload: ${wl};`)), miss.join('\n'));
+  t.true(miss.some((l) => l.startsWith(`series: kernel swap (LRU, hardware accessed bits); misses (% of touches): ${r2(100 * (1 - pager.kernelSwap.hitRate))}; workload: ${wl};`)), miss.join('\n'));
+  t.is(miss.length, 2);
 
   // Fault latency: a step per non-empty histogram bucket, ending at all faults.
   const h = pager.pager.latencyHistogram as { boundsUs: number[]; counts: number[] };
@@ -123,7 +129,7 @@ test('bench charts through the real CLI; bad folders are refused with the fix', 
   const r = await runCli(['bench', 'charts', '--from', FIXTURES, '--out', out, '--json']);
   t.is(r.code, 0, r.stderr);
   const j = JSON.parse(r.stdout);
-  t.is(j.written.length, 4);
+  t.is(j.written.length, 5);
   t.true(j.written.every((w: { file: string }) => fs.existsSync(w.file)));
 
   const empty = tmp(t);

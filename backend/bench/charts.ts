@@ -4,6 +4,7 @@
  *
  *   fault-latency.svg   pager fault latency distribution (CDF) per store   <- bench pager
  *   touch-cost.svg      µs per touch, pager against kernel swap, per workload <- bench pager
+ *   miss-rate.svg       misses per touch, per replacement policy and kernel   <- bench pager
  *   vm-slowdown.svg     guest pass time over unattached, per local fraction  <- bench vm
  *   store-latency.svg   µs per page by batch size, put and get, per store    <- bench store
  *
@@ -164,6 +165,16 @@ export function faultLatencyChart(all: PagerBenchResult[]): Chart | null {
 
 // ------------------------------------------------------------ per-touch cost (pager)
 
+// One group per workload and size: a 1G run is not a 128M run.
+const mib = (b: number) => (b >= 2 ** 30 && b % 2 ** 30 === 0 ? `${b / 2 ** 30}G` : `${Math.round(b / 2 ** 20)}M`);
+const workloadOf = (p: PagerBenchResult) => `${p.workload} ${mib(p.sizeBytes)}/${mib(p.localBytes)}`;
+/** Distinct workload labels in the order seq, random, zipf (then by size). */
+const workloadOrder = (labels: string[]): string[] => {
+  const rank = (w: string) => ['seq', 'random', 'zipf'].indexOf(w.split(' ')[0]!);
+  return [...new Set(labels)].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+};
+
+
 export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
   const groups = new Map<string, { workload: string; series: string; values: number[] }>();
   const add = (workload: string, series: string, v: number) => {
@@ -172,9 +183,6 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
     g.values.push(v);
     groups.set(k, g);
   };
-  // One group per workload and size: a 1G run is not a 128M run.
-  const mib = (b: number) => (b >= 2 ** 30 && b % 2 ** 30 === 0 ? `${b / 2 ** 30}G` : `${Math.round(b / 2 ** 20)}M`);
-  const workloadOf = (p: PagerBenchResult) => `${p.workload} ${mib(p.sizeBytes)}/${mib(p.localBytes)}`;
   for (const p of pager) {
     // pinned runs (bench pager --pin) are their own series: thread placement changes the cost
     const pin = p.pinCpu !== undefined ? ', pinned' : '';
@@ -183,8 +191,7 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
     if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)${pin}`, p.kernelSwapUsPerTouch);
   }
   if (!groups.size) return null;
-  const rank = (w: string) => ['seq', 'random', 'zipf'].indexOf(w.split(' ')[0]!);
-  const order = [...new Set([...groups.values()].map((g) => g.workload))].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
+  const order = workloadOrder([...groups.values()].map((g) => g.workload));
   const rows: Json[] = [...groups.values()]
     .sort((a, b) => (order.indexOf(a.workload) - order.indexOf(b.workload)) || a.series.localeCompare(b.series))
     .map((g) => ({ workload: g.workload, series: g.series, usPerTouch: round(median(g.values), 2), runs: g.values.length }));
@@ -207,6 +214,67 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
         color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', columns: 1, labelLimit: 400 } },
         tooltip: [{ field: 'workload' }, { field: 'series' }, { field: 'usPerTouch' }, { field: 'runs' }],
       },
+    } as Spec,
+  };
+}
+
+// ------------------------------------------------------------ miss rate (pager)
+
+/**
+ * Misses per touch, per workload: the pager under each replacement policy (bench pager
+ * --policy) against the kernel's LRU, which sees hardware accessed bits. Embedded-store
+ * runs only: with a slow store the pager arms dirty pages, which changes its hit rate.
+ */
+export function missRateChart(pager: PagerBenchResult[]): Chart | null {
+  const groups = new Map<string, { workload: string; series: string; values: number[] }>();
+  const add = (workload: string, series: string, v: number) => {
+    const k = `${workload}\0${series}`;
+    const g = groups.get(k) ?? { workload, series, values: [] };
+    g.values.push(v);
+    groups.set(k, g);
+  };
+  for (const p of pager) {
+    if (storeLabel(p.store) !== 'memory:' || typeof p.hitRate !== 'number') continue;
+    const priv = p.memory === 'private' ? ', private memory' : '';
+    add(workloadOf(p), `pager, ${p.policy ?? 'refault'}${priv}`, 100 * (1 - p.hitRate));
+    const k = p.kernelSwap;
+    if (k && typeof k.hitRate === 'number') add(workloadOf(p), 'kernel swap (LRU, hardware accessed bits)', 100 * (1 - k.hitRate));
+  }
+  if (!groups.size) return null;
+  const order = workloadOrder([...groups.values()].map((g) => g.workload));
+  const rows: Json[] = [...groups.values()]
+    .sort((a, b) => (order.indexOf(a.workload) - order.indexOf(b.workload)) || a.series.localeCompare(b.series))
+    .map((g) => ({ workload: g.workload, series: g.series, missPercent: round(median(g.values), 2), runs: g.values.length }));
+  return {
+    file: 'miss-rate.svg',
+    title: 'Misses per touch, per replacement policy, against kernel swap',
+    rows,
+    spec: {
+      $schema: SCHEMA,
+      ...FONT,
+      title: { text: 'Misses per page touch: replacement policies vs the kernel (bench pager)', subtitle: ['fetches (pager) or swap-ins (kernel) per timed touch, embedded store; median over runs; lower is better', 'one panel per workload, each with its own scale (the kernel misses every touch of a scan larger than its memory)'] },
+      data: { values: rows },
+      facet: { column: { field: 'workload', type: 'nominal', sort: order, title: 'workload, working set / local' } },
+      spec: {
+        width: 110,
+        height: 260,
+        encoding: {
+          x: { field: 'series', type: 'nominal', title: null, axis: null },
+          y: { field: 'missPercent', type: 'quantitative', title: 'misses (% of touches)' },
+        },
+        layer: [
+          {
+            mark: 'bar',
+            encoding: {
+              color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', columns: 1, labelLimit: 400 } },
+              tooltip: [{ field: 'workload' }, { field: 'series' }, { field: 'missPercent' }, { field: 'runs' }],
+            },
+          },
+          // the value over each bar: a scan's small bars next to the kernel's 100% stay readable
+          { mark: { type: 'text', dy: -5, fontSize: 9, aria: false }, encoding: { text: { field: 'missPercent', type: 'quantitative' } } },
+        ],
+      },
+      resolve: { scale: { y: 'independent' } },
     } as Spec,
   };
 }
@@ -380,7 +448,7 @@ export async function renderSvg(spec: Spec): Promise<string> {
 }
 
 export function chartsOf(r: Results): Chart[] {
-  return [faultLatencyChart(r.pager), touchCostChart(r.pager), vmSlowdownChart(r.vm), storeLatencyChart(r.store)].filter((c): c is Chart => c !== null);
+  return [faultLatencyChart(r.pager), touchCostChart(r.pager), missRateChart(r.pager), vmSlowdownChart(r.vm), storeLatencyChart(r.store)].filter((c): c is Chart => c !== null);
 }
 
 export interface WrittenChart { file: string; title: string; marks: number }
@@ -390,7 +458,7 @@ export async function generateCharts(fromDir: string, outDir: string): Promise<{
   const results = loadResults(fromDir);
   const charts = chartsOf(results);
   const missing: string[] = [];
-  if (!results.pager.length) missing.push('fault-latency.svg and touch-cost.svg need bench pager results (elasticmem bench pager ... --json)');
+  if (!results.pager.length) missing.push('fault-latency.svg, touch-cost.svg and miss-rate.svg need bench pager results (elasticmem bench pager ... --json)');
   if (!results.vm.length) missing.push('vm-slowdown.svg needs a bench vm result (elasticmem bench vm --json)');
   if (!results.store.length) missing.push('store-latency.svg needs bench store results (elasticmem bench store --store URI --json)');
   if (!charts.length) throw new ElasticmemError(`no bench results in ${fromDir}: ${missing.join('; ')}`, 'NO_RESULTS');

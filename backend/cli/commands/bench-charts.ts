@@ -13,6 +13,7 @@ per file or one per line:
 
   fault-latency.svg   pager fault latency, cumulative, per store    (bench pager)
   touch-cost.svg      µs per touch, pager vs kernel swap, per workload (bench pager)
+  miss-rate.svg       misses per touch, per replacement policy and kernel (bench pager)
   vm-slowdown.svg     guest slowdown against local memory, per store (bench vm)
   store-latency.svg   µs per page by batch size, put and get          (bench store)
 
