@@ -59,9 +59,9 @@ test('every chart is drawn from the sample results and carries every data point'
   const touch = markLabels(svgOf('touch-cost.svg'));
   const r2 = (x: number) => Math.round(x * 100) / 100;
   const wl = `${pager.workload} ${pager.sizeBytes >> 20}M/${pager.localBytes >> 20}M`;
-  t.true(touch.some((l) => l.startsWith(`workload, working set / local: ${wl}; µs per touch: ${r2(pager.usPerTouch)}; series: pager, memory:, slru`)), touch.join('\n'));
-  t.true(touch.some((l) => l.startsWith(`workload, working set / local: ${wl}; µs per touch: ${r2(pager.kernelSwapUsPerTouch)}; series: kernel swap (zram)`)), touch.join('\n'));
-  t.is(touch.filter((l) => l.startsWith('workload,')).length, 2);
+  t.true(touch.some((l) => l.startsWith(`series: pager, memory:, slru; µs per touch: ${r2(pager.usPerTouch)}; workload: ${wl};`)), touch.join('\n'));
+  t.true(touch.some((l) => l.startsWith(`series: kernel swap (zram); µs per touch: ${r2(pager.kernelSwapUsPerTouch)}; workload: ${wl};`)), touch.join('\n'));
+  t.is(touch.filter((l) => l.startsWith('series:')).length, 2);
 
   // Miss rate: the pager's misses per touch under its policy, and the kernel's.
   const miss = markLabels(svgOf('miss-rate.svg')).filter((l) => l.startsWith('series:'));
@@ -165,11 +165,11 @@ test('pinned pager runs (bench pager --pin) are their own series, next to unpinn
   const pinned = { ...unpinned, pinCpu: 0, usPerTouch: 3.21, kernelSwapUsPerTouch: 4.56 };
   fs.writeFileSync(path.join(from, 'runs.json'), [unpinned, pinned].map((r) => JSON.stringify(r)).join('\n'));
   await generateCharts(from, out);
-  const touch = markLabels(fs.readFileSync(path.join(out, 'touch-cost.svg'), 'utf8')).filter((l) => l.startsWith('workload,'));
+  const touch = markLabels(fs.readFileSync(path.join(out, 'touch-cost.svg'), 'utf8')).filter((l) => l.startsWith('series:'));
   t.is(touch.length, 4, touch.join('\n'));
-  t.true(touch.some((l) => l.includes('µs per touch: 3.21; series: pager, memory:, slru, pinned')), touch.join('\n'));
-  t.true(touch.some((l) => l.includes('µs per touch: 4.56; series: kernel swap (zram), pinned')), touch.join('\n'));
-  t.true(touch.some((l) => l.includes(`µs per touch: ${Math.round(unpinned.usPerTouch * 100) / 100}; series: pager, memory:, slru;`)), touch.join('\n'));
+  t.true(touch.some((l) => l.includes('series: pager, memory:, slru, pinned; µs per touch: 3.21;')), touch.join('\n'));
+  t.true(touch.some((l) => l.includes('series: kernel swap (zram), pinned; µs per touch: 4.56;')), touch.join('\n'));
+  t.true(touch.some((l) => l.includes(`series: pager, memory:, slru; µs per touch: ${Math.round(unpinned.usPerTouch * 100) / 100};`)), touch.join('\n'));
 });
 
 test('private-memory pager runs (bench pager --memory private) are their own series and latency curve', async (t) => {
@@ -179,9 +179,9 @@ test('private-memory pager runs (bench pager --memory private) are their own ser
   const priv = { ...shared, memory: 'private', usPerTouch: 6.54 };
   fs.writeFileSync(path.join(from, 'runs.json'), [shared, priv].map((r) => JSON.stringify(r)).join('\n'));
   await generateCharts(from, out);
-  const touch = markLabels(fs.readFileSync(path.join(out, 'touch-cost.svg'), 'utf8')).filter((l) => l.startsWith('workload,'));
-  t.true(touch.some((l) => l.includes('µs per touch: 6.54; series: pager, memory:, slru, private memory')), touch.join('\n'));
-  t.true(touch.some((l) => l.includes(`µs per touch: ${Math.round(shared.usPerTouch * 100) / 100}; series: pager, memory:, slru;`)), touch.join('\n'));
+  const touch = markLabels(fs.readFileSync(path.join(out, 'touch-cost.svg'), 'utf8')).filter((l) => l.startsWith('series:'));
+  t.true(touch.some((l) => l.includes('series: pager, memory:, slru, private memory; µs per touch: 6.54;')), touch.join('\n'));
+  t.true(touch.some((l) => l.includes(`series: pager, memory:, slru; µs per touch: ${Math.round(shared.usPerTouch * 100) / 100};`)), touch.join('\n'));
   const latency = fs.readFileSync(path.join(out, 'fault-latency.svg'), 'utf8');
   t.true(latency.includes('memory:, private memory'), 'a curve of its own');
 });

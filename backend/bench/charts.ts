@@ -165,6 +165,57 @@ export function faultLatencyChart(all: PagerBenchResult[]): Chart | null {
 
 // ------------------------------------------------------------ per-touch cost (pager)
 
+interface Point { workload: string; series: string; value: number }
+/** One row per workload and series: the median of its values as `field`, and how many runs; workloads in workloadOrder. */
+function seriesMedians(points: Point[], field: string): { rows: Json[]; order: string[] } {
+  const groups = new Map<string, { workload: string; series: string; values: number[] }>();
+  for (const p of points) {
+    const k = `${p.workload}\0${p.series}`;
+    const g = groups.get(k) ?? { workload: p.workload, series: p.series, values: [] };
+    g.values.push(p.value);
+    groups.set(k, g);
+  }
+  const order = workloadOrder([...groups.values()].map((g) => g.workload));
+  const rows: Json[] = [...groups.values()]
+    .sort((a, b) => (order.indexOf(a.workload) - order.indexOf(b.workload)) || a.series.localeCompare(b.series))
+    .map((g) => ({ workload: g.workload, series: g.series, [field]: round(median(g.values), 2), runs: g.values.length }));
+  return { rows, order };
+}
+
+/**
+ * Bars per series in one panel per workload, each panel with its own y scale and the
+ * value over each bar (costs and miss rates span orders of magnitude across workloads
+ * and stores: a shared scale would flatten the small bars). rows: workload, series, `field`.
+ */
+function workloadPanels(rows: Json[], order: string[], field: string, yTitle: string, title: { text: string; subtitle: string | string[] }): Spec {
+  return {
+    $schema: SCHEMA,
+    ...FONT,
+    title,
+    data: { values: rows },
+    facet: { column: { field: 'workload', type: 'nominal', sort: order, title: 'workload, working set / local' } },
+    spec: {
+      width: Math.max(110, 24 * new Set(rows.map((r) => r.series)).size),  // room for each bar's value
+      height: 260,
+      encoding: {
+        x: { field: 'series', type: 'nominal', title: null, axis: null },
+        y: { field, type: 'quantitative', title: yTitle },
+      },
+      layer: [
+        {
+          mark: 'bar',
+          encoding: {
+            color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', columns: 1, labelLimit: 400 } },
+            tooltip: [{ field: 'workload' }, { field: 'series' }, { field }, { field: 'runs' }],
+          },
+        },
+        { mark: { type: 'text', dy: -5, fontSize: 9, aria: false }, encoding: { text: { field, type: 'quantitative' } } },
+      ],
+    },
+    resolve: { scale: { y: 'independent' } },
+  } as Spec;
+}
+
 // One group per workload and size: a 1G run is not a 128M run.
 const mib = (b: number) => (b >= 2 ** 30 && b % 2 ** 30 === 0 ? `${b / 2 ** 30}G` : `${Math.round(b / 2 ** 20)}M`);
 const workloadOf = (p: PagerBenchResult) => `${p.workload} ${mib(p.sizeBytes)}/${mib(p.localBytes)}`;
@@ -176,13 +227,8 @@ const workloadOrder = (labels: string[]): string[] => {
 
 
 export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
-  const groups = new Map<string, { workload: string; series: string; values: number[] }>();
-  const add = (workload: string, series: string, v: number) => {
-    const k = `${workload}\0${series}`;
-    const g = groups.get(k) ?? { workload, series, values: [] };
-    g.values.push(v);
-    groups.set(k, g);
-  };
+  const points: Point[] = [];
+  const add = (workload: string, series: string, value: number) => points.push({ workload, series, value });
   for (const p of pager) {
     // pinned runs (bench pager --pin) are their own series: thread placement changes the cost
     const pin = p.pinCpu !== undefined ? ', pinned' : '';
@@ -190,31 +236,13 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
     add(workloadOf(p), `pager, ${storeLabel(p.store)}, ${p.policy ?? 'refault'}${priv}${pin}`, p.usPerTouch);
     if (typeof p.kernelSwapUsPerTouch === 'number') add(workloadOf(p), `kernel swap (zram)${pin}`, p.kernelSwapUsPerTouch);
   }
-  if (!groups.size) return null;
-  const order = workloadOrder([...groups.values()].map((g) => g.workload));
-  const rows: Json[] = [...groups.values()]
-    .sort((a, b) => (order.indexOf(a.workload) - order.indexOf(b.workload)) || a.series.localeCompare(b.series))
-    .map((g) => ({ workload: g.workload, series: g.series, usPerTouch: round(median(g.values), 2), runs: g.values.length }));
+  if (!points.length) return null;
+  const { rows, order } = seriesMedians(points, 'usPerTouch');
   return {
     file: 'touch-cost.svg',
     title: 'µs per page touch, pager against kernel swap, per workload',
     rows,
-    spec: {
-      $schema: SCHEMA,
-      ...FONT,
-      title: { text: 'Cost per page touch: pager vs kernel swap (bench pager)', subtitle: 'wall time / touches over the timed touches; median over runs; lower is better' },
-      width: 420,
-      height: 300,
-      data: { values: rows },
-      mark: 'bar',
-      encoding: {
-        x: { field: 'workload', type: 'nominal', sort: order, title: 'workload, working set / local', axis: { labelAngle: 0 } },
-        xOffset: { field: 'series', type: 'nominal' },
-        y: { field: 'usPerTouch', type: 'quantitative', title: 'µs per touch' },
-        color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', columns: 1, labelLimit: 400 } },
-        tooltip: [{ field: 'workload' }, { field: 'series' }, { field: 'usPerTouch' }, { field: 'runs' }],
-      },
-    } as Spec,
+    spec: workloadPanels(rows, order, 'usPerTouch', 'µs per touch', { text: 'Cost per page touch: pager vs kernel swap (bench pager)', subtitle: ['wall time / touches over the timed touches; median over runs; lower is better', 'one panel per workload, each with its own scale'] }),
   };
 }
 
@@ -226,13 +254,8 @@ export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
  * runs only: with a slow store the pager arms dirty pages, which changes its hit rate.
  */
 export function missRateChart(pager: PagerBenchResult[]): Chart | null {
-  const groups = new Map<string, { workload: string; series: string; values: number[] }>();
-  const add = (workload: string, series: string, v: number) => {
-    const k = `${workload}\0${series}`;
-    const g = groups.get(k) ?? { workload, series, values: [] };
-    g.values.push(v);
-    groups.set(k, g);
-  };
+  const points: Point[] = [];
+  const add = (workload: string, series: string, value: number) => points.push({ workload, series, value });
   for (const p of pager) {
     if (storeLabel(p.store) !== 'memory:' || typeof p.hitRate !== 'number') continue;
     const priv = p.memory === 'private' ? ', private memory' : '';
@@ -240,42 +263,13 @@ export function missRateChart(pager: PagerBenchResult[]): Chart | null {
     const k = p.kernelSwap;
     if (k && typeof k.hitRate === 'number') add(workloadOf(p), 'kernel swap (LRU, hardware accessed bits)', 100 * (1 - k.hitRate));
   }
-  if (!groups.size) return null;
-  const order = workloadOrder([...groups.values()].map((g) => g.workload));
-  const rows: Json[] = [...groups.values()]
-    .sort((a, b) => (order.indexOf(a.workload) - order.indexOf(b.workload)) || a.series.localeCompare(b.series))
-    .map((g) => ({ workload: g.workload, series: g.series, missPercent: round(median(g.values), 2), runs: g.values.length }));
+  if (!points.length) return null;
+  const { rows, order } = seriesMedians(points, 'missPercent');
   return {
     file: 'miss-rate.svg',
     title: 'Misses per touch, per replacement policy, against kernel swap',
     rows,
-    spec: {
-      $schema: SCHEMA,
-      ...FONT,
-      title: { text: 'Misses per page touch: replacement policies vs the kernel (bench pager)', subtitle: ['fetches (pager) or swap-ins (kernel) per timed touch, embedded store; median over runs; lower is better', 'one panel per workload, each with its own scale (the kernel misses every touch of a scan larger than its memory)'] },
-      data: { values: rows },
-      facet: { column: { field: 'workload', type: 'nominal', sort: order, title: 'workload, working set / local' } },
-      spec: {
-        width: 110,
-        height: 260,
-        encoding: {
-          x: { field: 'series', type: 'nominal', title: null, axis: null },
-          y: { field: 'missPercent', type: 'quantitative', title: 'misses (% of touches)' },
-        },
-        layer: [
-          {
-            mark: 'bar',
-            encoding: {
-              color: { field: 'series', type: 'nominal', title: null, legend: { orient: 'bottom', columns: 1, labelLimit: 400 } },
-              tooltip: [{ field: 'workload' }, { field: 'series' }, { field: 'missPercent' }, { field: 'runs' }],
-            },
-          },
-          // the value over each bar: a scan's small bars next to the kernel's 100% stay readable
-          { mark: { type: 'text', dy: -5, fontSize: 9, aria: false }, encoding: { text: { field: 'missPercent', type: 'quantitative' } } },
-        ],
-      },
-      resolve: { scale: { y: 'independent' } },
-    } as Spec,
+    spec: workloadPanels(rows, order, 'missPercent', 'misses (% of touches)', { text: 'Misses per page touch: replacement policies vs the kernel (bench pager)', subtitle: ['fetches (pager) or swap-ins (kernel) per timed touch, embedded store; median over runs; lower is better', 'one panel per workload, each with its own scale (the kernel misses every touch of a scan larger than its memory)'] }),
   };
 }
 
