@@ -1,7 +1,7 @@
 import { Observable } from 'rxjs';
 import { call } from '../client.ts';
 import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
-import { renderWatch, renderWatchLine } from '../render.ts';
+import { WatchView, renderWatchLine } from '../render.ts';
 import type { PublicStats, StatsSample } from '../../stats/stream.ts';
 import { formatSize, PAGE } from '../../size.ts';
 
@@ -15,8 +15,9 @@ Counters of an attached VM's pager.
             CPU the fault thread runs on, -1 when not on one), evictMode
             ("splice": the embedded store, dirty pages passed by a pipe;
             "write-protect"), ...
-  --watch   live view refreshed every second: rates per second, resident pages
-            against the cap, fault latency (with --json: one JSON sample per line)
+  --watch   live view refreshed every second: rates per second (with a sparkline
+            of the last minute), resident pages against the cap, fault latency
+            (with --json: one JSON sample per line)
 
 examples:
   elasticmem stats web1
@@ -56,9 +57,10 @@ const cmd: Command = {
         .then(() => sub.complete(), (e) => sub.error(e));
     });
     const tty = process.stdout.isTTY;
+    const view = new WatchView();
     await new Promise<void>((resolve, reject) => {
       samples.subscribe({
-        next: (s) => process.stdout.write(values.json ? JSON.stringify(s) + '\n' : tty ? renderWatch(s) : renderWatchLine(s)),
+        next: (s) => process.stdout.write(values.json ? JSON.stringify(s) + '\n' : tty ? view.render(s) : renderWatchLine(s)),
         complete: () => resolve(),
         error: (e) => reject(e),
       });
