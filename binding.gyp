@@ -15,6 +15,7 @@
         "native/pager_evict.cc",
         "native/pager_napi.cc",
         "native/peercred.cc",
+        "native/procfs.cc",
         "native/wake_signal.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

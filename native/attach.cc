@@ -22,6 +22,7 @@
 #include "error.h"
 #include "inject.h"
 #include "napi_util.h"
+#include "procfs.h"
 
 namespace em {
 
@@ -111,16 +112,10 @@ bool is_uffd(int fd) { return readlink_str("/proc/self/fd/" + std::to_string(fd)
 // The target's pid as the target sees it (last NSpid field): pidfd_open inside the
 // target must name itself in its own pid namespace.
 pid_t pid_in_own_namespace(pid_t pid) {
-  std::ifstream f("/proc/" + pid_str(pid) + "/status");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.compare(0, 6, "NSpid:") != 0) continue;
-    std::istringstream in(line.substr(6));
-    long v = 0, last = pid;
-    while (in >> v) last = v;
-    return static_cast<pid_t>(last);
-  }
-  return pid;
+  std::istringstream in(status_field(pid, "NSpid"));  // "" (no such line): pid as it is
+  long v = 0, last = pid;
+  while (in >> v) last = v;
+  return static_cast<pid_t>(last);
 }
 
 // The /dev/userfaultfd route for an unprivileged target: the permission check of

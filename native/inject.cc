@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "error.h"
+#include "procfs.h"
 
 #if !defined(__x86_64__)
 #error "elasticmem's syscall injection is written for x86-64"
@@ -48,56 +49,6 @@ constexpr long kERESTART_RESTARTBLOCK = 516;
 constexpr unsigned kPF_KTHREAD = 0x00200000;
 
 using Clock = std::chrono::steady_clock;
-
-std::string read_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return "";
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-// Field of /proc/PID/status ("TracerPid", "Tgid", "PPid", "NSpid"); "" if absent.
-std::string status_field(pid_t pid, const char* key) {
-  std::string s = read_file("/proc/" + std::to_string(pid) + "/status");
-  std::string k = std::string("\n") + key + ":";
-  size_t at = s.find(k);
-  if (at == std::string::npos) {
-    if (s.compare(0, k.size() - 1, k.c_str() + 1) != 0) return "";
-    at = 0;
-  } else {
-    at += 1;
-  }
-  size_t v = s.find(':', at) + 1;
-  size_t e = s.find('\n', v);
-  std::string val = s.substr(v, e == std::string::npos ? std::string::npos : e - v);
-  size_t b = val.find_first_not_of(" \t");
-  return b == std::string::npos ? "" : val.substr(b);
-}
-
-// State letter, flags and (if asked) parent of /proc/PID/task/TID/stat (comm may contain
-// spaces: parse after the last ')').
-bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags, long* parent = nullptr) {
-  std::string s = read_file("/proc/" + std::to_string(pid) + "/task/" + std::to_string(tid) + "/stat");
-  size_t rp = s.rfind(')');
-  if (rp == std::string::npos) return false;
-  std::istringstream in(s.substr(rp + 2));
-  std::string st;
-  long ppid, pgrp, session, tty, tpgid;
-  unsigned long fl = 0;
-  in >> st >> ppid >> pgrp >> session >> tty >> tpgid >> fl;
-  if (!in || st.empty()) return false;
-  *state = st[0];
-  *flags = fl;
-  if (parent) *parent = ppid;
-  return true;
-}
-
-std::string comm_of(pid_t pid) {
-  std::string c = read_file("/proc/" + std::to_string(pid) + "/comm");
-  while (!c.empty() && c.back() == '\n') c.pop_back();
-  return c;
-}
 
 [[noreturn]] void throw_gone(pid_t pid, const std::string& what) {
   throw Error("EM_NO_PROCESS", "process " + std::to_string(pid) + " does not exist (exited?) " + what, ESRCH);
@@ -332,17 +283,6 @@ class Tracer {
 };
 
 }  // namespace
-
-std::string stat_field(pid_t pid, pid_t tid, int field) {
-  std::string s = read_file("/proc/" + std::to_string(pid) + (tid ? "/task/" + std::to_string(tid) : "") + "/stat");
-  size_t rp = s.rfind(')');
-  if (field < 3 || rp == std::string::npos) return "";
-  std::istringstream in(s.substr(rp + 1));
-  std::string tok;
-  for (int f = 3; f <= field; f++)
-    if (!(in >> tok)) return "";
-  return tok;
-}
 
 std::string syscall_name(long nr) {
   switch (nr) {

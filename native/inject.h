@@ -92,9 +92,4 @@ void require_process(pid_t pid);
 // Name of a system call number, for messages ("userfaultfd", "ioctl", ...).
 std::string syscall_name(long nr);
 
-// Field `field` (1-based, as in proc(5); from 3 on) of /proc/PID/stat, or of
-// /proc/PID/task/TID/stat when tid != 0; "" when the task or the field is missing.
-// Counted after the last ')': the command name may hold spaces.
-std::string stat_field(pid_t pid, pid_t tid, int field);
-
 }  // namespace em

@@ -15,6 +15,7 @@
 #include "error.h"
 #include "inject.h"
 #include "pager_internal.h"
+#include "procfs.h"
 #include "uffd.h"
 #include "wake_signal.h"
 
