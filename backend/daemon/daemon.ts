@@ -20,7 +20,7 @@ import { StorePool } from './stores.ts';
 import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
-import { growVm, pageAddedRam, checkRamMappings, type GrowthHost } from './growth.ts';
+import { growVm, pageAddedRam, checkRamMappings, describeBlocks, type GrowthHost } from './growth.ts';
 import { MemoryRecords } from './memory-records.ts';
 import { memoryFromRecord, recordOf, type GuestMemory } from '../targets/ramblocks.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
@@ -220,7 +220,7 @@ export class Daemon {
       this.wire(session);
       this.saveState();
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
-        `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${memory.regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
+        `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${describeBlocks(memory.regions)}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
       // Taken over from the record: QEMU may have gained RAM while no daemon watched.
       if (left && session.memoryRecorded) pageAddedRam(this.growth, session, 'found after the take-over', 'the take-over');
       return { ...session.summary(), tookOver: left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };

@@ -12,6 +12,11 @@ import type { Session } from './session.ts';
 import { log } from './log.ts';
 import { unpagedLargeMappings } from './ram-watch.ts';
 
+/** RAM blocks for a log line: "name size kind, ...". */
+export function describeBlocks(regions: RegionSpec[]): string {
+  return regions.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ');
+}
+
 /** What growing a VM needs of the daemon. */
 export interface GrowthHost {
   /** Write the state file (it records each VM's guest RAM: a take-over checks caps against it). */
@@ -85,8 +90,7 @@ async function growByDimm(host: GrowthHost, s: Session, target: Target, bytes: n
   await target.addDimm(bytes, s.memory!.backing === 'anon' ? 'anon' : 'memfd');
   const fresh = await pageNewRam(host, s, target);
   if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');
-  const names = fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ');
-  log(s.name, 'grown', `DIMM added (${names}), under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+  log(s.name, 'grown', `DIMM added (${describeBlocks(fresh)}), under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
   return { name: s.name, device: fresh.map((r) => r.name).join(','), kind: 'dimm', requestedBytes: bytes, pluggedBytes: bytes, guestRamBytes: s.memory!.guestRamBytes, complete: true };
 }
 
@@ -154,7 +158,7 @@ export function pageAddedRam(host: GrowthHost, s: Session, source: string, after
     if (s.state !== 'attached' || !s.pager) return;
     try {
       const fresh = await pageNewRam(host, s, s.target as Target);
-      if (fresh.length) log(s.name, 'memory added', `${source}: ${fresh.map((r) => `${r.name} ${formatSize(r.length)} ${r.kind}`).join(', ')} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+      if (fresh.length) log(s.name, 'memory added', `${source}: ${describeBlocks(fresh)} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
     } catch (e) {
       log(s.name, 'error', `after ${after}: ${s.scrub((e as Error).message)}`);
     }
