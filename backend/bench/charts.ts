@@ -163,7 +163,7 @@ export function faultLatencyChart(all: PagerBenchResult[]): Chart | null {
   };
 }
 
-// ------------------------------------------------------------ per-touch cost (pager)
+// ------------------------------------- bars per workload (touch cost, miss rate)
 
 interface Point { workload: string; series: string; value: number }
 /** One row per workload and series: the median of its values as `field`, and how many runs; workloads in workloadOrder. */
@@ -225,6 +225,7 @@ const workloadOrder = (labels: string[]): string[] => {
   return [...new Set(labels)].sort((a, b) => rank(a) - rank(b) || a.localeCompare(b));
 };
 
+// ------------------------------------------------------------ per-touch cost (pager)
 
 export function touchCostChart(pager: PagerBenchResult[]): Chart | null {
   const points: Point[] = [];

@@ -18,7 +18,8 @@ const SPARK = '▁▂▃▄▅▆▇█';
  */
 export function sparkline(values: number[]): string {
   const max = Math.max(0, ...values);
-  return values.map((v) => (v <= 0 || max <= 0 ? ' ' : SPARK[Math.max(0, Math.min(SPARK.length - 1, Math.ceil((v / max) * SPARK.length) - 1))]!)).join('');
+  // (v > 0 implies max >= v: the index is 0 to length - 1)
+  return values.map((v) => (v <= 0 ? ' ' : SPARK[Math.min(SPARK.length, Math.ceil((v / max) * SPARK.length)) - 1]!)).join('');
 }
 
 /**
