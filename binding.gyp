@@ -7,6 +7,8 @@
         "native/error.cc",
         "native/napi_util.cc",
         "native/inject.cc",
+        "native/inject_code.cc",
+        "native/inject_threads.cc",
         "native/attach.cc",
         "native/memstore.cc",
         "native/uffd.cc",

@@ -1,7 +1,8 @@
-// ptrace syscall injection: see inject.h for the why. x86-64 only.
+// ptrace syscall injection: one session (RemoteTask) that seizes a thread, runs system
+// calls in it and puts it back. See inject.h for the why; the code the calls run on is
+// inject_code.cc, the choice of thread inject_threads.cc. x86-64 only.
 #include "inject.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sched.h>
 #include <signal.h>
@@ -27,6 +28,7 @@
 #include <vector>
 
 #include "error.h"
+#include "inject_internal.h"
 #include "procfs.h"
 
 #if !defined(__x86_64__)
@@ -39,6 +41,21 @@
 
 namespace em {
 
+namespace inject_detail {
+
+[[noreturn]] void throw_gone(pid_t pid, const std::string& what) {
+  throw Error("EM_NO_PROCESS", "process " + std::to_string(pid) + " does not exist (exited?) " + what, ESRCH);
+}
+
+[[noreturn]] void throw_ptrace(const std::string& msg, int err, const char* call) {
+  throw Error("EM_PTRACE", msg + ": " + call + " failed: " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
+              err, call);
+}
+
+}  // namespace inject_detail
+
+using namespace inject_detail;
+
 namespace {
 
 // Kernel-internal restart codes, visible in rax of a thread stopped inside a syscall.
@@ -49,15 +66,6 @@ constexpr long kERESTART_RESTARTBLOCK = 516;
 constexpr unsigned kPF_KTHREAD = 0x00200000;
 
 using Clock = std::chrono::steady_clock;
-
-[[noreturn]] void throw_gone(pid_t pid, const std::string& what) {
-  throw Error("EM_NO_PROCESS", "process " + std::to_string(pid) + " does not exist (exited?) " + what, ESRCH);
-}
-
-[[noreturn]] void throw_ptrace(const std::string& msg, int err, const char* call) {
-  throw Error("EM_PTRACE", msg + ": " + call + " failed: " + std::strerror(err) + " (errno " + std::to_string(err) + ")",
-              err, call);
-}
 
 std::string describe_status(int st) {
   if (WIFEXITED(st)) return "exited with status " + std::to_string(WEXITSTATUS(st));
@@ -98,25 +106,6 @@ bool wait_stop(pid_t pid, pid_t tid, int timeout_ms, int* status) {
   }
 }
 
-// One process, also across pid reuse (pid and start time): the key of what is cached
-// per process here.
-struct ProcessKey {
-  pid_t pid;
-  unsigned long long start_time;
-  bool operator<(const ProcessKey& o) const { return pid != o.pid ? pid < o.pid : start_time < o.start_time; }
-};
-// Record `value` for `key`, forgetting what an earlier process with the same pid left.
-template <typename V>
-void remember(std::map<ProcessKey, V>& cache, const ProcessKey& key, V value) {
-  for (auto it = cache.begin(); it != cache.end();)
-    it = (it->first.pid == key.pid && it->first.start_time != key.start_time) ? cache.erase(it) : std::next(it);
-  cache[key] = std::move(value);
-}
-// The address of a `syscall` instruction (0f 05) in an executable mapping of the
-// target: libc first, then the vdso, then anything executable. Cached per process
-// (a reused pid is rescanned) and re-checked each use.
-std::mutex g_gadget_mu;
-std::map<ProcessKey, uint64_t> g_gadgets;
 // The main thread's stack mapping ("[stack]") per process, as the last read of its maps
 // found it (RemoteTask::scratch). That mapping only grows down and is never unmapped, so
 // while a stopped thread's stack pointer lies in the recorded range, the scratch space
@@ -127,89 +116,6 @@ std::map<ProcessKey, std::pair<uint64_t, uint64_t>> g_stacks;
 
 unsigned long long start_time_of(pid_t pid) {
   return std::strtoull(stat_field(pid, 0, 22).c_str(), nullptr, 10);  // starttime
-}
-
-bool has_syscall_at(pid_t pid, uint64_t addr) {
-  unsigned char b[2] = {0, 0};
-  struct iovec l = {b, 2}, r = {reinterpret_cast<void*>(addr), 2};
-  if (process_vm_readv(pid, &l, 1, &r, 1, 0) == 2) return b[0] == 0x0f && b[1] == 0x05;
-  // process_vm_readv refuses mappings without read permission (execute-only text): use /proc/PID/mem.
-  int fd = open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  bool ok = pread(fd, b, 2, static_cast<off_t>(addr)) == 2 && b[0] == 0x0f && b[1] == 0x05;
-  close(fd);
-  return ok;
-}
-
-uint64_t scan_gadget(pid_t pid) {
-  std::string maps_path = "/proc/" + std::to_string(pid) + "/maps";
-  if (access(maps_path.c_str(), R_OK) != 0) {
-    int e = errno;
-    if (e == ENOENT || e == ESRCH) throw_gone(pid, "");
-    throw_ptrace("not permitted to read the memory map of process " + std::to_string(pid) + " (" + comm_of(pid) + ")", e,
-                 "open(/proc/PID/maps)");
-  }
-  std::ifstream maps(maps_path);
-  if (!maps) throw_gone(pid, "(cannot read its /proc/PID/maps)");
-  struct Exec {
-    uint64_t lo, hi;
-    int rank;
-  };
-  std::vector<Exec> ex;
-  std::string line;
-  while (std::getline(maps, line)) {
-    unsigned long lo, hi;
-    char perm[8] = {0};
-    if (sscanf(line.c_str(), "%lx-%lx %7s", &lo, &hi, perm) != 3 || perm[2] != 'x') continue;
-    int rank = line.find("libc") != std::string::npos ? 0 : line.find("[vdso]") != std::string::npos ? 1 : 2;
-    if (line.find("[vsyscall]") != std::string::npos) continue;  // emulated, not executable code
-    ex.push_back({lo, hi, rank});
-  }
-  int mem = open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDONLY | O_CLOEXEC);
-  if (mem < 0) {
-    if (errno == ENOENT || errno == ESRCH) throw_gone(pid, "(cannot open its /proc/PID/mem)");
-    throw_ptrace("reading the code of process " + std::to_string(pid), errno, "open");
-  }
-  // Prefer `syscall; ret` (0f 05 c3): should a single-step ever run one instruction
-  // past the syscall, that instruction only reads the stack.
-  std::vector<unsigned char> buf;
-  for (int with_ret = 1; with_ret >= 0; with_ret--) {
-    for (int rank = 0; rank < 3; rank++) {
-      for (const Exec& e : ex) {
-        if (e.rank != rank) continue;
-        for (uint64_t off = e.lo; off < e.hi;) {
-          size_t n = std::min<uint64_t>(e.hi - off, 1 << 20);
-          buf.resize(n);
-          ssize_t r = pread(mem, buf.data(), n, static_cast<off_t>(off));
-          if (r < 3) break;
-          for (ssize_t i = 0; i + 2 < r; i++)
-            if (buf[i] == 0x0f && buf[i + 1] == 0x05 && (!with_ret || buf[i + 2] == 0xc3)) {
-              close(mem);
-              return off + static_cast<uint64_t>(i);
-            }
-          off += static_cast<uint64_t>(r) - 2;  // keep two bytes of overlap across chunks
-        }
-      }
-    }
-  }
-  close(mem);
-  throw Error("EM_PTRACE",
-              "no `syscall` instruction found in any executable mapping of process " + std::to_string(pid) +
-                  " (statically linked without one?); cannot inject system calls",
-              ENOEXEC);
-}
-
-uint64_t find_gadget(pid_t pid, unsigned long long start_time) {
-  ProcessKey key{pid, start_time};
-  {
-    std::lock_guard<std::mutex> lk(g_gadget_mu);
-    auto it = g_gadgets.find(key);
-    if (it != g_gadgets.end() && has_syscall_at(pid, it->second)) return it->second;
-  }
-  uint64_t g = scan_gadget(pid);
-  std::lock_guard<std::mutex> lk(g_gadget_mu);
-  remember(g_gadgets, key, g);
-  return g;
 }
 
 // A private thread that issues every ptrace request of one RemoteTask (ptrace
@@ -283,7 +189,6 @@ class Tracer {
 };
 
 }  // namespace
-
 std::string syscall_name(long nr) {
   switch (nr) {
     case SYS_userfaultfd: return "userfaultfd";
@@ -354,139 +259,6 @@ class PidGate {
 };
 
 namespace {
-
-// ---- Crash-safe injection: the trampoline --------------------------------------
-//
-// A thread running an injected system call has foreign registers. If the monitor dies
-// meanwhile (SIGKILL, crash), the kernel detaches the thread as it is: it would
-// return from the call into whatever follows the `syscall` instruction with the
-// injected registers. So injected calls do not run on libc's `syscall; ret` but on a
-// trampoline of our own in the target:
-//
-//     syscall                      <- the injected call; rip points here
-//     <tail>                       reload every general-purpose register, rflags,
-//                                  rsp and rip from a save area and jump back
-//
-// Before pointing the thread at it, the monitor writes the registers the thread must
-// resume with (the same ones the normal restore would set, a blocked syscall already
-// rewound for restart) into a per-thread save slot, and passes the slot in rbx
-// (rbx survives the syscall). While the monitor lives, it stops the thread at the
-// syscall-exit stop (PTRACE_SYSCALL, never single-step: a dead tracer leaves TF and
-// the single-step trap armed, and the SIGTRAP would kill the target) and restores the
-// registers with ptrace as before: the tail never runs. If the monitor dies at any
-// point, the thread finishes the call by itself, runs the tail and resumes its own
-// context. The tail never touches memory the interrupted code may still use: it uses
-// 24 bytes of the thread's stack below the 128-byte red zone (dead memory by the ABI,
-// where a signal frame would land anyway) and only reads the slot, whose `armed` word
-// it clears as its last access. FS/GS bases and FPU/vector state are
-// never changed by an injection, so they need no restoring.
-//
-// Layout: one private anonymous mapping per target process, kept for the target's
-// lifetime and found again by a restarted monitor (code page r-x with a signature
-// header, then kTrampSlots slots of kSlotStride bytes, rw-). Created by the first
-// session in a process with one classic-gadget injection (an rwx mmap; the code page
-// is then sealed r-x through the trampoline): that mmap, a few microseconds once per
-// target, is the only injected call that is not crash-safe.
-//
-// Slot word 0: owner tid (u32, monitor's pid namespace) | armed (u32); word 1: a
-// sequence number (least recently armed slot is reclaimed if all are taken); then
-// rsp-136, rip, rflags, rax, rcx, rdx, rsi, rdi, rbp, r8..r15, rbx.
-constexpr size_t kTrampCodeLen = 4096;
-constexpr size_t kTrampSlots = 64;
-constexpr size_t kSlotStride = 256;
-constexpr size_t kTrampDataLen = kTrampSlots * kSlotStride;
-constexpr size_t kTailOffset = 64;  // the `syscall` instruction: after the header
-constexpr char kTrampMagic[24] = "elasticmem-inject v1";
-constexpr size_t kSlotRegsOff = 0x10;
-constexpr size_t kSlotBytes = 0xa0;
-
-// Assembled from (Intel syntax; slot in rbx, offsets as above):
-//   syscall; mov rsp,[rbx+0x10]; push [rbx+0x18]; push [rbx+0x98]; push [rbx+0x20];
-//   popfq; mov rax..r15,[rbx+0x28..0x90]; mov dword [rbx+4],0; pop rbx; ret 136
-// With rsp = original rsp - 136, the pushes put rip at rsp0-144, rbx at rsp0-152 and
-// rflags at rsp0-160 (below the red zone, where a signal frame could not reach them:
-// the kernel writes below rsp-128). popfq takes rflags; the slot is disarmed only
-// after its last read, so once `armed` is 0 nobody reads the slot again; `pop rbx`
-// and `ret 136` take rbx and rip from the stack and leave rsp = rsp0-144+8+136 = rsp0.
-const unsigned char kTail[] = {
-    0x0f, 0x05,                                // syscall
-    0x48, 0x8b, 0x63, 0x10,                    // mov rsp,[rbx+0x10]
-    0xff, 0x73, 0x18,                          // push qword [rbx+0x18]  (rip)
-    0xff, 0xb3, 0x98, 0x00, 0x00, 0x00,        // push qword [rbx+0x98]  (rbx)
-    0xff, 0x73, 0x20,                          // push qword [rbx+0x20]  (rflags)
-    0x9d,                                      // popfq
-    0x48, 0x8b, 0x43, 0x28,                    // mov rax,[rbx+0x28]
-    0x48, 0x8b, 0x4b, 0x30,                    // mov rcx,[rbx+0x30]
-    0x48, 0x8b, 0x53, 0x38,                    // mov rdx,[rbx+0x38]
-    0x48, 0x8b, 0x73, 0x40,                    // mov rsi,[rbx+0x40]
-    0x48, 0x8b, 0x7b, 0x48,                    // mov rdi,[rbx+0x48]
-    0x48, 0x8b, 0x6b, 0x50,                    // mov rbp,[rbx+0x50]
-    0x4c, 0x8b, 0x43, 0x58,                    // mov r8,[rbx+0x58]
-    0x4c, 0x8b, 0x4b, 0x60,                    // mov r9,[rbx+0x60]
-    0x4c, 0x8b, 0x53, 0x68,                    // mov r10,[rbx+0x68]
-    0x4c, 0x8b, 0x5b, 0x70,                    // mov r11,[rbx+0x70]
-    0x4c, 0x8b, 0x63, 0x78,                    // mov r12,[rbx+0x78]
-    0x4c, 0x8b, 0xab, 0x80, 0x00, 0x00, 0x00,  // mov r13,[rbx+0x80]
-    0x4c, 0x8b, 0xb3, 0x88, 0x00, 0x00, 0x00,  // mov r14,[rbx+0x88]
-    0x4c, 0x8b, 0xbb, 0x90, 0x00, 0x00, 0x00,  // mov r15,[rbx+0x90]
-    0xc7, 0x43, 0x04, 0x00, 0x00, 0x00, 0x00,  // mov dword [rbx+4],0   (disarm: last slot access)
-    0x5b,                                      // pop rbx
-    0xc2, 0x88, 0x00,                          // ret 136
-};
-
-// The code page as it must read in the target when mapped at `code`.
-std::vector<unsigned char> tramp_image(uint64_t code) {
-  std::vector<unsigned char> img(kTrampCodeLen, 0xcc);  // int3 everywhere else
-  std::memcpy(img.data(), kTrampMagic, sizeof kTrampMagic);
-  uint64_t hdr[3] = {code + kTrampCodeLen, kTrampSlots, kTailOffset};
-  std::memcpy(img.data() + sizeof kTrampMagic, hdr, sizeof hdr);
-  std::memcpy(img.data() + kTailOffset, kTail, sizeof kTail);
-  return img;
-}
-
-bool read_remote(pid_t pid, uint64_t addr, void* buf, size_t n) {
-  struct iovec l = {buf, n}, r = {reinterpret_cast<void*>(addr), n};
-  return process_vm_readv(pid, &l, 1, &r, 1, 0) == static_cast<ssize_t>(n);
-}
-
-bool write_remote(pid_t pid, uint64_t addr, const void* buf, size_t n) {
-  struct iovec l = {const_cast<void*>(buf), n}, r = {reinterpret_cast<void*>(addr), n};
-  return process_vm_writev(pid, &l, 1, &r, 1, 0) == static_cast<ssize_t>(n);
-}
-
-bool is_trampoline(pid_t pid, uint64_t code) {
-  std::vector<unsigned char> have(kTrampCodeLen);
-  unsigned char probe[16];
-  return read_remote(pid, code, have.data(), have.size()) && have == tramp_image(code) &&
-         read_remote(pid, code + kTrampCodeLen + kTrampDataLen - sizeof probe, probe, sizeof probe);
-}
-
-// A trampoline left in `pid` by an earlier session or an earlier monitor: an
-// anonymous r-x mapping holding our exact code page (checked page by page in case
-// the kernel merged it with a neighbour). 0 if none. *writable: still rwx (a monitor
-// died between creating and sealing it).
-uint64_t find_trampoline(pid_t pid, bool* writable) {
-  std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
-    unsigned long lo, hi, off, inode;
-    char perm[8] = {0}, dev[16] = {0};
-    int n = 0;
-    if (sscanf(line.c_str(), "%lx-%lx %7s %lx %15s %lu %n", &lo, &hi, perm, &off, dev, &inode, &n) < 6) continue;
-    if ((std::strcmp(perm, "r-xp") != 0 && std::strcmp(perm, "rwxp") != 0) || inode != 0 || line.find('/', static_cast<size_t>(n)) != std::string::npos ||
-        line.find('[', static_cast<size_t>(n)) != std::string::npos)
-      continue;
-    // Pages near either end: a merged neighbour sits on one side of it.
-    for (uint64_t p = lo; p < hi; p += kTrampCodeLen) {
-      if (p >= lo + 16 * kTrampCodeLen && p + 16 * (kTrampCodeLen + kTrampDataLen) < hi) continue;
-      if (is_trampoline(pid, p)) {
-        *writable = perm[1] == 'w';
-        return p;
-      }
-    }
-  }
-  return 0;
-}
 
 struct TrampEntry {
   uint64_t code = 0;
@@ -1102,87 +874,5 @@ void RemoteTask::read(uint64_t addr, void* buf, size_t n) {
 pid_t RemoteTask::tid() const { return impl_->tid; }
 pid_t RemoteTask::pid() const { return impl_->pid; }
 const struct user_regs_struct& RemoteTask::saved_regs() const { return impl_->saved; }
-
-// Threads of `pid` in the order to try borrowing them:
-//   0  the main thread, when it is not blocked in a fault and not our child's leader
-//   1  any other thread in ordinary sleep or running
-//   2  threads waiting in a userfaultfd fault taken in user mode (PTRACE_INTERRUPT
-//      takes them out of the wait; they fault again after detach)
-//   3  the rest: waiting in a uffd fault inside a system call (the wait only ends when
-//      the fault is served), uninterruptible sleep, stopped or traced
-// The libuv caveat: when the target is the monitor's own child, libuv's SIGCHLD
-// handler calls waitpid(child) and would swallow the main thread's ptrace stops.
-std::vector<pid_t> thread_candidates(pid_t pid) {
-  require_process(pid);
-  std::vector<pid_t> tids;
-  std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  if (DIR* d = opendir(dir.c_str())) {
-    while (struct dirent* e = readdir(d))
-      if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(std::atoi(e->d_name));
-    closedir(d);
-  }
-  if (tids.empty()) throw_gone(pid, "");
-  bool our_child = std::atoi(status_field(pid, "PPid").c_str()) == getpid();
-  auto rank = [&](pid_t tid) {
-    char state = 0;
-    unsigned long flags = 0;
-    if (!task_stat(pid, tid, &state, &flags)) return 4;
-    if (state == 'D' || state == 'Z' || state == 'X' || state == 't' || state == 'T') return 3;
-    std::string task = dir + "/" + std::to_string(tid);
-    if (read_file(task + "/wchan").find("userfault") != std::string::npos) {
-      // /proc/.../syscall: "-1 sp pc" when blocked outside a system call (user-mode fault).
-      std::string sc = read_file(task + "/syscall");
-      return sc.compare(0, 2, "-1") == 0 ? 2 : 3;
-    }
-    if (tid == pid) return our_child ? 3 : 0;
-    return 1;
-  };
-  std::vector<std::pair<int, pid_t>> ranked;
-  for (pid_t t : tids) ranked.push_back({rank(t) * 2 + (t == pid ? 0 : 1), t});
-  std::sort(ranked.begin(), ranked.end());
-  std::vector<pid_t> out;
-  for (const auto& r : ranked)
-    if (r.first < 8) out.push_back(r.second);
-  if (out.empty()) throw_gone(pid, "");
-  return out;
-}
-
-pid_t pick_thread(pid_t pid) { return thread_candidates(pid).front(); }
-
-std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
-  // Fast path, the common case: the main thread is fine; ranking every thread of a
-  // QEMU (dozens) reads three /proc files each.
-  require_process(pid);
-  std::string leader = "/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid);
-  char state = 0;
-  unsigned long flags = 0;
-  long parent = 0;
-  bool leader_ok = task_stat(pid, pid, &state, &flags, &parent) && (state == 'S' || state == 'R') &&
-                   read_file(leader + "/wchan").find("userfault") == std::string::npos && parent != getpid();
-  std::unique_ptr<Error> leader_error;  // why the main thread did not stop, if it was tried
-  if (leader_ok) {
-    try {
-      return std::make_unique<RemoteTask>(pid, timeout_ms);
-    } catch (const Error& e) {
-      if (e.err() != ETIMEDOUT) throw;
-      leader_error = std::make_unique<Error>(e);
-    }
-  }
-  std::vector<pid_t> cands = thread_candidates(pid);
-  if (leader_ok) cands.erase(std::remove(cands.begin(), cands.end(), pid), cands.end());
-  if (cands.empty()) {
-    if (leader_error) throw *leader_error;  // the only thread: its own reason says most
-    throw Error("EM_PTRACE", "no thread of process " + std::to_string(pid) + " could be stopped", ETIMEDOUT);
-  }
-  // A thread that does not stop costs timeout_ms: try a few, best first.
-  const size_t tries = std::min<size_t>(cands.size(), 3);
-  for (size_t i = 0;; i++) {
-    try {
-      return std::make_unique<RemoteTask>(cands[i], timeout_ms);
-    } catch (const Error& e) {
-      if (e.err() != ETIMEDOUT || i + 1 >= tries) throw;
-    }
-  }
-}
 
 }  // namespace em

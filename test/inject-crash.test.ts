@@ -1,9 +1,9 @@
 /**
  * Invariant 4 at the level of one injected system call: a monitor killed with SIGKILL
  * at any point of a syscall injection leaves the borrowed thread resuming exactly
- * where it was (native/inject.cc, "Crash-safe injection: the trampoline").
+ * where it was (native/inject_internal.h, "Crash-safe injection: the trampoline").
  *
- * The monitor here is test/fixtures/inject-check.cc (native/inject.cc without N-API)
+ * The monitor here is test/fixtures/inject-check.cc (native/inject*.cc without N-API)
  * in its own process, so it can be killed: by the test at random moments, or by
  * itself at a named point of an injection (ELASTICMEM_TEST_INJECT_CRASH_AT, a
  * test-only switch of inject.cc). The target is test/fixtures/target.c (its churn
@@ -84,7 +84,7 @@ interface Trampoline {
   sealed: boolean;
 }
 
-/** Trampolines in `pid` (anonymous r-x mappings starting with inject.cc's signature), read through /proc/PID/mem. */
+/** Trampolines in `pid` (anonymous r-x mappings starting with inject_code.cc's signature), read through /proc/PID/mem. */
 function trampolines(pid: number): Trampoline[] {
   const out: Trampoline[] = [];
   const fd = fs.openSync(`/proc/${pid}/mem`, 'r');
