@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { bootDomain } from './helpers/libvirt.ts';
 import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
-import { mainThreadWaitsOnUffd } from './helpers/proc.ts';
+import { mainThreadWaitsOnUffd, childrenMatching, stillAlive } from './helpers/proc.ts';
 import { sleep } from './helpers/servers.ts';
 import type { ConsoleReader } from './helpers/guest.ts';
 
@@ -42,8 +42,13 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.is(a.code, 0, a.stderr);
   await con.waitForPasses(con.passes.length + 2, 120_000);
 
-  // 1. kill -9 in the middle of a pass: the guest stalls on its faults.
+  // 1. kill -9 in the middle of a pass: the guest stalls on its faults. The daemon's
+  // `virsh event` watchers die with it (a device-added watcher would otherwise live on
+  // until the next DIMM is added anywhere, one more after every daemon crash).
+  const watchers = childrenMatching(d1.proc.pid!, ['virsh', 'event', '--loop']);
+  t.is(watchers.length, 2, 'the daemon watches lifecycle and device-added events');
   await d1.kill9();
+  t.deepEqual(await stillAlive(watchers, 5000), [], 'no virsh event watcher outlives the killed daemon');
   t.true(holdsUffd(dom.pid), 'QEMU kept its userfaultfd');
   await sleep(1500);
   const stalled = con.passes.length;

@@ -14,6 +14,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import fs from 'node:fs';
 import { LIBVIRT_URI } from '../targets/virsh.ts';
 
 /** event: the lifecycle event (Stopped, ...) or the added device's alias; detail: the reason, if any. */
@@ -22,6 +23,18 @@ export interface LifecycleEvent { domain: string; event: string; detail: string;
 export type EventType = 'lifecycle' | 'device-added';
 
 export const eventArgs = (type: EventType) => ['-c', LIBVIRT_URI, 'event', '--loop', '--event', type];
+
+/**
+ * virsh started through util-linux's `setpriv --pdeathsig KILL` (which then execs it):
+ * the kernel kills it when the daemon dies, however it dies. A daemon killed with
+ * SIGKILL cannot stop its watchers, and a watcher that no event comes to (device-added
+ * is rare) would otherwise live on, one more after every crash. Without setpriv, virsh
+ * is started directly (the orphan then ends at its next event: writing to the closed
+ * pipe kills it).
+ */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => fs.existsSync(p));
+export const watcherCommand = (type: EventType): [string, string[]] =>
+  SETPRIV ? [SETPRIV, ['--pdeathsig', 'KILL', '--', 'virsh', ...eventArgs(type)]] : ['virsh', eventArgs(type)];
 
 export class LibvirtEvents extends EventEmitter {
   /** Emits `type` with a LifecycleEvent per event, 'warning' when virsh keeps failing. */
@@ -40,7 +53,8 @@ export class LibvirtEvents extends EventEmitter {
 
   start(): void {
     if (this.stopped || this.child) return;
-    const child = spawn('virsh', eventArgs(this.type), { stdio: ['ignore', 'pipe', 'pipe'] });
+    const [cmd, args] = watcherCommand(this.type);
+    const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     const lineRe = new RegExp(`event '${this.type}' for domain '(.+)': (\\S+) ?(.*)$`);
     this.child = child;
     this.exited = new Promise((resolve) => child.once('close', () => resolve()));
