@@ -1,5 +1,6 @@
 /** Facts about a process from /proc, for tests. */
 import fs from 'node:fs';
+import { cmdlineOf } from '../../backend/targets/proc.ts';
 
 /**
  * True once the process's main thread sleeps in a userfaultfd fault (within `timeoutMs`):
@@ -13,21 +14,25 @@ export async function mainThreadWaitsOnUffd(pid: number, timeoutMs = 10_000): Pr
   return false;
 }
 
+/** The fields of /proc/PID/stat after "(comm)" (state first; comm may hold spaces), or null once it is gone. */
+function statFields(pid: number): string[] | null {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  } catch {
+    return null;
+  }
+}
+
 /** Children of `pid` whose command line contains every one of `words` (their pids). */
 export function childrenMatching(pid: number, words: string[]): number[] {
   const out: number[] = [];
   for (const e of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(e)) continue;
-    try {
-      // stat: "pid (comm) state ppid ...", comm may hold spaces: parse after the last ')'
-      const stat = fs.readFileSync(`/proc/${e}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid !== pid) continue;
-      const cmd = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
-      if (words.every((w) => cmd.includes(w))) out.push(Number(e));
-    } catch {
-      // gone meanwhile
-    }
+    const fields = statFields(Number(e));
+    if (!fields || Number(fields[1]) !== pid) continue;  // gone meanwhile, or another parent's
+    const cmd = cmdlineOf(Number(e));
+    if (words.every((w) => cmd.includes(w))) out.push(Number(e));
   }
   return out;
 }
@@ -35,12 +40,8 @@ export function childrenMatching(pid: number, words: string[]): number[] {
 /** The pids of `pids` still alive (not even a zombie) after up to `timeoutMs`. */
 export async function stillAlive(pids: number[], timeoutMs: number): Promise<number[]> {
   const alive = () => pids.filter((p) => {
-    try {
-      const stat = fs.readFileSync(`/proc/${p}/stat`, 'utf8');
-      return stat.slice(stat.lastIndexOf(')') + 2)[0] !== 'Z';
-    } catch {
-      return false;
-    }
+    const fields = statFields(p);
+    return fields !== null && fields[0] !== 'Z';
   });
   for (const end = Date.now() + timeoutMs; Date.now() < end && alive().length; await new Promise((r) => setTimeout(r, 50)));
   return alive();
