@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bootDomain, ensureLibvirtd, fillTemplate, setVirtioMemRequested, virsh } from './helpers/libvirt.ts';
+import { shareKvmWithKvmGroup } from '../backend/vm/libvirt.ts';
 import { bootQemu, qmpCommand } from './helpers/qemu.ts';
 import { ConsoleReader, guestCmdline, workloadPage, type WorkloadPass } from './helpers/guest.ts';
 
@@ -207,4 +208,40 @@ test.serial('bad boot options are refused with the reason, before any domain is 
   await t.throwsAsync(bootQemu(t, { memMiB: 256, maxMemMiB: 256, workload: w }), { message: /qemu-cmdline\.sh refused the options: .*--maxmem \(256\) must exceed --mem \(256\)/ });
   const after = (await virsh(['list', '--all', '--name'])).split('\n').filter((n) => n.startsWith(`emtest-${process.pid}-`));
   t.deepEqual(after, before);
+});
+
+test.serial('libvirt keeps its QEMU capabilities between calls: no re-probe before every define (/dev/kvm as udev would set it)', async (t) => {
+  // A /dev/kvm its QEMU user cannot open made libvirt re-probe QEMU at every lookup
+  // (seconds idle, over a minute under load). ensureLibvirtd (test.before) fixes that.
+  const dir = '/var/cache/libvirt/qemu/capabilities';
+  const stamps = () => fs.readdirSync(dir).map((f) => `${f} ${fs.statSync(path.join(dir, f)).mtimeMs}`).sort();
+  await virsh(['domcapabilities', '--virttype', 'qemu']);
+  const first = stamps();
+  t.true(first.length > 0, 'libvirt caches its probe');
+  const started = Date.now();
+  await virsh(['domcapabilities', '--virttype', 'qemu']);
+  t.deepEqual(stamps(), first, 'the second lookup re-probed QEMU (its cache file was rewritten)');
+  t.log(`second lookup ${Date.now() - started} ms`);
+  if (fs.existsSync('/dev/kvm')) {
+    const st = fs.statSync('/dev/kvm');
+    t.is(st.mode & 0o060, 0o060, 'group kvm may open /dev/kvm');
+  }
+});
+
+test.serial('shareKvmWithKvmGroup: root:kvm 0660 on a device node left root-only, idempotent, nothing without one', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emkvm-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const dev = path.join(dir, 'kvm'); // (a regular file stands in for the device node: same owner and mode bits)
+  fs.writeFileSync(dev, '');
+  fs.chmodSync(dev, 0o600);
+  const kvmGid = Number(fs.readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith('kvm:'))!.split(':')[2]);
+  shareKvmWithKvmGroup(dev);
+  let st = fs.statSync(dev);
+  t.is(st.gid, kvmGid);
+  t.is(st.mode & 0o777, 0o660);
+  const ctime = st.ctimeMs;
+  shareKvmWithKvmGroup(dev);
+  st = fs.statSync(dev);
+  t.is(st.ctimeMs, ctime, 'already right: left alone');
+  t.notThrows(() => shareKvmWithKvmGroup(path.join(dir, 'absent')));
 });

@@ -68,6 +68,31 @@ function startDaemons(script: string): Promise<void> {
   });
 }
 
+/**
+ * Gives /dev/kvm the owner and mode Debian's udev rules give it (root:kvm, 0660), where
+ * no udev runs to do it (our hosts: no systemd). A /dev/kvm that exists but that
+ * libvirt's QEMU user (group kvm) cannot open makes libvirt 9 throw its QEMU
+ * capabilities away at every lookup ("KVM was enabled when probing, but it is not
+ * available now": its probe opens /dev/kvm as root, its validity check as that user),
+ * so every define and start re-probes QEMU first: seconds when idle, over a minute
+ * while guests run (a test's `virsh define` timed out on it). Without /dev/kvm, or
+ * without a kvm group, nothing is done; the guests run under TCG either way.
+ */
+export function shareKvmWithKvmGroup(dev = '/dev/kvm'): void {
+  let st: fs.Stats;
+  try {
+    st = fs.statSync(dev);
+  } catch {
+    return;
+  }
+  const line = fs.readFileSync('/etc/group', 'utf8').split('\n').find((l) => l.startsWith('kvm:'));
+  if (!line) return;
+  const gid = Number(line.split(':')[2]);
+  if (st.gid === gid && (st.mode & 0o060) === 0o060) return;
+  fs.chownSync(dev, st.uid, gid);
+  fs.chmodSync(dev, (st.mode & 0o7777) | 0o060);
+}
+
 let ensured: Promise<void> | null = null;
 
 /**
@@ -77,6 +102,7 @@ let ensured: Promise<void> | null = null;
 export function ensureLibvirtd(): Promise<void> {
   ensured ??= (async () => {
     if (process.getuid?.() !== 0) throw new Error('booting the guest under libvirt needs root (qemu:///system)');
+    shareKvmWithKvmGroup();
     if (!(await libvirtReady())) {
       // pgrep -x: exact process names, so nothing else matches.
       const script = 'pgrep -x virtlogd >/dev/null || virtlogd -d; pgrep -x libvirtd >/dev/null || libvirtd -d';
