@@ -1,7 +1,19 @@
 #!/usr/bin/env node
 // The `elasticmem` command. Registers tsx so the TypeScript sources run directly
 // (no compile step), then hands over to the CLI dispatcher.
-import { register } from 'tsx/esm/api';
+let register;
+try {
+  ({ register } = await import('tsx/esm/api'));
+} catch (e) {
+  // A clone on which the set-up has not run yet: say so instead of a module-resolution trace.
+  if (e?.code !== 'ERR_MODULE_NOT_FOUND') throw e;
+  const repo = new URL('..', import.meta.url).pathname.replace(/\/$/, '');
+  process.stderr.write(
+    `elasticmem: its Node.js dependencies are not installed (${e.message.split('\n')[0]})\n` +
+      `  run the set-up first: cd ${repo} && npm run setup\n`,
+  );
+  process.exit(2);
+}
 
 register();
 const { main } = await import('../backend/cli/main.ts');

@@ -7,6 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
 import { runCli } from './helpers/daemon.ts';
 
 const COMMANDS = ['daemon', 'attach', 'resize', 'grow', 'detach', 'list', 'stats', 'bench', 'demo'];
@@ -85,6 +86,25 @@ test('without a daemon, commands say how to start one', async (t) => {
   t.is(r.code, 1);
   t.regex(r.stderr, /no elasticmem daemon at .*none\.sock; start one with: elasticmem daemon --socket/);
   t.regex(r.stderr, /\[DAEMON_NOT_RUNNING\]/);
+});
+
+test('a clone without its Node.js dependencies says to run the set-up (no module-resolution trace)', async (t) => {
+  // The real bin/elasticmem.js in a copy of the repository's layout with no node_modules.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emcli-bare-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.mkdirSync(path.join(dir, 'bin'));
+  const bin = path.join(dir, 'bin', 'elasticmem.js');
+  fs.copyFileSync(new URL('../bin/elasticmem.js', import.meta.url), bin);
+  const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
+    const child = spawn(process.execPath, [bin, 'list'], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+  t.is(r.code, 2);
+  t.regex(r.stderr, /^elasticmem: its Node\.js dependencies are not installed \(Cannot find package 'tsx'/);
+  t.true(r.stderr.includes(`run the set-up first: cd ${dir} && npm run setup`), r.stderr);
+  t.notRegex(r.stderr, /ERR_MODULE_NOT_FOUND|at packageResolve/);
 });
 
 test('bench dispatches to its sub-benchmarks and names a missing one', async (t) => {
