@@ -8,7 +8,14 @@
 // spent away before it was needed again. A page's mean refault distance (its last 3
 // refaults, kept in PageMeta::pad while it is remote) estimates how often it is used;
 // victims are the pages with the lowest estimate. A resident page cannot confirm its
-// estimate, so it ages: one octave every 2 caps' worth of evictions. Both make one
+// estimate, so it ages. How fast, and whether a single quick refault outweighs the
+// mean, depends on whether the hot set holds still or moves: per window of cap/16
+// evictions, a refault far sooner than its page's mean (1/8 of it) is a surprise, and
+// more than 20% surprises mean the hot set moves. While it holds still, means are plain
+// averages and age one octave every 8 caps' worth of evictions (single distances are
+// noisy: ~6% fewer fetches on zipf than the moving constants); while it moves, a sooner
+// refault replaces the mean and pages age an octave a cap (new hot pages count as hot
+// at once, old ones leave). Both make one
 // priority, the aging clock at insertion plus 127 - lg (lg: log2 of the mean distance in
 // 1/8 octaves relative to the cap), and pages wait in a ring of FIFO lists, one per
 // priority: insert, remove and pick are O(1). Sequential runs of pages that are not hot
@@ -30,8 +37,19 @@ namespace em {
 // The policy's constants. The pager uses these defaults; the simulator varies them
 // (rr/key=value) to explore.
 struct PolicyTuning {
-  uint32_t age_div = 4;          // aging: one ring slot per cap/age_div evictions
-  bool sooner_replaces = true;   // a refault sooner than the mean replaces the mean at once
+  // Two sets of estimator constants, chosen per window of evictions (see adapt): while
+  // the hot set holds still, estimates should average out the noise of single refault
+  // distances (exponentially spread under a fixed popularity) and age slowly; while it
+  // moves, a page that turns hot must count as hot at its first quick refault and the
+  // old hot pages must age out fast.
+  uint32_t age_div = 8;                // moving: one ring slot per cap/age_div evictions
+  bool sooner_replaces = true;         // moving: a refault sooner than the mean replaces the mean at once
+  uint32_t still_age_div = 1;          // still: aging
+  bool still_sooner_replaces = false;  // still: a sooner refault is averaged in like any other
+  bool adapt = true;                   // false: the moving constants all the time
+  uint32_t window_div = 16;            // a window is cap/window_div evictions
+  uint32_t surprise_div = 8;           // a refault is a surprise when its distance * surprise_div < the page's mean
+  uint32_t moving_permille = 200;      // the hot set moves when surprises exceed this share of a window's refaults
   uint32_t scan_mode = 2;        // sequential runs: 0 not special, 1 front of the lowest slot,
                                  // 2 pending run, then the scan list (evicted first, MRU first)
   uint32_t scan_lg = 76;         // runs: only pages whose mean refault distance >= cap / sqrt(2)
@@ -69,7 +87,8 @@ class ReplacementPolicy {
       return;
     }
     bool refault = m.prev != kNil;  // prev: the eviction clock when it left
-    if (refault) note_reference(m, clock - m.prev, true, cap);
+    bool follows = last_insert_ != kNil && idx == last_insert_ + 1;  // the page before it came in last
+    if (refault) note_reference(m, clock - m.prev, true, cap, follows);
     else if (hot) note_reference(m, 0, false, cap);
     // A page that comes back right after its predecessor (a sequential run, mostly
     // prefetched) and is not hot is used once. A loop larger than the cap is best served
@@ -77,7 +96,7 @@ class ReplacementPolicy {
     // go on the scan list, evicted before the ring and most recently used first; the run
     // being read waits on the pending list (at most two prefetch runs, evicted last), as
     // its pages are about to be used.
-    bool run = tune_.scan_mode && refault && last_insert_ != kNil && idx == last_insert_ + 1 && lg(m) >= tune_.scan_lg;
+    bool run = tune_.scan_mode && refault && follows && lg(m) >= tune_.scan_lg;
     last_insert_ = idx;
     if (tune_.scan_mode != 2) {
       ring_link(idx, run);
@@ -168,10 +187,28 @@ class ReplacementPolicy {
     }
     // aging: the clock new priorities start from moves one slot per cap/age_div evictions
     ring_tick_ += (uint32_t)(out.size() - picked);
-    for (uint32_t step = std::max<uint32_t>(cap / tune_.age_div, 1); ring_tick_ >= step; ring_tick_ -= step) ring_now_++;
+    for (uint32_t step = std::max<uint32_t>(cap / age_div(), 1); ring_tick_ >= step; ring_tick_ -= step) ring_now_++;
+    if (tune_.adapt) {
+      win_evictions_ += (uint32_t)(out.size() - picked);
+      if (win_evictions_ >= std::max<uint32_t>(cap / tune_.window_div, 1)) {
+        moving_ = win_refaults_ && win_surprises_ * 1000 > (uint64_t)tune_.moving_permille * win_refaults_;
+        windows_++;
+        moving_windows_ += moving_;
+        win_evictions_ = win_refaults_ = win_surprises_ = 0;
+      }
+    }
   }
 
+  // Windows of evictions so far, and those in which the hot set was found moving.
+  uint64_t windows() const { return windows_; }
+  uint64_t moving_windows() const { return moving_windows_; }
+
  private:
+  bool still() const { return tune_.adapt && !moving_; }
+  uint32_t age_div() const { return still() ? tune_.still_age_div : tune_.age_div; }
+  // (a refault in sequence with the page before replaces the mean even while the hot set
+  // holds still: a loop that fits in the cap must not look like a use-once scan for long)
+  bool sooner_replaces(bool follows) const { return still() && !follows ? tune_.still_sooner_replaces : tune_.sooner_replaces; }
   static uint32_t count(const PageMeta& m) { return (m.pad >> kSlotBits) & kCountMax; }
   // a page that never refaulted is the coldest there is
   static uint32_t lg(const PageMeta& m) { return count(m) ? (uint32_t)(m.pad >> (kSlotBits + kCountBits)) : kLgMax; }
@@ -180,13 +217,17 @@ class ReplacementPolicy {
   // use seen while it was resident (a write-protect trap, an abandoned eviction), counted
   // as a refault after cap/32 evictions. A refault sooner than the page's mean replaces
   // the mean at once, so a page that turns hot is treated as hot at its first quick refault.
-  void note_reference(PageMeta& m, uint32_t distance, bool timed, uint32_t cap) {
+  void note_reference(PageMeta& m, uint32_t distance, bool timed, uint32_t cap, bool follows = false) {
     cap = std::max<uint32_t>(cap, 1);
     const double unit = std::ldexp((double)cap, -kLgScale);
     uint32_t k = count(m);
     double mean = k ? unit * std::exp2(lg(m) / kLgPerOctave) : 0;
     double d = std::max<double>(timed ? distance : cap / tune_.untimed_div, 1);
-    double sum = (tune_.sooner_replaces && k && d < mean ? d : mean) * k + d;
+    if (timed && k) {  // (the evidence adapt weighs)
+      win_refaults_++;
+      if (d * tune_.surprise_div < mean) win_surprises_++;
+    }
+    double sum = (sooner_replaces(follows) && k && d < mean ? d : mean) * k + d;
     k++;
     if (k > kCountMax) {
       sum = sum * kCountMax / k;
@@ -234,6 +275,11 @@ class ReplacementPolicy {
   uint32_t ring_tick_ = 0;       // evictions towards the next ring_now_ step
   uint64_t ring_pages_ = 0;      // pages in the ring
   uint32_t last_insert_ = kNil;  // previous page inserted (sequential runs)
+  // adapt: this window's evictions, timed refaults and surprises among them; whether
+  // the last window found the hot set moving
+  uint32_t win_evictions_ = 0, win_refaults_ = 0, win_surprises_ = 0;
+  bool moving_ = false;
+  uint64_t windows_ = 0, moving_windows_ = 0;
 };
 
 }  // namespace em

@@ -51,6 +51,23 @@ test('zipf: the refault-rate policy beats FIFO by 2 points of hit rate and match
   t.true(r.rr!.evictions < 0.85 * r.fifo!.evictions, `evictions rr ${r.rr!.evictions} vs fifo ${r.fifo!.evictions}`);
 });
 
+test('zipf: the estimator adapts to whether the hot set holds still or moves, and does about as well as the better fixed set of constants in each case', (t) => {
+  // rr adapts per window of evictions; moving = its moving constants all the time, still
+  // = its still ones all the time (by the surprise test never passing).
+  const policies = 'rr,rr/adapt=0,rr/moving=1000';
+  const fixed = simulate(['--workload', 'zipf', '--policy', policies]);
+  const moved = simulate(['--workload', 'zipf', '--shift', '100000', '--policy', policies]);
+  t.log(JSON.stringify({ fixed, moved }));
+  const [rr, moving, still] = ['rr', 'rr/adapt=0', 'rr/moving=1000'];
+  // A fixed popularity: averaged, slowly aging estimates keep ~5% of the fetches away.
+  t.true(fixed[rr]!.fetches < 0.97 * fixed[moving]!.fetches, `fixed: rr ${fixed[rr]!.fetches} vs moving ${fixed[moving]!.fetches} fetches`);
+  t.true(fixed[rr]!.hitRate > fixed[still]!.hitRate - 0.002, `fixed: rr ${fixed[rr]!.hitRate} vs still ${fixed[still]!.hitRate}`);
+  // A hot set that moves every 100k touches: the still constants lose 1.5 points; rr takes
+  // a window to notice each move (0.3 points).
+  t.true(moved[rr]!.hitRate > moved[still]!.hitRate + 0.008, `moving: rr ${moved[rr]!.hitRate} vs still ${moved[still]!.hitRate}`);
+  t.true(moved[rr]!.hitRate > moved[moving]!.hitRate - 0.005, `moving: rr ${moved[rr]!.hitRate} vs moving ${moved[moving]!.hitRate}`);
+});
+
 test('seq: a loop larger than the cap keeps what it found resident (fewer evictions than FIFO)', (t) => {
   const r = simulate(['--workload', 'seq', '--policy', 'fifo,rr']);
   t.log(JSON.stringify(r));

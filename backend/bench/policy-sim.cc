@@ -45,7 +45,8 @@
 //
 // Measured (32768 pages, cap 16384, seed 42, window 700), zipf hit rate: fifo 0.878,
 // slru 0.889, lru 0.901, gd 0.898 (best variant), bayes without aging 0.908, aged
-// (tau 4 caps) 0.908, rr 0.902; scan:4096:7:32 0.914 (200k async write-protect
+// (tau 4 caps) 0.908, rr 0.908 (0.902 before it adapted its constants to a still or
+// moving hot set: rr/adapt=0/age=4); scan:4096:7:32 0.914 (200k async write-protect
 // faults); static optimum 0.931.
 //
 // Build and run:
@@ -525,8 +526,16 @@ static std::unique_ptr<Policy> make_policy(const std::string& name) {
     return std::make_unique<ScanLfu>(k, d, i0);
   }
   // rr[/key=value...]: the pager's policy with its constants (PolicyTuning) changed, keys
-  //   age=4       aging: one ring slot per cap/age evictions (8 slots = one octave)
-  //   opt=1       a refault sooner than the page's mean replaces the mean (0: plain mean)
+  //   age=8       aging while the hot set moves: one ring slot per cap/age evictions
+  //               (8 slots = one octave)
+  //   opt=1       while it moves, a refault sooner than the page's mean replaces the mean
+  //               (0: plain mean)
+  //   sage=1      aging while it holds still
+  //   sopt=0      the same as opt while it holds still
+  //   adapt=1     0: the moving constants (age, opt) all the time
+  //   win=16      windows of cap/win evictions decide between the two
+  //   sdiv=8      a refault is a surprise when its distance * sdiv < the page's mean
+  //   moving=200  the hot set moves when a window's surprises exceed moving/1000 of its refaults
   //   scan=2      sequential runs: 0 none, 1 pushed at the front of the lowest slot, 2 the
   //               pager's: a pending run, then a scan list evicted first, MRU first
   //   scanlg=76   runs of pages with lg >= this (mean refault distance >= cap/sqrt(2)) only
@@ -543,7 +552,7 @@ static std::unique_ptr<Policy> make_policy(const std::string& name) {
       size_t eq = kv.find('=');
       std::string k = kv.substr(0, eq);
       uint32_t v = eq == std::string::npos ? 0 : (uint32_t)atoi(kv.c_str() + eq + 1);
-      if ((k == "age" || k == "untimed" || k == "armed") && v == 0) { fprintf(stderr, "rr option %s must be at least 1\n", k.c_str()); exit(2); }
+      if ((k == "age" || k == "sage" || k == "win" || k == "sdiv" || k == "untimed" || k == "armed") && v == 0) { fprintf(stderr, "rr option %s must be at least 1\n", k.c_str()); exit(2); }
       if (k == "age") t.age_div = v;
       else if (k == "opt") t.sooner_replaces = v != 0;
       else if (k == "scan") t.scan_mode = v;
@@ -551,6 +560,12 @@ static std::unique_ptr<Policy> make_policy(const std::string& name) {
       else if (k == "untimed") t.untimed_div = v;
       else if (k == "armed") t.armed_div = v;
       else if (k == "pending") t.pending_runs = v;
+      else if (k == "sage") t.still_age_div = v;
+      else if (k == "sopt") t.still_sooner_replaces = v != 0;
+      else if (k == "adapt") t.adapt = v != 0;
+      else if (k == "win") t.window_div = v;
+      else if (k == "sdiv") t.surprise_div = v;
+      else if (k == "moving") t.moving_permille = v;
       else { fprintf(stderr, "unknown rr option %s\n", k.c_str()); exit(2); }
     }
     return std::make_unique<PagerPolicy>(false, t);
@@ -611,6 +626,8 @@ int main(int argc, char** argv) {
            wl.c_str(), name.c_str(), 1.0 - (double)sim.st.fetches / (double)touches, (unsigned long long)sim.st.fetches,
            (unsigned long long)sim.st.prefetched, (unsigned long long)sim.st.evictions, (unsigned long long)sim.st.wp,
            (unsigned long long)sim.st.aborts, (unsigned long long)sim.st.capwaits);
+    if (auto* pp = dynamic_cast<PagerPolicy*>(pol.get()); pp && pp->p && pp->tune.adapt && !pp->fifo)
+      printf("       %-16s windows %llu  moving %llu\n", name.c_str(), (unsigned long long)pp->p->windows(), (unsigned long long)pp->p->moving_windows());
     if (!sim.miss_by_page.empty()) {  // fetches by popularity rank, in rank bands
       printf("       misses by rank:");
       for (uint64_t lo = 0, hi = 1024; lo < pages; lo = hi, hi *= 2) {
