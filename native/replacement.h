@@ -191,7 +191,7 @@ class ReplacementPolicy {
     if (tune_.adapt) {
       win_evictions_ += (uint32_t)(out.size() - picked);
       if (win_evictions_ >= std::max<uint32_t>(cap / tune_.window_div, 1)) {
-        moving_ = win_refaults_ && win_surprises_ * 1000 > (uint64_t)tune_.moving_permille * win_refaults_;
+        moving_ = win_refaults_ && (uint64_t)win_surprises_ * 1000 > (uint64_t)tune_.moving_permille * win_refaults_;
         windows_++;
         moving_windows_ += moving_;
         win_evictions_ = win_refaults_ = win_surprises_ = 0;
@@ -215,8 +215,9 @@ class ReplacementPolicy {
 
   // One more use of page m: a refault `distance` evictions after it left (timed), or a
   // use seen while it was resident (a write-protect trap, an abandoned eviction), counted
-  // as a refault after cap/32 evictions. A refault sooner than the page's mean replaces
-  // the mean at once, so a page that turns hot is treated as hot at its first quick refault.
+  // as a refault after cap/32 evictions. While the hot set moves (and for a page that
+  // follows its predecessor in), a refault sooner than the page's mean replaces the mean
+  // at once, so a page that turns hot is treated as hot at its first quick refault.
   void note_reference(PageMeta& m, uint32_t distance, bool timed, uint32_t cap, bool follows = false) {
     cap = std::max<uint32_t>(cap, 1);
     const double unit = std::ldexp((double)cap, -kLgScale);
