@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { bootQemu, qmpCommand } from './helpers/qemu.ts';
 import { startDaemon, holdsUffd } from './helpers/daemon.ts';
-import { mainThreadWaitsOnUffd } from './helpers/proc.ts';
+import { qemuMonitorStuckOnUffd } from './helpers/proc.ts';
 
 test('pid: target, private RAM: the daemon dies, QEMU\'s main thread waits on a page, the next daemon takes over without QMP, corrupt=0', async (t) => {
   const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
@@ -31,7 +31,9 @@ test('pid: target, private RAM: the daemon dies, QEMU\'s main thread waits on a 
   t.true(holdsUffd(q.pid), 'QEMU kept its userfaultfd');
   const dump = qmpCommand(q.qmp2Path!, 'pmemsave', { val: 0, size: 256 << 20, filename: '/dev/null' }, 300_000);
   dump.catch(() => undefined);
-  t.true(await mainThreadWaitsOnUffd(q.pid), 'QEMU\'s main thread waits on a page');
+  const stuck = await qemuMonitorStuckOnUffd(q.pid);
+  t.true(stuck.stuck, `QEMU's monitor waits on a page: ${stuck.detail}`);
+  t.log(stuck.detail);
 
   const d2 = await d1.restart();
   await d2.waitLog(new RegExp(`\\[pid:${q.pid}\\] attached \\(took over the userfaultfd left by a previous daemon\\)`), 90_000);

@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { bootDomain } from './helpers/libvirt.ts';
 import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
-import { mainThreadWaitsOnUffd, childrenMatching, stillAlive } from './helpers/proc.ts';
+import { qemuMonitorStuckOnUffd, childrenMatching, stillAlive } from './helpers/proc.ts';
 import { sleep } from './helpers/servers.ts';
 import type { ConsoleReader } from './helpers/guest.ts';
 
@@ -73,7 +73,9 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   const dump = execFileP('virsh', ['-c', 'qemu:///system', 'qemu-monitor-command', dom.name,
     JSON.stringify({ execute: 'pmemsave', arguments: { val: 0, size: 256 << 20, filename: '/dev/null' } })], { timeout: 300_000 });
   dump.catch(() => undefined);
-  t.true(await mainThreadWaitsOnUffd(dom.pid), 'QEMU\'s main thread waits on a page');
+  const stuck = await qemuMonitorStuckOnUffd(dom.pid);
+  t.true(stuck.stuck, `QEMU's monitor waits on a page: ${stuck.detail}`);
+  t.log(stuck.detail);
   const d3 = await d2.restart();
   t.deepEqual(JSON.parse((await d3.cli('list', '--json')).stdout), { vms: [] });
   // Taking over with an empty, non-persistent store would turn evicted pages into zeros.

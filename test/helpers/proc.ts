@@ -14,6 +14,48 @@ export async function mainThreadWaitsOnUffd(pid: number, timeoutMs = 10_000): Pr
   return false;
 }
 
+/** Each thread of `pid` with its wait channel ("tid:wchan"), for messages. */
+function threadWaits(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  let tids: string[] = [];
+  try {
+    tids = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tids) {
+    try {
+      out.set(Number(tid), fs.readFileSync(`/proc/${pid}/task/${tid}/wchan`, 'utf8'));
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * Waits until QEMU's monitor is stuck behind a userfaultfd fault: its main thread (which
+ * executes monitor commands) sleeps in a fault itself, or sleeps on a lock (QEMU's big
+ * lock, held by a vCPU thread that faulted while emulating a device) while another of its
+ * threads sleeps in a fault, in 20 samples in a row. `detail` says which, or, after
+ * `timeoutMs`, what every thread was waiting on.
+ */
+export async function qemuMonitorStuckOnUffd(pid: number, timeoutMs = 30_000): Promise<{ stuck: boolean; detail: string }> {
+  let inARow = 0;
+  let last = new Map<number, string>();
+  for (const end = Date.now() + timeoutMs; Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
+    last = threadWaits(pid);
+    const main = last.get(pid) ?? '';
+    const faulting = [...last].filter(([, w]) => /userfault/.test(w)).map(([tid]) => tid);
+    let how = '';
+    if (/userfault/.test(main)) how = 'the main thread waits in a userfaultfd fault';
+    else if (/futex/.test(main) && faulting.length) how = `the main thread waits on a lock while thread ${faulting.join(', ')} waits in a userfaultfd fault`;
+    inARow = how ? inARow + 1 : 0;
+    if (inARow >= 20) return { stuck: true, detail: how };
+  }
+  return { stuck: false, detail: `after ${timeoutMs} ms, threads and their wait channels: ${[...last].map(([tid, w]) => `${tid}:${w || '-'}`).join(' ')}` };
+}
+
 /** The fields of /proc/PID/stat after "(comm)" (state first; comm may hold spaces), or null once it is gone. */
 function statFields(pid: number): string[] | null {
   try {
