@@ -7,7 +7,6 @@ import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
 import { runCli } from './helpers/daemon.ts';
 
 const COMMANDS = ['daemon', 'attach', 'resize', 'grow', 'detach', 'list', 'stats', 'bench', 'demo'];
@@ -95,12 +94,7 @@ test('a clone without its Node.js dependencies says to run the set-up (no module
   fs.mkdirSync(path.join(dir, 'bin'));
   const bin = path.join(dir, 'bin', 'elasticmem.js');
   fs.copyFileSync(new URL('../bin/elasticmem.js', import.meta.url), bin);
-  const r = await new Promise<{ code: number | null; stderr: string }>((resolve) => {
-    const child = spawn(process.execPath, [bin, 'list'], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => { stderr += d.toString(); });
-    child.on('close', (code) => resolve({ code, stderr }));
-  });
+  const r = await runCli(['list'], { bin });
   t.is(r.code, 2);
   t.regex(r.stderr, /^elasticmem: its Node\.js dependencies are not installed \(Cannot find package 'tsx'/);
   t.true(r.stderr.includes(`run the set-up first: cd ${dir} && npm run setup`), r.stderr);

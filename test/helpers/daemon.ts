@@ -16,17 +16,22 @@ export const BIN = path.join(REPO_ROOT, 'bin', 'elasticmem.js');
 
 export interface CliResult { code: number; stdout: string; stderr: string }
 
-/** Run `elasticmem ARGS` to completion. `as: 'nobody'` drops to uid 65534 with setpriv. */
-export function runCli(args: string[], opts: { as?: 'nobody'; extraCaps?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<CliResult> {
+/**
+ * Run `elasticmem ARGS` to completion. `as: 'nobody'` drops to uid 65534 with setpriv;
+ * `bin` runs another copy of bin/elasticmem.js (in its own folder).
+ */
+export function runCli(args: string[], opts: { as?: 'nobody'; extraCaps?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv; bin?: string } = {}): Promise<CliResult> {
+  const bin = opts.bin ?? BIN;
   let cmd = process.execPath;
-  let argv = [BIN, ...args];
+  let argv = [bin, ...args];
   if (opts.as === 'nobody') {
     const caps = opts.extraCaps ? [`--inh-caps=+${opts.extraCaps}`, `--ambient-caps=+${opts.extraCaps}`] : [];
-    argv = ['--reuid=65534', '--regid=65534', '--clear-groups', ...caps, process.execPath, BIN, ...args];
+    argv = ['--reuid=65534', '--regid=65534', '--clear-groups', ...caps, process.execPath, bin, ...args];
     cmd = 'setpriv';
   }
+  const cwd = opts.bin ? path.dirname(path.dirname(bin)) : REPO_ROOT;
   return new Promise((resolve) => {
-    const child = spawn(cmd, argv, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
+    const child = spawn(cmd, argv, { cwd, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...opts.env } });
     let stdout = '';
     let stderr = '';
     child.stdout!.on('data', (d: Buffer) => { stdout += d.toString(); });
