@@ -11,6 +11,7 @@ const UNITS: Record<string, number> = { K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 
 export function parseSize(input: unknown, what = 'size'): number {
   const text = typeof input === 'number' ? String(input) : typeof input === 'string' ? input.trim() : '';
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT])?(?:i?B)?$/i.exec(text);
+  if (!m && /^-\s*\d/.test(text)) throw new ElasticmemError(`${what}: '${text}' must be larger than zero; e.g. 512M`, 'BAD_SIZE');
   if (!m) {
     throw new ElasticmemError(
       `${what}: '${String(input)}' is not a size; use a number with a K, M or G suffix, e.g. 512M or 2G`,

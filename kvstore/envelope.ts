@@ -55,7 +55,7 @@ export function loadKeyFile(file: string): Buffer {
   try {
     buf = fs.readFileSync(file);
   } catch (e) {
-    throw new ElasticmemError(`cannot read the store key file '${file}': ${(e as Error).message}`, 'BAD_STORE_KEY');
+    throw new ElasticmemError(`cannot read the store key file '${file}' (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); create one with: head -c 32 /dev/urandom > ${file}; chmod 600 ${file}`, 'BAD_STORE_KEY');
   }
   if (buf.length === 32) return buf;
   const text = buf.toString('utf8').trim();

@@ -6,6 +6,7 @@
 import test from 'ava';
 import fs from 'node:fs';
 import os from 'node:os';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { runCli } from './helpers/daemon.ts';
 
@@ -59,23 +60,69 @@ test('missing and extra positionals are usage errors', async (t) => {
   }
 });
 
-test('a size that is not a size is refused before contacting the daemon (BAD_SIZE, names the value, shows an example)', async (t) => {
+test('a size that is not a size is refused before contacting the daemon (exit 2, BAD_SIZE, names the value, shows an example)', async (t) => {
   const sock = '/nonexistent/em.sock';
   for (const [args, bad] of [
     [['attach', 'vm1', '--local', '12Q'], '12Q'],
     [['attach', 'vm1', '--local', 'lots'], 'lots'],
     [['attach', 'vm1', '--local=-5M'], '-5M'],
+    [['attach', 'vm1', '--local', '-5M'], '-5M'],
     [['attach', 'vm1', '--local', '1000'], '1000'],
     [['resize', 'vm1', '--local', '0M'], '0M'],
     [['grow', 'vm1', '1.5X'], '1.5X'],
   ] as const) {
     const r = await runCli([...args, '--socket', sock]);
-    t.is(r.code, 1, args.join(' '));
+    t.is(r.code, 2, args.join(' '));
     t.regex(r.stderr, /\[BAD_SIZE\]/, args.join(' '));
     t.true(r.stderr.includes(`'${bad}'`), r.stderr);
     t.regex(r.stderr, /e\.g\. 512M/);
-    t.notRegex(r.stderr, /DAEMON_NOT_RUNNING/);
+    t.regex(r.stderr, new RegExp(`\\(see: elasticmem ${args[0]} --help\\)`));
+    t.notRegex(r.stderr, /DAEMON_NOT_RUNNING|ambiguous/);
   }
+  const neg = await runCli(['attach', 'vm1', '--local', '-5M', '--socket', sock]);
+  t.regex(neg.stderr, /'-5M' must be larger than zero/);
+});
+
+test('a VM, store URI or key file that cannot be right is refused before contacting the daemon (exit 2, the fix named)', async (t) => {
+  const sock = '/nonexistent/em.sock';
+  for (const [args, code, re] of [
+    [['attach', 'pid:abc', '--local', '64M'], 'BAD_VM', /'pid:abc' does not name a process: pid: takes a process id, e\.g\. pid:12345/],
+    [['stats', 'pid:-3'], 'BAD_VM', /'pid:-3' does not name a process/],
+    [['detach', 'qmp:'], 'BAD_VM', /'qmp:' names no socket: give the path of the VM's QMP socket, e\.g\. qmp:\/run\/vm1\/qmp\.sock/],
+    [['attach', 'vm1', '--local', '64M', '--store', 'foo://x'], 'BAD_STORE_URI', /unknown scheme 'foo:'.*for example: memory:/],
+    [['attach', 'vm1', '--local', '64M', '--store', 'redis://'], 'BAD_STORE_URI', /redis/],
+    [['attach', 'vm1', '--local', '64M', '--store-key', '/nonexistent/key'], 'BAD_STORE_KEY', /cannot read the store key file '\/nonexistent\/key' \(ENOENT\); create one with: head -c 32 \/dev\/urandom > \/nonexistent\/key/],
+    [['grow', 'vm1', '100M', '--dimm'], 'BAD_SIZE', /multiples of 128M on x86; 100M is not one \(e\.g\. grow vm1 128M --dimm\)/],
+  ] as const) {
+    const r = await runCli([...args, '--socket', sock]);
+    t.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.true(r.stderr.includes(`[${code}]`), `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re, args.join(' '));
+    t.notRegex(r.stderr, /DAEMON_NOT_RUNNING/, args.join(' '));
+  }
+});
+
+test('with --json an error is also one JSON object on stdout; bench errors point to their own help', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emcli-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const none = await runCli(['stats', 'vm1', '--json', '--socket', path.join(dir, 'none.sock')]);
+  t.is(none.code, 1);
+  t.deepEqual(JSON.parse(none.stdout), { error: { code: 'DAEMON_NOT_RUNNING', message: `no elasticmem daemon at ${path.join(dir, 'none.sock')}; start one with: elasticmem daemon --socket ${path.join(dir, 'none.sock')}` } });
+  const bad = await runCli(['attach', 'vm1', '--local', '12Q', '--json']);
+  t.is(bad.code, 2);
+  t.is(JSON.parse(bad.stdout).error.code, 'BAD_SIZE');
+  t.is((await runCli(['list', '--socket', path.join(dir, 'none.sock')])).stdout, '', 'without --json stdout stays empty');
+  const b = await runCli(['bench', 'pager', '--workload', 'nope', '--size', '1M', '--local', '1M', '--store', 'memory:']);
+  t.is(b.code, 2);
+  t.regex(b.stderr, /\(see: elasticmem bench pager --help\)/);
+  const s = await runCli(['bench', 'store', '--store', 'foo://x']);
+  t.is(s.code, 2);
+  t.regex(s.stderr, /^elasticmem bench store: error: bad store URI/);
+  t.regex(s.stderr, /\(see: elasticmem bench store --help\)/);
+  const h = await runCli(['help', 'bench', 'pager']);
+  t.is(h.code, 0);
+  t.is(h.stdout, (await runCli(['bench', 'pager', '--help'])).stdout);
+  t.regex(h.stdout, /^usage: elasticmem bench pager/);
 });
 
 test('without a daemon, commands say how to start one', async (t) => {
@@ -85,6 +132,18 @@ test('without a daemon, commands say how to start one', async (t) => {
   t.is(r.code, 1);
   t.regex(r.stderr, /no elasticmem daemon at .*none\.sock; start one with: elasticmem daemon --socket/);
   t.regex(r.stderr, /\[DAEMON_NOT_RUNNING\]/);
+  // A socket file nobody listens on (a daemon died): the hint keeps the --socket.
+  const stale = path.join(dir, 'stale.sock');
+  // (a listener killed with SIGKILL leaves its socket file behind, as a crashed daemon does)
+  spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+  t.true(fs.statSync(stale).isSocket());
+  const d = await runCli(['list', '--socket', stale]);
+  t.is(d.code, 1);
+  t.regex(d.stderr, /exists but nobody listens \(a daemon died\); start one with: elasticmem daemon --socket .*stale\.sock \[DAEMON_NOT_RUNNING\]/);
+  // Not a socket at all.
+  const notSock = await runCli(['list', '--socket', dir]);
+  t.is(notSock.code, 1);
+  t.regex(notSock.stderr, /is a directory, not the daemon's control socket; give the socket the daemon listens on with --socket \(default \/run\/elasticmem\/elasticmem\.sock\) \[BAD_SOCKET\]/);
 });
 
 test('a clone without its Node.js dependencies says to run the set-up (no module-resolution trace)', async (t) => {
@@ -125,10 +184,11 @@ test('daemon refuses a config with a bad key, naming the key', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emcfg-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const cases: [string, RegExp][] = [
-    ['store: mongo://x\n', /store: .*unknown scheme 'mongo:'/],
+    ['store: mongo://x\n', /config .*: store: "mongo:\/\/x": bad store URI: unknown scheme 'mongo:'/],
     ['limits:\n  maxVms: 0\n', /limits\.maxVms: must be a whole number >= 1/],
     ['limits:\n  minLocal: huge\n', /limits\.minLocal: .*'huge' is not a size/],
-    ['vms:\n  web1:\n    local: 12Q\n', /vms\.web1\.local: .*'12Q' is not a size/],
+    ['vms:\n  web1:\n    local: 12Q\n', /vms\.web1\.local: '12Q' is not a size/],
+    ['limits:\n  minLocal: 0\n', /limits\.minLocal: '0' must be larger than zero/],
     ['vms:\n  web1:\n    colour: blue\n', /vms\.web1\.colour: unknown key/],
     ['stroe: "memory:"\n', /stroe: unknown key; allowed here: store/],
     ['store: memory:\n', /not valid YAML.*quote values that end in a colon/],

@@ -26,9 +26,9 @@ test('grow by a DIMM: its RAM block goes under the pager, same cap, guest sees i
   let s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
   const pagesBefore = s.totalPages;
 
-  // Bad size for a DIMM: refused, nothing added.
+  // Bad size for a DIMM: refused (by the CLI, before the daemon: exit 2), nothing added.
   const bad = await d.cli('grow', dom.name, '100M', '--dimm');
-  t.is(bad.code, 1);
+  t.is(bad.code, 2);
   t.regex(bad.stderr, /multiples of 128M.*\[BAD_SIZE\]/);
   t.is(JSON.parse((await d.cli('stats', dom.name, '--json')).stdout).totalPages, pagesBefore);
 

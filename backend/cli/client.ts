@@ -2,6 +2,7 @@
  * The CLI side of the control protocol: one connection per command, one request,
  * zero or more stream messages, one final response.
  */
+import fs from 'node:fs';
 import net from 'node:net';
 import { ElasticmemError } from '../../native/errors.ts';
 import { PROTOCOL_VERSION, type Op, type Response } from '../protocol.ts';
@@ -16,12 +17,27 @@ export interface CallOptions {
   signal?: AbortSignal;
 }
 
+/** An error the daemon answered (as opposed to one the CLI raised before asking). */
+export class DaemonError extends ElasticmemError {}
+
+function kindOf(p: string): string | null {
+  try {
+    const st = fs.statSync(p);
+    return st.isSocket() ? null : st.isDirectory() ? 'a directory' : st.isFile() ? 'a regular file' : 'not a socket';
+  } catch {
+    return null;
+  }
+}
+
 function connectError(e: NodeJS.ErrnoException, socket: string): ElasticmemError {
+  const start = `elasticmem daemon${socket !== DEFAULT_SOCKET ? ` --socket ${socket}` : ''}`;
+  const notSocket = kindOf(socket);
+  if (notSocket) return new ElasticmemError(`${socket} is ${notSocket}, not the daemon's control socket; give the socket the daemon listens on with --socket (default ${DEFAULT_SOCKET})`, 'BAD_SOCKET');
   switch (e.code) {
     case 'ENOENT':
-      return new ElasticmemError(`no elasticmem daemon at ${socket}; start one with: elasticmem daemon${socket !== DEFAULT_SOCKET ? ` --socket ${socket}` : ''}`, 'DAEMON_NOT_RUNNING');
+      return new ElasticmemError(`no elasticmem daemon at ${socket}; start one with: ${start}`, 'DAEMON_NOT_RUNNING');
     case 'ECONNREFUSED':
-      return new ElasticmemError(`the daemon socket ${socket} exists but nobody listens (a daemon died); start one with: elasticmem daemon`, 'DAEMON_NOT_RUNNING');
+      return new ElasticmemError(`the daemon socket ${socket} exists but nobody listens (a daemon died); start one with: ${start}`, 'DAEMON_NOT_RUNNING');
     case 'EACCES':
     case 'EPERM':
       return new ElasticmemError(`permission denied on ${socket}: the elasticmem control socket is root-only; run this command as root`, 'NOT_ROOT');
@@ -59,7 +75,7 @@ export function call(op: Op, args: Record<string, unknown>, opts: CallOptions = 
         let msg: Response;
         try { msg = JSON.parse(line) as Response; } catch { return finish(new ElasticmemError(`the daemon sent something that is not JSON: ${line.slice(0, 80)}`, 'PROTOCOL')); }
         if (msg.id !== id && msg.id !== '') continue;
-        if (!msg.ok) return finish(new ElasticmemError(msg.error.message, msg.error.code));
+        if (!msg.ok) return finish(new DaemonError(msg.error.message, msg.error.code));
         if ('stream' in msg) { opts.onStream?.(msg.stream); continue; }
         return finish(null, msg.result);
       }

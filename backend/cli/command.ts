@@ -16,18 +16,40 @@ export const EXIT_USAGE = 2;
 
 /** Raised for command-line mistakes: printed with a pointer to --help, exit 2. */
 export class UsageError extends ElasticmemError {
-  constructor(message: string) { super(message, 'USAGE'); }
+  constructor(message: string, code = 'USAGE') { super(message, code); }
+}
+
+/**
+ * Codes of errors that mean the command line was wrong (a size, a store URI, a key
+ * file, an option's value) when the CLI raises them itself, before asking the daemon:
+ * exit 2 like a UsageError. The same codes answered by the daemon stay failures (1).
+ */
+export const BAD_INPUT_CODES: ReadonlySet<string> = new Set(['USAGE', 'BAD_SIZE', 'BAD_STORE_URI', 'BAD_STORE_KEY', 'BAD_VM', 'EM_BAD_ARG', 'BAD_ARG']);
+
+/** An error raised by a sub-command (bench pager, ...): which command's --help to point to. */
+export function commandOf(e: unknown): string | undefined {
+  return (e as { command?: string } | null)?.command;
+}
+export function tagCommand(e: unknown, command: string): unknown {
+  if (e && typeof e === 'object' && !commandOf(e)) (e as { command?: string }).command = command;
+  return e;
 }
 
 type Options = NonNullable<ParseArgsConfig['options']>;
 
 export const SOCKET_OPT = { socket: { type: 'string' } } as const satisfies Options;
 
+/** Help lines of the options the daemon's commands share. */
+export const JSON_HELP = `  --json           print the result as one JSON object on stdout (on failure:
+                   {"error": {"code", "message"}}, and the exit code says which)`;
+export const SOCKET_HELP = '  --socket PATH    daemon control socket (default /run/elasticmem/elasticmem.sock)';
+
 /**
  * parseArgs with our conventions: --help everywhere, unknown options and wrong
  * positional counts are UsageErrors that name the problem.
  */
 export function parse<O extends Options>(cmd: string, args: string[], options: O, positionals: { min: number; max: number; names: string }) {
+  args = joinNegativeValues(options, args);
   let parsed;
   try {
     parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
@@ -41,6 +63,31 @@ export function parse<O extends Options>(cmd: string, args: string[], options: O
     if (n > positionals.max) throw new UsageError(`${cmd}: unexpected argument '${parsed.positionals[positionals.max]}'`);
   }
   return { values: parsed.values as { [K in keyof O]?: O[K] extends { type: 'boolean' } ? boolean : string } & { help?: boolean }, positionals: parsed.positionals, help };
+}
+
+/**
+ * `--local -5M`: parseArgs would take -5M for an option and refuse it as ambiguous. A
+ * value that looks like a negative number is the string option's value (whose own
+ * check then says why it is wrong).
+ */
+function joinNegativeValues(options: Options, args: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    const next = args[i + 1];
+    if (next !== undefined && /^-\d/.test(next) && isStringOption(options, a)) {
+      out.push(`${a}=${next}`);
+      i++;
+    } else {
+      out.push(a);
+    }
+  }
+  return out;
+}
+
+function isStringOption(options: Options, arg: string): boolean {
+  const m = /^--([^=]+)$/.exec(arg);
+  return !!m && options[m[1]!]?.type === 'string';
 }
 
 export function printJson(v: unknown): void {

@@ -2,8 +2,9 @@
  * `elasticmem` command dispatcher: one command per file in commands/, each with its own
  * usage text. Exit codes: 0 success, 1 the operation failed, 2 the command line was wrong.
  */
-import { ElasticmemError } from '../../native/errors.ts';
-import { EXIT_FAIL, EXIT_USAGE, UsageError, type Command } from './command.ts';
+import type { ElasticmemError } from '../../native/errors.ts';
+import { BAD_INPUT_CODES, EXIT_FAIL, EXIT_USAGE, UsageError, commandOf, printJson, type Command } from './command.ts';
+import { DaemonError } from './client.ts';
 import attach from './commands/attach.ts';
 import resize from './commands/resize.ts';
 import grow from './commands/grow.ts';
@@ -41,6 +42,8 @@ export async function main(argv: string[]): Promise<number> {
     if (topic) {
       const c = COMMANDS.find((x) => x.name === topic);
       if (!c) { process.stderr.write(`elasticmem: no such command '${topic}'\n\n${overview()}`); return EXIT_USAGE; }
+      // help bench pager = bench pager --help
+      if (rest.length > 1) return report(c, await runCommand(c, [...rest.slice(1), '--help']), false);
       process.stdout.write(c.usage);
       return 0;
     }
@@ -54,15 +57,29 @@ export async function main(argv: string[]): Promise<number> {
     process.stderr.write(`elasticmem: unknown command '${name}'; commands: ${COMMANDS.map((c) => c.name).join(', ')}, help\n`);
     return EXIT_USAGE;
   }
+  return report(cmd, await runCommand(cmd, rest), rest.includes('--json'));
+}
+
+async function runCommand(cmd: Command, args: string[]): Promise<number | Error> {
   try {
-    return await cmd.run(rest);
+    return await cmd.run(args);
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`elasticmem: ${e.message}\n(see: elasticmem ${cmd.name} --help)\n`);
-      return EXIT_USAGE;
-    }
-    const err = e as ElasticmemError;
-    process.stderr.write(`elasticmem ${cmd.name}: error: ${err.message}${err.code ? ` [${err.code}]` : ''}\n`);
-    return EXIT_FAIL;
+    return e instanceof Error ? e : new Error(String(e));
   }
+}
+
+/**
+ * A failed command: the message (with its code) on stderr; with --json also
+ * {"error": {code, message}} on stdout, so a script reading stdout gets one JSON
+ * object either way. Exit 2 when the command line was wrong, 1 when the operation failed.
+ */
+function report(cmd: Command, r: number | Error, json: boolean): number {
+  if (typeof r === 'number') return r;
+  const err = r as ElasticmemError;
+  const name = commandOf(err) ?? cmd.name;
+  const badInput = err instanceof UsageError || (!(err instanceof DaemonError) && BAD_INPUT_CODES.has(err.code));
+  if (json) printJson({ error: { code: err.code ?? 'EM_ERROR', message: err.message } });
+  if (err instanceof UsageError && err.code === 'USAGE') process.stderr.write(`elasticmem: ${err.message}\n(see: elasticmem ${name} --help)\n`);
+  else process.stderr.write(`elasticmem ${name}: error: ${err.message}${err.code ? ` [${err.code}]` : ''}\n${badInput ? `(see: elasticmem ${name} --help)\n` : ''}`);
+  return badInput ? EXIT_USAGE : EXIT_FAIL;
 }

@@ -83,8 +83,15 @@ function keyFilePath(file: string, key: string, v: unknown): string {
   return v;
 }
 
+/** A value checked by a parser that names the value itself ("local: ..."): the key path replaces that name. */
 function wrap<T>(file: string, key: string, f: () => T): T {
-  try { return f(); } catch (e) { fail(file, key, (e as Error).message); }
+  try {
+    return f();
+  } catch (e) {
+    const own = `${key.split('.').pop()}: `;
+    const msg = (e as Error).message;
+    fail(file, key, msg.startsWith(own) ? msg.slice(own.length) : msg);
+  }
 }
 
 export function parseConfig(text: string, file: string): Config {

@@ -7,6 +7,7 @@
 import { ElasticmemError } from '../../native/errors.ts';
 import type { RegionSpec } from '../../native/index.ts';
 import type { Target } from '../targets/index.ts';
+import { DIMM_ALIGN, dimmSizeMessage } from '../targets/target.ts';
 import { formatSize } from '../size.ts';
 import type { Session } from './session.ts';
 import { log } from './log.ts';
@@ -85,8 +86,7 @@ export async function growVm(host: GrowthHost, s: Session, bytes: number, wait: 
  * guest may already have touched.
  */
 async function growByDimm(host: GrowthHost, s: Session, target: Target, bytes: number): Promise<unknown> {
-  const DIMM_ALIGN = 128 << 20;  // x86 memory hot-add granularity (a Linux memory block)
-  if (bytes % DIMM_ALIGN !== 0) throw new ElasticmemError(`a DIMM is added in multiples of 128M on x86; ${formatSize(bytes)} is not one (e.g. grow ${s.target.spec} ${formatSize(Math.ceil(bytes / DIMM_ALIGN) * DIMM_ALIGN)} --dimm)`, 'BAD_SIZE');
+  if (bytes % DIMM_ALIGN !== 0) throw new ElasticmemError(dimmSizeMessage(bytes, s.target.spec), 'BAD_SIZE');
   await target.addDimm(bytes, s.memory!.backing === 'anon' ? 'anon' : 'memfd');
   const fresh = await pageNewRam(host, s, target);
   if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');

@@ -1,7 +1,10 @@
 import path from 'node:path';
 import { call } from '../client.ts';
-import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
+import { parse, printJson, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
+import { vmArg } from '../vm-arg.ts';
 import { formatSize, parseSize } from '../../size.ts';
+import { parseStoreUri } from '../../../kvstore/uri.ts';
+import { loadKeyFile } from '../../../kvstore/envelope.ts';
 
 const usage = `usage: elasticmem attach <vm> --local SIZE [--store URI] [--store-key FILE] [--json] [--socket PATH]
 
@@ -9,7 +12,9 @@ Put a running VM's RAM under elasticmem: at most SIZE of it stays resident on th
 host, the rest goes to the store and comes back on demand. The VM keeps running.
 
   <vm>             libvirt domain name or UUID, pid:<PID>, or qmp:<QMP socket path>
-  --local SIZE     resident cap (K/M/G suffixes); at most the guest's RAM
+  --local SIZE     resident cap (K/M/G suffixes); at most the guest's RAM. Without
+                   it: the config's vms.<vm>.local, or, for a VM whose previous
+                   daemon died, the cap it had (a take-over)
   --store URI      where evicted pages go (default: the daemon's config, else memory:)
                      memory:  file:///path  redis://host:port[/db]
                      redis+cluster://h1:p1,h2:p2  memcached://h1:p1[,h2:p2]
@@ -19,8 +24,8 @@ host, the rest goes to the store and comes back on demand. The VM keeps running.
                    raw, 64 hex digits or base64; create one with
                    head -c 32 /dev/urandom > FILE; chmod 600 FILE). Default: the
                    daemon's config (storeKeyFile). Not for memory: (nothing leaves)
-  --json           print the result as one JSON object
-  --socket PATH    daemon control socket (default /run/elasticmem/elasticmem.sock)
+${JSON_HELP}
+${SOCKET_HELP}
 
 Checks before anything is touched: the VM exists and runs, its memory backing is
 supported (shared memfd or private anonymous), the cap fits, the key file holds a
@@ -40,8 +45,12 @@ const cmd: Command = {
   async run(args) {
     const { values, positionals, help } = parse('attach', args, { ...SOCKET_OPT, local: { type: 'string' }, store: { type: 'string' }, 'store-key': { type: 'string' }, json: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM to attach (e.g. elasticmem attach web1 --local 512M)' });
     if (help) { process.stdout.write(usage); return 0; }
+    // What can be checked here is checked before the daemon is asked (exit 2, and a
+    // mistake is not hidden behind "no daemon running"); the daemon checks the rest.
+    const req: Record<string, unknown> = { vm: vmArg(positionals[0]!) };
     if (values.local !== undefined) parseSize(values.local, '--local');
-    const req: Record<string, unknown> = { vm: positionals[0] };
+    if (values.store !== undefined) parseStoreUri(values.store);
+    if (values['store-key'] !== undefined) loadKeyFile(values['store-key']);
     if (values.local !== undefined) req.local = values.local;
     if (values.store !== undefined) req.store = values.store;
     // The daemon runs elsewhere: it gets the key file's absolute path, never the key.

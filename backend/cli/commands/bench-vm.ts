@@ -11,7 +11,7 @@ import type { AccessPattern } from '../../vm/guest.ts';
 
 const usage = `usage: elasticmem bench vm [--stores LIST] [--size-mib N] [--guest-mib N] [--pattern P]
                           [--write F] [--fractions LIST] [--passes N] [--warmup N]
-                          [--max-warmup N] [--json]
+                          [--max-warmup N] [--pause-ms N] [--pass-timeout S] [--seed N] [--json]
 
 Boots the test guest under libvirt (TCG here, KVM where /dev/kvm exists) and runs its
 workload: fill N MiB with a verifiable pattern, then verify every page and rewrite a

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { EXIT_USAGE, type Command } from '../command.ts';
+import { EXIT_USAGE, tagCommand, type Command } from '../command.ts';
 import { ElasticmemError } from '../../../native/errors.ts';
 
 const SUBS: Record<string, { file: string; summary: string }> = {
@@ -12,7 +12,7 @@ const SUBS: Record<string, { file: string; summary: string }> = {
 
 const usage = `usage: elasticmem bench <store|pager|vm|charts> [options]
 
-  elasticmem bench store --store URI [--json]
+  elasticmem bench store --store URI [--store-key FILE] [--tls-ca FILE] [--compress] [--seconds N] [--json]
   elasticmem bench pager --workload seq|random|zipf --size SIZE --local SIZE --store URI [--baseline kernel-swap] [--json]
   elasticmem bench vm [--stores LIST] [--size-mib N] [--json]
   elasticmem bench charts [--from DIR] [--out DIR]
@@ -37,7 +37,12 @@ const cmd: Command = {
     }
     const mod = (await import(url.href)) as { default?: Command };
     if (!mod.default || typeof mod.default.run !== 'function') throw new ElasticmemError(`'bench ${sub}' has no command in ${s.file}`, 'NOT_AVAILABLE');
-    return mod.default.run(rest);
+    // Errors point to this sub-command's help, not bench's.
+    try {
+      return await mod.default.run(rest);
+    } catch (e) {
+      throw tagCommand(e, `bench ${sub}`);
+    }
   },
 };
 export default cmd;

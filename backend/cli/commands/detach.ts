@@ -1,5 +1,6 @@
 import { call } from '../client.ts';
-import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
+import { parse, printJson, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
+import { vmArg } from '../vm-arg.ts';
 import { progressBar } from '../render.ts';
 
 const usage = `usage: elasticmem detach <vm> [--json] [--socket PATH]
@@ -9,6 +10,9 @@ it running whole, then delete its pages from the store. A progress bar is shown 
 stderr. For a VM whose QEMU crashed, detach deletes the pages that were kept for it.
 
 Detach before live-migrating a VM: an attached range excludes QEMU's own postcopy.
+
+${JSON_HELP}
+${SOCKET_HELP}
 
 examples:
   elasticmem detach web1
@@ -24,7 +28,7 @@ const cmd: Command = {
     if (help) { process.stdout.write(usage); return 0; }
     const tty = process.stderr.isTTY;
     let last = -1;
-    const r = (await call('detach', { vm: positionals[0] }, {
+    const r = (await call('detach', { vm: vmArg(positionals[0]!) }, {
       socket: values.socket,
       onStream: (d) => {
         const p = (d as { progress?: { done: number; total: number } }).progress;

@@ -1,10 +1,13 @@
 import { call } from '../client.ts';
-import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
+import { parse, printJson, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
 import { formatSize, PAGE } from '../../size.ts';
 
 const usage = `usage: elasticmem list [--json] [--socket PATH]
 
 List the VMs the daemon manages: state, store, resident cap, resident and remote pages.
+
+${JSON_HELP}
+${SOCKET_HELP}
 
 examples:
   elasticmem list

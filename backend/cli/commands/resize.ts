@@ -1,5 +1,6 @@
 import { call } from '../client.ts';
-import { parse, printJson, SOCKET_OPT, UsageError, type Command } from '../command.ts';
+import { parse, printJson, SOCKET_OPT, UsageError, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
+import { vmArg } from '../vm-arg.ts';
 import { formatSize, parseSize } from '../../size.ts';
 import { progressBar } from '../render.ts';
 
@@ -9,7 +10,9 @@ Change how much of an attached VM's RAM stays resident, while it runs. Shrinking
 evicts pages to the store at once (followed with a progress bar for up to 30 s);
 growing lets more pages stay.
 
-  --local SIZE   new resident cap (K/M/G suffixes), at most the guest's RAM
+  --local SIZE     new resident cap (K/M/G suffixes), at most the guest's RAM
+${JSON_HELP}
+${SOCKET_HELP}
 
 examples:
   elasticmem resize web1 --local 256M
@@ -29,7 +32,7 @@ const cmd: Command = {
     parseSize(values.local, '--local');
     const tty = process.stderr.isTTY;
     let shown = false;
-    const r = (await call('resize', { vm: positionals[0], local: values.local }, {
+    const r = (await call('resize', { vm: vmArg(positionals[0]!), local: values.local }, {
       socket: values.socket,
       onStream: (d) => {
         const p = (d as { progress?: { done: number; total: number } }).progress;

@@ -1,6 +1,7 @@
 import { Observable } from 'rxjs';
 import { call } from '../client.ts';
-import { parse, printJson, SOCKET_OPT, type Command } from '../command.ts';
+import { parse, printJson, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
+import { vmArg } from '../vm-arg.ts';
 import { WatchView, renderWatchLine } from '../render.ts';
 import type { PublicStats, StatsSample } from '../../stats/stream.ts';
 import { formatSize, PAGE } from '../../size.ts';
@@ -9,15 +10,17 @@ const usage = `usage: elasticmem stats <vm> [--json] [--watch] [--socket PATH]
 
 Counters of an attached VM's pager.
 
-  --json    one JSON object: faults, zeroFills, fetches, evictions, cleanDrops,
-            storeWrites, prefetched, residentPages, localCapPages, remotePages,
-            faultLatencyUs {p50, p99}, storeState, storeError, faultCpu (the
-            CPU the fault thread runs on, -1 when not on one), evictMode
-            ("splice": the embedded store, dirty pages passed by a pipe;
-            "write-protect"), ...
-  --watch   live view refreshed every second: rates per second (with a sparkline
-            of the last minute), resident pages against the cap, fault latency
-            (with --json: one JSON sample per line)
+  --json           one JSON object: faults, zeroFills, fetches, evictions,
+                   cleanDrops, storeWrites, prefetched, residentPages, localCapPages,
+                   remotePages, faultLatencyUs {p50, p99}, storeState, storeError,
+                   faultCpu (the CPU the fault thread runs on, -1 when not on one),
+                   evictMode ("splice": the embedded store, dirty pages passed by a
+                   pipe; "write-protect"), ... (on failure: {"error": {code, message}})
+  --watch          live view refreshed every second: rates per second (with a
+                   sparkline of the last minute), resident pages against the cap,
+                   fault latency (with --json: one JSON sample per line, {t, stats:
+                   {the counters above}, rates: {per second}})
+${SOCKET_HELP}
 
 examples:
   elasticmem stats web1
@@ -43,8 +46,9 @@ const cmd: Command = {
   async run(args) {
     const { values, positionals, help } = parse('stats', args, { ...SOCKET_OPT, json: { type: 'boolean' }, watch: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM (e.g. elasticmem stats web1)' });
     if (help) { process.stdout.write(usage); return 0; }
+    const vm = vmArg(positionals[0]!);
     if (!values.watch) {
-      const s = (await call('stats', { vm: positionals[0] }, { socket: values.socket })) as PublicStats;
+      const s = (await call('stats', { vm }, { socket: values.socket })) as PublicStats;
       if (values.json) printJson(s); else process.stdout.write(renderOnce(s));
       return 0;
     }
@@ -53,7 +57,7 @@ const cmd: Command = {
     const onSig = () => abort.abort();
     process.once('SIGINT', onSig);
     const samples = new Observable<StatsSample>((sub) => {
-      call('watch', { vm: positionals[0] }, { socket: values.socket, signal: abort.signal, onStream: (d) => sub.next(d as StatsSample) })
+      call('watch', { vm }, { socket: values.socket, signal: abort.signal, onStream: (d) => sub.next(d as StatsSample) })
         .then(() => sub.complete(), (e) => sub.error(e));
     });
     const tty = process.stdout.isTTY;
