@@ -441,6 +441,10 @@ void Pager::start_unguarded(size_t& registered) {
     pthread_setname_np(pthread_self(), "em-exit-watch");
     watch_exit();
   });
+  start_evictor();
+}
+
+void Pager::start_evictor() {
   evict_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-evict");
     pin_thread(cfg_.evict_cpus, "eviction");
@@ -593,6 +597,9 @@ void Pager::stop_threads() {
   evict_stop_ = true;
   if (store_) store_->cancel();
   evict_cv_.notify_all();
+  // (after the flags: a detach holding join_mu_ while it joins a stalled evictor is
+  // released by them)
+  std::lock_guard<std::mutex> j(join_mu_);
   if (evict_thread_.joinable() && evict_thread_.get_id() != std::this_thread::get_id()) evict_thread_.join();
   stop_ = true;
   if (stop_efd_ >= 0) {
@@ -607,42 +614,65 @@ void Pager::stop_threads() {
   if (evict_thread_.joinable() && evict_thread_.get_id() != std::this_thread::get_id()) evict_thread_.join();
 }
 
+// One step of the drain. A page the mm was changing under (a discard by QEMU in flight:
+// its UFFD_EVENT_REMOVE waits for the fault thread) stays remote; it is asked for again
+// without holding any lock, so the fault thread can read that event meanwhile.
+void Pager::drain_chunk(std::vector<uint32_t> chunk) {
+  for (int attempt = 0; !chunk.empty() && !stop_ && attempt < kDrainAgainTries; attempt++) {
+    if (attempt) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    {
+      std::lock_guard<std::mutex> fg(fetch_mu_);
+      fetch_pages(chunk, false, false);
+    }
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    chunk.erase(std::remove_if(chunk.begin(), chunk.end(), [&](uint32_t idx) { return table_[idx].state != kRemote || (table_[idx].flags & kFlLost); }), chunk.end());
+  }
+}
+
 // Invariant 6: bring every page back, unprotect, unregister, and close the target's
 // uffd; the fault thread keeps serving the guest until the range is unregistered.
 void Pager::detach() {
   draining_ = true;
   evict_cv_.notify_all();
-  if (evict_thread_.joinable()) evict_thread_.join();  // no eviction in flight from here on
-  std::vector<uint32_t> remote;
   {
-    std::lock_guard<AdaptiveMutex> g(mu_);
-    for (uint32_t i = 0; i < table_.size(); i++)
-      if (table_[i].state == kRemote) remote.push_back(i);
+    std::lock_guard<std::mutex> j(join_mu_);
+    if (evict_thread_.joinable()) evict_thread_.join();  // no eviction in flight from here on
   }
-  uint64_t total = remote.size(), done = 0, last_report = 0;
-  emit({"progress", "draining pages back", {}, 0, total});
-  for (size_t i = 0; i < remote.size() && !stop_; i += kDrainBatch) {
-    std::vector<uint32_t> chunk(remote.begin() + i, remote.begin() + std::min(remote.size(), i + kDrainBatch));
+  try {
+    std::vector<uint32_t> remote;
     {
-      std::lock_guard<std::mutex> fg(fetch_mu_);
-      fetch_pages(chunk, false, false);
+      std::lock_guard<AdaptiveMutex> g(mu_);
+      for (uint32_t i = 0; i < table_.size(); i++)
+        if (table_[i].state == kRemote) remote.push_back(i);
     }
-    done += chunk.size();
-    if (now_us() - last_report > 200000 || done == total) {
-      last_report = now_us();
-      emit({"progress", "draining pages back", {}, done, total});
+    uint64_t total = remote.size(), done = 0, last_report = 0;
+    emit({"progress", "draining pages back", {}, 0, total});
+    for (size_t i = 0; i < remote.size() && !stop_; i += kDrainBatch) {
+      drain_chunk(std::vector<uint32_t>(remote.begin() + i, remote.begin() + std::min(remote.size(), i + kDrainBatch)));
+      done += std::min(remote.size(), i + kDrainBatch) - i;
+      if (now_us() - last_report > 200000 || done == total) {
+        last_report = now_us();
+        emit({"progress", "draining pages back", {}, done, total});
+      }
     }
-  }
-  if (stop_) throw Error("EM_DETACH_ABORTED", "detach interrupted: the target exited or the monitor is stopping");
-  if (lost_pages_ > 0)
-    throw Error("EM_PAGES_LOST", std::to_string((uint64_t)lost_pages_) +
-                                     " page(s) are missing from the store; the VM stays attached and waits on them. "
-                                     "Restore the store's data and detach again.");
-  {
+    if (stop_) throw Error("EM_DETACH_ABORTED", "detach interrupted: the target exited or the monitor is stopping");
+    if (lost_pages_ > 0)
+      throw Error("EM_PAGES_LOST", std::to_string((uint64_t)lost_pages_) +
+                                       " page(s) are missing from the store; the VM stays attached and waits on them. "
+                                       "Restore the store's data (they are asked for again every few seconds) and detach again.");
     std::lock_guard<AdaptiveMutex> g(mu_);
     for (uint32_t i = 0; i < table_.size(); i++)
       if (table_[i].state == kRemote)
         throw Error("EM_DETACH_INCOMPLETE", "some pages could not be brought back; the VM stays attached");
+  } catch (...) {
+    // The VM stays attached: it gets its evictor back (the drain brought pages in above
+    // the cap; resize and back-pressure work again). Not when the pager is stopping.
+    std::lock_guard<std::mutex> j(join_mu_);  // (an abandon meanwhile sets evict_stop_ first)
+    if (!stop_ && !evict_stop_ && !evict_thread_.joinable()) {
+      draining_ = false;
+      start_evictor();
+    }
+    throw;
   }
   for (auto& r : regions()) {
     uffd_writeprotect(cfg_.uffd, r.start, r.length, false);

@@ -155,8 +155,12 @@ class Pager {
   void plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std::vector<uint32_t>* writes, FetchPlan& plan);
   void fetch_planned(FetchPlan& plan);
   bool map_in_place(FetchPlan& plan);
+  void unmark_lost(PageMeta& m);  // mu_ held: a page held as lost was mapped after all
+  void retry_lost();              // ask the store again for pages held as lost (evictor thread)
+  void drain_chunk(std::vector<uint32_t> chunk);  // detach: bring these remote pages in
   // --- evictor ---
   void evict_loop();
+  void start_evictor();
   size_t evict_batch(size_t want);
   // in_runs: the dirty victims came in long runs; private_pages: some are private memory.
   size_t evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean, bool in_runs,
@@ -245,6 +249,10 @@ class Pager {
   // target exits. false: non-blocking reads and ppoll, as before (no free signal).
   std::atomic<bool> blocking_reads_{false};
   std::thread exit_watch_thread_;
+  // Joins of the threads above: a detach (its own thread) and an abandon (the JS thread,
+  // e.g. QEMU died mid-drain) may both join them; std::thread::join from two threads at
+  // once is undefined (glibc: EINVAL thrown in one of them, which left the fault thread running).
+  std::mutex join_mu_;
   std::atomic<bool> fault_done_{false};      // the fault thread left its loop: stop interrupting it
   std::atomic<bool> exit_reported_{false};   // "target-exited" is emitted once
   // Eviction by splice (evict_by_splice): the store in this process. The pipes hold one
@@ -293,6 +301,7 @@ class Pager {
   int evictor_avoids_ = -1;  // evictor thread only: the CPU it last moved off
 
   // sequential-fault detection for prefetch
+  uint64_t last_lost_retry_us_ = 0;  // evictor thread only
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)
   uint32_t last_fault_ = kNil;
   uint32_t seq_streak_ = 0;

@@ -696,6 +696,13 @@ void Pager::evict_loop() {
       evict_cv_.wait_for(lk, std::chrono::milliseconds(500),
                          [&] { return stop_ || evict_stop_ || (!draining_ && resident_ > high_watermark()); });
     }
+    if (lost_pages_ && !stop_ && !evict_stop_ && !draining_ && now_us() - last_lost_retry_us_ >= kLostRetryUs) {
+      try {
+        retry_lost();
+      } catch (const std::exception& e) {
+        report_throttled(std::string("asking the store again for lost pages failed: ") + e.what());
+      }
+    }
     if (stop_ || evict_stop_ || draining_ || resident_ <= high_watermark()) continue;
     uint32_t cap = cap_;
     uint64_t low = low_watermark();

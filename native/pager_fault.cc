@@ -207,7 +207,14 @@ void Pager::fault_loop() {
             follow_tid = msgs[i].arg.pagefault.feat.ptid;  // 0 when the uffd lacks THREAD_ID (take-over)
           }
           int ri = region_of(addr);
-          if (ri < 0) continue;
+          if (ri < 0) {
+            // Registered with this uffd but in no region we serve (a take-over that left out
+            // a region the dead monitor had added): its thread waits. Say so, loudly.
+            char where[32];
+            snprintf(where, sizeof where, "0x%llx", (unsigned long long)addr);
+            report_throttled(std::string("a fault at ") + where + " is outside every region this pager serves; its thread waits (was a hot-added region left out of a take-over?)");
+            continue;
+          }
           uint32_t idx = index_in(regions_[ri], addr);
           faults_++;
           if (cfg_.test_defer_faults) {  // TEST ONLY: served from retry_ in a later round, as after EAGAIN
@@ -255,14 +262,24 @@ void Pager::fault_loop() {
     for (size_t i = 0; i < n; i++) latency_.record(dt);
     if (resident_ > high_watermark()) {
       evict_cv_.notify_one();
-      // Back-pressure: when faults outrun the evictor up to the cap, give it a moment
-      // before taking more pages. Bounded (20 ms), so a drop that needs this thread (an
-      // injected DONTNEED into a thread that is itself faulting) can never deadlock
-      // against it, and a stalled store only slows faults down.
+      // Back-pressure: when faults outrun the evictor up to the cap, wait for it before
+      // taking more pages, for as long as it makes progress: a busy host that leaves the
+      // (niced) evictor little CPU slows the guest down instead of letting it run past
+      // the cap (a fixed 20 ms let it reach 1.6x the cap on a loaded 2-CPU machine).
+      // Bounded by 20 ms without progress, so a drop that needs this thread (an injected
+      // DONTNEED into a thread that is itself faulting) can never deadlock against it,
+      // and a stalled store only slows faults down.
       // (not while faults wait for a retry: they are due within 200 µs)
       if (resident_ >= cap_ && !stop_ && !draining_ && retry_.empty()) {
-        uint64_t w0 = now_us();
-        for (int i = 0; i < 20 && resident_ >= cap_ && !stop_ && !draining_; i++) {
+        uint64_t w0 = now_us(), progress_at = w0, seen = evictions_;
+        while (resident_ >= cap_ && !stop_ && !draining_) {
+          uint64_t t = now_us();
+          if (evictions_ != seen) {
+            seen = evictions_;
+            progress_at = t;
+          } else if (t - progress_at >= kCapWaitNoProgressUs) {
+            break;
+          }
           std::unique_lock<std::mutex> lk(evict_mu_);
           evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));
         }
@@ -317,8 +334,8 @@ void Pager::handle_wp(uint32_t idx) {
 // unplug, free page reporting). Every page in it reads as zeros from now on: resident
 // and remote pages become absent and their stored copies are deleted. A page being
 // evicted has its eviction abandoned (the missing fault after the zap then finds it
-// "resident" and takes the discard path). Pages the evictor is dropping are skipped:
-// for private memory the evictor's own injected MADV_DONTNEED raises this event too.
+// "resident" and takes the discard path); one whose drop is under way is committed as
+// discarded by the evictor.
 void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels,
                           std::vector<std::pair<uint64_t, uint64_t>>& removed) {
   for (const Region& r : regions()) {
@@ -332,8 +349,10 @@ void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& d
         case kAbsent:
           continue;
         case kEvicting:
-          // (evict_by_splice: a page being dropped was discarded too; it is stored as zeros)
-          if (!(m.flags & kFlDropping) || splice_evictions_) m.flags |= kFlAbort;  // counted when its fault comes
+          // Its eviction commits it as discarded (absent, any stored copy deleted), also
+          // when the drop is under way. (This event is only asked for when every region is
+          // a memfd, whose drops are punches: it is always QEMU's discard, never ours.)
+          m.flags |= kFlAbort;  // counted when its fault comes
           continue;
         case kRemote:
           remote_--;
@@ -477,12 +496,14 @@ bool Pager::map_in_place(FetchPlan& plan) {
   CopyResult cr = CopyResult::kDone;
   uint64_t copied = 0;
   if (!store_->view(plan.keys[0], plan.vers[0], [&](const uint8_t* page) {
-        cr = uffd_copy(cfg_.uffd, dst, page, kPageSize, map_wp, true, &copied, again_mode());
+        // (never waits out EAGAIN: a drain holding fetch_mu_ would keep the fault thread
+        // from reading the event the mm waits on; the drain asks again itself)
+        cr = uffd_copy(cfg_.uffd, dst, page, kPageSize, map_wp, true, &copied, OnAgain::kReturn);
         mapped = cr != CopyResult::kAgain;
       }, &found))
     return false;
   if (cr == CopyResult::kAgain) {  // the mm is changing: retry this fault shortly
-    retry_.push_back({idx, map_wp ? Retry::kRead : Retry::kWrite});
+    if (tl_uffd_reader) retry_.push_back({idx, map_wp ? Retry::kRead : Retry::kWrite});
     return true;
   }
   std::lock_guard<AdaptiveMutex> g(mu_);
@@ -496,6 +517,20 @@ bool Pager::map_in_place(FetchPlan& plan) {
     return true;
   }
   if (!mapped) return true;
+  if (m.state != kRemote) {
+    // Only a drain maps in place concurrently with the fault thread, which may have
+    // discarded the page meanwhile (UFFD_EVENT_REMOVE: absent, its count already moved)
+    // and zero-filled it (resident: our copy met EEXIST). A copy that landed on a
+    // discarded page leaves it resident with that content: track it as such.
+    if (m.state == kAbsent && cr == CopyResult::kDone) {
+      m.state = kResDirty;
+      list_insert(idx, false);
+      resident_++;
+    }
+    if (cr == CopyResult::kExists) uffd_wake(cfg_.uffd, dst, kPageSize);
+    return true;
+  }
+  unmark_lost(m);
   bool hot = evict_clock_ - m.prev <= cap_;  // refault distance within the cap: it was hot
   // EEXIST: something mapped it behind our back; the page in memory is authoritative (dirty)
   m.state = cr == CopyResult::kExists || !map_wp ? kResDirty : kResClean;
@@ -506,6 +541,38 @@ bool Pager::map_in_place(FetchPlan& plan) {
   if (cr == CopyResult::kExists) uffd_wake(cfg_.uffd, dst, kPageSize);
   else fetches_++;
   return true;
+}
+
+void Pager::unmark_lost(PageMeta& m) {
+  if (!(m.flags & kFlLost)) return;
+  m.flags &= ~kFlLost;
+  lost_pages_--;
+}
+
+// Pages held as lost are asked for again every few seconds (by the evictor, which has
+// the time): if the store's data was restored (a backup, a node back), they are mapped
+// and the threads waiting on them run on, and a detach can finish.
+void Pager::retry_lost() {
+  last_lost_retry_us_ = now_us();
+  constexpr uint32_t kSlice = 65536;  // (the table lock is held for one slice at a time)
+  uint32_t cursor = 0;
+  // Batch after batch while the store has them again; the first batch it still lacks
+  // entirely ends the round (the next is due in kLostRetryUs).
+  while (lost_pages_ && !stop_ && !evict_stop_ && !draining_) {
+    std::vector<uint32_t> batch;
+    while (cursor < table_.size() && batch.size() < kLostRetryBatch) {
+      std::lock_guard<AdaptiveMutex> g(mu_);
+      for (uint32_t end = std::min<uint32_t>(cursor + kSlice, table_.size()); cursor < end && batch.size() < kLostRetryBatch; cursor++)
+        if (table_[cursor].state == kRemote && (table_[cursor].flags & kFlLost)) batch.push_back(cursor);
+    }
+    if (batch.empty()) return;
+    uint64_t before = lost_pages_;
+    {
+      std::lock_guard<std::mutex> fg(fetch_mu_);
+      fetch_pages(batch, true, false);
+    }
+    if (lost_pages_ >= before) return;
+  }
 }
 
 // Fetch what plan_fetch chose (store call without the page-table lock), then map it.
@@ -546,11 +613,12 @@ void Pager::fetch_planned(FetchPlan& plan) {
     std::lock_guard<AdaptiveMutex> g(mu_);
     PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
     for (uint32_t idx : want) {
+      if (table_[idx].flags & kFlLost) continue;  // (asked for again: counted and reported once)
       table_[idx].flags |= kFlLost;
       lost_pages_++;
       ev.pages.push_back(key_of(idx));
     }
-    emit(std::move(ev));
+    if (!ev.pages.empty()) emit(std::move(ev));
     return;
   }
   std::lock_guard<AdaptiveMutex> g(mu_);
@@ -566,7 +634,7 @@ void Pager::fetch_planned(FetchPlan& plan) {
     const Region& r = region_at(want[i]);
     bool writable = writable_at(i);
     if (!ok(i)) {
-      if (!found[i] && table_[want[i]].state == kRemote) {
+      if (!found[i] && table_[want[i]].state == kRemote && !(table_[want[i]].flags & kFlLost)) {
         // Invariant 2/5: the store lost a page we stored. Never zero-fill it: leave the
         // fault pending (the vCPU waits, the VM is effectively paused) and say so.
         table_[want[i]].flags |= kFlLost;
@@ -583,7 +651,8 @@ void Pager::fetch_planned(FetchPlan& plan) {
     uint64_t copied = 0;
     uint64_t dst = addr_of(want[i]);
     bool map_wp = wp && !writable;
-    CopyResult cr = uffd_copy(cfg_.uffd, dst, data + i * kPageSize, count * kPageSize, map_wp, true, &copied, again_mode());
+    // (never waits out EAGAIN holding mu_: see map_in_place)
+    CopyResult cr = uffd_copy(cfg_.uffd, dst, data + i * kPageSize, count * kPageSize, map_wp, true, &copied, OnAgain::kReturn);
     size_t done = (size_t)(copied / kPageSize);
     for (size_t k = i; k < i + done; k++) {
       uint32_t idx = want[k];
@@ -591,6 +660,7 @@ void Pager::fetch_planned(FetchPlan& plan) {
       bool hot = evict_clock_ - m.prev <= cap_;  // refault distance within the cap: it was hot
       m.state = map_wp ? kResClean : kResDirty;
       m.flags |= kFlStoreCopy;
+      unmark_lost(m);
       list_insert(idx, hot);
       resident_++;
       remote_--;
@@ -598,11 +668,12 @@ void Pager::fetch_planned(FetchPlan& plan) {
     }
     if (cr == CopyResult::kAgain) {
       // The mm is changing (an event waits in the uffd): the rest of the run stays
-      // remote; its faulted pages are retried shortly (kAgain happens only on the fault
-      // thread, which owns retry_), prefetched ones have nobody waiting.
-      for (size_t k = i + done; k <= j; k++)
-        if (plan.mark[k] == kMarkFault || plan.mark[k] == kMarkWrite)
-          retry_.push_back({want[k], plan.mark[k] == kMarkWrite ? Retry::kWrite : Retry::kRead});
+      // remote; on the fault thread (which owns retry_) its faulted pages are retried
+      // shortly, prefetched ones have nobody waiting; a drain asks again itself.
+      if (tl_uffd_reader)
+        for (size_t k = i + done; k <= j; k++)
+          if (plan.mark[k] == kMarkFault || plan.mark[k] == kMarkWrite)
+            retry_.push_back({want[k], plan.mark[k] == kMarkWrite ? Retry::kWrite : Retry::kRead});
       i = j + 1;
       continue;
     }
@@ -613,6 +684,7 @@ void Pager::fetch_planned(FetchPlan& plan) {
       PageMeta& m = table_[idx];
       m.state = kResDirty;
       m.flags |= kFlStoreCopy;
+      unmark_lost(m);
       list_insert(idx, false);
       resident_++;
       remote_--;

@@ -4,6 +4,9 @@
  * stored gets them reported, and they are never zero-filled.
  */
 import test from 'ava';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { startTarget, parseReply, type Target } from './helpers/target.ts';
 import { startRedis, sleep } from './helpers/servers.ts';
 import { Pager } from '../native/pager.ts';
@@ -86,4 +89,71 @@ test('redis-server restarted without persistence: the lost pages are reported, n
   t.is(s.storeState, 'lost');
   t.is(s.zeroFills, before.zeroFills, 'no lost page was zero-filled');
   t.true(events.includes('page-lost'));
+});
+
+test("redis restarted empty, then its data restored: the held pages come back by themselves, none zero-filled; a detach refused meanwhile leaves the pager paging", async (t) => {
+  const { redis, target, pager } = await setup(t, { persistence: false });
+  // A snapshot of the stored pages, as a backup holds them; the live server then loses them.
+  const backup = fs.mkdtempSync(path.join(os.tmpdir(), 'em-redis-backup-'));
+  t.teardown(() => fs.rmSync(backup, { recursive: true, force: true }));
+  await redis.cli('SAVE');
+  fs.renameSync(path.join(redis.dir, 'dump.rdb'), path.join(backup, 'dump.rdb'));
+  await redis.kill('SIGKILL');
+  await redis.restart(); // empty now
+  const zeroFills = pager.stats().zeroFills;
+  const verify = target.cmd('verify memfd', { timeoutMs: 180000 });
+  const until = Date.now() + 30000;
+  while (pager.stats().lostPages === 0 && Date.now() < until) await sleep(100);
+  t.true(pager.stats().lostPages > 0, 'the target faulted on a page the store lost');
+
+  // Detach cannot bring lost pages back: refused, and the VM stays attached for real:
+  // the evictor works again (the drain brought every other page in, far above the cap).
+  const refused = await t.throwsAsync(pager.detach());
+  t.is((refused as { code?: string }).code, 'EM_PAGES_LOST');
+  t.false(pager.stats().draining, 'no longer draining');
+  const capBack = Date.now() + 60000;
+  while (pager.stats().residentPages > 1024 && Date.now() < capBack) await sleep(100);
+  t.true(pager.stats().residentPages <= 1024, `back under the cap: ${pager.stats().residentPages} resident`);
+  t.regex(refused!.message, /Restore the store's data \(they are asked for again every few seconds\) and detach again/);
+
+  // Restore: a second server on the backup copies back the keys the live one lacks.
+  const side = await startRedis(t, { dir: backup });
+  const live = new Set((await redis.cli('--scan')).split('\n').filter(Boolean));
+  const missing = (await side.cli('--scan')).split('\n').filter((k) => k && !live.has(k));
+  t.true(missing.length > 0, 'the backup holds the lost pages');
+  for (let i = 0; i < missing.length; i += 200) {
+    t.regex(await side.cli('MIGRATE', '127.0.0.1', String(redis.port), '', '0', '10000', 'COPY', 'KEYS', ...missing.slice(i, i + 200)), /OK/);
+  }
+  // Nobody is told: the pager asks for the lost pages again by itself and the verify runs on.
+  t.is(parseReply(await verify).corrupt, 0);
+  const s = pager.stats();
+  t.is(s.lostPages, 0, 'no page held as lost any more');
+  t.is(s.storeState, 'ok');
+  t.is(s.zeroFills, zeroFills, 'no page was zero-filled on the way');
+  await pager.detach();
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+});
+
+test('abandon while a detach waits on a stalled evictor (QEMU gone mid-drain): no crash, the target keeps its uffd, the next pager takes over', async (t) => {
+  const { redis, store, target, pager } = await setup(t, { persistence: true, appendfsync: 'always' });
+  const region = target.regionSpecs().find((r) => r.kind === 'memfd')!;
+  // The evictor stuck retrying a stopped store: a detach first joins it, and an abandon
+  // (the daemon's answer to QEMU's exit) stops it at the same moment.
+  const churn = target.cmd('churn memfd 4000 2 0.5', { timeoutMs: 120000 });
+  await sleep(500);
+  redis.pause();
+  const paused = Date.now() + 10000;
+  while (pager.stats().storeState !== 'retrying' && Date.now() < paused) await sleep(50);
+  t.is(pager.stats().storeState, 'retrying');
+  const detaching = pager.detach().then(() => 'detached', (e: { code?: string }) => e.code ?? 'error');
+  await sleep(300);
+  t.notThrows(() => pager.abandon());
+  t.is(await detaching, 'EM_DETACH_ABORTED');
+  // The target waits on its uffd for a new monitor, which takes over once the store is back.
+  redis.resume();
+  const next = await Pager.attach({ pid: target.pid, vmId: `redis-${target.pid}`, regions: [region], capPages: 1024, store, reattach: true });
+  t.teardown(() => next.abandon());
+  t.is(parseReply(await churn).corrupt, 0);
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  await next.detach();
 });
