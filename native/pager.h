@@ -302,6 +302,8 @@ class Pager {
 
   // sequential-fault detection for prefetch
   uint64_t last_lost_retry_us_ = 0;  // evictor thread only
+  std::atomic<pid_t> evict_tid_{0};  // the evictor's thread id (back-pressure asks whether it runs)
+  bool evictor_runnable() const;
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)
   uint32_t last_fault_ = kNil;
   uint32_t seq_streak_ = 0;

@@ -16,6 +16,7 @@
 #include "error.h"
 #include "inject.h"
 #include "pager_internal.h"
+#include "procfs.h"
 #include "uffd.h"
 #include "wake_signal.h"
 
@@ -679,6 +680,15 @@ uint64_t Pager::low_watermark() const {
   return cap > 2 * slack() ? cap - 2 * slack() : 0;
 }
 
+// Running or waiting for a CPU (state R), as opposed to sleeping on the store, the
+// target (an injection) or its condition variable.
+bool Pager::evictor_runnable() const {
+  pid_t tid = evict_tid_;
+  char state = 0;
+  unsigned long flags = 0;
+  return tid > 0 && task_stat(getpid(), tid, &state, &flags) && state == 'R';
+}
+
 void Pager::evict_loop() {
   // The evictor works in the background of the fault path: on a small machine a
   // runnable evictor would otherwise delay the fault thread's wake-ups. Niced, it
@@ -688,6 +698,7 @@ void Pager::evict_loop() {
     emit({"error", std::string("could not lower the evictor's priority: ") + strerror(errno), {}, 0, 0});
   }
   tl_evictor = true;
+  evict_tid_ = (pid_t)syscall(SYS_gettid);
   uint32_t idle_backoff_ms = 0;  // the wait after a round that evicted nothing (grows while rounds keep failing)
   while (!stop_ && !evict_stop_ && !draining_) {
     place_evictor();

@@ -263,12 +263,13 @@ void Pager::fault_loop() {
     if (resident_ > high_watermark()) {
       evict_cv_.notify_one();
       // Back-pressure: when faults outrun the evictor up to the cap, wait for it before
-      // taking more pages, for as long as it makes progress: a busy host that leaves the
-      // (niced) evictor little CPU slows the guest down instead of letting it run past
-      // the cap (a fixed 20 ms let it reach 1.6x the cap on a loaded 2-CPU machine).
-      // Bounded by 20 ms without progress, so a drop that needs this thread (an injected
-      // DONTNEED into a thread that is itself faulting) can never deadlock against it,
-      // and a stalled store only slows faults down.
+      // taking more pages, for as long as it evicts or at least runs: a busy host that
+      // leaves the (niced) evictor little CPU slows the guest down instead of letting it
+      // run past the cap (a fixed 20 ms let a guest reach 1.6x its cap on a loaded
+      // 2-CPU machine). An evictor that neither evicted for 20 ms nor runs is waiting on
+      // something: then this fault round goes on, so a drop that needs this thread (an
+      // injected DONTNEED into a thread that is itself faulting) can never deadlock
+      // against it, and a stalled store only slows faults down. At most 1 s a round.
       // (not while faults wait for a retry: they are due within 200 µs)
       if (resident_ >= cap_ && !stop_ && !draining_ && retry_.empty()) {
         uint64_t w0 = now_us(), progress_at = w0, seen = evictions_;
@@ -278,7 +279,8 @@ void Pager::fault_loop() {
             seen = evictions_;
             progress_at = t;
           } else if (t - progress_at >= kCapWaitNoProgressUs) {
-            break;
+            if (t - w0 >= kCapWaitMaxUs || !evictor_runnable()) break;
+            progress_at = t;  // (runnable: look again in 20 ms)
           }
           std::unique_lock<std::mutex> lk(evict_mu_);
           evicted_cv_.wait_for(lk, std::chrono::milliseconds(1));

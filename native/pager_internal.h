@@ -17,6 +17,7 @@ inline constexpr size_t kDrainBatch = 256;       // pages fetched per drain step
 inline constexpr uint64_t kLostRetryUs = 2000000;  // pages held as lost are asked for again this often
 inline constexpr size_t kLostRetryBatch = 256;     // at most this many of them at a time
 inline constexpr uint64_t kCapWaitNoProgressUs = 20000;  // at the cap, faults wait for the evictor until it stalls this long
+inline constexpr uint64_t kCapWaitMaxUs = 1000000;        // and never longer than this per fault round
 inline constexpr int kDrainAgainTries = 2000;      // 1 ms apart: a drain step waits this long for the mm to settle
 inline constexpr int kIovMax = 1024;
 inline constexpr uint64_t kRetryMinMs = 50, kRetryMaxMs = 5000;

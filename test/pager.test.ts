@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import fs from 'node:fs';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { startTarget, parseReply, type Target } from './helpers/target.ts';
 import { Pager } from '../native/pager.ts';
 import { openStore } from '../kvstore/index.ts';
@@ -763,4 +763,36 @@ test.serial('between faults the fault thread sleeps in read() on the uffd (ppoll
   const e = await serveThenSleep('271', { _testNonBlockingReads: true });
   await e.pager.detach();
   t.true(await gone(e.tid), 'fallback: detach ends the fault thread');
+});
+
+test.serial('the cap holds while a busy host leaves the evictor little CPU: faults wait for it while it runs', async (t) => {
+  const { allowedCpus } = await import('../native/pager.ts');
+  const cpus = allowedCpus();
+  if (cpus.length < 2) return t.pass('one CPU: nothing to pin apart');
+  const [faultCpu, evictCpu] = [cpus[0]!, cpus[cpus.length - 1]!];
+  const target = await startTarget(t, { memfdMiB: 64, anonMiB: 1 });
+  await target.cmd('fill memfd 13');
+  const store = await memoryStore(t);
+  const cap = 2048;
+  const pager = await attach(t, target, [region(target, 'memfd')], cap, store, { faultCpus: [faultCpu], evictCpus: [evictCpu] });
+  await waitFor(() => pager.stats().residentPages <= cap, 60000);
+  // A busy loop at nice -20 on the evictor's CPU: the evictor (nice 10) gets a sliver of it.
+  const hog = spawn('taskset', ['-c', String(evictCpu), 'nice', '-n', '-20', process.execPath, '-e', 'for (;;) {}'], { stdio: 'ignore' });
+  t.teardown(() => { hog.kill('SIGKILL'); });
+  await new Promise((r) => setTimeout(r, 200));
+  const before = pager.stats();
+  let most = 0;
+  let done = false;
+  const churn = target.cmd('churn memfd 6000 4 0.5', { timeoutMs: 180000 }).finally(() => { done = true; });
+  while (!done) {
+    most = Math.max(most, pager.stats().residentPages);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+  hog.kill('SIGKILL');
+  t.is(parseReply(await churn).corrupt, 0);
+  const after = pager.stats();
+  t.log({ cap, mostResident: most, capWaits: after.capWaits - before.capWaits, capWaitMs: Math.round((after.capWaitUs - before.capWaitUs) / 1000) });
+  // A fault round may map its own pages past the cap (a few, plus prefetch runs) before it waits.
+  t.true(most <= cap + 128, `at most ${most} pages resident against a cap of ${cap}`);
+  t.true(after.capWaits > before.capWaits, 'faults did wait for the evictor');
 });
