@@ -9,6 +9,15 @@ import path from 'node:path';
 import { loadNative, ElasticmemError, type RegionSpec, type PagerStatsRaw, type PagerEvent, type BridgeRequest, type AcquiredUffd, type PagerTestHooks } from './index.ts';
 import type { PageStore } from '../kvstore/types.ts';
 import { startTimeOf } from './proc-start.ts';
+import { shmemThpMessage, shmemThpRisk } from './shmem-thp.ts';
+
+/** Refuse memfd RAM that huge pages can back (see shmem-thp.ts): before anything is touched. */
+function refuseShmemThp(pid: number, regions: RegionSpec[]): void {
+  for (const r of regions) {
+    const why = shmemThpRisk(pid, r);
+    if (why) throw new ElasticmemError(shmemThpMessage(r, why), 'EM_SHMEM_THP');
+  }
+}
 
 export interface PagerAttachOptions extends PagerTestHooks {
   pid: number;
@@ -71,6 +80,7 @@ export class Pager extends EventEmitter {
   static async attach(opts: PagerAttachOptions): Promise<Pager> {
     const native = loadNative();
     validate(opts);
+    refuseShmemThp(opts.pid, opts.regions);
     const lockFd = lockTarget(opts.pid, opts.lockDir);
     try {
       return await Pager.attachLocked(opts, lockFd);
@@ -181,6 +191,7 @@ export class Pager extends EventEmitter {
    */
   addRegions(regions: RegionSpec[]): void {
     if (this.closed) throw new ElasticmemError('this pager has been detached or abandoned; attach again', 'EM_PAGER_STOPPED');
+    refuseShmemThp(this.opts.pid, regions);
     loadNative().pagerAddRegions(this.handle, regions);
   }
 
