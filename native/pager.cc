@@ -187,14 +187,14 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
     if (op()) return;
     ssize_t got = read(cfg_.uffd, msgs, sizeof msgs);
     if (got < 0 && errno != EAGAIN && errno != EINTR) throw_sys("read", "reading the userfaultfd before " + what);
-    std::vector<uint64_t> dels;
+    std::vector<uint32_t> dels;
     std::vector<std::pair<uint64_t, uint64_t>> removed;
     {
       std::lock_guard<AdaptiveMutex> g(mu_);
       for (ssize_t i = 0; got > 0 && i < got / (ssize_t)sizeof(struct uffd_msg); i++)
         if (msgs[i].event == UFFD_EVENT_REMOVE) handle_remove(msgs[i].arg.remove.start, msgs[i].arg.remove.end, dels, removed);
     }
-    if (!dels.empty()) store_del(dels);
+    discard_stored(dels);
     struct timespec ts = {0, 200 * 1000};
     nanosleep(&ts, nullptr);
   }

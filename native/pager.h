@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <vector>
 
 #include "adaptive_mutex.h"
@@ -149,8 +150,10 @@ class Pager {
   void requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_unapplied, const std::vector<Retry>& retrying,
                      const std::vector<std::pair<uint64_t, uint64_t>>& removed);
   void handle_wp(uint32_t idx);
-  void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels, bool write);
-  void handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels, std::vector<std::pair<uint64_t, uint64_t>>& removed);
+  void handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint32_t>& dels, bool write);
+  void handle_remove(uint64_t start, uint64_t end, std::vector<uint32_t>& dels, std::vector<std::pair<uint64_t, uint64_t>>& removed);
+  void queue_discard(uint32_t idx, std::vector<uint32_t>& dels);  // mu_ held
+  void discard_stored(std::vector<uint32_t>& dels);                 // delete their stored copies, then let them be evicted
   void fetch_pages(std::vector<uint32_t>& faulted, bool wp, bool prefetch, const std::vector<uint32_t>* writes = nullptr);
   void plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std::vector<uint32_t>* writes, FetchPlan& plan);
   void fetch_planned(FetchPlan& plan);
@@ -302,6 +305,10 @@ class Pager {
 
   // sequential-fault detection for prefetch
   uint64_t last_lost_retry_us_ = 0;  // evictor thread only
+  // Pages whose stored copy the fault thread is deleting (discarded by QEMU, then maybe
+  // written again): the evictor leaves them alone until the delete is done, so a late
+  // delete can never remove a newer copy it stored meanwhile. mu_.
+  std::unordered_multiset<uint32_t> deleting_;
   std::atomic<pid_t> evict_tid_{0};  // the evictor's thread id (back-pressure asks whether it runs)
   bool evictor_runnable() const;
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)

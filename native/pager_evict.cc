@@ -172,6 +172,15 @@ size_t Pager::evict_batch(size_t want) {
   {
     std::lock_guard<AdaptiveMutex> g(mu_);
     pick_victims(want, victims, arm);
+    if (!deleting_.empty()) {
+      // (their stored copies are being deleted: evicted now, the new copy could go first)
+      victims.erase(std::remove_if(victims.begin(), victims.end(), [&](uint32_t idx) {
+                      if (!deleting_.count(idx)) return false;
+                      list_insert(idx, false);
+                      return true;
+                    }),
+                    victims.end());
+    }
     std::sort(victims.begin(), victims.end());
     for (uint32_t idx : victims) {
       PageMeta& m = table_[idx];

@@ -123,7 +123,7 @@ void Pager::requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_un
 void Pager::fault_loop() {
   struct uffd_msg msgs[kMaxMsgs];
   std::vector<uint32_t> fetch;
-  std::vector<uint64_t> dels;
+  std::vector<uint32_t> dels;  // pages whose stored copy goes (queue_discard)
   std::vector<uint32_t> writes;
   std::vector<std::pair<uint64_t, uint64_t>> removed;  // discarded ranges: waiters are woken
   std::vector<Retry> retrying;
@@ -243,7 +243,7 @@ void Pager::fault_loop() {
       // A thread waiting on a page that was discarded meanwhile retries: the page now
       // reads as zeros (its fault finds it absent).
       for (auto& r : removed) uffd_wake(cfg_.uffd, r.first, r.second - r.first);
-      if (!dels.empty()) store_del(dels);
+      discard_stored(dels);
       if (!fetch.empty()) {
         // A drain may bring the same pages in meanwhile: fetch_planned maps only pages
         // still remote, so the worst case is one wasted store read.
@@ -257,6 +257,13 @@ void Pager::fault_loop() {
       // are applied first, and threads of discarded ranges are woken now.
       requeue_round(msgs, n, next_msg, retrying, removed);
       report_throttled(std::string("fault handling failed (retrying): ") + e.what());
+      // Pages already discarded in this round: their stored copies still go (and the
+      // evictor may take them again either way).
+      try {
+        discard_stored(dels);
+      } catch (const std::exception& e2) {
+        report_throttled(std::string("deleting discarded pages' stored copies failed: ") + e2.what());
+      }
     }
     uint64_t dt = now_us() - t0;
     for (size_t i = 0; i < n; i++) latency_.record(dt);
@@ -332,13 +339,39 @@ void Pager::handle_wp(uint32_t idx) {
   }
 }
 
+void Pager::queue_discard(uint32_t idx, std::vector<uint32_t>& dels) {
+  dels.push_back(idx);
+  deleting_.insert(idx);
+}
+
+// The stored copies of pages QEMU discarded go (retried while the store is down); until
+// then the evictor does not touch those pages (deleting_), whose guest may already have
+// written them again: their next copy is stored after this delete, never before it.
+void Pager::discard_stored(std::vector<uint32_t>& dels) {
+  if (dels.empty()) return;
+  std::vector<uint64_t> keys;
+  keys.reserve(dels.size());
+  for (uint32_t idx : dels) keys.push_back(key_of(idx));
+  try {
+    store_del(keys);
+  } catch (...) {
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    for (uint32_t idx : dels) deleting_.erase(deleting_.find(idx));
+    dels.clear();
+    throw;
+  }
+  std::lock_guard<AdaptiveMutex> g(mu_);
+  for (uint32_t idx : dels) deleting_.erase(deleting_.find(idx));
+  dels.clear();
+}
+
 // UFFD_EVENT_REMOVE: the target discards [start, end) (QEMU: balloon inflate, virtio-mem
 // unplug, free page reporting). Every page in it reads as zeros from now on: resident
 // and remote pages become absent and their stored copies are deleted. A page being
 // evicted has its eviction abandoned (the missing fault after the zap then finds it
 // "resident" and takes the discard path); one whose drop is under way is committed as
 // discarded by the evictor.
-void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& dels,
+void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint32_t>& dels,
                           std::vector<std::pair<uint64_t, uint64_t>>& removed) {
   for (const Region& r : regions()) {
     uint64_t lo = std::max(start, r.start), hi = std::min(end, r.start + r.length);
@@ -364,7 +397,7 @@ void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& d
           resident_--;
           break;
       }
-      if (m.flags & kFlStoreCopy) dels.push_back(key_of(idx));
+      if (m.flags & kFlStoreCopy) queue_discard(idx, dels);
       m.state = kAbsent;
       m.flags = 0;
       discards_++;
@@ -377,7 +410,7 @@ void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint64_t>& d
 // A missing fault. Remote pages are queued for one batched fetch; never-written pages
 // are zero-filled; a missing fault on a page believed resident means QEMU discarded it
 // (balloon, virtio-mem unplug): zeros, and the stored copy is deleted.
-void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint64_t>& dels, bool write) {
+void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vector<uint32_t>& dels, bool write) {
   PageMeta& m = table_[idx];
   uint64_t addr = addr_of(idx);
   // UFFDIO_ZEROPAGE. Unless it was done nothing changes: a duplicate fault already
@@ -416,7 +449,7 @@ void Pager::handle_missing(uint32_t idx, std::vector<uint32_t>& fetch, std::vect
       m.state = kResDirty;
       if (m.flags & kFlStoreCopy) {
         m.flags &= ~kFlStoreCopy;
-        dels.push_back(key_of(idx));
+        queue_discard(idx, dels);
       }
       return;
   }

@@ -796,3 +796,47 @@ test.serial('the cap holds while a busy host leaves the evictor little CPU: faul
   t.true(most <= cap + 128, `at most ${most} pages resident against a cap of ${cap}`);
   t.true(after.capWaits > before.capWaits, 'faults did wait for the evictor');
 });
+
+test.serial("anon: a discarded page written again is not evicted while its old stored copy's delete is in flight (the late delete would remove the new copy: a lost page)", async (t) => {
+  const target = await startTarget(t, { memfdMiB: 1, anonMiB: 16 });
+  await target.cmd('fill anon 23');
+  const inner = await memoryStore(t);
+  // A store (through the TypeScript bridge) whose deletes wait until the test lets them go.
+  let holdDeletes = false;
+  let release: () => void = () => {};
+  const released = new Promise<void>((r) => { release = r; });
+  let heldDeletes = 0;
+  const store: PageStore = {
+    uri: 'test:held-deletes',
+    capabilities: { persistent: false, maxBatch: 256, native: false },
+    get: (vm, pages, versions) => inner.get(vm, pages, versions),
+    put: (vm, pages, data, versions) => inner.put(vm, pages, data, versions),
+    delete: async (vm, pages) => {
+      if (holdDeletes) { heldDeletes++; await released; }
+      return inner.delete(vm, pages);
+    },
+    dropVm: (vm) => inner.dropVm(vm),
+    list: (vm) => inner.list(vm),
+    usage: (vm) => inner.usage(vm),
+    close: async () => {},
+  };
+  const pager = await attach(t, target, [region(target, 'anon')], 512, store);
+  await waitFor(() => pager.stats().residentPages <= 512);
+  // Page 0 resident with a stored copy; the target discards it (private RAM: no event,
+  // the pager learns at the next fault) and writes it again.
+  t.is(parseReply(await target.cmd('verify anon 0 1')).corrupt, 0);
+  holdDeletes = true;
+  await target.cmd('discard anon 0 1');
+  await target.cmd('write anon 0 1');  // zero-filled, woken, written; the delete of its old copy now waits
+  await waitFor(() => heldDeletes > 0, 10000);
+  // Every page the evictor may take goes now.
+  pager.setCap(1);
+  await new Promise((r) => setTimeout(r, 1500));
+  holdDeletes = false;
+  release();
+  pager.setCap(512);
+  const v = await target.cmd('verify anon', { timeoutMs: 20000 }).then((r) => parseReply(r), () => null);
+  t.truthy(v, 'the verify finished (no page held as lost)');
+  t.is(v?.corrupt, 0);
+  t.is(pager.stats().lostPages, 0);
+});
