@@ -138,8 +138,9 @@ test('bench charts through the real CLI; bad folders are refused with the fix', 
   t.regex(e.stderr, /no bench results in .*bench vm --json/);
   t.false(fs.existsSync(path.join(empty, 'charts')), 'nothing written');
 
+  // (a --from that names no folder is a wrong option value: exit 2, as for any bad input)
   const none = await runCli(['bench', 'charts', '--from', '/nonexistent/results']);
-  t.is(none.code, 1);
+  t.is(none.code, 2);
   t.regex(none.stderr, /no such folder; save results first/);
 });
 
