@@ -60,6 +60,10 @@ void Pager::open_regions() {
   if (cfg_.regions.size() > kMaxRegions)
     throw Error("EM_BAD_REGION", std::to_string(cfg_.regions.size()) + " RAM regions; the pager takes at most " + std::to_string(kMaxRegions));
   uint64_t total = 0;
+  for (const RegionConfig& rc : cfg_.regions) total += rc.length / kPageSize;
+  if (total >= kNil)  // (page indices are 32-bit: 16 TiB of guest RAM)
+    throw Error("EM_BAD_REGION", std::to_string(total) + " pages of guest RAM; the pager takes at most " + std::to_string(kNil - 1) + " (16 TiB)");
+  total = 0;
   for (size_t ci = 0; ci < cfg_.regions.size(); ci++) {
     check_new_region(cfg_.regions, ci, 0);
     regions_[ci] = make_region(cfg_.regions[ci], (uint32_t)ci, total);
