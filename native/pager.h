@@ -309,6 +309,9 @@ class Pager {
   // written again): the evictor leaves them alone until the delete is done, so a late
   // delete can never remove a newer copy it stored meanwhile. mu_.
   std::unordered_multiset<uint32_t> deleting_;
+  // Pages lost for good (their content could be neither stored nor put back; whatever
+  // the store holds for them is older): never fetched, not even by retry_lost or a drain. mu_.
+  std::unordered_set<uint32_t> unrecoverable_;
   std::atomic<pid_t> evict_tid_{0};  // the evictor's thread id (back-pressure asks whether it runs)
   bool evictor_runnable() const;
   std::atomic<uint64_t> fetch_cost_us_{0};  // running average µs per page fetched (written by the fetching thread)

@@ -319,24 +319,34 @@ size_t Pager::evict_batch(size_t want) {
   std::vector<uint8_t> sorted_zero(drop.size());
   for (size_t i = 0; i < order.size(); i++) { sorted_drop[i] = drop[order[i]]; sorted_zero[i] = drop_zero[order[i]]; }
   std::vector<uint8_t> gone = drop_or_probe(sorted_drop);
-  // Phase 3b: the pages are gone from host memory.
+  // Phase 3b: the pages are gone from host memory. One QEMU discarded meanwhile
+  // (UFFD_EVENT_REMOVE set kFlAbort) reads as zeros: absent, its stored copy deleted.
   size_t left = 0;
+  std::vector<uint64_t> discarded_keys;
   {
     std::lock_guard<AdaptiveMutex> g(mu_);
     for (size_t i = 0; i < sorted_drop.size(); i++) {
       uint32_t idx = sorted_drop[i];
       PageMeta& m = table_[idx];
       m.flags &= ~kFlDropping;
+      bool discarded = m.flags & kFlAbort;
+      m.flags &= ~kFlAbort;
       if (!gone[i]) {  // still resident and write-protected; the store has it: clean
-        m.state = sorted_zero[i] == 1 ? kResDirty : kResClean;
+        m.state = sorted_zero[i] == 1 || discarded ? kResDirty : kResClean;
         list_insert(idx, false);
         continue;
       }
       if (sorted_zero[i] == 2) clean_drops_++;
-      mark_left(idx, sorted_zero[i] == 1);
+      if (discarded) {
+        discards_++;
+        if (m.flags & kFlStoreCopy) discarded_keys.push_back(key_of(idx));
+        m.flags &= ~kFlStoreCopy;
+      }
+      mark_left(idx, sorted_zero[i] == 1 || discarded);
       left++;
     }
   }
+  if (!discarded_keys.empty()) store_del(discarded_keys);  // (this thread's later puts follow it)
   wake_deferred();
   evicted_cv_.notify_all();
   return left;
@@ -641,10 +651,15 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
           list_insert(idx, true);
           continue;
         }
-        // No content to put back: the page is lost; its faults stay held (invariant 2).
-        m.flags |= kFlLost;
-        lost_pages_++;
-        emit({"page-lost", "an evicted page could be neither stored nor put back: its fault is held", {key_of(idx)}, 0, 0});
+        // No content to put back: the page is lost; its faults stay held (invariant 2),
+        // and any copy the store holds is older, so it is never fetched. (Unless QEMU
+        // discarded it meanwhile: then it reads as zeros and nothing is lost.)
+        if (!(m.flags & kFlAbort)) {
+          m.flags |= kFlLost;
+          lost_pages_++;
+          unrecoverable_.insert(idx);
+          emit({"page-lost", "an evicted page could be neither stored nor put back: its fault is held", {key_of(idx)}, 0, 0});
+        }
       }
       bool discarded = kind[i] == 3 || (m.flags & kFlAbort);
       m.flags &= ~kFlAbort;

@@ -349,10 +349,10 @@ void Pager::queue_discard(uint32_t idx, std::vector<uint32_t>& dels) {
 // written them again: their next copy is stored after this delete, never before it.
 void Pager::discard_stored(std::vector<uint32_t>& dels) {
   if (dels.empty()) return;
-  std::vector<uint64_t> keys;
-  keys.reserve(dels.size());
-  for (uint32_t idx : dels) keys.push_back(key_of(idx));
   try {
+    std::vector<uint64_t> keys;
+    keys.reserve(dels.size());
+    for (uint32_t idx : dels) keys.push_back(key_of(idx));
     store_del(keys);
   } catch (...) {
     std::lock_guard<AdaptiveMutex> g(mu_);
@@ -398,6 +398,8 @@ void Pager::handle_remove(uint64_t start, uint64_t end, std::vector<uint32_t>& d
           break;
       }
       if (m.flags & kFlStoreCopy) queue_discard(idx, dels);
+      unmark_lost(m);  // (a lost page QEMU discards reads as zeros: nothing is lost any more)
+      unrecoverable_.erase(idx);
       m.state = kAbsent;
       m.flags = 0;
       discards_++;
@@ -479,6 +481,7 @@ void Pager::plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std:
   plan.wp = true;
   for (uint32_t idx : faulted) {
     if (table_[idx].state != kRemote) continue;
+    if (!unrecoverable_.empty() && unrecoverable_.count(idx)) continue;  // (its fault stays held)
     if (!plan.want.empty() && idx <= plan.want.back()) continue;  // already covered by a prefetch run
     plan.want.push_back(idx);
     plan.mark.push_back(is_write(idx) ? kMarkWrite : kMarkFault);
@@ -525,7 +528,7 @@ bool Pager::map_in_place(FetchPlan& plan) {
   const uint64_t dst = addr_of(idx);
   {
     std::lock_guard<AdaptiveMutex> g(mu_);  // a drain may have brought it in since the plan
-    if (table_[idx].state != kRemote || (table_[idx].flags & kFlLost)) return true;
+    if (table_[idx].state != kRemote) return true;
   }
   bool found = false, mapped = false;
   CopyResult cr = CopyResult::kDone;
@@ -589,21 +592,26 @@ void Pager::unmark_lost(PageMeta& m) {
 // and the threads waiting on them run on, and a detach can finish.
 void Pager::retry_lost() {
   last_lost_retry_us_ = now_us();
-  constexpr uint32_t kSlice = 65536;  // (the table lock is held for one slice at a time)
-  uint32_t cursor = 0;
+  constexpr uint64_t kSlice = 65536;  // (the table lock is held for one slice at a time)
+  uint64_t cursor = 0;
   // Batch after batch while the store has them again; the first batch it still lacks
   // entirely ends the round (the next is due in kLostRetryUs).
   while (lost_pages_ && !stop_ && !evict_stop_ && !draining_) {
     std::vector<uint32_t> batch;
     while (cursor < table_.size() && batch.size() < kLostRetryBatch) {
       std::lock_guard<AdaptiveMutex> g(mu_);
-      for (uint32_t end = std::min<uint32_t>(cursor + kSlice, table_.size()); cursor < end && batch.size() < kLostRetryBatch; cursor++)
-        if (table_[cursor].state == kRemote && (table_[cursor].flags & kFlLost)) batch.push_back(cursor);
+      for (uint64_t end = std::min<uint64_t>(cursor + kSlice, table_.size()); cursor < end && batch.size() < kLostRetryBatch; cursor++) {
+        uint32_t i = (uint32_t)cursor;
+        if (table_[i].state == kRemote && (table_[i].flags & kFlLost) && !unrecoverable_.count(i)) batch.push_back(i);
+      }
     }
     if (batch.empty()) return;
     uint64_t before = lost_pages_;
     {
-      std::lock_guard<std::mutex> fg(fetch_mu_);
+      // Never wait for the fault thread's fetch: it may be retrying a store that is
+      // down until the pager stops, and stopping joins this thread first.
+      std::unique_lock<std::mutex> fg(fetch_mu_, std::try_to_lock);
+      if (!fg.owns_lock()) return;
       fetch_pages(batch, true, false);
     }
     if (lost_pages_ >= before) return;
@@ -648,7 +656,8 @@ void Pager::fetch_planned(FetchPlan& plan) {
     std::lock_guard<AdaptiveMutex> g(mu_);
     PagerEvent ev{"page-lost", std::string("a stored page failed its integrity check and was not mapped: ") + e.what(), {}, 0, 0};
     for (uint32_t idx : want) {
-      if (table_[idx].flags & kFlLost) continue;  // (asked for again: counted and reported once)
+      // (asked for again: counted and reported once; one mapped or discarded meanwhile is not lost)
+      if ((table_[idx].flags & kFlLost) || table_[idx].state != kRemote) continue;
       table_[idx].flags |= kFlLost;
       lost_pages_++;
       ev.pages.push_back(key_of(idx));

@@ -574,6 +574,7 @@ test('memory: a page deleted from the embedded store behind the pager is reporte
   const victim = stored[Math.floor(stored.length / 2)]!;
   const neighbour = stored[Math.floor(stored.length / 2) + 2]!;
   t.is(parseReply(await target.cmd(`verify memfd ${neighbour} 1`)).corrupt, 0);
+  const [saved] = await store.get(vm, [victim]);
   await store.delete(vm, [victim]);
   const before = pager.stats();
   const verify = target.cmd(`verify memfd ${victim} 1`, { timeoutMs: 3000 }).then((r) => `finished: ${r}`, () => 'waiting');
@@ -582,6 +583,35 @@ test('memory: a page deleted from the embedded store behind the pager is reporte
   t.is(s.lostPages, before.lostPages + 1);
   t.is(s.zeroFills, before.zeroFills, 'the lost page was not zero-filled');
   t.deepEqual(lost.flat(), [victim]);
+  // Its content comes back into the store (an operator restoring the data): the pager
+  // asks for lost pages again every few seconds, maps it (the reader goes on), and a
+  // detach then finishes.
+  await store.put(vm, [victim], [saved!]);
+  await waitFor(() => pager.stats().lostPages === before.lostPages, 15000);
+  t.is(pager.stats().storeState, 'ok');
+  await pager.detach();
+});
+
+test('memory: a lost page that QEMU then discards is no longer lost: it reads as zeros and detach finishes', async (t) => {
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  await target.cmd('fill memfd 7');
+  const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+  await waitFor(() => pager.stats().residentPages <= 256);
+  const vm = `test-${target.pid}`;
+  const stored = (await store.list(vm)).sort((a, b) => a - b);
+  const victim = stored[Math.floor(stored.length / 3)]!;
+  await store.delete(vm, [victim]);
+  // The drain finds it missing: refused, held as lost (nobody waits on it).
+  const refused = await t.throwsAsync(pager.detach());
+  t.is((refused as { code?: string }).code, 'EM_PAGES_LOST');
+  t.is(pager.stats().lostPages, 1);
+  // QEMU discards it (a balloon inflate of a free page): its content no longer matters.
+  await target.cmd(`discard memfd ${victim} 1`);
+  await waitFor(() => pager.stats().lostPages === 0, 10000);
+  t.is(pager.stats().storeState, 'ok');
+  await pager.detach();
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
 });
 
 // Without faultCpus the fault thread follows the faulting thread's CPU (two local
