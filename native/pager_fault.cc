@@ -349,20 +349,21 @@ void Pager::queue_discard(uint32_t idx, std::vector<uint32_t>& dels) {
 // written them again: their next copy is stored after this delete, never before it.
 void Pager::discard_stored(std::vector<uint32_t>& dels) {
   if (dels.empty()) return;
+  auto unfence = [&] {  // (whether the delete worked or threw)
+    std::lock_guard<AdaptiveMutex> g(mu_);
+    for (uint32_t idx : dels) deleting_.erase(deleting_.find(idx));
+    dels.clear();
+  };
   try {
     std::vector<uint64_t> keys;
     keys.reserve(dels.size());
     for (uint32_t idx : dels) keys.push_back(key_of(idx));
     store_del(keys);
   } catch (...) {
-    std::lock_guard<AdaptiveMutex> g(mu_);
-    for (uint32_t idx : dels) deleting_.erase(deleting_.find(idx));
-    dels.clear();
+    unfence();
     throw;
   }
-  std::lock_guard<AdaptiveMutex> g(mu_);
-  for (uint32_t idx : dels) deleting_.erase(deleting_.find(idx));
-  dels.clear();
+  unfence();
 }
 
 // UFFD_EVENT_REMOVE: the target discards [start, end) (QEMU: balloon inflate, virtio-mem

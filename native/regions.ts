@@ -34,6 +34,33 @@ export function readMaps(pid: number): Mapping[] {
   return out;
 }
 
+/** One mapping of /proc/PID/smaps: its range, its `Key: value` lines and its VmFlags. */
+export interface SmapsEntry {
+  lo: bigint;
+  hi: bigint;
+  fields: Map<string, string>;
+  vmFlags: string[];
+}
+
+/** /proc/PID/smaps, parsed (throws when it cannot be read). */
+export function readSmaps(pid: number): SmapsEntry[] {
+  const out: SmapsEntry[] = [];
+  let cur: SmapsEntry | undefined;
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const head = /^([0-9a-f]+)-([0-9a-f]+)\s/.exec(line);
+    if (head) {
+      cur = { lo: BigInt('0x' + head[1]), hi: BigInt('0x' + head[2]), fields: new Map(), vmFlags: [] };
+      out.push(cur);
+      continue;
+    }
+    const kv = cur && /^(\w+):\s+(.*)$/.exec(line);
+    if (!kv) continue;
+    if (kv[1] === 'VmFlags') cur!.vmFlags = kv[2]!.trim().split(/\s+/);
+    else cur!.fields.set(kv[1]!, kv[2]!.trim());
+  }
+  return out;
+}
+
 /** RegionSpec of a mapping: memfd (shared) or private anonymous. Anything else is refused with a reason. */
 export function regionOfMapping(pid: number, m: Mapping, name: string): RegionSpec {
   const start = '0x' + m.lo.toString(16);

@@ -9,6 +9,7 @@
  */
 import fs from 'node:fs';
 import type { RegionSpec } from './index.ts';
+import { readSmaps, type SmapsEntry } from './regions.ts';
 
 const SYSFS = '/sys/kernel/mm/transparent_hugepage';
 
@@ -39,26 +40,20 @@ export function shmemThpPolicy(root = process.env.EM_TEST_THP_SYSFS || SYSFS): {
 export interface Vma { lo: bigint; hi: bigint; thpEligible: boolean; pmdMappedKb: number; hg: boolean }
 export type ShmemThpPolicy = ReturnType<typeof shmemThpPolicy>;
 
-function readSmaps(pid: number): Vma[] {
-  let text = '';
-  try { text = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8'); } catch { return []; }
-  const out: Vma[] = [];
-  let cur: Vma | undefined;
-  for (const line of text.split('\n')) {
-    const head = /^([0-9a-f]+)-([0-9a-f]+) /.exec(line);
-    if (head) {
-      cur = { lo: BigInt('0x' + head[1]), hi: BigInt('0x' + head[2]), thpEligible: false, pmdMappedKb: 0, hg: false };
-      out.push(cur);
-      continue;
-    }
-    if (!cur) continue;
-    const kv = /^(\w+):\s+(.*)$/.exec(line);
-    if (!kv) continue;
-    if (kv[1] === 'THPeligible') cur.thpEligible = kv[2]!.trim() === '1';
-    else if (kv[1] === 'ShmemPmdMapped' || kv[1] === 'FilePmdMapped') cur.pmdMappedKb += parseInt(kv[2]!, 10) || 0;
-    else if (kv[1] === 'VmFlags') cur.hg = kv[2]!.split(/\s+/).includes('hg');
-  }
-  return out;
+/** The region's mappings as the decision needs them ([] when smaps cannot be read). */
+function vmasOf(pid: number, lo: bigint, hi: bigint): Vma[] {
+  let entries: SmapsEntry[];
+  try { entries = readSmaps(pid); } catch { return []; }
+  const kb = (v: string | undefined) => parseInt(v ?? '0', 10) || 0;
+  return entries
+    .filter((e) => e.lo < hi && lo < e.hi)
+    .map((e) => ({
+      lo: e.lo,
+      hi: e.hi,
+      thpEligible: e.fields.get('THPeligible') === '1',
+      pmdMappedKb: kb(e.fields.get('ShmemPmdMapped')) + kb(e.fields.get('FilePmdMapped')),
+      hg: e.vmFlags.includes('hg'),
+    }));
 }
 
 /**
@@ -69,7 +64,7 @@ function readSmaps(pid: number): Vma[] {
 export function shmemThpRisk(pid: number, region: RegionSpec, policy = shmemThpPolicy()): string | null {
   if (region.kind !== 'memfd') return null;
   const lo = BigInt(region.start), hi = lo + BigInt(region.length);
-  return riskOf(readSmaps(pid).filter((v) => v.lo < hi && lo < v.hi), policy);
+  return riskOf(vmasOf(pid, lo, hi), policy);
 }
 
 /** The decision, over the region's mappings (smaps) and the settings. */

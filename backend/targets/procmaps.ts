@@ -1,5 +1,6 @@
 /** /proc/PID/maps, parsed: which mapping holds a host address, and what backs it. */
 import fs from 'node:fs';
+import { readSmaps } from '../../native/regions.ts';
 
 export interface Mapping {
   lo: bigint;
@@ -51,12 +52,8 @@ export function backingOf(m: Mapping): Backing {
  * still holds the uffd of one that died, has any.
  */
 export function readUffdRegistered(pid: number): { lo: bigint; hi: bigint }[] {
-  const out: { lo: bigint; hi: bigint }[] = [];
-  let cur: { lo: bigint; hi: bigint } | null = null;
-  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
-    const h = /^([0-9a-f]+)-([0-9a-f]+)\s/.exec(line);
-    if (h) { cur = { lo: BigInt('0x' + h[1]), hi: BigInt('0x' + h[2]) }; continue; }
-    if (cur && line.startsWith('VmFlags:') && line.slice(8).trim().split(/\s+/).includes('um')) out.push(cur);
-  }
-  return out.sort((x, y) => (x.lo < y.lo ? -1 : 1));
+  return readSmaps(pid)
+    .filter((m) => m.vmFlags.includes('um'))
+    .map(({ lo, hi }) => ({ lo, hi }))
+    .sort((x, y) => (x.lo < y.lo ? -1 : 1));
 }

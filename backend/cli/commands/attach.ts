@@ -48,13 +48,19 @@ const cmd: Command = {
     // What can be checked here is checked before the daemon is asked (exit 2, and a
     // mistake is not hidden behind "no daemon running"); the daemon checks the rest.
     const req: Record<string, unknown> = { vm: vmArg(positionals[0]!) };
-    if (values.local !== undefined) parseSize(values.local, '--local');
-    if (values.store !== undefined) parseStoreUri(values.store);
-    if (values['store-key'] !== undefined) loadKeyFile(values['store-key']);
-    if (values.local !== undefined) req.local = values.local;
-    if (values.store !== undefined) req.store = values.store;
-    // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
-    if (values['store-key'] !== undefined) req.storeKey = path.resolve(values['store-key']);
+    if (values.local !== undefined) {
+      parseSize(values.local, '--local');
+      req.local = values.local;
+    }
+    if (values.store !== undefined) {
+      parseStoreUri(values.store);
+      req.store = values.store;
+    }
+    if (values['store-key'] !== undefined) {
+      loadKeyFile(values['store-key']);
+      // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
+      req.storeKey = path.resolve(values['store-key']);
+    }
     const r = (await call('attach', req, { socket: values.socket })) as Record<string, unknown>;
     if (values.json) printJson(r);
     else {
