@@ -39,7 +39,7 @@ export type Response =
 /** Argument schema per op: name -> type. Unknown arguments are refused, missing required ones too. */
 const ARGS: Record<Op, Record<string, { type: 'string' | 'number' | 'boolean'; required?: boolean }>> = {
   ping: {},
-  attach: { vm: { type: 'string', required: true }, local: { type: 'string' }, store: { type: 'string' }, storeKey: { type: 'string' } },
+  attach: { vm: { type: 'string', required: true }, local: { type: 'string' }, store: { type: 'string' }, storeKey: { type: 'string' }, compress: { type: 'boolean' }, tlsCa: { type: 'string' } },
   resize: { vm: { type: 'string', required: true }, local: { type: 'string', required: true } },
   grow: { vm: { type: 'string', required: true }, size: { type: 'string', required: true }, wait: { type: 'boolean' }, dimm: { type: 'boolean' } },
   detach: { vm: { type: 'string', required: true } },

@@ -2,6 +2,7 @@
  * Error helpers of the store layer. Every failure leaves here as the project's one
  * error class (ElasticmemError) with a stable code the pager and the CLI act on:
  *   BAD_STORE_URI      the URI cannot be used; the message names the problem and shows a correct one
+ *   BAD_TLS_CA         the TLS CA file (option tlsCaFile) cannot be read or holds no certificate
  *   STORE_UNAVAILABLE  the server cannot be reached or did not answer in time (the pager retries)
  *   STORE_INTEGRITY    a stored page failed its check: never returned to the caller
  *   STORE_FULL         the server refused a write for lack of memory

@@ -55,7 +55,7 @@ function readCa(file: string): Buffer {
   try {
     return fs.readFileSync(file);
   } catch (e) {
-    throw new ElasticmemError(`cannot read the TLS CA file '${file}': ${(e as Error).message}`, 'BAD_STORE_URI');
+    throw new ElasticmemError(`cannot read the TLS CA file '${file}': ${(e as Error).message}; give the PEM file of the CA that signed the store's certificate`, 'BAD_TLS_CA');
   }
 }
 

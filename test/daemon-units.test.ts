@@ -7,7 +7,10 @@ import test from 'ava';
 import { parseSize, formatSize } from '../backend/size.ts';
 import type { ElasticmemError } from '../native/errors.ts';
 import { parseConfig } from '../backend/daemon/config.ts';
+import { resolveStoreSetup, type StoreArgs } from '../backend/daemon/store-setup.ts';
+import { StorePool } from '../backend/daemon/stores.ts';
 import { peerCred } from '../backend/daemon/peercred.ts';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -47,6 +50,83 @@ test('parseConfig: defaults, overrides, limits', (t) => {
   const e = t.throws<ElasticmemError>(() => parseConfig('vms:\n  db:\n    store: ftp://x\n', 'y.yaml'))!;
   t.is(e.code, 'BAD_CONFIG');
   t.regex(e.message, /^config y\.yaml: vms\.db\.store: /);
+});
+
+test('parseConfig: compress and tlsCaFile, by default and per VM; bad values name the key', (t) => {
+  const c = parseConfig('compress: true\ntlsCaFile: /etc/em/ca.pem\nvms:\n  db:\n    compress: false\n    tlsCaFile: /etc/em/db-ca.pem\n', 'o.yaml');
+  t.true(c.compress);
+  t.is(c.tlsCaFile, '/etc/em/ca.pem');
+  t.deepEqual(c.vms.db, { compress: false, tlsCaFile: '/etc/em/db-ca.pem' });
+  t.is(parseConfig('', 'e.yaml').compress, undefined);
+  const bad: [string, RegExp][] = [
+    ['compress: yes please\n', /^config b\.yaml: compress: must be true or false, got "yes please"/],
+    ['vms:\n  db:\n    compress: 1\n', /^config b\.yaml: vms\.db\.compress: must be true or false, got 1/],
+    ['tlsCaFile: ca.pem\n', /^config b\.yaml: tlsCaFile: must be the absolute path of a PEM file of CA certificates/],
+    ['vms:\n  db:\n    tlsCa: /x\n', /^config b\.yaml: vms\.db\.tlsCa: unknown key; allowed here: store, local, storeKeyFile, compress, tlsCaFile/],
+  ];
+  for (const [text, re] of bad) {
+    const e = t.throws<ElasticmemError>(() => parseConfig(text, 'b.yaml'), undefined, text)!;
+    t.is(e.code, 'BAD_CONFIG', text);
+    t.regex(e.message, re, text);
+  }
+});
+
+test('resolveStoreSetup: each option from the request, else the VM\'s config, else the default; checked before anything opens', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-setup-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const f = (n: string) => path.join(dir, n);
+  fs.writeFileSync(f('key'), crypto.randomBytes(32));
+  fs.writeFileSync(f('vm.key'), crypto.randomBytes(32));
+  fs.writeFileSync(f('ca.pem'), '-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n');
+  fs.writeFileSync(f('vm-ca.pem'), '-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n');
+  fs.writeFileSync(f('ca.key'), '-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n');
+  const cfg = parseConfig(`store: "rediss://127.0.0.1:6380"\nstoreKeyFile: ${f('key')}\ncompress: true\ntlsCaFile: ${f('ca.pem')}\nvms:\n  db:\n    compress: false\n    storeKeyFile: ${f('vm.key')}\n    tlsCaFile: ${f('vm-ca.pem')}\n`, 's.yaml');
+  // Config defaults; the VM's own entry over them; the request over both; null: none.
+  t.deepEqual(await resolveStoreSetup({}, undefined, cfg, 'web'), { uri: 'rediss://127.0.0.1:6380', keyFile: f('key'), compress: true, tlsCaFile: f('ca.pem') });
+  t.deepEqual(await resolveStoreSetup({}, cfg.vms.db, cfg, 'db'), { uri: 'rediss://127.0.0.1:6380', keyFile: f('vm.key'), tlsCaFile: f('vm-ca.pem') });
+  t.deepEqual(await resolveStoreSetup({ compress: true, keyFile: null, tlsCaFile: f('ca.pem') }, cfg.vms.db, cfg, 'db'), { uri: 'rediss://127.0.0.1:6380', compress: true, tlsCaFile: f('ca.pem') });
+  // The config's key and CA apply only where they can: no key to memory:, no CA without TLS.
+  t.deepEqual(await resolveStoreSetup({ uri: 'memory:' }, undefined, cfg, 'web'), { uri: 'memory:', compress: true });
+  t.deepEqual(await resolveStoreSetup({ uri: 'redis://127.0.0.1:6379', compress: false }, undefined, cfg, 'web'), { uri: 'redis://127.0.0.1:6379', keyFile: f('key') });
+  // Refused, naming the problem and the fix.
+  const refused: [StoreArgs, string, RegExp][] = [
+    [{ uri: 'memory:', keyFile: f('key') }, 'BAD_REQUEST', /--store-key has nothing to encrypt with --store memory:/],
+    [{ uri: 'redis://127.0.0.1:6379', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /--tls-ca is for stores reached over TLS .*a store without TLS: drop --tls-ca or use a rediss:\/\/ store/],
+    [{ uri: 'memory:', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /would page to memory:/],
+    [{ tlsCaFile: f('missing.pem') }, 'BAD_TLS_CA', /--tls-ca .*missing\.pem: cannot read it \(ENOENT\)/],
+    [{ tlsCaFile: f('ca.key') }, 'BAD_TLS_CA', /holds no PEM certificate .*give the CA certificate, not its key/],
+    [{ keyFile: f('ca.pem') }, 'BAD_STORE_KEY', /must hold a 32-byte key/],
+  ];
+  for (const [args, code, re] of refused) {
+    const e = await t.throwsAsync<ElasticmemError>(resolveStoreSetup(args, undefined, cfg, 'web'), undefined, JSON.stringify(args));
+    t.is(e!.code, code, JSON.stringify(args));
+    t.regex(e!.message, re, JSON.stringify(args));
+  }
+  // A config CA file that went missing is named as the config's.
+  const gone = parseConfig(`store: "rediss://127.0.0.1:6380"\ntlsCaFile: ${f('gone.pem')}\n`, 'g.yaml');
+  t.regex((await t.throwsAsync<ElasticmemError>(resolveStoreSetup({}, undefined, gone, 'web')))!.message, /^tlsCaFile .*gone\.pem: cannot read it/);
+});
+
+test('StorePool: VMs share a store only when they open it alike; memory: with compress stores pages LZ4-compressed', async (t) => {
+  const pool = new StorePool();
+  t.teardown(() => pool.closeAll());
+  const plain = await pool.acquire({ uri: 'memory:' });
+  const packed = await pool.acquire({ uri: 'memory:', compress: true });
+  t.not(plain, packed, 'another option, another store');
+  t.is(await pool.acquire({ uri: 'memory:', compress: true }), packed, 'the same options share one');
+  // Text-like pages: LZ4 shrinks them a lot; the raw store keeps 4 KiB each.
+  const pages = Array.from({ length: 64 }, (_, i) => i);
+  const data = pages.map((i) => Buffer.alloc(4096, `page ${i} `));
+  await plain.put('vm', pages, data);
+  await packed.put('vm', pages, data);
+  const [u0, u1] = [await plain.usage('vm'), await packed.usage('vm')];
+  t.is(u0.pages, 64);
+  t.is(u1.pages, 64);
+  t.true(u1.bytes * 4 < u0.bytes, `compressed ${u1.bytes} bytes against ${u0.bytes} raw`);
+  t.deepEqual(await packed.get('vm', [5]), [data[5]]);
+  await pool.release({ uri: 'memory:', compress: true });
+  await pool.release({ uri: 'memory:', compress: true });
+  await pool.release({ uri: 'memory:' });
 });
 
 test('parseConfig: pager thread CPUs are checked against the CPUs this machine has', (t) => {

@@ -24,7 +24,7 @@ export class UsageError extends ElasticmemError {
  * file, an option's value) when the CLI raises them itself, before asking the daemon:
  * exit 2 like a UsageError. The same codes answered by the daemon stay failures (1).
  */
-export const BAD_INPUT_CODES: ReadonlySet<string> = new Set(['USAGE', 'BAD_SIZE', 'BAD_STORE_URI', 'BAD_STORE_KEY', 'BAD_VM', 'EM_BAD_ARG', 'BAD_ARG']);
+export const BAD_INPUT_CODES: ReadonlySet<string> = new Set(['USAGE', 'BAD_SIZE', 'BAD_STORE_URI', 'BAD_STORE_KEY', 'BAD_TLS_CA', 'BAD_VM', 'EM_BAD_ARG', 'BAD_ARG']);
 
 /** An error raised by a sub-command (bench pager, ...): which command's --help to point to. */
 export function commandOf(e: unknown): string | undefined {

@@ -4,6 +4,8 @@
  *
  *   store: "memory:"               # default store for attach without --store (quoted: a YAML value may not end in a colon)
  *   storeKeyFile: /etc/elasticmem/store.key   # AES-256-GCM key for pages at rest (attach without --store-key)
+ *   compress: true                 # compress pages (LZ4 in memory:, deflate elsewhere; attach without --compress/--no-compress)
+ *   tlsCaFile: /etc/elasticmem/ca.pem   # CA to trust for rediss:// stores besides the system's (attach without --tls-ca)
  *   socket: /run/elasticmem/elasticmem.sock
  *   state: /run/elasticmem/state.json
  *   pager:
@@ -18,6 +20,8 @@
  *       store: redis://127.0.0.1:6379
  *       local: 64M                 # cap used when attach has no --local
  *       storeKeyFile: /etc/elasticmem/guest1.key
+ *       compress: false
+ *       tlsCaFile: /etc/elasticmem/guest1-ca.pem
  */
 import fs from 'node:fs';
 import YAML from 'yaml';
@@ -27,12 +31,16 @@ import { shownUri } from './secrets.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
 import { allowedCpus } from '../../native/pager.ts';
 
-export interface VmOverride { store?: string; local?: number; storeKeyFile?: string }
+export interface VmOverride { store?: string; local?: number; storeKeyFile?: string; compress?: boolean; tlsCaFile?: string }
 
 export interface Config {
   store: string;
   /** Default key file for encryption at rest; applies to stores pages leave for (not memory:). */
   storeKeyFile?: string;
+  /** Default for compressing pages (attach --compress / --no-compress). */
+  compress?: boolean;
+  /** Default CA file for rediss:// stores (attach --tls-ca). */
+  tlsCaFile?: string;
   socket?: string;
   state: string;
   limits: { maxVms: number; minLocal: number };
@@ -83,6 +91,17 @@ function keyFilePath(file: string, key: string, v: unknown): string {
   return v;
 }
 
+/** A CA file path: absolute, like a key file; its content is checked at attach. */
+function caFilePath(file: string, key: string, v: unknown): string {
+  if (typeof v !== 'string' || !v.startsWith('/')) fail(file, key, `must be the absolute path of a PEM file of CA certificates, got ${JSON.stringify(v)}`);
+  return v;
+}
+
+function flag(file: string, key: string, v: unknown): boolean {
+  if (typeof v !== 'boolean') fail(file, key, `must be true or false, got ${JSON.stringify(v)}`);
+  return v;
+}
+
 /** A value checked by a parser that names the value itself ("local: ..."): the key path replaces that name. */
 function wrap<T>(file: string, key: string, f: () => T): T {
   try {
@@ -107,9 +126,11 @@ export function parseConfig(text: string, file: string): Config {
   cfg.source = file;
   if (doc === null || doc === undefined) return cfg;
   if (!isMap(doc)) fail(file, '(top level)', 'must be a mapping of keys like store:, limits:, vms:');
-  onlyKeys(file, '', doc, ['store', 'storeKeyFile', 'socket', 'state', 'pager', 'limits', 'vms']);
+  onlyKeys(file, '', doc, ['store', 'storeKeyFile', 'compress', 'tlsCaFile', 'socket', 'state', 'pager', 'limits', 'vms']);
   if (doc.store !== undefined) cfg.store = wrap(file, 'store', () => checkStoreUri(doc.store, 'store'));
   if (doc.storeKeyFile !== undefined) cfg.storeKeyFile = keyFilePath(file, 'storeKeyFile', doc.storeKeyFile);
+  if (doc.compress !== undefined) cfg.compress = flag(file, 'compress', doc.compress);
+  if (doc.tlsCaFile !== undefined) cfg.tlsCaFile = caFilePath(file, 'tlsCaFile', doc.tlsCaFile);
   if (doc.socket !== undefined) {
     if (typeof doc.socket !== 'string' || !doc.socket.startsWith('/')) fail(file, 'socket', 'must be an absolute path');
     cfg.socket = doc.socket;
@@ -123,9 +144,9 @@ export function parseConfig(text: string, file: string): Config {
     if (!isMap(p)) fail(file, 'pager', 'must be a mapping with faultCpus, evictCpus and/or followFaults');
     onlyKeys(file, 'pager', p, ['faultCpus', 'evictCpus', 'followFaults']);
     if (p.followFaults !== undefined) {
-      if (typeof p.followFaults !== 'boolean') fail(file, 'pager.followFaults', `must be true or false, got ${JSON.stringify(p.followFaults)}`);
-      if (p.followFaults && p.faultCpus !== undefined) fail(file, 'pager.followFaults', 'cannot be true with faultCpus (the fault thread stays on those CPUs): drop one of the two');
-      cfg.pager.followFaults = p.followFaults;
+      const follow = flag(file, 'pager.followFaults', p.followFaults);
+      if (follow && p.faultCpus !== undefined) fail(file, 'pager.followFaults', 'cannot be true with faultCpus (the fault thread stays on those CPUs): drop one of the two');
+      cfg.pager.followFaults = follow;
     }
     const allowed = allowedCpus();
     for (const k of ['faultCpus', 'evictCpus'] as const) {
@@ -147,15 +168,17 @@ export function parseConfig(text: string, file: string): Config {
     if (l.minLocal !== undefined) cfg.limits.minLocal = wrap(file, 'limits.minLocal', () => parseSize(l.minLocal, 'minLocal'));
   }
   if (doc.vms !== undefined) {
-    if (!isMap(doc.vms)) fail(file, 'vms', 'must be a mapping from VM name to { store, local, storeKeyFile }');
+    if (!isMap(doc.vms)) fail(file, 'vms', 'must be a mapping from VM name to { store, local, storeKeyFile, compress, tlsCaFile }');
     for (const [name, v] of Object.entries(doc.vms)) {
       const key = `vms.${name}`;
-      if (!isMap(v)) fail(file, key, 'must be a mapping with store, local and/or storeKeyFile');
-      onlyKeys(file, key, v, ['store', 'local', 'storeKeyFile']);
+      if (!isMap(v)) fail(file, key, 'must be a mapping with store, local, storeKeyFile, compress and/or tlsCaFile');
+      onlyKeys(file, key, v, ['store', 'local', 'storeKeyFile', 'compress', 'tlsCaFile']);
       const o: VmOverride = {};
       if (v.store !== undefined) o.store = wrap(file, `${key}.store`, () => checkStoreUri(v.store, 'store'));
       if (v.local !== undefined) o.local = wrap(file, `${key}.local`, () => parseSize(v.local, 'local'));
       if (v.storeKeyFile !== undefined) o.storeKeyFile = keyFilePath(file, `${key}.storeKeyFile`, v.storeKeyFile);
+      if (v.compress !== undefined) o.compress = flag(file, `${key}.compress`, v.compress);
+      if (v.tlsCaFile !== undefined) o.tlsCaFile = caFilePath(file, `${key}.tlsCaFile`, v.tlsCaFile);
       cfg.vms[name] = o;
     }
   }

@@ -17,6 +17,7 @@ import type { Config } from './config.ts';
 import { ControlServer, type RequestContext } from './server.ts';
 import { Session, capPagesOf } from './session.ts';
 import { StorePool } from './stores.ts';
+import { resolveStoreSetup, checkCaFile, describeOptions, type StoreArgs, type StoreSetup } from './store-setup.ts';
 import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
@@ -105,7 +106,8 @@ export class Daemon {
     switch (req.op) {
       case 'ping': return { pid: process.pid, vms: this.sessions.size, protocol: 1 };
       case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
-      case 'attach': return this.attach(a.vm as string, a.local as string | undefined, a.store as string | undefined, a.storeKey as string | undefined);
+      case 'attach': return this.attach(a.vm as string, a.local as string | undefined,
+        { uri: a.store as string | undefined, keyFile: a.storeKey as string | undefined, compress: a.compress as boolean | undefined, tlsCaFile: a.tlsCa as string | undefined });
       case 'resize': return this.resize(a.vm as string, a.local as string, ctx);
       case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false, a.dimm === true);
       case 'detach': return this.detach(a.vm as string, ctx);
@@ -142,24 +144,27 @@ export class Daemon {
   }
 
   /**
-   * storeKeyArg null: no key, whatever the config says (a take-over of a VM attached
-   * without one). expect: the take-over of a state-file entry must find that very QEMU.
+   * storeArgs: what the request asked for (store-setup.ts; null: none, whatever the
+   * config says: a take-over of a VM attached without). expect: the take-over of a
+   * state-file entry must find that very QEMU.
    */
-  async attach(spec: string, local: string | undefined, storeArg: string | undefined, storeKeyArg?: string | null, expect?: { vmId: string; pid: number }): Promise<unknown> {
+  async attach(spec: string, local: string | undefined, storeArgs: StoreArgs, expect?: { vmId: string; pid: number }): Promise<unknown> {
     // Validate everything that needs no VM first: bad input changes nothing.
     const localArg = local !== undefined ? parseSize(local, '--local') : undefined;
-    if (storeArg !== undefined) parseStoreUri(storeArg);
-    if (typeof storeKeyArg === 'string') {
-      if (!storeKeyArg.startsWith('/')) throw new ElasticmemError(`--store-key ${JSON.stringify(storeKeyArg)}: give the key file's absolute path (the CLI resolves a relative one)`, 'BAD_REQUEST');
-      if (storeArg !== undefined && parseStoreUri(storeArg).kind === 'memory') {
-        throw new ElasticmemError('--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...', 'BAD_REQUEST');
-      }
-      await checkKeyFile(storeKeyArg);
+    if (storeArgs.uri !== undefined) parseStoreUri(storeArgs.uri);
+    for (const [file, flag] of [[storeArgs.keyFile, '--store-key'], [storeArgs.tlsCaFile, '--tls-ca']] as const) {
+      if (typeof file === 'string' && !file.startsWith('/')) throw new ElasticmemError(`${flag} ${JSON.stringify(file)}: give the file's absolute path (the CLI resolves a relative one)`, 'BAD_REQUEST');
+    }
+    // (what the request names alone, the config aside: the rest is checked once the VM is known)
+    if (storeArgs.uri !== undefined) await resolveStoreSetup({ ...storeArgs, uri: storeArgs.uri }, undefined, this.config, spec);
+    else {
+      if (typeof storeArgs.keyFile === 'string') await checkKeyFile(storeArgs.keyFile);
+      if (typeof storeArgs.tlsCaFile === 'string') checkCaFile(storeArgs.tlsCaFile);
     }
     const existing = this.findOrNull(spec);
     if (existing && existing.state === 'waiting' && !expect) {
       try {
-        return await this.takeOver(existing, spec, local, storeArg, storeKeyArg);
+        return await this.takeOver(existing, spec, local, storeArgs);
       } catch (e) {
         this.saveState();
         throw e;
@@ -187,18 +192,13 @@ export class Daemon {
       const override = this.config.vms[spec] ?? this.config.vms[target.name] ?? this.config.vms[target.vmId];
       const capBytes = localArg ?? override?.local;
       if (capBytes === undefined) throw new ElasticmemError(`attach ${target.name}: --local SIZE is required (the config has no vms.${target.name}.local); e.g. --local 512M`, 'BAD_REQUEST');
-      const storeUri = storeArg ?? override?.store ?? this.config.store;
-      // The key: --store-key, else the VM's, else the default; memory: takes none.
-      const inDaemon = parseStoreUri(storeUri).kind === 'memory';
-      if (inDaemon && typeof storeKeyArg === 'string') {
-        throw new ElasticmemError(`--store-key has nothing to encrypt: VM '${target.name}' would page to memory: (the config's store), whose pages never leave the daemon; add --store file:///... or redis://...`, 'BAD_REQUEST');
-      }
-      const storeKeyFile = inDaemon || storeKeyArg === null ? undefined : storeKeyArg ?? override?.storeKeyFile ?? this.config.storeKeyFile;
-      if (storeKeyFile && storeKeyFile !== storeKeyArg) await checkKeyFile(storeKeyFile);
+      // Each store option: the request's, else the VM's in the config, else the default.
+      const setup = await resolveStoreSetup(storeArgs, override, this.config, target.name);
+      const storeUri = setup.uri;
       // A QEMU that already holds a userfaultfd was attached by a daemon that died: take it over.
       const left = holdsLeftUffd(target.pid);
-      const store = await this.stores.acquire(storeUri, storeKeyFile);
-      const session = new Session(target, storeUri, capBytes, storeKeyFile);
+      const store = await this.stores.acquire(setup);
+      const session = new Session(target, setup, capBytes);
       try {
         if (left && !store.capabilities.persistent) {
           // Taking over means trusting the store for every page that is not resident. A
@@ -211,7 +211,7 @@ export class Daemon {
         session.store = store;
         session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: left, ...this.config.pager });
       } catch (e) {
-        await this.stores.release(storeUri, storeKeyFile);
+        await this.stores.release(setup);
         throw e;
       }
       const memory = session.memory;
@@ -220,7 +220,7 @@ export class Daemon {
       this.wire(session);
       this.saveState();
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
-        `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${describeBlocks(memory.regions)}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${storeKeyFile ? ` (pages encrypted, key ${storeKeyFile})` : ''}`);
+        `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${describeBlocks(memory.regions)}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${describeOptions(setup)}`);
       // Taken over from the record: QEMU may have gained RAM while no daemon watched.
       if (left && session.memoryRecorded) pageAddedRam(this.growth, session, 'found after the take-over', 'the take-over');
       return { ...session.summary(), tookOver: left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
@@ -312,11 +312,16 @@ export class Daemon {
    * Take over a VM left `waiting` (by the previous daemon), with what that daemon used
    * unless told otherwise; on failure it stays waiting, with the reason.
    */
-  private async takeOver(w: Session, spec: string, local?: string, storeArg?: string, storeKeyArg?: string | null): Promise<unknown> {
+  private async takeOver(w: Session, spec: string, local?: string, storeArgs: StoreArgs = {}): Promise<unknown> {
     this.sessions.delete(w.vmId);
+    const was = w.storeSetup;
     try {
-      return await this.attach(spec, local ?? String(w.capBytes), storeArg ?? w.storeUri,
-        storeKeyArg !== undefined ? storeKeyArg : w.storeKeyFile ?? null, { vmId: w.vmId, pid: w.target.pid });
+      return await this.attach(spec, local ?? String(w.capBytes), {
+        uri: storeArgs.uri ?? was.uri,
+        keyFile: storeArgs.keyFile !== undefined ? storeArgs.keyFile : was.keyFile ?? null,
+        compress: storeArgs.compress ?? !!was.compress,
+        tlsCaFile: storeArgs.tlsCaFile !== undefined ? storeArgs.tlsCaFile : was.tlsCaFile ?? null,
+      }, { vmId: w.vmId, pid: w.target.pid });
     } catch (e) {
       w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
       if (!this.sessions.has(w.vmId)) this.sessions.set(w.vmId, w);
@@ -340,9 +345,9 @@ export class Daemon {
       }
       if (s.state === 'crashed' || s.state === 'orphaned' || !s.pager) {
         // QEMU is gone: what remains is its stored pages. Deleting them is this command's job.
-        const store = await this.stores.acquire(s.storeUri, s.storeKeyFile);
-        try { await store.dropVm(s.vmId); } finally { await this.stores.release(s.storeUri, s.storeKeyFile); }
-        if (s.store) await this.stores.release(s.storeUri, s.storeKeyFile);
+        const store = await this.stores.acquire(s.storeSetup);
+        try { await store.dropVm(s.vmId); } finally { await this.stores.release(s.storeSetup); }
+        if (s.store) await this.stores.release(s.storeSetup);
         this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'detached', `QEMU was gone; its stored pages were deleted from ${s.storeShown}`);
@@ -373,7 +378,7 @@ export class Daemon {
         storedPagesLeft = s.scrub(e.message);
         log(s.name, 'warning', `could not delete stored pages: ${storedPagesLeft}`);
       });
-      await this.stores.release(s.storeUri, s.storeKeyFile);
+      await this.stores.release(s.storeSetup);
       this.sessions.delete(s.vmId);
       this.records.remove(s.target.pid, s.target.startTime);
       this.saveState();
@@ -459,7 +464,7 @@ export class Daemon {
       if (normal) {
         s.ended = true;
         await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
-        await this.stores.release(s.storeUri, s.storeKeyFile);
+        await this.stores.release(s.storeSetup);
         this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'domain shut down', `reason ${reason}; detached and its stored pages deleted`);
@@ -478,7 +483,8 @@ export class Daemon {
   private saveState(): void {
     const entries: StateEntry[] = [...this.sessions.values()].filter((s) => s.state !== 'attaching').map((s) => ({
       spec: s.target.spec, name: s.name, kind: s.target.kind, vmId: s.vmId, pid: s.target.pid, startTime: s.target.startTime,
-      store: s.storeUri, ...(s.storeKeyFile ? { storeKeyFile: s.storeKeyFile } : {}), capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
+      store: s.storeUri, ...(s.storeSetup.keyFile ? { storeKeyFile: s.storeSetup.keyFile } : {}),
+      ...(s.storeSetup.compress ? { compress: true } : {}), ...(s.storeSetup.tlsCaFile ? { tlsCaFile: s.storeSetup.tlsCaFile } : {}), capBytes: s.capBytes, status: s.state === 'crashed' || s.state === 'orphaned' ? 'crashed' : 'attached',
     }));
     try { writeState(this.config.state, entries); } catch (e) { log('-', 'warning', `cannot write state file ${this.config.state}: ${(e as Error).message}`); }
     this.records.sweep();  // (records of QEMUs that ended)
@@ -507,7 +513,7 @@ export class Daemon {
       const stub = { kind: e.kind as Target['kind'], spec: e.spec, name: e.name, vmId: e.vmId, pid: e.pid, startTime: e.startTime, aliases: [e.spec, e.name, e.vmId, `pid:${e.pid}`] };
       const alive = processAlive(e.pid, e.startTime);
       if (e.status === 'crashed' || !alive) {
-        const s = new Session(stub, e.store, e.capBytes, e.storeKeyFile);
+        const s = new Session(stub, setupOf(e), e.capBytes);
         s.state = 'crashed';
         s.note = `QEMU pid ${e.pid} is gone; stored pages kept in ${s.storeShown} until: elasticmem detach ${e.spec}`;
         this.sessions.set(e.vmId, s);
@@ -515,7 +521,7 @@ export class Daemon {
         continue;
       }
       if (e.store === 'memory:') {
-        const s = new Session(stub, e.store, e.capBytes);
+        const s = new Session(stub, { uri: e.store }, e.capBytes);
         s.state = 'orphaned';
         s.note = `the previous daemon kept this VM's evicted pages in its own memory (memory:), which died with it; the VM cannot be resumed safely. Use a persistent store (file://, redis://) to survive daemon restarts`;
         this.sessions.set(e.vmId, s);
@@ -523,7 +529,7 @@ export class Daemon {
         continue;
       }
       // Listed (and kept in the state file) as waiting until its take-over succeeds.
-      const w = new Session(stub, e.store, e.capBytes, e.storeKeyFile);
+      const w = new Session(stub, setupOf(e), e.capBytes);
       w.state = 'waiting';
       w.note = 'being taken over';
       this.sessions.set(e.vmId, w);
@@ -624,6 +630,11 @@ function exitWatchdog(ms: number): void {
 }
 
 /** A bad key file is refused before anything is touched (BAD_STORE_KEY names the file and the fix). */
+/** How the previous daemon opened a VM's store. */
+function setupOf(e: StateEntry): StoreSetup {
+  return { uri: e.store, ...(e.storeKeyFile ? { keyFile: e.storeKeyFile } : {}), ...(e.compress ? { compress: true } : {}), ...(e.tlsCaFile ? { tlsCaFile: e.tlsCaFile } : {}) };
+}
+
 async function checkKeyFile(file: string): Promise<void> {
   const { loadKeyFile } = await import('../../kvstore/envelope.ts');
   loadKeyFile(file);

@@ -6,6 +6,7 @@ import type { GuestMemory } from '../targets/ramblocks.ts';
 import { toPublic, type PublicStats } from '../stats/stream.ts';
 import { PAGE } from '../size.ts';
 import { scrub, shownUri } from './secrets.ts';
+import type { StoreSetup } from './store-setup.ts';
 
 /**
  * waiting: a VM the previous daemon served, whose take-over has not happened (yet, or it
@@ -48,14 +49,15 @@ export class Session {
 
   constructor(
     readonly target: Pick<Target, 'kind' | 'spec' | 'name' | 'vmId' | 'pid' | 'startTime' | 'aliases'> & Partial<Target>,
-    /** The store URI as given, password included: only to (re-)open the store and for the state file. Never shown. */
-    readonly storeUri: string,
+    /** How its store is opened: the URI as given (password included, never shown) and options. */
+    readonly storeSetup: StoreSetup,
     public capBytes: number,
-    /** AES-256-GCM key file the store was opened with (pages encrypted at rest), if any. */
-    readonly storeKeyFile?: string,
   ) {
-    this.storeShown = shownUri(storeUri);
+    this.storeShown = shownUri(storeSetup.uri);
   }
+
+  /** The store URI as given, password included: only to (re-)open the store and for the state file. Never shown. */
+  get storeUri(): string { return this.storeSetup.uri; }
 
   /** Text about this VM with its store password masked (store errors may quote the URI). */
   scrub(text: string): string {
@@ -86,8 +88,10 @@ export class Session {
       state: this.state,
       store: this.storeShown,
       // memory: never lets a page out of the daemon: a key has nothing to encrypt there.
-      encrypted: !!this.storeKeyFile && this.storeUri !== 'memory:',
-      ...(this.storeKeyFile ? { storeKeyFile: this.storeKeyFile } : {}),
+      encrypted: !!this.storeSetup.keyFile && this.storeUri !== 'memory:',
+      ...(this.storeSetup.keyFile ? { storeKeyFile: this.storeSetup.keyFile } : {}),
+      compressed: !!this.storeSetup.compress,
+      ...(this.storeSetup.tlsCaFile ? { tlsCaFile: this.storeSetup.tlsCaFile } : {}),
       localBytes: this.capBytes,
       guestRamBytes: this.memory?.guestRamBytes ?? null,
       managedBytes: this.memory?.managedBytes ?? null,

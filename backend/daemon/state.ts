@@ -22,6 +22,10 @@ export interface StateEntry {
   store: string;
   /** AES-256-GCM key file of the store, when the VM's pages are encrypted at rest. */
   storeKeyFile?: string;
+  /** Pages compressed (a restarted daemon goes on compressing; reading needs no option). */
+  compress?: boolean;
+  /** CA file the store's TLS certificate is checked against (rediss://). */
+  tlsCaFile?: string;
   capBytes: number;
   /** 'attached', or 'crashed' (QEMU died; stored pages kept until `detach`). */
   status: 'attached' | 'crashed';

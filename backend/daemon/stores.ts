@@ -1,20 +1,22 @@
 /**
- * Stores opened by the daemon, shared by URI and key file: two VMs on `file:///var/lib/em`
- * use one LMDB environment, two on the same Redis one client (keys are per VM anyway);
- * a VM with another encryption key (or none) gets its own envelope. Opening fails fast
+ * Stores opened by the daemon, shared by how they are opened (store-setup.ts): two VMs
+ * on `file:///var/lib/em` use one LMDB environment, two on the same Redis one client
+ * (keys are per VM anyway); a VM with another encryption key (or none), or compressing
+ * when the other does not, gets its own envelope. Opening fails fast
  * when the store is unreachable: attach must not leave a VM half attached.
  */
 import { ElasticmemError } from '../../native/errors.ts';
 import type { PageStore } from '../../kvstore/types.ts';
 import { scrub, shownUri } from './secrets.ts';
+import { openOptionsOf, setupKey, type StoreSetup } from './store-setup.ts';
 
-type OpenStore = (uri: string, keyFile?: string) => Promise<PageStore>;
+type OpenStore = (setup: StoreSetup) => Promise<PageStore>;
 
 // kvstore/index.ts is the store engineer's module; imported lazily so the CLI (which
 // never opens a store) does not load store clients.
 async function openStoreFn(): Promise<OpenStore> {
   const mod = await import('../../kvstore/index.ts');
-  return (uri, keyFile) => mod.openStore(uri, keyFile ? { keyFile } : {});
+  return (setup) => mod.openStore(setup.uri, openOptionsOf(setup));
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
@@ -31,8 +33,9 @@ export class StorePool {
   constructor(private timeoutMs = 5000) {}
 
   /** Open (or share) a store and prove it answers. Throws STORE_UNREACHABLE / BAD_STORE_URI / BAD_STORE_KEY. */
-  async acquire(uri: string, keyFile?: string): Promise<PageStore> {
-    const id = poolKey(uri, keyFile);
+  async acquire(setup: StoreSetup): Promise<PageStore> {
+    const { uri } = setup;
+    const id = setupKey(setup);
     const have = this.open.get(id);
     if (have) {
       have.refs++;
@@ -40,7 +43,7 @@ export class StorePool {
     }
     const openStore = await openStoreFn();
     let store: PageStore;
-    const opening = openStore(uri, keyFile);
+    const opening = openStore(setup);
     try {
       store = await withTimeout(opening, this.timeoutMs, `store ${shownUri(uri)}`);
     } catch (e) {
@@ -67,8 +70,8 @@ export class StorePool {
     return store;
   }
 
-  async release(uri: string, keyFile?: string): Promise<void> {
-    const id = poolKey(uri, keyFile);
+  async release(setup: StoreSetup): Promise<void> {
+    const id = setupKey(setup);
     const have = this.open.get(id);
     if (!have) return;
     if (--have.refs > 0) return;
@@ -85,13 +88,14 @@ export class StorePool {
 }
 
 /** The error attach reports; the password of the URI masked, wherever the message quotes it. */
-const poolKey = (uri: string, keyFile?: string) => `${uri}\0${keyFile ?? ''}`;
-
 function storeError(uri: string, e: unknown): ElasticmemError {
   const err = e as ElasticmemError;
-  if (err?.code === 'BAD_STORE_URI' || err?.code === 'BAD_STORE_KEY' || err?.code === 'EM_NATIVE_MISSING') {
+  if (err?.code === 'BAD_STORE_URI' || err?.code === 'BAD_STORE_KEY' || err?.code === 'BAD_TLS_CA' || err?.code === 'EM_NATIVE_MISSING') {
     err.message = scrub(err.message, [uri]);
     return err;
   }
-  return new ElasticmemError(`store ${shownUri(uri)} is not reachable: ${scrub(err?.message ?? String(e), [uri])}; nothing was attached`, 'STORE_UNREACHABLE');
+  const why = scrub(err?.message ?? String(e), [uri]);
+  // A certificate signed by a CA the system does not trust: say how to trust it.
+  const hint = /certificate|unable to verify/i.test(why) ? ' (a store with a private CA: give its certificate with --tls-ca FILE, or tlsCaFile in the config)' : '';
+  return new ElasticmemError(`store ${shownUri(uri)} is not reachable: ${why}${hint}; nothing was attached`, 'STORE_UNREACHABLE');
 }

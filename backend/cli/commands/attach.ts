@@ -1,12 +1,20 @@
 import path from 'node:path';
 import { call } from '../client.ts';
-import { parse, printJson, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
+import { parse, printJson, UsageError, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
 import { vmArg } from '../vm-arg.ts';
 import { formatSize, parseSize } from '../../size.ts';
 import { parseStoreUri } from '../../../kvstore/uri.ts';
 import { loadKeyFile } from '../../../kvstore/envelope.ts';
+import { checkCaFile, usesTls } from '../../daemon/store-setup.ts';
 
-const usage = `usage: elasticmem attach <vm> --local SIZE [--store URI] [--store-key FILE] [--json] [--socket PATH]
+/** " (pages encrypted at rest; compressed)" or nothing. */
+function storeNotes(r: Record<string, unknown>): string {
+  const notes = [r.encrypted ? 'pages encrypted at rest' : '', r.compressed ? 'compressed' : ''].filter(Boolean);
+  return notes.length ? ` (${notes.join('; ')})` : '';
+}
+
+const usage = `usage: elasticmem attach <vm> --local SIZE [--store URI] [--store-key FILE] [--compress | --no-compress]
+                       [--tls-ca FILE] [--json] [--socket PATH]
 
 Put a running VM's RAM under elasticmem: at most SIZE of it stays resident on this
 host, the rest goes to the store and comes back on demand. The VM keeps running.
@@ -24,18 +32,26 @@ host, the rest goes to the store and comes back on demand. The VM keeps running.
                    raw, 64 hex digits or base64; create one with
                    head -c 32 /dev/urandom > FILE; chmod 600 FILE). Default: the
                    daemon's config (storeKeyFile). Not for memory: (nothing leaves)
+  --compress       compress pages in the store: LZ4 in memory:, deflate elsewhere
+                   (a page is kept raw when that does not shrink it). Default: the
+                   config's compress (vms.<vm>.compress, else compress), else off
+  --no-compress    store pages raw whatever the config says
+  --tls-ca FILE    rediss:// stores: trust the CA certificate(s) in this PEM file
+                   besides the system's (a private CA). Default: the config's tlsCaFile
 ${JSON_HELP}
 ${SOCKET_HELP}
 
 Checks before anything is touched: the VM exists and runs, its memory backing is
 supported (shared memfd or private anonymous), the cap fits, the key file holds a
-key, the store answers, and the VM is not attached already.
+key, the CA file holds a certificate, the store answers, and the VM is not attached
+already.
 
 examples:
   elasticmem attach web1 --local 512M
   elasticmem attach 3f9a1c2e-0b7d-4d3c-9a55-2f0e6b1c9d11 --local 1G --store redis://10.0.0.5:6379
   elasticmem attach qmp:/run/vm7/qmp.sock --local 256M --store file:///var/lib/elasticmem
   elasticmem attach web2 --local 256M --store redis://10.0.0.5:6379 --store-key /etc/elasticmem/store.key
+  elasticmem attach web3 --local 256M --store rediss://10.0.0.5:6380 --tls-ca /etc/elasticmem/ca.pem --compress
 `;
 
 const cmd: Command = {
@@ -43,7 +59,7 @@ const cmd: Command = {
   summary: 'put a running VM under elasticmem with a resident-memory cap',
   usage,
   async run(args) {
-    const { values, positionals, help } = parse('attach', args, { ...SOCKET_OPT, local: { type: 'string' }, store: { type: 'string' }, 'store-key': { type: 'string' }, json: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM to attach (e.g. elasticmem attach web1 --local 512M)' });
+    const { values, positionals, help } = parse('attach', args, { ...SOCKET_OPT, local: { type: 'string' }, store: { type: 'string' }, 'store-key': { type: 'string' }, compress: { type: 'boolean' }, 'no-compress': { type: 'boolean' }, 'tls-ca': { type: 'string' }, json: { type: 'boolean' } }, { min: 1, max: 1, names: 'the VM to attach (e.g. elasticmem attach web1 --local 512M)' });
     if (help) { process.stdout.write(usage); return 0; }
     // What can be checked here is checked before the daemon is asked (exit 2, and a
     // mistake is not hidden behind "no daemon running"); the daemon checks the rest.
@@ -61,11 +77,20 @@ const cmd: Command = {
       // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
       req.storeKey = path.resolve(values['store-key']);
     }
+    if (values.compress && values['no-compress']) throw new UsageError('--compress and --no-compress contradict each other: give one');
+    if (values.compress || values['no-compress']) req.compress = !!values.compress;
+    if (values['tls-ca'] !== undefined) {
+      if (values.store !== undefined && !usesTls(values.store)) {
+        throw new UsageError(`--tls-ca is for stores reached over TLS (rediss://, rediss+cluster://), not ${parseStoreUri(values.store).kind === 'memory' ? 'memory:' : 'this store'}: drop --tls-ca or use a rediss:// store`);
+      }
+      checkCaFile(values['tls-ca']);
+      req.tlsCa = path.resolve(values['tls-ca']);
+    }
     const r = (await call('attach', req, { socket: values.socket })) as Record<string, unknown>;
     if (values.json) printJson(r);
     else {
       const regions = (r.regions as { name: string; bytes: number; kind: string }[]) ?? [];
-      process.stdout.write(`attached ${r.name}${r.tookOver ? ' (took over from a previous daemon)' : ''}: local ${formatSize(r.localBytes as number)} of ${formatSize(r.guestRamBytes as number)}, store ${r.store}${r.encrypted ? ' (pages encrypted at rest)' : ''}\n`);
+      process.stdout.write(`attached ${r.name}${r.tookOver ? ' (took over from a previous daemon)' : ''}: local ${formatSize(r.localBytes as number)} of ${formatSize(r.guestRamBytes as number)}, store ${r.store}${storeNotes(r)}\n`);
       for (const g of regions) process.stdout.write(`  ${g.name}: ${formatSize(g.bytes)} ${g.kind}\n`);
     }
     return 0;

@@ -14,11 +14,13 @@ every connection); logs one line per event on stderr.
   --config FILE  YAML config (default: none). Keys:
                    store: "memory:"            default store for attach (quote it)
                    storeKeyFile: /etc/elasticmem/store.key   AES-256-GCM key for pages at rest
+                   compress: true              compress pages (attach --compress)
+                   tlsCaFile: /etc/elasticmem/ca.pem   CA for rediss:// stores (attach --tls-ca)
                    socket: /path.sock          control socket
                    state: /path/state.json     state file for restarts
                    pager: { faultCpus: [2], evictCpus: [0], followFaults: true }   thread placement
                    limits: { maxVms: 16, minLocal: 16M }
-                   vms: { web1: { store: redis://10.0.0.5:6379, local: 512M, storeKeyFile: /etc/k } }
+                   vms: { web1: { store: redis://10.0.0.5:6379, local: 512M, storeKeyFile: /etc/k, compress: false } }
                  A commented example: vm-configs/elasticmem.example.yaml
   --socket PATH  control socket (default ${DEFAULT_SOCKET})
   --state FILE   state file (default /run/elasticmem/state.json, or state.json beside

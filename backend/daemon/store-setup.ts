@@ -1,0 +1,99 @@
+/**
+ * How a VM's store is opened: its URI and the options attach takes with it (key file,
+ * compression, a private CA). One value, so every place that opens, shares, records or
+ * re-opens a VM's store passes all of them: a store re-opened after a daemon restart
+ * without its key could not read the pages, and one re-opened without its CA could not
+ * connect.
+ */
+import fs from 'node:fs';
+import { ElasticmemError } from '../../native/errors.ts';
+import { parseStoreUri } from '../../kvstore/uri.ts';
+import type { Config, VmOverride } from './config.ts';
+
+export interface StoreSetup {
+  /** As given, password included: only to open the store and for the state file. Never shown. */
+  uri: string;
+  /** AES-256-GCM key file (absolute path): pages encrypted at rest. Never with memory:. */
+  keyFile?: string;
+  /** Pages compressed: LZ4 inside memory:, deflate (only when it shrinks a page) elsewhere. */
+  compress?: boolean;
+  /** rediss:// stores: a PEM file of CA certificates to trust besides the system's (absolute path). */
+  tlsCaFile?: string;
+}
+
+/** What the caller asked for; absent: the config's (per VM, else default). null: none, whatever the config says. */
+export interface StoreArgs {
+  uri?: string;
+  keyFile?: string | null;
+  compress?: boolean;
+  tlsCaFile?: string | null;
+}
+
+/** Does this store connect over TLS (the only kind a CA file is for)? */
+export function usesTls(uri: string): boolean {
+  const spec = parseStoreUri(uri);
+  return (spec.kind === 'redis' || spec.kind === 'redis-cluster') && spec.tls;
+}
+
+/** A PEM file of CA certificates, readable and holding at least one certificate. Throws BAD_TLS_CA. */
+export function checkCaFile(file: string, flag = '--tls-ca'): void {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new ElasticmemError(`${flag} ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give the PEM file of the CA that signed the store's certificate`, 'BAD_TLS_CA');
+  }
+  if (!text.includes('-----BEGIN CERTIFICATE-----')) {
+    throw new ElasticmemError(`${flag} ${file}: holds no PEM certificate (no -----BEGIN CERTIFICATE----- line); give the CA certificate, not its key`, 'BAD_TLS_CA');
+  }
+}
+
+/**
+ * The store a VM attaches with: each option from the request, else the config's entry
+ * for the VM, else the config's default; checked (files readable, options that fit the
+ * store) before anything is opened. `name`: the VM, for messages.
+ */
+export async function resolveStoreSetup(args: StoreArgs, override: VmOverride | undefined, config: Config, name: string): Promise<StoreSetup> {
+  const uri = args.uri ?? override?.store ?? config.store;
+  const fromConfig = args.uri === undefined ? ` (the config's store)` : '';
+  const inDaemon = parseStoreUri(uri).kind === 'memory';
+  if (inDaemon && typeof args.keyFile === 'string') {
+    throw new ElasticmemError(args.uri !== undefined
+      ? '--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...'
+      : `--store-key has nothing to encrypt: VM '${name}' would page to memory:${fromConfig}, whose pages never leave the daemon; add --store file:///... or redis://...`, 'BAD_REQUEST');
+  }
+  const tls = usesTls(uri);
+  if (typeof args.tlsCaFile === 'string' && !tls) {
+    throw new ElasticmemError(`--tls-ca is for stores reached over TLS (rediss://, rediss+cluster://); VM '${name}' would page to ${parseStoreUri(uri).kind === 'memory' ? 'memory:' : 'a store without TLS'}${fromConfig}: drop --tls-ca or use a rediss:// store`, 'BAD_REQUEST');
+  }
+  // The config's settings apply where they can: its key not to memory:, its CA only over TLS.
+  const keyFile = inDaemon || args.keyFile === null ? undefined : args.keyFile ?? override?.storeKeyFile ?? config.storeKeyFile;
+  const tlsCaFile = !tls || args.tlsCaFile === null ? undefined : args.tlsCaFile ?? override?.tlsCaFile ?? config.tlsCaFile;
+  const compress = args.compress ?? override?.compress ?? config.compress ?? false;
+  if (keyFile) {
+    const { loadKeyFile } = await import('../../kvstore/envelope.ts');
+    loadKeyFile(keyFile);
+  }
+  if (tlsCaFile) checkCaFile(tlsCaFile, args.tlsCaFile === tlsCaFile ? '--tls-ca' : 'tlsCaFile');
+  return { uri, ...(keyFile ? { keyFile } : {}), ...(compress ? { compress } : {}), ...(tlsCaFile ? { tlsCaFile } : {}) };
+}
+
+/** The options openStore takes for this setup. */
+export function openOptionsOf(s: StoreSetup): { keyFile?: string; compress?: boolean; tlsCaFile?: string } {
+  return { ...(s.keyFile ? { keyFile: s.keyFile } : {}), ...(s.compress ? { compress: true } : {}), ...(s.tlsCaFile ? { tlsCaFile: s.tlsCaFile } : {}) };
+}
+
+/** Two VMs share an open store only when they open it the same way (another key, another envelope). */
+export function setupKey(s: StoreSetup): string {
+  return JSON.stringify([s.uri, s.keyFile ?? '', !!s.compress, s.tlsCaFile ?? '']);
+}
+
+/** For the log line of an attach: what the options do. */
+export function describeOptions(s: StoreSetup): string {
+  const parts = [
+    s.keyFile && s.uri !== 'memory:' ? `pages encrypted, key ${s.keyFile}` : '',
+    s.compress ? 'pages compressed' : '',
+    s.tlsCaFile ? `TLS CA ${s.tlsCaFile}` : '',
+  ].filter(Boolean);
+  return parts.length ? ` (${parts.join('; ')})` : '';
+}
