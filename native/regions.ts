@@ -7,14 +7,34 @@ import fs from 'node:fs';
 import { ElasticmemError } from './errors.ts';
 import type { RegionSpec } from './index.ts';
 
+/** One line of /proc/PID/maps. */
 export interface Mapping {
   lo: bigint;
   hi: bigint;
+  /** lo-hi exactly as the kernel prints it: also the name of the /proc/PID/map_files entry. */
+  range: string;
   perms: string;
   offset: bigint;
+  dev: string;
+  inode: number;
   path: string;
 }
 
+/** /proc/PID/maps text, parsed (the one parser: the backend's QEMU target code uses it too). */
+export function parseMaps(text: string): Mapping[] {
+  const out: Mapping[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S{4})\s+([0-9a-f]+)\s+(\S+)\s+(\d+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    out.push({
+      lo: BigInt('0x' + m[1]), hi: BigInt('0x' + m[2]), range: `${m[1]}-${m[2]}`, perms: m[3]!,
+      offset: BigInt('0x' + m[4]), dev: m[5]!, inode: Number(m[6]), path: m[7]!.trim(),
+    });
+  }
+  return out;
+}
+
+/** /proc/PID/maps of a live process; EM_NO_PROCESS (naming the pid) when it is gone. */
 export function readMaps(pid: number): Mapping[] {
   let text: string;
   try {
@@ -25,13 +45,7 @@ export function readMaps(pid: number): Mapping[] {
       throw new ElasticmemError(`no process with pid ${pid}: check the pid (it may have exited)`, 'EM_NO_PROCESS', 3, 'open');
     throw new ElasticmemError(`cannot read /proc/${pid}/maps: ${(e as Error).message}`, 'EM_NO_PROCESS');
   }
-  const out: Mapping[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S+)\s+([0-9a-f]+)\s+\S+\s+\d+\s*(.*)$/.exec(line);
-    if (!m) continue;
-    out.push({ lo: BigInt('0x' + m[1]), hi: BigInt('0x' + m[2]), perms: m[3]!, offset: BigInt('0x' + m[4]), path: m[5] ?? '' });
-  }
-  return out;
+  return parseMaps(text);
 }
 
 /** One mapping of /proc/PID/smaps: its range, its `Key: value` lines and its VmFlags. */

@@ -1,35 +1,8 @@
 /** /proc/PID/maps, parsed: which mapping holds a host address, and what backs it. */
-import fs from 'node:fs';
-import { readSmaps } from '../../native/regions.ts';
+import { readSmaps, type Mapping } from '../../native/regions.ts';
 
-export interface Mapping {
-  lo: bigint;
-  hi: bigint;
-  /** lo-hi exactly as the kernel prints it: also the name of the /proc/PID/map_files entry. */
-  range: string;
-  perms: string;
-  offset: bigint;
-  dev: string;
-  inode: number;
-  path: string;
-}
-
-export function parseMaps(text: string): Mapping[] {
-  const out: Mapping[] = [];
-  for (const line of text.split('\n')) {
-    const m = /^([0-9a-f]+)-([0-9a-f]+)\s+(\S{4})\s+([0-9a-f]+)\s+(\S+)\s+(\d+)\s*(.*)$/.exec(line);
-    if (!m) continue;
-    out.push({
-      lo: BigInt('0x' + m[1]), hi: BigInt('0x' + m[2]), range: `${m[1]}-${m[2]}`, perms: m[3]!,
-      offset: BigInt('0x' + m[4]), dev: m[5]!, inode: Number(m[6]), path: m[7]!.trim(),
-    });
-  }
-  return out;
-}
-
-export function readMaps(pid: number): Mapping[] {
-  return parseMaps(fs.readFileSync(`/proc/${pid}/maps`, 'utf8'));
-}
+// (one parser of /proc/PID/maps, in native/regions.ts, which the native layer needs too)
+export { parseMaps, readMaps, type Mapping } from '../../native/regions.ts';
 
 export type Backing = 'memfd' | 'anon' | 'anon-shared' | 'hugetlb' | 'file';
 
