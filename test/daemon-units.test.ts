@@ -7,7 +7,7 @@ import test from 'ava';
 import { parseSize, formatSize } from '../backend/size.ts';
 import type { ElasticmemError } from '../native/errors.ts';
 import { parseConfig } from '../backend/daemon/config.ts';
-import { resolveStoreSetup, type StoreArgs } from '../backend/daemon/store-setup.ts';
+import { resolveStoreSetup, takeOverArgs, type StoreArgs } from '../backend/daemon/store-setup.ts';
 import { StorePool } from '../backend/daemon/stores.ts';
 import { peerCred } from '../backend/daemon/peercred.ts';
 import crypto from 'node:crypto';
@@ -63,6 +63,9 @@ test('parseConfig: compress and tlsCaFile, by default and per VM; bad values nam
     ['vms:\n  db:\n    compress: 1\n', /^config b\.yaml: vms\.db\.compress: must be true or false, got 1/],
     ['tlsCaFile: ca.pem\n', /^config b\.yaml: tlsCaFile: must be the absolute path of a PEM file of CA certificates/],
     ['vms:\n  db:\n    tlsCa: /x\n', /^config b\.yaml: vms\.db\.tlsCa: unknown key; allowed here: store, local, storeKeyFile, compress, tlsCaFile/],
+    // an entry naming its store and an option that store cannot use
+    ['vms:\n  db:\n    store: redis://:pw@h:6379\n    tlsCaFile: /etc/ca.pem\n', /^config b\.yaml: vms\.db\.tlsCaFile: is for stores reached over TLS \(rediss:\/\/\), and vms\.db\.store is redis:\/\/:\*\*\*@h:6379: drop one of the two/],
+    ['vms:\n  db:\n    store: "memory:"\n    storeKeyFile: /etc/k\n', /^config b\.yaml: vms\.db\.storeKeyFile: has nothing to encrypt: vms\.db\.store is memory:/],
   ];
   for (const [text, re] of bad) {
     const e = t.throws<ElasticmemError>(() => parseConfig(text, 'b.yaml'), undefined, text)!;
@@ -93,7 +96,7 @@ test('resolveStoreSetup: each option from the request, else the VM\'s config, el
     [{ uri: 'memory:', keyFile: f('key') }, 'BAD_REQUEST', /--store-key has nothing to encrypt with --store memory:/],
     [{ uri: 'redis://127.0.0.1:6379', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /--tls-ca is for stores reached over TLS .*a store without TLS: drop --tls-ca or use a rediss:\/\/ store/],
     [{ uri: 'memory:', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /would page to memory:/],
-    [{ tlsCaFile: f('missing.pem') }, 'BAD_TLS_CA', /--tls-ca .*missing\.pem: cannot read it \(ENOENT\)/],
+    [{ tlsCaFile: f('missing.pem') }, 'BAD_TLS_CA', /the TLS CA file .*missing\.pem: cannot read it \(ENOENT\)/],
     [{ tlsCaFile: f('ca.key') }, 'BAD_TLS_CA', /holds no PEM certificate .*give the CA certificate, not its key/],
     [{ keyFile: f('ca.pem') }, 'BAD_STORE_KEY', /must hold a 32-byte key/],
   ];
@@ -105,6 +108,18 @@ test('resolveStoreSetup: each option from the request, else the VM\'s config, el
   // A config CA file that went missing is named as the config's.
   const gone = parseConfig(`store: "rediss://127.0.0.1:6380"\ntlsCaFile: ${f('gone.pem')}\n`, 'g.yaml');
   t.regex((await t.throwsAsync<ElasticmemError>(resolveStoreSetup({}, undefined, gone, 'web')))!.message, /^tlsCaFile .*gone\.pem: cannot read it/);
+  // A top-level CA with a store without TLS is for the VMs that use rediss://: accepted, not applied.
+  t.deepEqual(await resolveStoreSetup({ uri: 'file:///var/lib/em' }, undefined, gone, 'web'), { uri: 'file:///var/lib/em' });
+});
+
+test('takeOverArgs: a take-over keeps what the previous daemon used unless told otherwise, where it applies to the store chosen now', (t) => {
+  const was = { uri: 'rediss://r:6380', keyFile: '/k', compress: true, tlsCaFile: '/ca.pem' };
+  t.deepEqual(takeOverArgs(was, {}), { uri: 'rediss://r:6380', keyFile: '/k', compress: true, tlsCaFile: '/ca.pem' });
+  t.deepEqual(takeOverArgs({ uri: 'file:///x' }, {}), { uri: 'file:///x', keyFile: null, compress: false, tlsCaFile: null }, 'none then: none now, whatever the config says');
+  t.deepEqual(takeOverArgs(was, { compress: false, tlsCaFile: '/other.pem' }), { uri: 'rediss://r:6380', keyFile: '/k', compress: false, tlsCaFile: '/other.pem' });
+  // Another store: the saved CA is dropped when it has no TLS, the key when it is memory:.
+  t.deepEqual(takeOverArgs(was, { uri: 'redis://r:6379' }), { uri: 'redis://r:6379', keyFile: '/k', compress: true, tlsCaFile: null });
+  t.deepEqual(takeOverArgs(was, { uri: 'memory:' }), { uri: 'memory:', keyFile: null, compress: true, tlsCaFile: null });
 });
 
 test('StorePool: VMs share a store only when they open it alike; memory: with compress stores pages LZ4-compressed', async (t) => {

@@ -17,7 +17,7 @@
  *     minLocal: 16M                # smallest resident cap attach/resize accept
  *   vms:
  *     guest1:                      # libvirt name or UUID, pid:<PID>, qmp:<path>
- *       store: redis://127.0.0.1:6379
+ *       store: rediss://127.0.0.1:6380
  *       local: 64M                 # cap used when attach has no --local
  *       storeKeyFile: /etc/elasticmem/guest1.key
  *       compress: false
@@ -30,6 +30,7 @@ import { parseSize } from '../size.ts';
 import { shownUri } from './secrets.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
 import { allowedCpus } from '../../native/pager.ts';
+import { usesTls } from './store-setup.ts';
 
 export interface VmOverride { store?: string; local?: number; storeKeyFile?: string; compress?: boolean; tlsCaFile?: string }
 
@@ -179,6 +180,10 @@ export function parseConfig(text: string, file: string): Config {
       if (v.storeKeyFile !== undefined) o.storeKeyFile = keyFilePath(file, `${key}.storeKeyFile`, v.storeKeyFile);
       if (v.compress !== undefined) o.compress = flag(file, `${key}.compress`, v.compress);
       if (v.tlsCaFile !== undefined) o.tlsCaFile = caFilePath(file, `${key}.tlsCaFile`, v.tlsCaFile);
+      // An entry that names its store and an option that store cannot use is a mistake
+      // (the option would be dropped at attach without a word).
+      if (o.store !== undefined && o.tlsCaFile !== undefined && !usesTls(o.store)) fail(file, `${key}.tlsCaFile`, `is for stores reached over TLS (rediss://), and ${key}.store is ${shownUri(o.store)}: drop one of the two`);
+      if (o.store !== undefined && o.storeKeyFile !== undefined && parseStoreUri(o.store).kind === 'memory') fail(file, `${key}.storeKeyFile`, `has nothing to encrypt: ${key}.store is memory:, whose pages never leave the daemon; drop one of the two`);
       cfg.vms[name] = o;
     }
   }

@@ -17,7 +17,7 @@ import type { Config } from './config.ts';
 import { ControlServer, type RequestContext } from './server.ts';
 import { Session, capPagesOf } from './session.ts';
 import { StorePool } from './stores.ts';
-import { resolveStoreSetup, checkCaFile, describeOptions, type StoreArgs, type StoreSetup } from './store-setup.ts';
+import { resolveStoreSetup, checkCaFile, describeOptions, takeOverArgs, type StoreArgs, type StoreSetup } from './store-setup.ts';
 import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
@@ -155,8 +155,9 @@ export class Daemon {
     for (const [file, flag] of [[storeArgs.keyFile, '--store-key'], [storeArgs.tlsCaFile, '--tls-ca']] as const) {
       if (typeof file === 'string' && !file.startsWith('/')) throw new ElasticmemError(`${flag} ${JSON.stringify(file)}: give the file's absolute path (the CLI resolves a relative one)`, 'BAD_REQUEST');
     }
-    // (what the request names alone, the config aside: the rest is checked once the VM is known)
-    if (storeArgs.uri !== undefined) await resolveStoreSetup({ ...storeArgs, uri: storeArgs.uri }, undefined, this.config, spec);
+    // (what the request names alone, the config aside: the rest is checked once the VM,
+    // and so its own config entry, is known)
+    if (storeArgs.uri !== undefined) await resolveStoreSetup({ ...storeArgs, uri: storeArgs.uri, keyFile: storeArgs.keyFile ?? null, tlsCaFile: storeArgs.tlsCaFile ?? null }, undefined, this.config, spec);
     else {
       if (typeof storeArgs.keyFile === 'string') await checkKeyFile(storeArgs.keyFile);
       if (typeof storeArgs.tlsCaFile === 'string') checkCaFile(storeArgs.tlsCaFile);
@@ -203,7 +204,7 @@ export class Daemon {
         if (left && !store.capabilities.persistent) {
           // Taking over means trusting the store for every page that is not resident. A
           // fresh non-persistent store is empty: those pages would come back as zeros.
-          throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI>. ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
+          throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI> (and the same --store-key if its pages were encrypted, --tls-ca for a private CA). ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
         }
         const memory = left ? await this.memoryToTakeOver(session) : await target.discover();
         this.checkCap(capBytes, memory.guestRamBytes, target.name);
@@ -314,14 +315,8 @@ export class Daemon {
    */
   private async takeOver(w: Session, spec: string, local?: string, storeArgs: StoreArgs = {}): Promise<unknown> {
     this.sessions.delete(w.vmId);
-    const was = w.storeSetup;
     try {
-      return await this.attach(spec, local ?? String(w.capBytes), {
-        uri: storeArgs.uri ?? was.uri,
-        keyFile: storeArgs.keyFile !== undefined ? storeArgs.keyFile : was.keyFile ?? null,
-        compress: storeArgs.compress ?? !!was.compress,
-        tlsCaFile: storeArgs.tlsCaFile !== undefined ? storeArgs.tlsCaFile : was.tlsCaFile ?? null,
-      }, { vmId: w.vmId, pid: w.target.pid });
+      return await this.attach(spec, local ?? String(w.capBytes), takeOverArgs(w.storeSetup, storeArgs), { vmId: w.vmId, pid: w.target.pid });
     } catch (e) {
       w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
       if (!this.sessions.has(w.vmId)) this.sessions.set(w.vmId, w);

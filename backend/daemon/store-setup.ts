@@ -74,8 +74,24 @@ export async function resolveStoreSetup(args: StoreArgs, override: VmOverride | 
     const { loadKeyFile } = await import('../../kvstore/envelope.ts');
     loadKeyFile(keyFile);
   }
-  if (tlsCaFile) checkCaFile(tlsCaFile, args.tlsCaFile === tlsCaFile ? '--tls-ca' : 'tlsCaFile');
+  // (the CLI checked a --tls-ca it was given; here a file is the config's or the previous daemon's)
+  if (tlsCaFile) checkCaFile(tlsCaFile, args.tlsCaFile === tlsCaFile ? 'the TLS CA file' : 'tlsCaFile');
   return { uri, ...(keyFile ? { keyFile } : {}), ...(compress ? { compress } : {}), ...(tlsCaFile ? { tlsCaFile } : {}) };
+}
+
+/**
+ * Taking over a VM the previous daemon left: what the operator does not say is what
+ * that daemon used (`was`), where it still applies to the store chosen now (its CA only
+ * over TLS, its key not to memory:), and nothing else from the config (null).
+ */
+export function takeOverArgs(was: StoreSetup, given: StoreArgs): StoreArgs {
+  const uri = given.uri ?? was.uri;
+  return {
+    uri,
+    keyFile: given.keyFile !== undefined ? given.keyFile : parseStoreUri(uri).kind !== 'memory' ? was.keyFile ?? null : null,
+    compress: given.compress ?? !!was.compress,
+    tlsCaFile: given.tlsCaFile !== undefined ? given.tlsCaFile : usesTls(uri) ? was.tlsCaFile ?? null : null,
+  };
 }
 
 /** The options openStore takes for this setup. */

@@ -32,7 +32,7 @@ export class StorePool {
 
   constructor(private timeoutMs = 5000) {}
 
-  /** Open (or share) a store and prove it answers. Throws STORE_UNREACHABLE / BAD_STORE_URI / BAD_STORE_KEY. */
+  /** Open (or share) a store and prove it answers. Throws STORE_UNREACHABLE / BAD_STORE_URI / BAD_STORE_KEY / BAD_TLS_CA. */
   async acquire(setup: StoreSetup): Promise<PageStore> {
     const { uri } = setup;
     const id = setupKey(setup);
@@ -49,7 +49,7 @@ export class StorePool {
     } catch (e) {
       // A store that opens after we gave up is nobody's: close it then.
       opening.then((late) => late.close(), () => undefined).catch(() => undefined);
-      throw storeError(uri, e);
+      throw storeError(setup, e);
     }
     try {
       // A cheap round trip (one key that does not exist): connecting lazily is not proof
@@ -57,7 +57,7 @@ export class StorePool {
       await withTimeout(store.get('elasticmem-probe', [0]), this.timeoutMs, `store ${store.uri}`);
     } catch (e) {
       await store.close().catch(() => undefined);
-      throw storeError(uri, e);
+      throw storeError(setup, e);
     }
     // Another attach may have opened the same URI meanwhile.
     const raced = this.open.get(id);
@@ -88,14 +88,16 @@ export class StorePool {
 }
 
 /** The error attach reports; the password of the URI masked, wherever the message quotes it. */
-function storeError(uri: string, e: unknown): ElasticmemError {
+function storeError({ uri, tlsCaFile }: StoreSetup, e: unknown): ElasticmemError {
   const err = e as ElasticmemError;
   if (err?.code === 'BAD_STORE_URI' || err?.code === 'BAD_STORE_KEY' || err?.code === 'BAD_TLS_CA' || err?.code === 'EM_NATIVE_MISSING') {
     err.message = scrub(err.message, [uri]);
     return err;
   }
   const why = scrub(err?.message ?? String(e), [uri]);
-  // A certificate signed by a CA the system does not trust: say how to trust it.
-  const hint = /certificate|unable to verify/i.test(why) ? ' (a store with a private CA: give its certificate with --tls-ca FILE, or tlsCaFile in the config)' : '';
+  // A certificate signed by a CA nobody told us to trust: say how to trust it. (Not for
+  // a name the certificate does not cover: a CA file cannot help there.)
+  const untrusted = /self[- ]signed certificate|unable to (verify|get local issuer)/i.test(why);
+  const hint = untrusted && !tlsCaFile ? ' (a store with a private CA: give its certificate with --tls-ca FILE, or tlsCaFile in the config)' : '';
   return new ElasticmemError(`store ${shownUri(uri)} is not reachable: ${why}${hint}; nothing was attached`, 'STORE_UNREACHABLE');
 }

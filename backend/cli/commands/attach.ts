@@ -37,7 +37,10 @@ host, the rest goes to the store and comes back on demand. The VM keeps running.
                    config's compress (vms.<vm>.compress, else compress), else off
   --no-compress    store pages raw whatever the config says
   --tls-ca FILE    rediss:// stores: trust the CA certificate(s) in this PEM file
-                   besides the system's (a private CA). Default: the config's tlsCaFile
+                   besides the system's (a private CA). Default: the config's
+                   (vms.<vm>.tlsCaFile, else tlsCaFile)
+                 Taking over a VM a previous daemon left, what is not given is what
+                 that daemon used (store, key, compression, CA)
 ${JSON_HELP}
 ${SOCKET_HELP}
 
@@ -73,6 +76,9 @@ const cmd: Command = {
       req.store = values.store;
     }
     if (values['store-key'] !== undefined) {
+      if (values.store !== undefined && parseStoreUri(values.store).kind === 'memory') {
+        throw new UsageError('--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...');
+      }
       loadKeyFile(values['store-key']);
       // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
       req.storeKey = path.resolve(values['store-key']);
