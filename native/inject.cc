@@ -30,6 +30,7 @@
 #include "error.h"
 #include "inject_internal.h"
 #include "procfs.h"
+#include "wake_signal.h"
 
 #if !defined(__x86_64__)
 #error "elasticmem's syscall injection is written for x86-64"
@@ -159,6 +160,7 @@ class Tracer {
     // such sleep overshot to ~70 µs, all of it time the target's thread stays stopped.
     // (best effort: the default slack only makes the stops longer)
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    block_process_signals();  // (each stop of its tracee raises a SIGCHLD: not for this thread)
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
       cv_.wait(lk, [this] { return job_ != nullptr || quit_; });

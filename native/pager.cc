@@ -433,6 +433,7 @@ void Pager::start_unguarded(size_t& registered) {
   blocking_reads_ = can_block_in_read();
   fault_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-fault");  // visible in top/perf; failure is harmless
+    block_process_signals();
     pin_thread(cfg_.fault_cpus, "fault");
     if (cfg_.fault_cpus.size() == 1) fault_cpu_ = (int)cfg_.fault_cpus[0];
     tl_uffd_reader = true;
@@ -443,6 +444,7 @@ void Pager::start_unguarded(size_t& registered) {
   });
   if (blocking_reads_) exit_watch_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-exit-watch");
+    block_process_signals();
     watch_exit();
   });
   start_evictor();
@@ -451,6 +453,7 @@ void Pager::start_unguarded(size_t& registered) {
 void Pager::start_evictor() {
   evict_thread_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "em-evict");
+    block_process_signals();
     pin_thread(cfg_.evict_cpus, "eviction");
     evict_loop();
   });

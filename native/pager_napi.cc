@@ -19,6 +19,7 @@
 #include "napi_util.h"
 #include "pager.h"
 #include "uffd.h"
+#include "wake_signal.h"
 
 namespace em {
 
@@ -479,6 +480,7 @@ Napi::Value PagerDetach(const Napi::CallbackInfo& info) {
     auto done = std::make_shared<Channel>(info.Env(), info[1].As<Napi::Function>(), "elasticmem-detach");
     std::shared_ptr<Pager> pager = h->pager;
     h->detach_thread = std::thread([pager, done, h] {
+      block_process_signals();
       auto* res = new DetachResult();
       try {
         pager->detach();

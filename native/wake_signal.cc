@@ -48,4 +48,13 @@ void interrupt_thread(pthread_t thread) {
   if (sig >= 0) pthread_kill(thread, sig);
 }
 
+void block_process_signals() {
+  sigset_t set;
+  sigfillset(&set);
+  for (int sig : {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGTRAP, SIGSYS, SIGABRT}) sigdelset(&set, sig);
+  int wake = wake_signal();
+  if (wake > 0) sigdelset(&set, wake);
+  (void)pthread_sigmask(SIG_BLOCK, &set, nullptr);  // best effort: a failure only leaves the signals to any thread
+}
+
 }  // namespace em

@@ -19,5 +19,12 @@ int wake_signal();
 bool unblock_wake_signal();
 // Interrupt `thread`'s blocking system call (no-op when the signal is unavailable).
 void interrupt_thread(pthread_t thread);
+// Leave signals sent to the whole process (SIGCHLD above all: one for every stop of a
+// thread the injector traces, thousands a second while private memory is evicted) to
+// the JavaScript thread, whose handlers they are for. Without this the kernel may pick
+// the fault thread, which then runs libuv's handler (two writes) and restarts its read
+// on the guest's CPU. Synchronous fault signals and the wake signal stay unblocked.
+// Call at the start of each thread the pager starts (threads inherit the mask).
+void block_process_signals();
 
 }  // namespace em

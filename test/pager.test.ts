@@ -685,6 +685,37 @@ test('fault and eviction threads run on the CPUs asked for; CPUs this machine la
   t.true(pager.stats().totalPages > 0);
 });
 
+// Every stop of a thread the injector traces raises a SIGCHLD for the whole monitor
+// process (thousands a second while private memory is evicted); a fault thread that took
+// them ran libuv's handler on the guest's CPU. The pager's threads leave them (and every
+// other process-wide signal) to the JavaScript thread.
+test("the pager's threads block SIGCHLD and other process-wide signals; the JavaScript thread does not", async (t) => {
+  const store = await memoryStore(t);
+  const target = await startTarget(t, { memfdMiB: 1, anonMiB: 8 });
+  await attach(t, target, [region(target, 'anon')], 512, store);
+  const sigBlk = (tid: string) => {
+    try {
+      const status = fs.readFileSync(`/proc/self/task/${tid}/status`, 'utf8');
+      return { name: /^Name:\s*(.*)$/m.exec(status)![1]!, blocked: BigInt('0x' + /^SigBlk:\s*(\S+)$/m.exec(status)![1]) };
+    } catch {
+      return null; // the thread ended meanwhile
+    }
+  };
+  const bit = (sig: number) => 1n << BigInt(sig - 1);
+  const SIGCHLD = 17, SIGTERM = 15, SIGSEGV = 11;
+  await waitFor(() => fs.readdirSync('/proc/self/task').some((tid) => sigBlk(tid)?.name === 'em-evict'), 5000);
+  const ours = fs.readdirSync('/proc/self/task').map(sigBlk).filter((x) => x && /^em-(fault|evict|exit-watch)$/.test(x.name));
+  t.true(ours.length >= 2, ours.map((x) => x!.name).join(','));  // (em-exit-watch only with blocking reads)
+  for (const th of ours) {
+    t.true((th!.blocked & bit(SIGCHLD)) !== 0n && (th!.blocked & bit(SIGTERM)) !== 0n, `${th!.name} blocks SIGCHLD and SIGTERM`);
+    t.is(th!.blocked & bit(SIGSEGV), 0n, `${th!.name} leaves SIGSEGV (a fault of its own) unblocked`);
+  }
+  t.is(sigBlk(String(process.pid))!.blocked & bit(SIGCHLD), 0n, 'the JavaScript thread takes SIGCHLD');
+  // Evicting private memory traces a QEMU-like thread: it works as before.
+  await target.cmd('fill anon 7');
+  t.is(parseReply(await target.cmd('verify anon')).corrupt, 0);
+});
+
 // The fault thread sleeps in a blocking read() of the uffd between faults (cheaper per
 // fault than read + EAGAIN + ppoll); such a read watches neither the stop eventfd nor
 // the target's pidfd, so stopping and the target's exit must interrupt it (a signal, and
