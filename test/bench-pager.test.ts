@@ -57,7 +57,9 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.is(j.integrity, 'ok');
   t.regex(j.integrityDetail.beforeDetach, /^integrity ok pages=8192$/);
   t.regex(j.integrityDetail.afterDetach, /^integrity ok pages=8192$/);
-  for (const k of ['usPerTouch', 'kernelSwapUsPerTouch', 'ratioVsKernelSwap', 'uffdFloorUs', 'p50VsFloor', 'uffdFloorMemfdUs', 'p50VsMemfdFloor']) t.true(j[k] > 0, `${k} = ${j[k]}`);
+  for (const k of ['usPerTouch', 'kernelSwapUsPerTouch', 'ratioVsKernelSwap', 'uffdFloorUs', 'p50VsFloor', 'uffdFloorMemfdUs', 'p50VsMemfdFloor', 'uffdFloorWorkloadUs', 'p50VsWorkloadFloor']) t.true(j[k] > 0, `${k} = ${j[k]}`);
+  // The floor under the run's own touch loop is a real fault latency (> 2 µs: a faulting touch).
+  t.true(j.uffdFloorWorkloadUs > 2 && Math.abs(j.p50VsWorkloadFloor - j.touchFaultUs.p50 / j.uffdFloorWorkloadUs) < 0.01, `${j.uffdFloorWorkloadUs}`);
   t.is(j.pinCpu, 0);
   t.is(j.repeats, 1);
   t.is(j.runs, undefined, 'one run: no per-run list');
@@ -77,7 +79,7 @@ test.serial('a small bench pager run reports every field, verifies every page an
   t.is(j.kernelSwap.integrity, 'ok');
   t.true(j.kernelSwap.swapIns > 20000 * 0.5, `kernel swap-ins ${j.kernelSwap.swapIns}`);
   t.true(j.kernelSwap.limitBytes >= 8 * 2 ** 20 && j.kernelSwap.limitBytes < 12 * 2 ** 20);
-  t.true(j.uffdFloor.anon.length === 1 && j.uffdFloor.memfd.length === 1);
+  t.true(j.uffdFloor.anon.length === 1 && j.uffdFloor.memfd.length === 1 && j.uffdFloor.workloadUs.length === 1);
   // Nothing left behind.
   t.deepEqual(benchCgroups(), []);
   t.deepEqual(swaps(), swapsBefore);

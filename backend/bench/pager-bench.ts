@@ -26,7 +26,7 @@ import type { PageStore } from '../../kvstore/types.ts';
 import { PAGE, formatSize } from '../size.ts';
 import { buildBenchProgram, launchLineProcess, type LineProcess } from './workload-bin.ts';
 import { setupKernelSwap } from './kernel-swap.ts';
-import { sampleFloor, floorOf, type UffdFloor } from './uffd-floor.ts';
+import { sampleFloor, floorOf, median, type UffdFloor } from './uffd-floor.ts';
 import { tlbShootdowns, countedBetween } from './interrupts.ts';
 
 export const WORKLOADS = ['seq', 'random', 'zipf'] as const;
@@ -129,6 +129,13 @@ export interface PagerBenchResult {
   uffdFloorUs: number;
   /** The floor for a shared memfd (uffdFloorUs is the anonymous one). */
   uffdFloorMemfdUs: number;
+  /**
+   * The like-for-like floor: the same bare handler under this run's own touch loop (the
+   * workload binary in a floor-* mode: same page order, same per-touch work and timing,
+   * same kind of memory as the pager run), so what it adds to a fault is not counted
+   * against the pager. Median over the floor samples.
+   */
+  uffdFloorWorkloadUs: number;
   /** The CPU the workload, the fault thread and the floor ran on (--pin), if pinned. */
   pinCpu?: number;
   /** The pager's own fault latency (fault read to fault resolved), timed touches only. */
@@ -139,6 +146,8 @@ export interface PagerBenchResult {
   p50VsFloor: number;
   /** touchFaultUs.p50 / uffdFloorMemfdUs (like for like with memory 'shared': both a memfd). */
   p50VsMemfdFloor: number;
+  /** touchFaultUs.p50 / uffdFloorWorkloadUs: against a bare handler under the same touch loop. */
+  p50VsWorkloadFloor: number;
   /** 1 - fetches / touches over the timed touches. */
   hitRate: number;
   integrity: 'ok' | 'corrupt';
@@ -242,10 +251,13 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
   // phase, between the phases, and at the end.
   const repeats = Math.max(1, opts.floorRepeats ?? 3);
   const samples: Awaited<ReturnType<typeof sampleFloor>>[] = [];
+  const workloadFloors: number[] = [];
+  const floorKind = opts.memory === 'private' ? 'anon' : 'memfd';
   const floorSample = async () => {
     opts.signal?.throwIfAborted();
     progress({ phase: 'floor', done: samples.length, total: repeats });
     samples.push(await sampleFloor(4000, opts.pinCpu));
+    workloadFloors.push(await workloadFloorPhase(bin, [`floor-${floorKind}`, ...args(floorKind).slice(1)], opts));
   };
   const runCount = opts.repeats ?? 1;
   const pagerRuns: Awaited<ReturnType<typeof pagerPhase>>[] = [];
@@ -263,7 +275,8 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     await store.close().catch(() => {});
   }
   while (samples.length < repeats) await floorSample();
-  const floor = floorOf(samples);
+  const floor = { ...floorOf(samples), workloadUs: workloadFloors };
+  const workloadFloor = median(workloadFloors);
 
   const round = (x: number, d = 3) => Math.round(x * 10 ** d) / 10 ** d;
   const okOf = (r: (typeof pagerRuns)[number]) =>
@@ -300,11 +313,13 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     ...(kernel ? { kernelSwapUsPerTouch: kernel.usPerTouch, ratioVsKernelSwap: round(medianRun(pairRatios, (x) => x)) } : {}),
     uffdFloorUs: floor.floorUs,
     uffdFloorMemfdUs: floor.memfdFloorUs,
+    uffdFloorWorkloadUs: workloadFloor,
     ...(opts.pinCpu !== undefined ? { pinCpu: opts.pinCpu } : {}),
     faultLatencyUs: { p50: stats.faultLatencyUs.p50, p99: stats.faultLatencyUs.p99 },
     touchFaultUs: wl.slowTouchUs,
     p50VsFloor: floor.floorUs > 0 ? round(wl.slowTouchUs.p50 / floor.floorUs) : 0,
     p50VsMemfdFloor: floor.memfdFloorUs > 0 ? round(wl.slowTouchUs.p50 / floor.memfdFloorUs) : 0,
+    p50VsWorkloadFloor: workloadFloor > 0 ? round(wl.slowTouchUs.p50 / workloadFloor) : 0,
     hitRate: hitOf(pagerPart),
     integrity: ok ? 'ok' : 'corrupt',
     integrityDetail: { beforeDetach: integrity.before, afterDetach: integrity.after, readMismatches: wl.readMismatches },
@@ -354,6 +369,27 @@ async function drive(proc: LineProcess, hooks: { beforeRun(): void; afterRun(): 
   proc.send('verify');
   const integrity = await proc.next(LINE_TIMEOUT, `${phase}: verification`);
   return { wl, integrity };
+}
+
+/**
+ * The like-for-like floor (uffdFloorWorkloadUs): the workload binary in a floor-* mode,
+ * its region paged by its own bare handler from empty; no warm-up, so the timed touches
+ * fault on every page's first touch. Returns its faulting touches' p50.
+ */
+async function workloadFloorPhase(bin: string, args: string[], opts: PagerBenchOptions): Promise<number> {
+  const noWarmup = [...args];
+  noWarmup[4] = '0';
+  const proc = await launchLineProcess(bin, noWarmup, { cpus: pinned(opts) });
+  const unhook = killOnAbort(proc, opts.signal);
+  try {
+    const { wl, integrity } = await drive(proc, { beforeRun() {}, afterRun() {} }, () => {}, 'uffd floor under the workload');
+    if (!integrity.startsWith('integrity ok') || wl.readMismatches !== 0)
+      throw new ElasticmemError(`the uffd floor under the workload read wrong pages (${integrity}, ${wl.readMismatches} mismatches)`, 'EM_BENCH_FLOOR');
+    return wl.slowTouchUs.p50;
+  } finally {
+    unhook();
+    await proc.kill();
+  }
 }
 
 async function pagerPhase(bin: string, args: string[], store: PageStore, opts: PagerBenchOptions, policy: 'refault' | 'fifo', touches: number, progress: (p: Progress) => void) {

@@ -26,6 +26,8 @@ export interface UffdFloor {
   memfdFloorUs: number;
   anon: FloorSample[];
   memfd: FloorSample[];
+  /** bench pager only: each sample of the floor under the run's own touch loop (uffdFloorWorkloadUs is their median). */
+  workloadUs?: number[];
 }
 
 /** One floor sample; with `cpu`, the faulting thread and the handler share that CPU (as under `bench pager --pin`). */

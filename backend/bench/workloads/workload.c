@@ -4,6 +4,13 @@
 //   em-bench-workload MODE SIZE_BYTES WORKLOAD TOUCHES WARMUP SEED [MONITOR_PID]
 //     MODE      memfd (shared memfd named "elasticmem-bench", for the pager)
 //               anon  (private anonymous memory, for the kernel-swap baseline)
+//               floor-memfd | floor-anon: the like-for-like uffd floor. The region
+//                 starts empty, registered with a userfaultfd of our own, and a bare
+//                 handler thread answers each fault with one UFFDIO_COPY of a prepared
+//                 page (words 0 and 1 set); the touches are timed exactly as in the
+//                 other modes, so their slow-touch p50 is what a fault costs this very
+//                 loop (its page order and per-touch work) under the barest handler.
+//                 Verification checks words 0-2 only (the rest is not filled).
 //     WORKLOAD  seq (cyclic scan), random (uniform), zipf (skew 0.99, pages permuted)
 //     MONITOR_PID  exit when this process dies: a SIGKILLed benchmark must not leave
 //               us waiting forever on a page fault no monitor will serve
@@ -24,6 +31,7 @@
 // words 0 and 2 back; verification checks all 512 words against the generation recorded here.
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
@@ -34,9 +42,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+#include <linux/userfaultfd.h>
 
 #define PAGE 4096u
 #define WORDS (PAGE / 8)
@@ -131,6 +141,45 @@ static double pct(double q, size_t from) {
 
 static int run(int argc, char** argv);
 
+// floor-* modes: the bare handler (the same as workloads/uffd-floor.c), on the thread
+// that runs the touches' CPU (it inherits the worker's affinity).
+static int floor_uffd = -1;
+static uint8_t* floor_base;
+static uint64_t floor_seed;
+static void* floor_handler(void* arg) {
+  (void)arg;
+  uint8_t* src = aligned_alloc(PAGE, PAGE);
+  if (!src) die("aligned_alloc");
+  memset(src, 0, PAGE);
+  for (;;) {
+    struct uffd_msg msg;
+    ssize_t n = read(floor_uffd, &msg, sizeof msg);
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      die("read(uffd)");
+    }
+    if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+    uint64_t addr = msg.arg.pagefault.address & ~(uint64_t)(PAGE - 1);
+    ((uint64_t*)src)[0] = (addr - (uint64_t)floor_base) / PAGE;
+    ((uint64_t*)src)[1] = floor_seed;
+    struct uffdio_copy c = {.dst = addr, .src = (uint64_t)src, .len = PAGE, .mode = 0};
+    if (ioctl(floor_uffd, UFFDIO_COPY, &c) < 0 && errno != EEXIST) die("UFFDIO_COPY");
+  }
+  return NULL;
+}
+
+static void floor_attach(uint8_t* base, uint64_t size, int shmem) {
+  floor_base = base;
+  floor_uffd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+  if (floor_uffd < 0) die("userfaultfd (the floor needs root)");
+  struct uffdio_api api = {.api = UFFD_API, .features = shmem ? UFFD_FEATURE_MISSING_SHMEM : 0};
+  if (ioctl(floor_uffd, UFFDIO_API, &api) < 0) die("UFFDIO_API");
+  struct uffdio_register reg = {.range = {.start = (uint64_t)base, .len = size}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+  if (ioctl(floor_uffd, UFFDIO_REGISTER, &reg) < 0) die("UFFDIO_REGISTER");
+  pthread_t th;
+  if (pthread_create(&th, NULL, floor_handler, NULL)) die("pthread_create");
+}
+
 struct run_args {
   int argc;
   char** argv;
@@ -169,6 +218,9 @@ static int run(int argc, char** argv) {
     return 2;
   }
   const char* mode = argv[1];
+  // floor-memfd / floor-anon: the same memory kind, paged by our own bare handler
+  const int floor = !strncmp(mode, "floor-", 6);
+  if (floor) mode += 6;
   uint64_t size = strtoull(argv[2], NULL, 10);
   const char* wl = argv[3];
   uint64_t touches = strtoull(argv[4], NULL, 10), warmup = strtoull(argv[5], NULL, 10), seed = strtoull(argv[6], NULL, 10);
@@ -187,7 +239,7 @@ static int run(int argc, char** argv) {
 
   uint8_t* base;
   if (!strcmp(mode, "memfd")) {
-    int fd = memfd_create("elasticmem-bench", MFD_CLOEXEC);
+    int fd = memfd_create(floor ? "elasticmem-floor" : "elasticmem-bench", MFD_CLOEXEC);
     if (fd < 0) die("memfd_create");
     if (ftruncate(fd, (off_t)size) < 0) die("ftruncate");
     base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
@@ -213,10 +265,15 @@ static int run(int argc, char** argv) {
     for (uint64_t i = npages - 1; i > 0; i--) { uint64_t j = below(i + 1); uint32_t t = perm[i]; perm[i] = perm[j]; perm[j] = t; }
   }
 
-  for (uint64_t p = 0; p < npages; p++) {
-    uint64_t* w = (uint64_t*)(base + p * PAGE);
-    w[0] = p; w[1] = seed; w[2] = 0;
-    for (uint64_t i = 3; i < WORDS; i++) w[i] = pattern(p, i, seed);
+  if (floor) {
+    floor_seed = seed;
+    floor_attach(base, size, !strcmp(mode, "memfd"));
+  } else {
+    for (uint64_t p = 0; p < npages; p++) {
+      uint64_t* w = (uint64_t*)(base + p * PAGE);
+      w[0] = p; w[1] = seed; w[2] = 0;
+      for (uint64_t i = 3; i < WORDS; i++) w[i] = pattern(p, i, seed);
+    }
   }
   printf("{\"ready\":true,\"pid\":%d,\"mode\":\"%s\",\"start\":\"%p\",\"length\":%llu,\"pages\":%llu}\n", getpid(), mode, (void*)base,
          (unsigned long long)size, (unsigned long long)npages);
@@ -282,7 +339,7 @@ static int run(int argc, char** argv) {
     for (uint64_t p = 0; p < npages; p++) {
       const uint64_t* w = (const uint64_t*)(base + p * PAGE);
       int bad = w[0] != p || w[1] != seed || w[2] != gen[p];
-      for (uint64_t i = 3; !bad && i < WORDS; i++) bad = w[i] != pattern(p, i, seed);
+      for (uint64_t i = 3; !bad && !floor && i < WORDS; i++) bad = w[i] != pattern(p, i, seed);
       if (bad) { corrupt++; if (firstbad == (uint64_t)-1) firstbad = p; }
     }
     if (corrupt) printf("integrity corrupt=%llu firstbad=%llu\n", (unsigned long long)corrupt, (unsigned long long)firstbad);
