@@ -17,8 +17,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Build test/fixtures/inject-check.cc against native/inject.cc (no N-API) when a source is newer. */
 export function buildInjectCheck(): string {
-  const srcs = ['test/fixtures/inject-check.cc', 'native/inject.cc', 'native/inject_code.cc', 'native/inject_threads.cc', 'native/procfs.cc', 'native/error.cc'].map((f) => path.join(root, f));
-  const deps = [...srcs, ...['inject.h', 'inject_internal.h', 'procfs.h', 'error.h'].map((h) => path.join(root, 'native', h))];
+  const srcs = ['test/fixtures/inject-check.cc', 'native/inject.cc', 'native/inject_code.cc', 'native/inject_threads.cc', 'native/procfs.cc', 'native/error.cc', 'native/wake_signal.cc'].map((f) => path.join(root, f));
+  const deps = [...srcs, ...['inject.h', 'inject_internal.h', 'procfs.h', 'error.h', 'wake_signal.h'].map((h) => path.join(root, 'native', h))];
   const bin = path.join(root, '.cache', 'bin', 'inject-check');
   const built = fs.existsSync(bin) ? fs.statSync(bin).mtimeMs : 0;
   if (deps.some((d) => fs.statSync(d).mtimeMs > built)) {
