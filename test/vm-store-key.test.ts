@@ -121,10 +121,17 @@ test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad
   t.is(r.code, 0, r.stderr);
   t.is(JSON.parse(r.stdout).storeKeyFile, key2File);
   await dom.console.waitForPasses(dom.console.passes.length + 2, 120_000);
-  const s2 = await sample(fileUri, dom.uuid, { key1, key2 });
-  const ok2 = s2.decoded.key2!.filter((x, i) => s2.values[i] && Buffer.isBuffer(x)).length;
-  t.true(ok2 > 0, 'pages decrypt with the config key');
-  t.true(s2.decoded.key1!.every((x, i) => !s2.values[i] || x instanceof Error), 'and not with the earlier key');
+  // (a sample can find no stored value left: pages come back and go out all the time; take another)
+  let s2 = await sample(fileUri, dom.uuid, { key1, key2 });
+  const anyPresent = () => s2.values.some((v, i) => v && s2.decoded.key1![i] !== null && s2.decoded.key2![i] !== null);
+  for (let i = 0; i < 3 && !anyPresent(); i++) s2 = await sample(fileUri, dom.uuid, { key1, key2 });
+  const shown = (x: Buffer | Error | null | undefined) => (Buffer.isBuffer(x) ? 'page' : x instanceof Error ? x.message : String(x));
+  const what = JSON.stringify(s2.pages.map((p, i) => [p, !!s2.values[i], shown(s2.decoded.key2![i]), shown(s2.decoded.key1![i])]));
+  // (present: stored when listed and still when read back with each key)
+  const present = s2.pages.map((_, i) => i).filter((i) => s2.values[i] && s2.decoded.key1![i] !== null && s2.decoded.key2![i] !== null);
+  t.true(present.length > 0, `stored pages to check: ${what}`);
+  t.true(present.every((i) => Buffer.isBuffer(s2.decoded.key2![i])), `pages decrypt with the config key: ${what}`);
+  t.true(present.every((i) => s2.decoded.key1![i] instanceof Error), `and not with the earlier key: ${what}`);
   r = await d2.cli('detach', dom.name);
   t.is(r.code, 0, r.stderr);
   t.false(holdsUffd(dom.pid));
