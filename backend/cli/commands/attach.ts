@@ -24,7 +24,7 @@ host, the rest goes to the store and comes back on demand. The VM keeps running.
                    it: the config's vms.<vm>.local, or, for a VM whose previous
                    daemon died, the cap it had (a take-over)
   --store URI      where evicted pages go (default: the daemon's config, else memory:)
-                     memory:  file:///path  redis://host:port[/db]
+                     memory:  file:///path  redis://host:port[/db] (rediss:// TLS)
                      redis+cluster://h1:p1,h2:p2  memcached://h1:p1[,h2:p2]
                      aerospike://h1:p1[,h2:p2]/namespace[/set]
                    a password in the URI (redis://:PASS@host:port) is shown as ***
@@ -39,8 +39,8 @@ host, the rest goes to the store and comes back on demand. The VM keeps running.
   --tls-ca FILE    rediss:// stores: trust the CA certificate(s) in this PEM file
                    besides the system's (a private CA). Default: the config's
                    (vms.<vm>.tlsCaFile, else tlsCaFile)
-                 Taking over a VM a previous daemon left, what is not given is what
-                 that daemon used (store, key, compression, CA)
+                   Taking over a VM a previous daemon left: what is not given is
+                   what that daemon used (store, key, compression, CA)
 ${JSON_HELP}
 ${SOCKET_HELP}
 
