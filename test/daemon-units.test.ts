@@ -94,8 +94,8 @@ test('resolveStoreSetup: each option from the request, else the VM\'s config, el
   // Refused, naming the problem and the fix.
   const refused: [StoreArgs, string, RegExp][] = [
     [{ uri: 'memory:', keyFile: f('key') }, 'BAD_REQUEST', /--store-key has nothing to encrypt with --store memory:/],
-    [{ uri: 'redis://127.0.0.1:6379', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /--tls-ca is for stores reached over TLS .*a store without TLS: drop --tls-ca or use a rediss:\/\/ store/],
-    [{ uri: 'memory:', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /would page to memory:/],
+    [{ uri: 'redis://127.0.0.1:6379', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /--tls-ca is for stores reached over TLS .*, not --store redis:\/\/127\.0\.0\.1:6379: drop --tls-ca or use a rediss:\/\/ store/],
+    [{ uri: 'memory:', tlsCaFile: f('ca.pem') }, 'BAD_REQUEST', /--tls-ca is for stores reached over TLS .*, not --store memory:/],
     [{ tlsCaFile: f('missing.pem') }, 'BAD_TLS_CA', /the TLS CA file .*missing\.pem: cannot read it \(ENOENT\)/],
     [{ tlsCaFile: f('ca.key') }, 'BAD_TLS_CA', /holds no PEM certificate .*give the CA certificate, not its key/],
     [{ keyFile: f('ca.pem') }, 'BAD_STORE_KEY', /must hold a 32-byte key/],
@@ -105,6 +105,11 @@ test('resolveStoreSetup: each option from the request, else the VM\'s config, el
     t.is(e!.code, code, JSON.stringify(args));
     t.regex(e!.message, re, JSON.stringify(args));
   }
+  // A CA given for the config's store, which has no TLS: the message names it, password masked.
+  const plain = parseConfig('store: "redis://:pw@h:6379"\n', 'p.yaml');
+  const mis = await t.throwsAsync<ElasticmemError>(resolveStoreSetup({ tlsCaFile: f('ca.pem') }, undefined, plain, 'web'));
+  t.is(mis!.code, 'BAD_REQUEST');
+  t.regex(mis!.message, /^--tls-ca is for stores reached over TLS .*, not the config's store for VM 'web', redis:\/\/:\*\*\*@h:6379: drop --tls-ca/);
   // A config CA file that went missing is named as the config's.
   const gone = parseConfig(`store: "rediss://127.0.0.1:6380"\ntlsCaFile: ${f('gone.pem')}\n`, 'g.yaml');
   t.regex((await t.throwsAsync<ElasticmemError>(resolveStoreSetup({}, undefined, gone, 'web')))!.message, /^tlsCaFile .*gone\.pem: cannot read it/);

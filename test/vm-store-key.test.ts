@@ -62,7 +62,7 @@ test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad
     [['--store', fileUri, '--store-key', path.join(dir, 'missing')], 'BAD_STORE_KEY', /cannot read the store key file '.*missing'/],
     [['--store', fileUri, '--store-key', shortFile], 'BAD_STORE_KEY', /must hold a 32-byte key .*head -c 32 \/dev\/urandom/],
     [['--store', 'memory:', '--store-key', key1File], 'USAGE', /--store-key has nothing to encrypt with --store memory:/],
-    [['--store-key', key1File], 'BAD_REQUEST', /--store-key has nothing to encrypt: VM '.*' would page to memory:/],
+    [['--store-key', key1File], 'BAD_REQUEST', /--store-key has nothing to encrypt with the config's store for VM '.*', memory:/],
   ];
   for (const [args, code, re] of cases) {
     const r = await d.cli('attach', dom.name, '--local', '32M', ...args);

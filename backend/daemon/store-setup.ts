@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import { ElasticmemError } from '../../native/errors.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
 import type { Config, VmOverride } from './config.ts';
+import { shownUri } from './secrets.ts';
 
 export interface StoreSetup {
   /** As given, password included: only to open the store and for the state file. Never shown. */
@@ -35,6 +36,21 @@ export function usesTls(uri: string): boolean {
   return (spec.kind === 'redis' || spec.kind === 'redis-cluster') && spec.tls;
 }
 
+/**
+ * Why an option the caller gave cannot go with the store (null: it can): a key has
+ * nothing to encrypt in memory:, a CA file is only for TLS. The CLI and the daemon
+ * refuse alike; `store` names the store in the message (default: --store URI).
+ */
+export function optionMisfit(uri: string, given: Pick<StoreArgs, 'keyFile' | 'tlsCaFile'>, store = `--store ${shownUri(uri)}`): string | null {
+  if (typeof given.keyFile === 'string' && parseStoreUri(uri).kind === 'memory') {
+    return `--store-key has nothing to encrypt with ${store} (memory: keeps pages in the daemon, they never leave it); use a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...`;
+  }
+  if (typeof given.tlsCaFile === 'string' && !usesTls(uri)) {
+    return `--tls-ca is for stores reached over TLS (rediss://, rediss+cluster://), not ${store}: drop --tls-ca or use a rediss:// store`;
+  }
+  return null;
+}
+
 /** A PEM file of CA certificates, readable and holding at least one certificate. Throws BAD_TLS_CA. */
 export function checkCaFile(file: string, flag = '--tls-ca'): void {
   let text: string;
@@ -55,17 +71,10 @@ export function checkCaFile(file: string, flag = '--tls-ca'): void {
  */
 export async function resolveStoreSetup(args: StoreArgs, override: VmOverride | undefined, config: Config, name: string): Promise<StoreSetup> {
   const uri = args.uri ?? override?.store ?? config.store;
-  const fromConfig = args.uri === undefined ? ` (the config's store)` : '';
+  const misfit = optionMisfit(uri, args, args.uri !== undefined ? undefined : `the config's store for VM '${name}', ${shownUri(uri)}`);
+  if (misfit) throw new ElasticmemError(misfit, 'BAD_REQUEST');
   const inDaemon = parseStoreUri(uri).kind === 'memory';
-  if (inDaemon && typeof args.keyFile === 'string') {
-    throw new ElasticmemError(args.uri !== undefined
-      ? '--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...'
-      : `--store-key has nothing to encrypt: VM '${name}' would page to memory:${fromConfig}, whose pages never leave the daemon; add --store file:///... or redis://...`, 'BAD_REQUEST');
-  }
   const tls = usesTls(uri);
-  if (typeof args.tlsCaFile === 'string' && !tls) {
-    throw new ElasticmemError(`--tls-ca is for stores reached over TLS (rediss://, rediss+cluster://); VM '${name}' would page to ${parseStoreUri(uri).kind === 'memory' ? 'memory:' : 'a store without TLS'}${fromConfig}: drop --tls-ca or use a rediss:// store`, 'BAD_REQUEST');
-  }
   // The config's settings apply where they can: its key not to memory:, its CA only over TLS.
   const keyFile = inDaemon || args.keyFile === null ? undefined : args.keyFile ?? override?.storeKeyFile ?? config.storeKeyFile;
   const tlsCaFile = !tls || args.tlsCaFile === null ? undefined : args.tlsCaFile ?? override?.tlsCaFile ?? config.tlsCaFile;

@@ -5,7 +5,7 @@ import { vmArg } from '../vm-arg.ts';
 import { formatSize, parseSize } from '../../size.ts';
 import { parseStoreUri } from '../../../kvstore/uri.ts';
 import { loadKeyFile } from '../../../kvstore/envelope.ts';
-import { checkCaFile, usesTls } from '../../daemon/store-setup.ts';
+import { checkCaFile, optionMisfit } from '../../daemon/store-setup.ts';
 
 /** " (pages encrypted at rest; compressed)" or nothing. */
 function storeNotes(r: Record<string, unknown>): string {
@@ -73,12 +73,11 @@ const cmd: Command = {
     }
     if (values.store !== undefined) {
       parseStoreUri(values.store);
+      const misfit = optionMisfit(values.store, { keyFile: values['store-key'], tlsCaFile: values['tls-ca'] });
+      if (misfit) throw new UsageError(misfit);
       req.store = values.store;
     }
     if (values['store-key'] !== undefined) {
-      if (values.store !== undefined && parseStoreUri(values.store).kind === 'memory') {
-        throw new UsageError('--store-key has nothing to encrypt with --store memory: (its pages never leave the daemon); use it with a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...');
-      }
       loadKeyFile(values['store-key']);
       // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
       req.storeKey = path.resolve(values['store-key']);
@@ -86,9 +85,6 @@ const cmd: Command = {
     if (values.compress && values['no-compress']) throw new UsageError('--compress and --no-compress contradict each other: give one');
     if (values.compress || values['no-compress']) req.compress = !!values.compress;
     if (values['tls-ca'] !== undefined) {
-      if (values.store !== undefined && !usesTls(values.store)) {
-        throw new UsageError(`--tls-ca is for stores reached over TLS (rediss://, rediss+cluster://), not ${parseStoreUri(values.store).kind === 'memory' ? 'memory:' : 'this store'}: drop --tls-ca or use a rediss:// store`);
-      }
       checkCaFile(values['tls-ca']);
       req.tlsCa = path.resolve(values['tls-ca']);
     }
