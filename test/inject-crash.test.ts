@@ -19,6 +19,17 @@ import { buildInjectCheck, qmp, startSandboxedQemu } from './helpers/inject.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * /proc/PID/task/TID/syscall once the thread sits in a system call: right after a
+ * monitor detaches, the thread may not have run yet to get back into its call (the file
+ * then says "running"); give it up to 2 s.
+ */
+async function settledSyscall(pid: number, tid: number): Promise<string[]> {
+  const read = () => fs.readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'utf8').trim().split(' ');
+  for (const until = Date.now() + 2000; read()[0] === 'running' && Date.now() < until;) await sleep(5);
+  return read();
+}
+
 interface Monitor {
   proc: ChildProcess;
   lines: string[];
@@ -155,7 +166,8 @@ test.serial('a monitor killed during a 3 s injected nanosleep: the target thread
   await m3.exit;
   const nested = trampolines(tg.pid)[0];
   t.deepEqual([nested.used, nested.armed], [2, 1], 'a second slot was used; the first stays armed for the pending tail');
-  t.is(Number(fs.readFileSync(`/proc/${tg.pid}/task/${tid}/syscall`, 'utf8').split(' ')[0]), 219, 'the interrupted nanosleep goes on (restart_syscall)');
+  const after = await settledSyscall(tg.pid, tid);
+  t.is(Number(after[0]), 219, `the interrupted nanosleep goes on (restart_syscall): ${after.join(' ')}`);
   const r = parseReply(await churn);
   t.is(r.corrupt, 0);
   t.true(r.writes > 100, JSON.stringify(r));
