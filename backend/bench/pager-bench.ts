@@ -244,7 +244,9 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
   progress({ phase: 'build', done: 0, total: 1 });
   const bin = buildBenchProgram('workload');
   buildBenchProgram('uffd-floor');
-  const args = (mode: 'memfd' | 'anon') => [mode, String(opts.sizeBytes), opts.workload, String(touches), String(warmup), String(seed), String(process.pid)];
+  // (the floor-* modes run the same loop with no warm-up: every page faults on its first touch)
+  const args = (mode: 'memfd' | 'anon' | 'floor-memfd' | 'floor-anon', warm = warmup) =>
+    [mode, String(opts.sizeBytes), opts.workload, String(touches), String(warm), String(seed), String(process.pid)];
 
   // The floor depends on how busy the CPUs are (whether the faulting thread and the
   // handler get one each), so its samples are spread over the run: before the pager
@@ -257,7 +259,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     opts.signal?.throwIfAborted();
     progress({ phase: 'floor', done: samples.length, total: repeats });
     samples.push(await sampleFloor(4000, opts.pinCpu));
-    workloadFloors.push(await workloadFloorPhase(bin, [`floor-${floorKind}`, ...args(floorKind).slice(1)], opts));
+    workloadFloors.push(await workloadFloorPhase(bin, args(`floor-${floorKind}`, 0), opts));
   };
   const runCount = opts.repeats ?? 1;
   const pagerRuns: Awaited<ReturnType<typeof pagerPhase>>[] = [];
@@ -373,13 +375,11 @@ async function drive(proc: LineProcess, hooks: { beforeRun(): void; afterRun(): 
 
 /**
  * The like-for-like floor (uffdFloorWorkloadUs): the workload binary in a floor-* mode,
- * its region paged by its own bare handler from empty; no warm-up, so the timed touches
- * fault on every page's first touch. Returns its faulting touches' p50.
+ * its region paged by its own bare handler from empty (`args` without warm-up, so the
+ * timed touches fault on every page's first touch). Returns its faulting touches' p50.
  */
 async function workloadFloorPhase(bin: string, args: string[], opts: PagerBenchOptions): Promise<number> {
-  const noWarmup = [...args];
-  noWarmup[4] = '0';
-  const proc = await launchLineProcess(bin, noWarmup, { cpus: pinned(opts) });
+  const proc = await launchLineProcess(bin, args, { cpus: pinned(opts) });
   const unhook = killOnAbort(proc, opts.signal);
   try {
     const { wl, integrity } = await drive(proc, { beforeRun() {}, afterRun() {} }, () => {}, 'uffd floor under the workload');

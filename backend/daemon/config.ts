@@ -30,7 +30,7 @@ import { parseSize } from '../size.ts';
 import { shownUri } from './secrets.ts';
 import { parseStoreUri } from '../../kvstore/uri.ts';
 import { allowedCpus } from '../../native/pager.ts';
-import { usesTls } from './store-setup.ts';
+import { optionsFor } from './store-setup.ts';
 
 export interface VmOverride { store?: string; local?: number; storeKeyFile?: string; compress?: boolean; tlsCaFile?: string }
 
@@ -182,8 +182,9 @@ export function parseConfig(text: string, file: string): Config {
       if (v.tlsCaFile !== undefined) o.tlsCaFile = caFilePath(file, `${key}.tlsCaFile`, v.tlsCaFile);
       // An entry that names its store and an option that store cannot use is a mistake
       // (the option would be dropped at attach without a word).
-      if (o.store !== undefined && o.tlsCaFile !== undefined && !usesTls(o.store)) fail(file, `${key}.tlsCaFile`, `is for stores reached over TLS (rediss://), and ${key}.store is ${shownUri(o.store)}: drop one of the two`);
-      if (o.store !== undefined && o.storeKeyFile !== undefined && parseStoreUri(o.store).kind === 'memory') fail(file, `${key}.storeKeyFile`, `has nothing to encrypt: ${key}.store is memory:, whose pages never leave the daemon; drop one of the two`);
+      const fits = o.store !== undefined ? optionsFor(o.store) : undefined;
+      if (fits && o.tlsCaFile !== undefined && !fits.tlsCaFile) fail(file, `${key}.tlsCaFile`, `is for stores reached over TLS (rediss://), and ${key}.store is ${shownUri(o.store!)}: drop one of the two`);
+      if (fits && o.storeKeyFile !== undefined && !fits.keyFile) fail(file, `${key}.storeKeyFile`, `has nothing to encrypt: ${key}.store is memory:, whose pages never leave the daemon; drop one of the two`);
       cfg.vms[name] = o;
     }
   }

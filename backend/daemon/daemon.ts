@@ -17,7 +17,7 @@ import type { Config } from './config.ts';
 import { ControlServer, type RequestContext } from './server.ts';
 import { Session, capPagesOf } from './session.ts';
 import { StorePool } from './stores.ts';
-import { resolveStoreSetup, checkCaFile, describeOptions, takeOverArgs, type StoreArgs, type StoreSetup } from './store-setup.ts';
+import { resolveStoreSetup, checkCaFile, checkKeyFile, describeOptions, takeOverArgs, type StoreArgs, type StoreSetup } from './store-setup.ts';
 import { readState, writeState, type StateEntry } from './state.ts';
 import { LibvirtEvents, type LifecycleEvent } from './libvirt-events.ts';
 import { log } from './log.ts';
@@ -628,11 +628,6 @@ function exitWatchdog(ms: number): void {
 /** How the previous daemon opened a VM's store. */
 function setupOf(e: StateEntry): StoreSetup {
   return { uri: e.store, ...(e.storeKeyFile ? { keyFile: e.storeKeyFile } : {}), ...(e.compress ? { compress: true } : {}), ...(e.tlsCaFile ? { tlsCaFile: e.tlsCaFile } : {}) };
-}
-
-async function checkKeyFile(file: string): Promise<void> {
-  const { loadKeyFile } = await import('../../kvstore/envelope.ts');
-  loadKeyFile(file);
 }
 
 /** Does QEMU `pid` still hold the userfaultfd of a monitor that died? (The copy taken to look is closed again.) */

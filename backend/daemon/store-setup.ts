@@ -30,25 +30,32 @@ export interface StoreArgs {
   tlsCaFile?: string | null;
 }
 
-/** Does this store connect over TLS (the only kind a CA file is for)? */
-export function usesTls(uri: string): boolean {
+/** Which options a store can use: a key has nothing to encrypt in memory:, a CA file is only for TLS. */
+export function optionsFor(uri: string): { keyFile: boolean; tlsCaFile: boolean } {
   const spec = parseStoreUri(uri);
-  return (spec.kind === 'redis' || spec.kind === 'redis-cluster') && spec.tls;
+  return { keyFile: spec.kind !== 'memory', tlsCaFile: (spec.kind === 'redis' || spec.kind === 'redis-cluster') && spec.tls };
 }
 
 /**
- * Why an option the caller gave cannot go with the store (null: it can): a key has
- * nothing to encrypt in memory:, a CA file is only for TLS. The CLI and the daemon
- * refuse alike; `store` names the store in the message (default: --store URI).
+ * Why an option the caller gave cannot go with the store (null: it can; optionsFor).
+ * The CLI and the daemon refuse alike; `store` names the store in the message
+ * (default: --store URI).
  */
 export function optionMisfit(uri: string, given: Pick<StoreArgs, 'keyFile' | 'tlsCaFile'>, store = `--store ${shownUri(uri)}`): string | null {
-  if (typeof given.keyFile === 'string' && parseStoreUri(uri).kind === 'memory') {
+  const fits = optionsFor(uri);
+  if (typeof given.keyFile === 'string' && !fits.keyFile) {
     return `--store-key has nothing to encrypt with ${store} (memory: keeps pages in the daemon, they never leave it); use a store pages go to, e.g. --store file:///var/lib/elasticmem or redis://...`;
   }
-  if (typeof given.tlsCaFile === 'string' && !usesTls(uri)) {
+  if (typeof given.tlsCaFile === 'string' && !fits.tlsCaFile) {
     return `--tls-ca is for stores reached over TLS (rediss://, rediss+cluster://), not ${store}: drop --tls-ca or use a rediss:// store`;
   }
   return null;
+}
+
+/** A key file that holds a key (kvstore/envelope.ts, loaded lazily: the CLI need not load it). Throws BAD_STORE_KEY. */
+export async function checkKeyFile(file: string): Promise<void> {
+  const { loadKeyFile } = await import('../../kvstore/envelope.ts');
+  loadKeyFile(file);
 }
 
 /** A PEM file of CA certificates, readable and holding at least one certificate. Throws BAD_TLS_CA. */
@@ -73,16 +80,12 @@ export async function resolveStoreSetup(args: StoreArgs, override: VmOverride | 
   const uri = args.uri ?? override?.store ?? config.store;
   const misfit = optionMisfit(uri, args, args.uri !== undefined ? undefined : `the config's store for VM '${name}', ${shownUri(uri)}`);
   if (misfit) throw new ElasticmemError(misfit, 'BAD_REQUEST');
-  const inDaemon = parseStoreUri(uri).kind === 'memory';
-  const tls = usesTls(uri);
   // The config's settings apply where they can: its key not to memory:, its CA only over TLS.
-  const keyFile = inDaemon || args.keyFile === null ? undefined : args.keyFile ?? override?.storeKeyFile ?? config.storeKeyFile;
-  const tlsCaFile = !tls || args.tlsCaFile === null ? undefined : args.tlsCaFile ?? override?.tlsCaFile ?? config.tlsCaFile;
+  const fits = optionsFor(uri);
+  const keyFile = !fits.keyFile || args.keyFile === null ? undefined : args.keyFile ?? override?.storeKeyFile ?? config.storeKeyFile;
+  const tlsCaFile = !fits.tlsCaFile || args.tlsCaFile === null ? undefined : args.tlsCaFile ?? override?.tlsCaFile ?? config.tlsCaFile;
   const compress = args.compress ?? override?.compress ?? config.compress ?? false;
-  if (keyFile) {
-    const { loadKeyFile } = await import('../../kvstore/envelope.ts');
-    loadKeyFile(keyFile);
-  }
+  if (keyFile) await checkKeyFile(keyFile);
   // (the CLI checked a --tls-ca it was given; here a file is the config's or the previous daemon's)
   if (tlsCaFile) checkCaFile(tlsCaFile, args.tlsCaFile === tlsCaFile ? 'the TLS CA file' : 'tlsCaFile');
   return { uri, ...(keyFile ? { keyFile } : {}), ...(compress ? { compress } : {}), ...(tlsCaFile ? { tlsCaFile } : {}) };
@@ -95,17 +98,13 @@ export async function resolveStoreSetup(args: StoreArgs, override: VmOverride | 
  */
 export function takeOverArgs(was: StoreSetup, given: StoreArgs): StoreArgs {
   const uri = given.uri ?? was.uri;
+  const fits = optionsFor(uri);
   return {
     uri,
-    keyFile: given.keyFile !== undefined ? given.keyFile : parseStoreUri(uri).kind !== 'memory' ? was.keyFile ?? null : null,
+    keyFile: given.keyFile !== undefined ? given.keyFile : fits.keyFile ? was.keyFile ?? null : null,
     compress: given.compress ?? !!was.compress,
-    tlsCaFile: given.tlsCaFile !== undefined ? given.tlsCaFile : usesTls(uri) ? was.tlsCaFile ?? null : null,
+    tlsCaFile: given.tlsCaFile !== undefined ? given.tlsCaFile : fits.tlsCaFile ? was.tlsCaFile ?? null : null,
   };
-}
-
-/** The options openStore takes for this setup. */
-export function openOptionsOf(s: StoreSetup): { keyFile?: string; compress?: boolean; tlsCaFile?: string } {
-  return { ...(s.keyFile ? { keyFile: s.keyFile } : {}), ...(s.compress ? { compress: true } : {}), ...(s.tlsCaFile ? { tlsCaFile: s.tlsCaFile } : {}) };
 }
 
 /** Two VMs share an open store only when they open it the same way (another key, another envelope). */

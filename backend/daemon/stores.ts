@@ -8,7 +8,7 @@
 import { ElasticmemError } from '../../native/errors.ts';
 import type { PageStore } from '../../kvstore/types.ts';
 import { scrub, shownUri } from './secrets.ts';
-import { openOptionsOf, setupKey, type StoreSetup } from './store-setup.ts';
+import { setupKey, type StoreSetup } from './store-setup.ts';
 
 type OpenStore = (setup: StoreSetup) => Promise<PageStore>;
 
@@ -16,7 +16,7 @@ type OpenStore = (setup: StoreSetup) => Promise<PageStore>;
 // never opens a store) does not load store clients.
 async function openStoreFn(): Promise<OpenStore> {
   const mod = await import('../../kvstore/index.ts');
-  return (setup) => mod.openStore(setup.uri, openOptionsOf(setup));
+  return ({ uri, ...options }) => mod.openStore(uri, options);
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
