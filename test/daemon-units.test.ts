@@ -6,7 +6,7 @@
 import test from 'ava';
 import { parseSize, formatSize } from '../backend/size.ts';
 import type { ElasticmemError } from '../native/errors.ts';
-import { parseConfig } from '../backend/daemon/config.ts';
+import { parseConfig, stateFileFor, DEFAULT_STATE } from '../backend/daemon/config.ts';
 import { resolveStoreSetup, takeOverArgs, type StoreArgs } from '../backend/daemon/store-setup.ts';
 import { StorePool } from '../backend/daemon/stores.ts';
 import { peerCred } from '../backend/daemon/peercred.ts';
@@ -147,6 +147,20 @@ test('StorePool: VMs share a store only when they open it alike; memory: with co
   await pool.release({ uri: 'memory:', compress: true });
   await pool.release({ uri: 'memory:', compress: true });
   await pool.release({ uri: 'memory:' });
+});
+
+test('stateFileFor: --state, else the config\'s state: (even when it names the default path), else the default, beside a socket of its own', (t) => {
+  const socket = '/run/elasticmem/elasticmem.sock';
+  const none = parseConfig('', 'n.yaml');
+  t.is(stateFileFor(none, undefined, socket, socket), DEFAULT_STATE);
+  t.is(stateFileFor(none, undefined, '/tmp/em/em.sock', socket), '/tmp/em/state.json', 'a daemon on its own socket keeps its own state');
+  t.is(stateFileFor(none, '/tmp/s.json', '/tmp/em/em.sock', socket), '/tmp/s.json');
+  // A config that names the default path on purpose keeps it, also with another socket.
+  const given = parseConfig(`state: ${DEFAULT_STATE}\n`, 'g.yaml');
+  t.is(stateFileFor(given, undefined, '/tmp/em/em.sock', socket), DEFAULT_STATE);
+  const other = parseConfig('state: /var/lib/em/state.json\n', 'o.yaml');
+  t.is(stateFileFor(other, undefined, '/tmp/em/em.sock', socket), '/var/lib/em/state.json');
+  t.is(stateFileFor(other, '/tmp/s.json', socket, socket), '/tmp/s.json', '--state wins over the config');
 });
 
 test('parseConfig: pager thread CPUs are checked against the CPUs this machine has', (t) => {

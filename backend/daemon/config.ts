@@ -24,6 +24,7 @@
  *       tlsCaFile: /etc/elasticmem/guest1-ca.pem
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import YAML from 'yaml';
 import { ElasticmemError } from '../../native/errors.ts';
 import { parseSize } from '../size.ts';
@@ -44,6 +45,8 @@ export interface Config {
   tlsCaFile?: string;
   socket?: string;
   state: string;
+  /** True when the config file named `state` itself (it then stays where it says, whatever the socket). */
+  stateGiven?: boolean;
   limits: { maxVms: number; minLocal: number };
   /** Where the pagers' threads run (Pager.attach faultCpus / evictCpus / followFaults); absent: the pager's defaults. */
   pager: { faultCpus?: number[]; evictCpus?: number[]; followFaults?: boolean };
@@ -53,6 +56,17 @@ export interface Config {
 }
 
 export const DEFAULT_STATE = '/run/elasticmem/state.json';
+
+/**
+ * The state file a daemon uses: --state, else the config's `state:`, else the default,
+ * which moves beside the socket when the socket is not the default one: two daemons
+ * must never take over each other's VMs through a shared state file.
+ */
+export function stateFileFor(config: Config, flagState: string | undefined, socket: string, defaultSocket: string): string {
+  if (flagState) return flagState;
+  if (config.stateGiven || socket === defaultSocket) return config.state;
+  return path.join(path.dirname(socket), 'state.json');
+}
 
 export function defaultConfig(): Config {
   return { store: 'memory:', state: DEFAULT_STATE, limits: { maxVms: 16, minLocal: 16 * 1024 * 1024 }, pager: {}, vms: {}, source: '(defaults)' };
@@ -139,6 +153,7 @@ export function parseConfig(text: string, file: string): Config {
   if (doc.state !== undefined) {
     if (typeof doc.state !== 'string' || !doc.state.startsWith('/')) fail(file, 'state', 'must be an absolute path');
     cfg.state = doc.state;
+    cfg.stateGiven = true;
   }
   if (doc.pager !== undefined) {
     const p = doc.pager;

@@ -27,7 +27,7 @@ A real elasticmem daemon on a private socket does the paging. Needs root.
                     own memcached on 127.0.0.1). Or full URIs of stores you run:
                     redis://10.0.0.5:6379, file:///var/lib/em, memcached://h:11211 ...
   --size-mib N      workload size in MiB (default 96)
-  --guest-mib N     guest RAM in MiB (default max(256, size + 160))
+  --guest-mib N     guest RAM in MiB (default max(256, size + 160 rounded up to 32))
   --pattern P       seq | random | zipf (default random)
   --write F         fraction of pages rewritten per pass, 0..1 (default 0.25)
   --fractions LIST  local fractions of the footprint, starting at 1 (default 1,0.5,0.25)
@@ -35,7 +35,7 @@ A real elasticmem daemon on a private socket does the paging. Needs root.
   --warmup N        passes discarded after each attach, at least (default 1)
   --max-warmup N    more warm-up passes while the pager's faults per pass still
                     change by more than 15% (the replacement policy learning the
-                    working set), up to N in all (default 6)
+                    working set), up to N in all (default 6, or --warmup if more)
   --pause-ms N      guest pause between passes (default 50)
   --pass-timeout S  give up when one pass takes longer than S seconds (default 300)
   --seed N          workload seed (default 7)

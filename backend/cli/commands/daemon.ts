@@ -1,6 +1,5 @@
 import { parse, SOCKET_OPT, type Command } from '../command.ts';
-import path from 'node:path';
-import { loadConfig, DEFAULT_STATE } from '../../daemon/config.ts';
+import { loadConfig, stateFileFor } from '../../daemon/config.ts';
 import { Daemon } from '../../daemon/daemon.ts';
 import { DEFAULT_SOCKET } from '../../daemon/server.ts';
 import { ElasticmemError } from '../../../native/errors.ts';
@@ -18,13 +17,14 @@ every connection); logs one line per event on stderr.
                    tlsCaFile: /etc/elasticmem/ca.pem   CA for rediss:// stores (attach --tls-ca)
                    socket: /path.sock          control socket
                    state: /path/state.json     state file for restarts
-                   pager: { faultCpus: [2], evictCpus: [0], followFaults: true }   thread placement
+                   pager: { faultCpus: [1], evictCpus: [0] }   thread placement (default: the
+                                               fault thread follows the faulting vCPU)
                    limits: { maxVms: 16, minLocal: 16M }
                    vms: { web1: { store: redis://10.0.0.5:6379, local: 512M, storeKeyFile: /etc/k, compress: false } }
                  A commented example: vm-configs/elasticmem.example.yaml
   --socket PATH  control socket (default ${DEFAULT_SOCKET})
-  --state FILE   state file (default /run/elasticmem/state.json, or state.json beside
-                 a --socket given elsewhere)
+  --state FILE   state file (default: the config's state:, else /run/elasticmem/state.json,
+                 or state.json beside a socket other than the default one)
 
 After a crash or kill -9, start the daemon again: it reads the state file and takes
 over every VM whose QEMU still runs (the QEMU kept its userfaultfd and waited).
@@ -48,10 +48,7 @@ const cmd: Command = {
     if (process.getuid?.() !== 0) throw new ElasticmemError('the daemon must run as root (it attaches to QEMU processes with ptrace and userfaultfd)', 'NOT_ROOT');
     const config = loadConfig(values.config);
     const socket = values.socket ?? config.socket ?? DEFAULT_SOCKET;
-    if (values.state) config.state = values.state;
-    // A daemon on its own socket keeps its own state beside it: two daemons must never
-    // take over each other's VMs through a shared state file.
-    else if (config.state === DEFAULT_STATE && socket !== DEFAULT_SOCKET) config.state = path.join(path.dirname(socket), 'state.json');
+    config.state = stateFileFor(config, values.state, socket, DEFAULT_SOCKET);
     const daemon = new Daemon(config, socket);
     await daemon.start();
     await new Promise<void>((resolve) => {
