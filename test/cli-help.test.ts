@@ -4,6 +4,7 @@
  * gives when no daemon runs.
  */
 import test from 'ava';
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import { spawnSync } from 'node:child_process';
@@ -102,6 +103,42 @@ test('a VM, store URI or key file that cannot be right is refused before contact
   }
 });
 
+test('more command lines that cannot be right: exit 2 before any work, the fix named', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emcli-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const sock = path.join(dir, 'none.sock');
+  const key = path.join(dir, 'k.key');
+  fs.writeFileSync(key, crypto.randomBytes(32));
+  const notPem = path.join(dir, 'ca.pem');
+  fs.writeFileSync(notPem, 'not a certificate\n');
+  const file = path.join(dir, 'a-file');
+  fs.writeFileSync(file, 'x');
+  const pager = ['bench', 'pager', '--workload', 'zipf', '--size', '8M', '--local', '4M', '--store', 'memory:'];
+  for (const [args, re] of [
+    [['grow', 'vm1', '-5M', '--socket', sock], /'-5M' cannot be negative: give a positive value/],
+    [['attach', 'vm1', '--local', '--socket', sock], /--local needs a value before the next option \(e\.g\. --local VALUE\)/],
+    [['list', '--socket', file], /is a regular file, not the daemon's control socket|not the daemon's control socket/],
+    // bench store refuses what attach refuses, before connecting
+    [['bench', 'store', '--store', 'memory:', '--store-key', key], /--store-key has nothing to encrypt with --store memory:/],
+    [['bench', 'store', '--store', 'redis://127.0.0.1:1', '--tls-ca', notPem], /--tls-ca is for stores reached over TLS/],
+    [['bench', 'store', '--store', 'rediss://127.0.0.1:1', '--tls-ca', notPem], /holds no PEM certificate/],
+    [['bench', 'store', '--store', 'redis://127.0.0.1:1', '--store-key', path.join(dir, 'nokey')], /cannot read the store key file/],
+    [[...pager, '--floor-repeats', '0'], /--floor-repeats must be a whole number from 1 to 20/],
+    [[...pager, '--touches', '99999999999999999999'], /--touches 100000000000000000000 is too large/],
+    [['bench', 'vm', '--pause-ms', '-5'], /--pause-ms must be an integer from 0 to 60000/],
+    [['bench', 'vm', '--pass-timeout', '0'], /--pass-timeout must be a positive number of seconds/],
+    [['bench', 'vm', '--seed', '-1'], /--seed must be a whole number >= 0/],
+    [['bench', 'charts', '--out', file], /--out .*a-file is a file, not a folder/],
+    [['bench', 'charts', '--from', file], /--from .*a-file: is a file, not a folder/],
+  ] as const) {
+    const r = await runCli([...args]);
+    t.is(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.regex(r.stderr, re, args.join(' '));
+    t.notRegex(r.stderr, /ECONNREFUSED|STORE_UNAVAILABLE|booting|\n\s+at /, `${args.join(' ')}: refused before any work, no stack`);
+  }
+  t.deepEqual(fs.readdirSync(dir).sort(), ['a-file', 'ca.pem', 'k.key'], 'nothing was created');
+});
+
 test('with --json an error is also one JSON object on stdout; bench errors point to their own help', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'emcli-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -142,7 +179,7 @@ test('without a daemon, commands say how to start one', async (t) => {
   t.regex(d.stderr, /exists but nobody listens \(a daemon died\); start one with: elasticmem daemon --socket .*stale\.sock \[DAEMON_NOT_RUNNING\]/);
   // Not a socket at all.
   const notSock = await runCli(['list', '--socket', dir]);
-  t.is(notSock.code, 1);
+  t.is(notSock.code, 2, 'a --socket that is not a socket is a wrong option value');
   t.regex(notSock.stderr, /is a directory, not the daemon's control socket; give the socket the daemon listens on with --socket \(default \/run\/elasticmem\/elasticmem\.sock\) \[BAD_SOCKET\]/);
 });
 
@@ -198,12 +235,12 @@ test('daemon refuses a config with a bad key, naming the key', async (t) => {
     const f = path.join(dir, 'c.yaml');
     fs.writeFileSync(f, text);
     const r = await runCli(['daemon', '--config', f, '--socket', path.join(dir, 's', 'em.sock'), '--state', path.join(dir, 'st.json')]);
-    t.is(r.code, 1, text);
+    t.is(r.code, 2, `a config that cannot be right is a command-line mistake: ${text}`);
     t.regex(r.stderr, re, text);
     t.regex(r.stderr, /\[BAD_CONFIG\]/);
     t.false(fs.existsSync(path.join(dir, 's', 'em.sock')), 'no socket was created');
   }
   const missing = await runCli(['daemon', '--config', path.join(dir, 'nope.yaml'), '--socket', path.join(dir, 's', 'em.sock')]);
-  t.is(missing.code, 1);
-  t.regex(missing.stderr, /nope\.yaml: cannot read it \(ENOENT\)/);
+  t.is(missing.code, 2);
+  t.regex(missing.stderr, /nope\.yaml: cannot read it \(ENOENT\); give the path of a YAML config file/);
 });

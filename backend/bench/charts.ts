@@ -56,8 +56,11 @@ function objectsIn(text: string): unknown[] {
 }
 
 export function loadResults(dir: string): Results {
-  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+  if (!fs.existsSync(dir)) {
     throw new ElasticmemError(`--from ${dir}: no such folder; save results first, e.g. elasticmem bench vm --json > ${path.join(dir, 'vm.json')}`, 'BAD_ARG');
+  }
+  if (!fs.statSync(dir).isDirectory()) {
+    throw new ElasticmemError(`--from ${dir}: is a file, not a folder; give the folder that holds the saved *.json results`, 'BAD_ARG');
   }
   const r: Results = { vm: [], pager: [], store: [], sources: [], ignored: [] };
   for (const name of fs.readdirSync(dir).sort()) {

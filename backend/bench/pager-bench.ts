@@ -217,8 +217,11 @@ export function validatePagerBenchOptions(o: PagerBenchOptions): void {
   if (o.baseline !== undefined && o.baseline !== 'kernel-swap') throw new ElasticmemError(`unknown baseline '${o.baseline}': the only baseline is kernel-swap`, 'EM_BAD_ARG');
   if (o.policy !== undefined && o.policy !== 'refault' && o.policy !== 'fifo') throw new ElasticmemError(`unknown policy '${o.policy}': choose refault or fifo`, 'EM_BAD_ARG');
   for (const [k, v] of [['touches', o.touches], ['warmup', o.warmup], ['seed', o.seed], ['prefetch', o.prefetchMax], ['evict-batch', o.evictBatch]] as const) {
-    if (v !== undefined && (!Number.isSafeInteger(v) || v < 0)) throw new ElasticmemError(`--${k} must be a whole number >= 0 (got ${v})`, 'EM_BAD_ARG');
+    if (v !== undefined && (!Number.isSafeInteger(v) || v < 0))
+      throw new ElasticmemError(v > Number.MAX_SAFE_INTEGER ? `--${k} ${v} is too large` : `--${k} must be a whole number >= 0 (got ${v})`, 'EM_BAD_ARG');
   }
+  if (o.floorRepeats !== undefined && (!Number.isSafeInteger(o.floorRepeats) || o.floorRepeats < 1 || o.floorRepeats > 20))
+    throw new ElasticmemError(`--floor-repeats must be a whole number from 1 to 20, e.g. 3 (got ${o.floorRepeats})`, 'EM_BAD_ARG');
   if (o.touches === 0) throw new ElasticmemError('--touches must be at least 1', 'EM_BAD_ARG');
   if (o.repeats !== undefined && (!Number.isSafeInteger(o.repeats) || o.repeats < 1 || o.repeats > 20))
     throw new ElasticmemError(`--repeats must be a whole number from 1 to 20, e.g. 5 (got ${o.repeats})`, 'EM_BAD_ARG');
@@ -251,7 +254,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
   // The floor depends on how busy the CPUs are (whether the faulting thread and the
   // handler get one each), so its samples are spread over the run: before the pager
   // phase, between the phases, and at the end.
-  const repeats = Math.max(1, opts.floorRepeats ?? 3);
+  const repeats = opts.floorRepeats ?? 3;
   const samples: Awaited<ReturnType<typeof sampleFloor>>[] = [];
   const workloadFloors: number[] = [];
   const floorKind = opts.memory === 'private' ? 'anon' : 'memfd';

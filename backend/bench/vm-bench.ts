@@ -176,6 +176,9 @@ export function checkOptions(o: VmBenchOptions): void {
   if (!Number.isInteger(o.passes) || o.passes < 1) throw bad(`--passes must be an integer >= 1, got ${o.passes}`);
   if (!Number.isInteger(o.warmup) || o.warmup < 1) throw bad(`--warmup must be an integer >= 1 (the pass running at attach time is never timed), got ${o.warmup}`);
   if (!Number.isInteger(o.maxWarmup) || o.maxWarmup < o.warmup) throw bad(`--max-warmup must be an integer >= --warmup (${o.warmup}), got ${o.maxWarmup}`);
+  if (!Number.isInteger(o.pauseMs) || o.pauseMs < 0 || o.pauseMs > 60_000) throw bad(`--pause-ms must be an integer from 0 to 60000, got ${o.pauseMs}`);
+  if (!(o.passTimeoutMs > 0)) throw bad(`--pass-timeout must be a positive number of seconds, e.g. 300 (got ${o.passTimeoutMs / 1000})`);
+  if (!Number.isSafeInteger(o.seed) || o.seed < 0) throw bad(`--seed must be a whole number >= 0, got ${o.seed}`);
   if (!o.stores.length) throw bad('no store to measure');
 }
 

@@ -24,7 +24,7 @@ export class UsageError extends ElasticmemError {
  * file, an option's value) when the CLI raises them itself, before asking the daemon:
  * exit 2 like a UsageError. The same codes answered by the daemon stay failures (1).
  */
-export const BAD_INPUT_CODES: ReadonlySet<string> = new Set(['USAGE', 'BAD_SIZE', 'BAD_STORE_URI', 'BAD_STORE_KEY', 'BAD_TLS_CA', 'BAD_VM', 'EM_BAD_ARG', 'BAD_ARG']);
+export const BAD_INPUT_CODES: ReadonlySet<string> = new Set(['USAGE', 'BAD_SIZE', 'BAD_STORE_URI', 'BAD_STORE_KEY', 'BAD_TLS_CA', 'BAD_VM', 'EM_BAD_ARG', 'BAD_ARG', 'BAD_SOCKET', 'BAD_CONFIG']);
 
 /** An error raised by a sub-command (bench pager, ...): which command's --help to point to. */
 export function commandOf(e: unknown): string | undefined {
@@ -54,7 +54,7 @@ export function parse<O extends Options>(cmd: string, args: string[], options: O
   try {
     parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
   } catch (e) {
-    throw new UsageError(`${cmd}: ${(e as Error).message.replace(/\. To specify a positional argument.*$/, '')}`);
+    throw new UsageError(`${cmd}: ${parseArgsMessage((e as Error).message, args)}`);
   }
   const help = !!(parsed.values as Record<string, unknown>).help;
   if (!help) {
@@ -63,6 +63,20 @@ export function parse<O extends Options>(cmd: string, args: string[], options: O
     if (n > positionals.max) throw new UsageError(`${cmd}: unexpected argument '${parsed.positionals[positionals.max]}'`);
   }
   return { values: parsed.values as { [K in keyof O]?: O[K] extends { type: 'boolean' } ? boolean : string } & { help?: boolean }, positionals: parsed.positionals, help };
+}
+
+/** parseArgs' message, told the way a user of this command needs it. */
+function parseArgsMessage(message: string, args: string[]): string {
+  // `--local --socket X`: the value was forgotten (parseArgs suggests '--local=-XYZ').
+  const ambiguous = /^Option '(--[^' ]+)' argument is ambiguous/.exec(message);
+  if (ambiguous) return `${ambiguous[1]} needs a value before the next option (e.g. ${ambiguous[1]} VALUE)`;
+  // `grow web1 -5M`: a negative number where an argument goes, not an option.
+  const dashDigit = /^Unknown option '-(\d)/.exec(message);
+  if (dashDigit) {
+    const arg = args.find((a) => a.startsWith(`-${dashDigit[1]}`)) ?? `-${dashDigit[1]}`;
+    return `'${arg}' cannot be negative: give a positive value`;
+  }
+  return message.replace(/\. To specify a positional argument.*$/, '');
 }
 
 /**

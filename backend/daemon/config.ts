@@ -212,7 +212,7 @@ export function loadConfig(file: string | undefined): Config {
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    throw new ElasticmemError(`config ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})`, 'BAD_CONFIG');
+    throw new ElasticmemError(`config ${file}: cannot read it (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); give the path of a YAML config file (a commented example: vm-configs/elasticmem.example.yaml), or leave --config out for the defaults`, 'BAD_CONFIG');
   }
   return parseConfig(text, file);
 }

@@ -50,11 +50,26 @@ function socketMonitor(client: QmpClient): Monitor & { close(): void } {
   };
 }
 
+/** Why a QMP socket did not connect, and what to give instead. */
+function qmpConnectProblem(path: string, e: NodeJS.ErrnoException): string {
+  const hint = "give the path of QEMU's -qmp unix:PATH,server=on socket";
+  if (e.code === 'ENOENT') return `no such socket; ${hint}`;
+  let isSocket = true;
+  try {
+    isSocket = fs.statSync(path).isSocket();
+  } catch {
+    // (gone meanwhile: the refusal below says enough)
+  }
+  if (!isSocket) return `it is not a socket; ${hint}`;
+  if (e.code === 'ECONNREFUSED') return 'nobody listens (QEMU exited?)';
+  return e.message;
+}
+
 async function pidOfQmpSocket(path: string): Promise<number> {
   const sock = net.connect(path);
   await new Promise<void>((resolve, reject) => {
     sock.once('connect', () => resolve());
-    sock.once('error', (e: NodeJS.ErrnoException) => reject(new ElasticmemError(`cannot connect to QMP socket ${path}: ${e.code === 'ENOENT' ? 'no such socket' : e.code === 'ECONNREFUSED' ? 'nobody listens (QEMU exited?)' : e.message}`, e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'VM_NOT_FOUND' : 'QMP_UNREACHABLE')));
+    sock.once('error', (e: NodeJS.ErrnoException) => reject(new ElasticmemError(`cannot connect to QMP socket ${path}: ${qmpConnectProblem(path, e)}`, e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? 'VM_NOT_FOUND' : 'QMP_UNREACHABLE')));
   });
   try {
     // Until QEMU accept()s, our peer sits in the listen queue, held by no process: wait
@@ -152,7 +167,7 @@ async function build(kind: TargetKind, pid: number, qmpPath: string, silentVmId?
 export async function resolvePid(pidText: string, silentVmId?: SilentVmId): Promise<Target> {
   if (!/^\d+$/.test(pidText) || Number(pidText) <= 0) throw new ElasticmemError(`pid:${pidText}: not a process id; e.g. pid:12345`, 'VM_NOT_FOUND');
   const pid = Number(pidText);
-  if (!fs.existsSync(`/proc/${pid}`)) throw new ElasticmemError(`pid:${pid}: no such process`, 'VM_NOT_FOUND');
+  if (!fs.existsSync(`/proc/${pid}`)) throw new ElasticmemError(`pid:${pid}: no such process; give the pid of the running QEMU (pgrep -a qemu-system)`, 'VM_NOT_FOUND');
   if (!isQemu(pid)) throw new ElasticmemError(`pid:${pid} is not a QEMU process (${cmdlineOf(pid)[0] ?? 'unknown'})`, 'NOT_QEMU');
   const path = qmpSocketFromCmdline(cmdlineOf(pid));
   if (!path) throw new ElasticmemError(`pid:${pid} has no QMP Unix socket on its command line; start QEMU with -qmp unix:/path/qmp.sock,server=on,wait=off and attach qmp:/path/qmp.sock`, 'NO_QMP');

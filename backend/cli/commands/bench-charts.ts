@@ -1,7 +1,8 @@
 /** `elasticmem bench charts`: regenerate every chart (SVG) from saved bench --json results. */
+import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { parse, printJson, type Command } from '../command.ts';
+import { parse, printJson, UsageError, type Command } from '../command.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
@@ -40,6 +41,8 @@ const cmd: Command = {
     if (help) { process.stdout.write(usage); return 0; }
     const from = path.resolve(values.from ?? path.join(REPO, 'docs', 'results'));
     const out = path.resolve(values.out ?? path.join(REPO, 'docs', 'charts'));
+    // Before any drawing: a file in the way would only fail at the first write.
+    if (fs.existsSync(out) && !fs.statSync(out).isDirectory()) throw new UsageError(`bench charts: --out ${out} is a file, not a folder; give a folder (it is created if missing)`);
     // Loaded here: vega is big and only this command needs it.
     const { generateCharts, perFaultRows, perFaultTable } = await import('../../bench/charts.ts');
     const { written, results, missing } = await generateCharts(from, out);
