@@ -451,6 +451,8 @@ uint64_t RemoteTask::Impl::create_trampoline(bool* seal) {
     park();
   }
   if (!ok) {
+    // Best effort: this trampoline is not used (0 is returned) whether or not the unmap
+    // works; a failure leaves one unused page mapped in the target.
     long u[6] = {addr, static_cast<long>(len), 0, 0, 0, 0};
     run_call(gadget, SYS_munmap, u);
     park();
@@ -539,6 +541,8 @@ uint64_t RemoteTask::Impl::pick_slot() {
 void RemoteTask::Impl::disarm() {
   if (!slot) return;
   uint32_t zero = 0;
+  // Unchecked: a slot left armed is only taken back later by the last-resort reclaim of
+  // stale slots (the trampoline has several), never used by two sessions at once.
   write_remote(pid, slot + 4, &zero, sizeof zero);
   slot = 0;
 }
@@ -681,6 +685,9 @@ void RemoteTask::Impl::restore_and_detach() {
   // back: should the monitor die in between, the thread still has the injected
   // registers, handles the signals on the way out of the trampoline and restores
   // itself; after the registers, the exact (-ERESTART*) ones need the signal pending.
+  // (Unchecked on purpose: ESRCH means the thread died, and any other failure (EAGAIN:
+  // its real-time signal queue is full) cannot be mended here; the registers must be
+  // restored whatever happens, so the restore goes on.)
   for (int sig : signals) ::syscall(SYS_tgkill, pid, tid, sig);
   if (deliver) crash_point("redelivered");
   if (regs_dirty || r.rip != saved.rip || r.rax != saved.rax) {
@@ -750,7 +757,7 @@ RemoteTask::~RemoteTask() {
     try {
       long a[6] = {static_cast<long>(m.map_addr), static_cast<long>(m.map_len), 0, 0, 0, 0};
       m.tracer.run([&m, &a] { m.inject(SYS_munmap, a); });
-    } catch (...) {
+    } catch (...) {  // a destructor cannot throw: the scratch page stays mapped in the target (one page)
     }
   }
   bool done = false;

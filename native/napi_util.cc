@@ -1,5 +1,7 @@
 #include "napi_util.h"
 
+#include <system_error>
+
 namespace em {
 
 static Napi::FunctionReference* g_error_class = nullptr;
@@ -32,6 +34,9 @@ Napi::Value Guard(const Napi::CallbackInfo& info, const std::function<Napi::Valu
     throw;
   } catch (const Error& e) {
     throw MakeError(info.Env(), e.code(), e.what(), e.err(), e.syscall());
+  } catch (const std::system_error& e) {
+    // std::thread and friends: the errno is in the error code (e.g. EAGAIN: no thread)
+    throw MakeError(info.Env(), "EM_SYSTEM", e.what(), e.code().category() == std::generic_category() || e.code().category() == std::system_category() ? e.code().value() : 0);
   } catch (const std::exception& e) {
     throw MakeError(info.Env(), "EM_INTERNAL", e.what());
   }

@@ -104,6 +104,8 @@ export interface PagerTestHooks {
   _testUnsafeSkipCowProtect?: boolean;
   /** TEST ONLY: every other splice batch's store fails after the punch (its pages must go back into the guest). */
   _testFailPuts?: boolean | 'always';
+  /** TEST ONLY: every 16th splice batch finds a stray page left in its pipe (it must be discarded); 'unsafe-keep' puts one there and keeps it (proves the test can fail). */
+  _testStalePipe?: boolean | 'unsafe-keep';
   /** TEST ONLY: every fault is served from the retry list (the path after EAGAIN), one round later. */
   _testDeferFaults?: boolean;
 }

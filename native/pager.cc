@@ -275,6 +275,9 @@ void Pager::undo_fresh_start(size_t registered) {
       RemoteTask task(cfg_.pid);
       task.syscall(SYS_close, cfg_.target_uffd);
     } catch (const std::exception&) {
+      // The attach's own error is what the caller gets. A uffd left in the target is
+      // found by the next attach, which then reports it as left by a dead monitor
+      // (EM_UFFD_PRESENT) and offers the take-over: nothing is lost either way.
     }
   }
 }
@@ -506,7 +509,15 @@ void Pager::wake_deferred() {
     std::lock_guard<AdaptiveMutex> g(mu_);
     w.swap(deferred_);
   }
-  for (uint32_t idx : w) uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
+  // Every waiter gets its wake even if one fails (a failure is reported, not thrown:
+  // the rest would wait forever).
+  for (uint32_t idx : w) {
+    try {
+      uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
+    } catch (const std::exception& e) {
+      report_throttled(std::string("waking a fault that waited on an eviction: ") + e.what());
+    }
+  }
 }
 
 // ---------------------------------------------------------------- store with retry
@@ -611,6 +622,8 @@ void Pager::stop_threads() {
   stop_ = true;
   if (stop_efd_ >= 0) {
     uint64_t one = 1;
+    // An eventfd write of 1 fails only if the counter would overflow (EAGAIN), i.e. it
+    // is already signalled: either way the readers see it.
     ssize_t w = write(stop_efd_, &one, sizeof one);
     (void)w;
   }

@@ -69,6 +69,7 @@ struct PagerConfig {
   uint32_t test_race_window_ms = 0;  // TEST ONLY: evict_by_splice waits this long before the punch
   bool test_defer_faults = false;  // TEST ONLY: every fault goes through the retry path (as after EAGAIN) before it is served
   uint8_t test_fail_puts = 0;   // TEST ONLY: evict_by_splice's store fails for every other batch (1) or every batch (2)
+  uint8_t test_stale_pipe = 0;  // TEST ONLY: every 16th splice batch finds a stray page in its pipe (1); one, kept (2: unsafe)
 };
 
 struct PagerEvent {
@@ -168,6 +169,7 @@ class Pager {
   // in_runs: the dirty victims came in long runs; private_pages: some are private memory.
   size_t evict_by_splice(const std::vector<uint32_t>& dirty, const std::vector<uint32_t>& clean, bool in_runs,
                          bool private_pages);
+  void discard_stale_pipe(int fd, const char* what);
   void open_splice_pipe();
   void pick_victims(size_t n, std::vector<uint32_t>& out, std::vector<uint32_t>& arm);
   void read_pages(const std::vector<uint32_t>& idx, uint8_t* out);
@@ -277,6 +279,7 @@ class Pager {
   // evictor, read by the fault thread's watermark checks.
   std::atomic<bool> run_batches_{false};
   uint64_t test_puts_ = 0;   // test_fail_puts: batches stored so far
+  uint64_t test_splice_batches_ = 0;  // test_stale_pipe: splice batches so far
   FetchPlan fault_plan_;          // the fault thread's reusable fetch buffers
   // Faults whose ioctl met EAGAIN (the mm was changing: an event waits in the uffd, which
   // only the fault thread reads). Handled again on the fault thread's next round, at

@@ -145,6 +145,7 @@ export class Pager extends EventEmitter {
       _testRaceWindowMs: opts._testRaceWindowMs,
       _testUnsafeSkipCowProtect: opts._testUnsafeSkipCowProtect,
       _testFailPuts: opts._testFailPuts,
+      _testStalePipe: opts._testStalePipe,
       _testDeferFaults: opts._testDeferFaults,
       regions: opts.regions,
       capPages: opts.capPages,

@@ -40,8 +40,10 @@ void Pager::watch_exit() {
     int pr = poll(p, 2, -1);
     if (pr < 0 && errno == EINTR) continue;
     if (pr < 0) {
-      emit({"error", std::string("watching the target for its exit failed: ") + strerror(errno), {}, 0, 0});
-      return;
+      // Nothing else sees the exit in this mode: report it and keep watching (1 s).
+      report_throttled(std::string("watching the target for its exit failed (retrying): ") + strerror(errno));
+      sleep_ms(1000);
+      continue;
     }
     if (p[1].revents) return;
     if (p[0].revents & POLLIN) {
@@ -72,8 +74,13 @@ void Pager::wake_fault_thread() {
 // itself is unusable; anything else is reported and retried after 10 ms, since ending
 // would leave every later fault of the guest waiting forever.
 bool Pager::fault_loop_error(const char* what, int err) {
+  if (err == EBADF || err == EINVAL) {
+    // The end of this VM's paging: said once and always (never held back by the
+    // throttle), since every later fault of the guest now waits.
+    emit({"error", std::string(what) + ": " + strerror(err) + "; the fault thread stops: the guest's faults are no longer served", {}, 0, 0});
+    return false;
+  }
   report_throttled(std::string(what) + ": " + strerror(err));
-  if (err == EBADF || err == EINVAL) return false;
   sleep_ms(10);
   return !stop_;
 }

@@ -359,6 +359,10 @@ Napi::Value PagerStart(const Napi::CallbackInfo& info) {
       Napi::Value fp = o.Get("_testFailPuts");  // true: every other batch, 'always': every batch
       cfg.test_fail_puts = fp.IsString() && fp.As<Napi::String>().Utf8Value() == "always" ? 2 : fp.ToBoolean() ? 1 : 0;
     }
+    {
+      Napi::Value sp = o.Get("_testStalePipe");  // true: a stray page now and then; 'unsafe-keep': not discarded
+      cfg.test_stale_pipe = sp.IsString() && sp.As<Napi::String>().Utf8Value() == "unsafe-keep" ? 2 : sp.ToBoolean() ? 1 : 0;
+    }
     Napi::Value pol = o.Get("policy");
     if (pol.IsString()) {
       std::string p = pol.As<Napi::String>().Utf8Value();
@@ -468,7 +472,7 @@ Napi::Value PagerAddRegions(const Napi::CallbackInfo& info) {
 }
 
 struct DetachResult {
-  std::string code, message;
+  std::string code, message, syscall;
   int err = 0;
 };
 
@@ -485,7 +489,7 @@ Napi::Value PagerDetach(const Napi::CallbackInfo& info) {
       try {
         pager->detach();
       } catch (const Error& e) {
-        res->code = e.code(); res->message = e.what(); res->err = e.err();
+        res->code = e.code(); res->message = e.what(); res->err = e.err(); res->syscall = e.syscall();
       } catch (const std::exception& e) {
         res->code = "EM_INTERNAL"; res->message = e.what();
       }
@@ -498,7 +502,7 @@ Napi::Value PagerDetach(const Napi::CallbackInfo& info) {
           if (h->requests) h->requests->release();
           fn.Call({env.Null()});
         } else {
-          fn.Call({MakeError(env, r->code, r->message, r->err).Value()});
+          fn.Call({MakeError(env, r->code, r->message, r->err, r->syscall).Value()});
         }
       });
       done->release();
