@@ -3,6 +3,8 @@
  * (see native/index.ts) and throws instances of it, so errors from C++ arrive with
  * a machine-readable `code` and the `errno` of the failing syscall, never as bare strings.
  */
+import os from 'node:os';
+
 export class ElasticmemError extends Error {
   /** Stable machine-readable code, e.g. EM_ATTACH_NO_REGION, EM_SYSCALL, STORE_UNAVAILABLE, BAD_SIZE. */
   code: string;
@@ -21,4 +23,11 @@ export class ElasticmemError extends Error {
 
 export function isElasticmemError(e: unknown, code?: string): e is ElasticmemError {
   return e instanceof ElasticmemError && (code === undefined || e.code === code);
+}
+
+/** ` (ENOSPC from fallocate)` for an error or event that carries an errno, else `` (for log lines). */
+export function syscallNote(e: { errno?: number; syscall?: string }): string {
+  if (!e.errno) return e.syscall ? ` (${e.syscall})` : '';
+  const name = Object.entries(os.constants.errno).find(([, v]) => v === e.errno)?.[0] ?? `errno ${e.errno}`;
+  return ` (${name}${e.syscall ? ` from ${e.syscall}` : ''})`;
 }

@@ -4,8 +4,10 @@
 // (a `syscall` gadget, the crash-safe trampoline), inject_threads.cc chooses which
 // thread of the target to borrow.
 #pragma once
+#include <signal.h>
 #include <sys/types.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -27,11 +29,17 @@ struct ProcessKey {
   unsigned long long start_time;
   bool operator<(const ProcessKey& o) const { return pid != o.pid ? pid < o.pid : start_time < o.start_time; }
 };
-// Record `value` for `key`, forgetting what an earlier process with the same pid left.
+// Record `value` for `key`, forgetting what an earlier process with the same pid left
+// and what processes that have exited left (a daemon attaches to many QEMUs over its
+// life: the caches hold only live ones). (kill(pid, 0) fails with ESRCH only for a
+// pid that is gone; a reused pid's entry goes by its start time.)
 template <typename V>
 void remember(std::map<ProcessKey, V>& cache, const ProcessKey& key, V value) {
-  for (auto it = cache.begin(); it != cache.end();)
-    it = (it->first.pid == key.pid && it->first.start_time != key.start_time) ? cache.erase(it) : std::next(it);
+  for (auto it = cache.begin(); it != cache.end();) {
+    const ProcessKey& k = it->first;
+    bool stale = k.pid == key.pid ? k.start_time != key.start_time : (kill(k.pid, 0) != 0 && errno == ESRCH);
+    it = stale ? cache.erase(it) : std::next(it);
+  }
   cache[key] = std::move(value);
 }
 

@@ -86,6 +86,10 @@ export interface PagerEvent {
   pages?: number[];
   done?: number;
   total?: number;
+  /** error: errno of the failing system call, when one failed. */
+  errno?: number;
+  /** error: which system call (or operation) failed. */
+  syscall?: string;
 }
 
 /** TEST ONLY switches of the pager, each there to prove a test can fail or to reach a rare path. */

@@ -205,6 +205,22 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
   throw Error("EM_UFFD_BUSY", what + ": the target's memory map kept changing for 2 s (EAGAIN)", EAGAIN, "UFFDIO_WRITEPROTECT");
 }
 
+PagerEvent error_event(const std::string& what, const std::exception& e) {
+  PagerEvent ev{"error", what + e.what(), {}, 0, 0};
+  if (auto* em = dynamic_cast<const Error*>(&e)) {
+    ev.err = em->err();
+    ev.syscall = em->syscall();
+  }
+  return ev;
+}
+
+PagerEvent error_event(const std::string& what, int err, const char* syscall) {
+  PagerEvent ev{"error", what + ": " + strerror(err), {}, 0, 0};
+  ev.err = err;
+  ev.syscall = syscall;
+  return ev;
+}
+
 // Follow the faults (cfg_.follow_faults): put the fault thread on the CPU the faulting
 // thread last ran on. On a VM, waking an idle vCPU costs ~18 µs (docs/bench-pager.md),
 // and a fault is two wake-ups; on the faulter's CPU both are local context switches.
@@ -244,7 +260,7 @@ void Pager::pin_thread(const std::vector<uint32_t>& cpus, const char* which) {
   CPU_ZERO(&set);
   for (uint32_t c : cpus) CPU_SET(c, &set);
   int rc = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
-  if (rc != 0) emit({"error", std::string("could not pin the ") + which + " thread: " + strerror(rc), {}, 0, 0});
+  if (rc != 0) emit(error_event(std::string("could not pin the ") + which + " thread", rc, "pthread_setaffinity_np"));
 }
 
 // Start the pager; on a failure of a fresh attach, leave the target as it was: no
@@ -351,7 +367,7 @@ void Pager::add_regions(const std::vector<RegionConfig>& more) {
     try {
       scan_resident(regions_[slot], present);
     } catch (const Error& e) {  // the region is in service; only pages QEMU wrote before it was registered stay untracked
-      emit({"error", std::string("hot-added region: ") + e.what(), {}, 0, 0});
+      emit(error_event("hot-added region: ", e));
       present.assign(r.npages, 0);
     }
     uint64_t adopted = 0;
@@ -515,7 +531,7 @@ void Pager::wake_deferred() {
     try {
       uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
     } catch (const std::exception& e) {
-      report_throttled(std::string("waking a fault that waited on an eviction: ") + e.what());
+      report_throttled(error_event("waking a fault that waited on an eviction: ", e));
     }
   }
 }
@@ -572,7 +588,7 @@ bool Pager::put_or_report(std::vector<uint64_t>& keys, std::vector<uint32_t>& ve
   try {
     return store_put(keys, vers, data);
   } catch (const std::exception& e) {
-    report_throttled(std::string("storing evicted pages failed; they stay in the guest: ") + e.what());
+    report_throttled(error_event("storing evicted pages failed; they stay in the guest: ", e));
     return false;
   }
 }
@@ -705,7 +721,7 @@ void Pager::detach() {
     try {
       close_target_fd(cfg_.pid, tpipe_.target_write_fd);
     } catch (const Error& e) {
-      emit({"error", std::string("detach: the eviction pipe stays open inside the target: ") + e.what(), {}, 0, 0});
+      emit(error_event("detach: the eviction pipe stays open inside the target: ", e));
     }
     tpipe_.target_write_fd = -1;
   }

@@ -77,7 +77,14 @@ struct PagerEvent {
   std::string message;
   std::vector<uint64_t> pages;
   uint64_t done = 0, total = 0;
+  int err = 0;          // error: errno of the failing system call, when one failed
+  std::string syscall;  // error: which one
 };
+
+// An "error" event: `what` went wrong because of `e`; an em::Error's errno and system
+// call go with it to TypeScript.
+PagerEvent error_event(const std::string& what, const std::exception& e);
+PagerEvent error_event(const std::string& what, int err, const char* syscall);
 
 struct PagerStats {
   uint64_t faults, zero_fills, fetches, evictions, clean_drops, store_writes, prefetched, wp_faults, discards,
@@ -145,8 +152,9 @@ class Pager {
   void undo_fresh_start(size_t registered);
   // --- fault thread ---
   void fault_loop();
-  bool fault_loop_error(const char* what, int err);
+  bool fault_loop_error(const char* what, int err, const char* syscall);
   void report_throttled(const std::string& message);
+  void report_throttled(PagerEvent ev);  // an "error" event (error_event)
   struct Retry;
   void requeue_round(const struct uffd_msg* msgs, size_t n, size_t first_unapplied, const std::vector<Retry>& retrying,
                      const std::vector<std::pair<uint64_t, uint64_t>>& removed);

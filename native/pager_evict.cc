@@ -111,12 +111,12 @@ std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted, R
     drop_pages(sorted, stopped);
     return std::vector<uint8_t>(sorted.size(), 1);
   } catch (const std::exception& e) {
-    emit({"error", std::string("dropping evicted pages failed: ") + e.what(), {}, 0, 0});
+    emit(error_event("dropping evicted pages failed: ", e));
   }
   try {
     return probe_gone(sorted);
   } catch (const std::exception& pe) {
-    emit({"error", std::string("after a failed drop: ") + pe.what(), {}, 0, 0});
+    emit(error_event("after a failed drop: ", pe));
   }
   // Neither the drop nor the check worked. Dropping again is harmless (a punch or
   // DONTNEED of a page already gone does nothing), so try a few more times.
@@ -260,7 +260,7 @@ size_t Pager::evict_batch(size_t want) {
     }
   } catch (const Error& e) {
     stored = false;
-    emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
+    emit(error_event("eviction copy-out failed: ", e));
   }
   if (stored && !put_keys.empty()) {
     // pack the non-zero pages to the front of buf (no copy at all when none is zero)
@@ -507,7 +507,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         });
       } catch (const Error& e) {
         splice_ok = false;
-        emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
+        emit(error_event("eviction copy-out failed: ", e));
       }
     }
   }
@@ -538,7 +538,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     }
   } catch (const Error& e) {
     splice_ok = false;
-    emit({"error", std::string("eviction copy-out failed: ") + e.what(), {}, 0, 0});
+    emit(error_event("eviction copy-out failed: ", e));
   }
   std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
   auto read_exact = [&](int fd, uint8_t* dst, size_t bytes) {
@@ -584,7 +584,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     }
   }
   if (!splice_ok) {
-    try { read_pipe(); } catch (const Error& e) { emit({"error", std::string("eviction: ") + e.what(), {}, 0, 0}); }
+    try { read_pipe(); } catch (const Error& e) { emit(error_event("eviction: ", e)); }
     if (drop.empty()) return 0;
   }
   // TEST ONLY (test_skip_wp): read before the punch, as a copy-out without protection
@@ -607,7 +607,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
       read_pipe();
     } catch (const Error& e) {
       have_data = false;
-      emit({"error", std::string("eviction: ") + e.what(), {}, 0, 0});
+      emit(error_event("eviction: ", e));
     }
   }
   // 4. store the dirty pages that left, not zero, not discarded: packed to the front of
@@ -658,7 +658,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         CopyResult cr = uffd_copy(cfg_.uffd, addr_of(drop[i]), buf.get() + put_slot[i] * kPageSize, kPageSize, false, false, &copied);
         if (copied == kPageSize || cr == CopyResult::kExists) back[i] = kBack;
       } catch (const Error& e) {
-        report_throttled(std::string("putting back a page the store did not take: ") + e.what());
+        report_throttled(error_event("putting back a page the store did not take: ", e));
       }
     }
   // 5b. commit: remote / absent / back in the guest.
@@ -751,7 +751,7 @@ void Pager::evict_loop() {
   // yields to the fault thread; back-pressure at the cap still gives it the CPU it needs.
   // (Best effort: a failure only leaves the default priority.)
   if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), kEvictorNice) != 0) {
-    emit({"error", std::string("could not lower the evictor's priority: ") + strerror(errno), {}, 0, 0});
+    emit(error_event("could not lower the evictor's priority", errno, "setpriority"));
   }
   tl_evictor = true;
   evict_tid_ = (pid_t)syscall(SYS_gettid);
@@ -767,7 +767,7 @@ void Pager::evict_loop() {
       try {
         retry_lost();
       } catch (const std::exception& e) {
-        report_throttled(std::string("asking the store again for lost pages failed: ") + e.what());
+        report_throttled(error_event("asking the store again for lost pages failed: ", e));
       }
     }
     if (stop_ || evict_stop_ || draining_ || resident_ <= high_watermark()) continue;
@@ -791,7 +791,7 @@ void Pager::evict_loop() {
       try {
         got = evict_batch(want);
       } catch (const std::exception& e) {
-        report_throttled(std::string("eviction failed: ") + e.what());
+        report_throttled(error_event("eviction failed: ", e));
       }
       done += got;
       if (got) evict_batches_++;

@@ -41,7 +41,7 @@ void Pager::watch_exit() {
     if (pr < 0 && errno == EINTR) continue;
     if (pr < 0) {
       // Nothing else sees the exit in this mode: report it and keep watching (1 s).
-      report_throttled(std::string("watching the target for its exit failed (retrying): ") + strerror(errno));
+      report_throttled(error_event("watching the target for its exit failed (retrying)", errno, "poll"));
       sleep_ms(1000);
       continue;
     }
@@ -73,29 +73,32 @@ void Pager::wake_fault_thread() {
 // A failed poll or read of the uffd: false (the fault thread ends) only when the uffd
 // itself is unusable; anything else is reported and retried after 10 ms, since ending
 // would leave every later fault of the guest waiting forever.
-bool Pager::fault_loop_error(const char* what, int err) {
+bool Pager::fault_loop_error(const char* what, int err, const char* syscall) {
   if (err == EBADF || err == EINVAL) {
     // The end of this VM's paging: said once and always (never held back by the
     // throttle), since every later fault of the guest now waits.
-    emit({"error", std::string(what) + ": " + strerror(err) + "; the fault thread stops: the guest's faults are no longer served", {}, 0, 0});
+    PagerEvent ev = error_event(what, err, syscall);
+    ev.message += "; the fault thread stops: the guest's faults are no longer served";
+    emit(std::move(ev));
     return false;
   }
-  report_throttled(std::string(what) + ": " + strerror(err));
+  report_throttled(error_event(what, err, syscall));
   sleep_ms(10);
   return !stop_;
 }
 
 // An "error" event, at most one a second (a failure that repeats every retry must not
 // flood the event channel); the ones held back are counted in the next.
-void Pager::report_throttled(const std::string& message) {
+void Pager::report_throttled(const std::string& message) { report_throttled(PagerEvent{"error", message, {}, 0, 0}); }
+
+void Pager::report_throttled(PagerEvent ev) {
   uint64_t now = now_us(), last = last_error_us_.load();
   if (now - last < 1000000 || !last_error_us_.compare_exchange_strong(last, now)) {
     held_errors_++;
     return;
   }
-  std::string m = message;
-  if (uint64_t held = held_errors_.exchange(0)) m += " (" + std::to_string(held) + " more errors in the last second not reported)";
-  emit({"error", m, {}, 0, 0});
+  if (uint64_t held = held_errors_.exchange(0)) ev.message += " (" + std::to_string(held) + " more errors in the last second not reported)";
+  emit(std::move(ev));
 }
 
 // After a failure part-way through a round (fault thread): faults go back on retry_,
@@ -150,7 +153,7 @@ void Pager::fault_loop() {
       struct timespec retry_after = {0, 200 * 1000};
       int pr = ppoll(p, 3, retry_.empty() ? nullptr : &retry_after, nullptr);
       if (pr < 0 && errno != EINTR) {
-        if (!fault_loop_error("poll on the userfaultfd failed", errno)) return;
+        if (!fault_loop_error("poll on the userfaultfd failed", errno, "ppoll")) return;
         continue;
       }
       if (stop_) return;
@@ -163,7 +166,7 @@ void Pager::fault_loop() {
     }
     if (got < 0) {
       if (errno == EINTR) continue;
-      if (!fault_loop_error("reading the userfaultfd failed", errno)) return;
+      if (!fault_loop_error("reading the userfaultfd failed", errno, "read")) return;
       continue;
     }
     uint64_t t0 = now_us();
@@ -263,13 +266,13 @@ void Pager::fault_loop() {
       // meanwhile meets EEXIST and its thread is woken), REMOVE events not yet applied
       // are applied first, and threads of discarded ranges are woken now.
       requeue_round(msgs, n, next_msg, retrying, removed);
-      report_throttled(std::string("fault handling failed (retrying): ") + e.what());
+      report_throttled(error_event("fault handling failed (retrying): ", e));
       // Pages already discarded in this round: their stored copies still go (and the
       // evictor may take them again either way).
       try {
         discard_stored(dels);
       } catch (const std::exception& e2) {
-        report_throttled(std::string("deleting discarded pages' stored copies failed: ") + e2.what());
+        report_throttled(error_event("deleting discarded pages' stored copies failed: ", e2));
       }
     }
     uint64_t dt = now_us() - t0;

@@ -283,6 +283,8 @@ Napi::Value EventToJs(Napi::Env env, const PagerEvent& e) {
     o.Set("done", Napi::Number::New(env, (double)e.done));
     o.Set("total", Napi::Number::New(env, (double)e.total));
   }
+  if (e.err) o.Set("errno", Napi::Number::New(env, e.err));
+  if (!e.syscall.empty()) o.Set("syscall", e.syscall);
   return o;
 }
 

@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { parseSize, formatSize } from '../backend/size.ts';
-import type { ElasticmemError } from '../native/errors.ts';
+import { syscallNote, type ElasticmemError } from '../native/errors.ts';
 import { parseConfig, stateFileFor, DEFAULT_STATE } from '../backend/daemon/config.ts';
 import { resolveStoreSetup, takeOverArgs, type StoreArgs } from '../backend/daemon/store-setup.ts';
 import { StorePool } from '../backend/daemon/stores.ts';
@@ -161,6 +161,13 @@ test('stateFileFor: --state, else the config\'s state: (even when it names the d
   const other = parseConfig('state: /var/lib/em/state.json\n', 'o.yaml');
   t.is(stateFileFor(other, undefined, '/tmp/em/em.sock', socket), '/var/lib/em/state.json');
   t.is(stateFileFor(other, '/tmp/s.json', socket, socket), '/tmp/s.json', '--state wins over the config');
+});
+
+test('syscallNote: the errno by name and the failing call, for the daemon log', (t) => {
+  t.is(syscallNote({ errno: 28, syscall: 'fallocate' }), ' (ENOSPC from fallocate)');
+  t.is(syscallNote({ errno: 5 }), ' (EIO)');
+  t.is(syscallNote({ syscall: 'splice' }), ' (splice)');
+  t.is(syscallNote({}), '');
 });
 
 test('parseConfig: pager thread CPUs are checked against the CPUs this machine has', (t) => {

@@ -7,7 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { execFileSync, spawn } from 'node:child_process';
 import { startTarget, parseReply, type Target } from './helpers/target.ts';
-import { Pager } from '../native/pager.ts';
+import { Pager, type PagerEvent } from '../native/pager.ts';
 import { openStore } from '../kvstore/index.ts';
 import type { PageStore } from '../kvstore/types.ts';
 import type { RegionSpec } from '../native/index.ts';
@@ -91,7 +91,8 @@ for (const kind of ['memfd', 'anon'] as const) {
     const cap = Math.floor(r.length / PAGE / 8);
     const pager = await attach(t, target, [r], cap, store, { evictBatch: 64, _testFailDrops: true });
     const failures: string[] = [];
-    pager.on('error', (e: { message: string }) => { if (/partial drop/.test(e.message)) failures.push(e.message); });
+    const errnos = new Set<number | undefined>();
+    pager.on('error', (e: PagerEvent) => { if (/partial drop/.test(e.message)) { failures.push(e.message); errnos.add(e.errno); } });
     await waitFor(() => pager.stats().residentPages <= cap, 60000);
     const churn = parseReply(await target.cmd(`churn ${kind} 2000 2 0.5`));
     t.is(churn.corrupt, 0, 'no corruption seen by the writers');
@@ -99,6 +100,7 @@ for (const kind of ['memfd', 'anon'] as const) {
     t.is(v.corrupt, 0, `verify: first bad page ${v.firstbad}`);
     const s = pager.stats();
     t.true(failures.length > 0, 'drops failed part-way');
+    t.deepEqual([...errnos], [5], 'each error event carries the errno of the failure (EIO, as the test failure says)');
     t.true(s.evictions > 1000, `evictions ${s.evictions}`);
     t.true(s.fetches > 500, `fetches ${s.fetches}`);
     t.is(s.discards, 0, 'no page was taken for discarded');

@@ -4,9 +4,10 @@
  * file that lets a restarted daemon take its VMs over.
  */
 import path from 'node:path';
-import { ElasticmemError } from '../../native/errors.ts';
+import { ElasticmemError, syscallNote } from '../../native/errors.ts';
 import { loadNative } from '../../native/index.ts';
 import { Pager } from '../../native/pager.ts';
+import type { PagerEvent } from '../../native/index.ts';
 import type { Request } from '../protocol.ts';
 import { resolveTarget, type Target } from '../targets/index.ts';
 import { domState } from '../targets/libvirt.ts';
@@ -245,7 +246,7 @@ export class Daemon {
       s.storeState = 'lost'; s.storeError = s.scrub(ev.message); s.lostPages += ev.pages?.length ?? 0;
       log(s.name, 'PAGES LOST', `${s.storeError}${ev.pages ? ` (${ev.pages.length} pages)` : ''}; the VM is paused, nothing was zero-filled`);
     });
-    p.on('error', (ev: { message: string }) => log(s.name, 'pager error', s.scrub(ev.message)));
+    p.on('error', (ev: PagerEvent) => log(s.name, 'pager error', s.scrub(ev.message) + syscallNote(ev)));
     p.on('target-exited', () => void this.onTargetGone(s));
   }
 
