@@ -475,27 +475,32 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   // (private pages: each batch stops a target thread, which costs more than the waits
   // of faults on a longer batch: full batches)
   splice_batch_ = in_runs || private_pages ? pipe_pages_ : std::min(pipe_pages_, kSpliceBatch);
-  // TEST ONLY: a page of 0xee bytes left in the pipe, as by an earlier batch whose read
-  // failed part-way (mode 2 keeps it, and puts just one in: proves the test can fail; it
-  // shifts every later batch by a page).
-  // (scattered batches only: they leave the pipe room for it)
-  if (cfg_.test_stale_pipe && !in_runs && ++test_splice_batches_ % 16 == 0 && (cfg_.test_stale_pipe == 1 || test_splice_batches_ == 16)) {
-    std::vector<uint8_t> stray(kPageSize, 0xee);
-    if (write(pipe_w_, stray.data(), stray.size()) != (ssize_t)stray.size()) throw_sys("write", "test: a stray page into the eviction pipe");
-  }
-  // Each pipe must start empty: its bytes are read back as this batch's pages, in order.
-  if (cfg_.test_stale_pipe != 2) discard_stale_pipe(pipe_r_, "the eviction pipe");
-  if (tpipe_.read_fd >= 0) discard_stale_pipe(tpipe_.read_fd, "the eviction pipe in the target");
   // 1. splice (dirty is sorted: each pipe then holds its pages in the order of `dirty`):
   // memfd runs from the memfd here, private runs by one vmsplice inside the target.
   size_t spliced_bytes = 0, tspliced_bytes = 0;
   bool splice_ok = true;
   std::unique_ptr<RemoteTask> task;
+  try {
+    // TEST ONLY: a page of 0xee bytes left in the pipe, as by an earlier batch whose read
+    // failed part-way (mode 2 keeps it, and puts just one in: proves the test can fail; it
+    // shifts every later batch by a page). (Scattered batches only: they leave room.)
+    if (cfg_.test_stale_pipe && !in_runs && ++test_splice_batches_ % 16 == 0 && (cfg_.test_stale_pipe == 1 || test_splice_batches_ == 16)) {
+      std::vector<uint8_t> stray(kPageSize, 0xee);
+      if (write(pipe_w_, stray.data(), stray.size()) != (ssize_t)stray.size()) throw_sys("write", "test: a stray page into the eviction pipe");
+    }
+    // Each pipe must start empty: its bytes are read back as this batch's pages, in order.
+    if (cfg_.test_stale_pipe != 2) discard_stale_pipe(pipe_r_, "the eviction pipe");
+    if (tpipe_.read_fd >= 0) discard_stale_pipe(tpipe_.read_fd, "the eviction pipe in the target");
+  } catch (const Error& e) {
+    // Nothing spliced: step 2 puts every victim back, the next batch tries again.
+    splice_ok = false;
+    emit(error_event("eviction: ", e));
+  }
   // 0. Private pages a write would be copied out of (the zero page, KSM or shared pages:
   // copied_on_write) cannot rely on the pipe: they are write-protected first, as in
   // evict_batch, so such a write traps and aborts their eviction. All of them while KSM
   // may merge pages. (The test-only unprotected mode skips this as it skips the rest.)
-  if (private_pages && !cfg_.test_skip_wp && !cfg_.test_skip_cow_wp) {
+  if (splice_ok && private_pages && !cfg_.test_skip_wp && !cfg_.test_skip_cow_wp) {
     std::vector<uint32_t> priv_dirty;
     for (uint32_t idx : dirty)
       if (!region_at(idx).memfd) priv_dirty.push_back(idx);

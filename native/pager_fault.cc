@@ -40,9 +40,11 @@ void Pager::watch_exit() {
     int pr = poll(p, 2, -1);
     if (pr < 0 && errno == EINTR) continue;
     if (pr < 0) {
-      // Nothing else sees the exit in this mode: report it and keep watching (1 s).
+      // Nothing else sees the exit in this mode: report it and keep watching, in steps
+      // short enough that a stopping pager does not wait on this thread.
       report_throttled(error_event("watching the target for its exit failed (retrying)", errno, "poll"));
-      sleep_ms(1000);
+      for (int i = 0; i < 100 && !stop_; i++) sleep_ms(10);
+      if (stop_) return;
       continue;
     }
     if (p[1].revents) return;
