@@ -61,22 +61,24 @@ class PageTable {
     if (base_) munmap(base_, kReserve);
   }
   // Append n default entries. false (errno set) when the address space or memory is not there.
-  bool grow(uint32_t n) {
+  // nullptr when it grew; else the call that failed, errno set ("page count" with E2BIG:
+  // more pages than the table's 32-bit indices reach).
+  const char* grow(uint32_t n) {
     uint64_t want = (uint64_t)size() + n;
-    if (want >= kNil) { errno = E2BIG; return false; }
+    if (want >= kNil) { errno = E2BIG; return "page count"; }
     if (!base_) {
       void* p = mmap(nullptr, kReserve, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-      if (p == MAP_FAILED) return false;
+      if (p == MAP_FAILED) return "mmap";
       base_ = static_cast<PageMeta*>(p);
     }
     size_t need = (size_t)((want * sizeof(PageMeta) + 4095) & ~(uint64_t)4095);
     if (need > open_) {
-      if (mprotect(reinterpret_cast<char*>(base_) + open_, need - open_, PROT_READ | PROT_WRITE) != 0) return false;
+      if (mprotect(reinterpret_cast<char*>(base_) + open_, need - open_, PROT_READ | PROT_WRITE) != 0) return "mprotect";
       open_ = need;
     }
     for (uint64_t i = size(); i < want; i++) new (&base_[i]) PageMeta();
     size_.store((uint32_t)want, std::memory_order_release);
-    return true;
+    return nullptr;
   }
   uint32_t size() const { return size_.load(std::memory_order_acquire); }
   size_t bytes() const { return open_; }  // memory the table may occupy (what it made accessible)

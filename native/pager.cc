@@ -71,7 +71,7 @@ void Pager::open_regions() {
   }
   std::sort(regions_.get(), regions_.get() + cfg_.regions.size(), [](const Region& a, const Region& b) { return a.start < b.start; });
   nregions_.store(cfg_.regions.size(), std::memory_order_release);
-  if (!table_.grow((uint32_t)total)) throw_sys("mmap", "allocating the page table");
+  if (const char* failed = table_.grow((uint32_t)total)) throw_sys(failed, "allocating the page table");
 }
 
 // A region as the pager keeps it, its memfd opened (total: pages before it).
@@ -337,10 +337,10 @@ void Pager::add_regions(const std::vector<RegionConfig>& more) {
     close_fresh(0);
     throw;
   }
-  if (!table_.grow((uint32_t)added)) {
+  if (const char* failed = table_.grow((uint32_t)added)) {
     int e = errno;
     close_fresh(0);
-    throw_sys("mprotect", "growing the page table for hot-added memory", e);
+    throw_sys(failed, "growing the page table for hot-added memory", e);
   }
   // (The table keeps its new entries if a registration below fails: absent pages nobody
   // can reach, a few bytes each.)
