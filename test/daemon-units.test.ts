@@ -9,6 +9,7 @@ import { syscallNote, type ElasticmemError } from '../native/errors.ts';
 import { parseConfig, stateFileFor, DEFAULT_STATE } from '../backend/daemon/config.ts';
 import { resolveStoreSetup, takeOverArgs, type StoreArgs } from '../backend/daemon/store-setup.ts';
 import { StorePool } from '../backend/daemon/stores.ts';
+import { isNormalEnd } from '../backend/daemon/daemon.ts';
 import { peerCred } from '../backend/daemon/peercred.ts';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -161,6 +162,11 @@ test('stateFileFor: --state, else the config\'s state: (even when it names the d
   const other = parseConfig('state: /var/lib/em/state.json\n', 'o.yaml');
   t.is(stateFileFor(other, undefined, '/tmp/em/em.sock', socket), '/var/lib/em/state.json');
   t.is(stateFileFor(other, '/tmp/s.json', socket, socket), '/tmp/s.json', '--state wins over the config');
+});
+
+test('isNormalEnd: shut down, destroyed, migrated away and saved end a VM; a crash or an unknown reason keeps its pages', (t) => {
+  for (const r of ['shutdown', 'destroyed', 'shutdown finished', 'migrated', 'saved']) t.true(isNormalEnd(r), r);
+  for (const r of ['crashed', 'failed', 'unknown', 'from snapshot']) t.false(isNormalEnd(r), r);
 });
 
 test('syscallNote: the errno by name and the failing call, for the daemon log', (t) => {

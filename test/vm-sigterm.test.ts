@@ -12,6 +12,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { bootDomain, virsh } from './helpers/libvirt.ts';
 import { startDaemon } from './helpers/daemon.ts';
+import { startMemcached } from './helpers/servers.ts';
 
 const WORKLOAD = { sizeMiB: 64, pattern: 'random' as const, write: 0.25, seed: 51, passes: 0, pauseMs: 100 };
 
@@ -49,3 +50,35 @@ for (const [store, when] of [['memory:', 'at once'], ['file', 'at once'], ['memo
     await watch;
   });
 }
+
+// A store that does not outlive the daemon is drained back at SIGTERM; when that store
+// does not answer (a paused memcached), the drain would wait on it for ever. The daemon
+// gives it up once no page came back for its stall limit (60 s; 3 s here) and leaves the
+// VM for the next daemon: QEMU keeps its userfaultfd, the pages stay in memcached.
+test.serial('store memcached paused (SIGSTOP): SIGTERM gives up the drain after the stall limit and exits, the VM left for the next daemon', async (t) => {
+  const mc = await startMemcached(t, { count: 1, memoryMb: 256 });
+  const [dom, d] = await Promise.all([
+    bootDomain(t, { memMiB: 192, maxMemMiB: 320, template: 'memfd', workload: WORKLOAD }),
+    startDaemon(t, { env: { EM_STOP_DRAIN_STALL_MS: '3000' } }),
+  ]);
+  await dom.console.waitForPasses(1, 120_000);
+  const a = await d.cli('attach', dom.name, '--local', '32M', '--store', mc.uri);
+  t.is(a.code, 0, a.stderr);
+  await dom.console.waitForPasses(dom.console.passes.length + 1, 120_000);
+  const s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
+  t.true(s.remotePages > 0, 'pages were evicted: the drain has work to do');
+  mc.pause();
+  t.teardown(() => mc.resume());
+  const t0 = Date.now();
+  const code = await d.stop();
+  const ms = Date.now() - t0;
+  t.log(`exit code ${code} after ${ms} ms`);
+  t.is(code, 0, d.log());
+  t.true(ms < 20_000, `exited in ${ms} ms:\n${d.log()}`);
+  t.regex(d.log(), /draining before daemon exit/);
+  t.regex(d.log(), /left for the next daemon: the drain brought no page back for 3 s \(is its store down\?\)/);
+  t.regex(d.log(), /daemon stopped/);
+  t.notRegex(d.log(), /exit forced/, 'nothing was left holding the process');
+  const state = JSON.parse(fs.readFileSync(d.state, 'utf8'));
+  t.true(JSON.stringify(state).includes(dom.name) || JSON.stringify(state).includes(s.vm), `the state file keeps the VM for the next daemon: ${JSON.stringify(state).slice(0, 300)}`);
+});

@@ -37,6 +37,12 @@ const RESIZE_WAIT_MS = 30_000;
 const STOP_STEP_MS = 2000;
 /** How long a stopping daemon lets operations in flight (a detach draining) finish. */
 const STOP_INFLIGHT_MS = 60_000;
+/**
+ * At stop: a drain that brings no page back for this long (its store is down: the pager
+ * waits on it without end) is given up and the VM left for the next daemon.
+ * (EM_STOP_DRAIN_STALL_MS: the tests' shorter limit.)
+ */
+const STOP_DRAIN_STALL_MS = Number(process.env.EM_STOP_DRAIN_STALL_MS) > 0 ? Number(process.env.EM_STOP_DRAIN_STALL_MS) : 60_000;
 /** After stop: if something still holds the event loop this long, say what, and exit anyway. */
 const EXIT_WATCHDOG_MS = 3000;
 
@@ -334,6 +340,8 @@ export class Daemon {
   async detach(spec: string, ctx: RequestContext): Promise<unknown> {
     const s = this.find(spec);
     return s.serial(async () => {
+      // A detach queued behind another one (the user ran it twice) finds the session gone.
+      if (this.sessions.get(s.vmId) !== s) throw new ElasticmemError(`VM '${spec}' is not attached (detached meanwhile); see: elasticmem list`, 'NOT_ATTACHED');
       if (s.state === 'waiting') {
         // Its QEMU is alive and waits on its userfaultfd; the pages it needs are in the
         // store. Deleting them would break the VM for good.
@@ -344,6 +352,7 @@ export class Daemon {
         const store = await this.stores.acquire(s.storeSetup);
         try { await store.dropVm(s.vmId); } finally { await this.stores.release(s.storeSetup); }
         if (s.store) await this.stores.release(s.storeSetup);
+        s.store = undefined;  // (released once: the pool shares it with other VMs)
         this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'detached', `QEMU was gone; its stored pages were deleted from ${s.storeShown}`);
@@ -455,7 +464,7 @@ export class Daemon {
           await new Promise((r) => setTimeout(r, 200));
         }
       }
-      const normal = reason === 'shutdown' || reason === 'destroyed' || reason === 'shutdown finished';
+      const normal = isNormalEnd(reason);
       if (s.ended) return;  // a detach finished while we waited for the reason
       if (normal) {
         s.ended = true;
@@ -589,7 +598,19 @@ export class Daemon {
       if (s.storeUri === 'memory:' || !s.store?.capabilities.persistent) {
         log(s.name, 'draining before daemon exit', 'its store does not outlive the daemon');
         // If QEMU dies meanwhile, the pager sees it (pidfd) and the drain ends at once.
-        try { await s.pager.detach(); await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); this.records.remove(s.target.pid, s.target.startTime); log(s.name, 'detached'); } catch (e) { log(s.name, 'detach failed', s.scrub((e as Error).message)); }
+        try {
+          await drainUnlessStalled(s.pager, STOP_DRAIN_STALL_MS);
+          await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); this.records.remove(s.target.pid, s.target.startTime); log(s.name, 'detached');
+        } catch (e) {
+          if ((e as ElasticmemError).code === 'DRAIN_STALLED') {
+            // QEMU keeps its userfaultfd and waits; the pages stay in the store, which may
+            // come back with them (a paused server): the next daemon can take the VM over.
+            s.pager.abandon();
+            log(s.name, 'left for the next daemon', s.scrub((e as Error).message));
+          } else {
+            log(s.name, 'detach failed', s.scrub((e as Error).message));
+          }
+        }
       } else {
         s.pager.abandon();
         log(s.name, 'left for the next daemon', `QEMU keeps its userfaultfd; pages stay in ${s.storeShown}`);
@@ -600,6 +621,36 @@ export class Daemon {
     await settleWithin([this.stores.closeAll()], STOP_STEP_MS);
     log('-', 'daemon stopped');
     exitWatchdog(EXIT_WATCHDOG_MS);
+  }
+}
+
+/**
+ * A libvirt stop reason (lower case) after which a VM's stored pages are obsolete: the
+ * guest ended, or QEMU read every page back through the pager to migrate or save it
+ * (managedsave). Anything else (crashed, failed, unknown) keeps them, as a crash.
+ */
+export function isNormalEnd(reason: string): boolean {
+  return ['shutdown', 'destroyed', 'shutdown finished', 'migrated', 'saved'].includes(reason);
+}
+
+/** Drain the pager back into its VM; DRAIN_STALLED when no page came back for `stallMs`. */
+async function drainUnlessStalled(pager: Pager, stallMs: number): Promise<void> {
+  let last = Date.now();
+  const onProgress = () => { last = Date.now(); };
+  pager.on('progress', onProgress);
+  let timer: NodeJS.Timeout | undefined;
+  const stalled = new Promise<never>((_, reject) => {
+    timer = setInterval(() => {
+      if (Date.now() - last >= stallMs) reject(new ElasticmemError(`the drain brought no page back for ${Math.round(stallMs / 1000)} s (is its store down?); QEMU keeps its userfaultfd and the pages stay in the store`, 'DRAIN_STALLED'));
+    }, Math.min(1000, stallMs));
+  });
+  const drain = pager.detach();
+  try {
+    await Promise.race([drain, stalled]);
+  } finally {
+    clearInterval(timer);
+    pager.off('progress', onProgress);
+    drain.catch(() => { /* given up: abandon ends it */ });
   }
 }
 

@@ -77,7 +77,7 @@ export function writePrivateFile(file: string, text: string): void {
   const fd = fs.openSync(tmp, fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL, 0o600);
   try {
     fs.fchmodSync(fd, 0o600);
-    fs.writeSync(fd, text);
+    fs.writeFileSync(fd, text);  // (all of it: a single write may be short on a nearly full /run)
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);

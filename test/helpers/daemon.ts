@@ -78,7 +78,7 @@ function waitSocket(sock: string, proc: ChildProcess, logs: () => string, timeou
 }
 
 /** Start `elasticmem daemon` with its own socket and state file (and config text, if given). */
-export async function startDaemon(t: TeardownContext, o: { config?: string; dir?: string; extraArgs?: string[]; removeDir?: boolean } = {}): Promise<DaemonHandle> {
+export async function startDaemon(t: TeardownContext, o: { config?: string; dir?: string; extraArgs?: string[]; removeDir?: boolean; env?: Record<string, string> } = {}): Promise<DaemonHandle> {
   const dir = o.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), `emd-${process.pid}-`));
   // The socket lives in a subfolder the daemon creates itself (mode 0700).
   const socket = path.join(dir, 'run', 'em.sock');
@@ -89,7 +89,7 @@ export async function startDaemon(t: TeardownContext, o: { config?: string; dir?
     fs.writeFileSync(cfg, o.config);
     args.push('--config', cfg);
   }
-  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  const proc = spawn(process.execPath, [BIN, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
   let logs = '';
   proc.stdout!.on('data', (d: Buffer) => { logs += d.toString(); });
   proc.stderr!.on('data', (d: Buffer) => { logs += d.toString(); });
@@ -128,7 +128,7 @@ export async function startDaemon(t: TeardownContext, o: { config?: string; dir?
     },
     async restart() {
       owned = false;
-      const next = await startDaemon(t, { config: o.config, dir, extraArgs: o.extraArgs, removeDir: true });
+      const next = await startDaemon(t, { config: o.config, dir, extraArgs: o.extraArgs, removeDir: true, env: o.env });
       return next;
     },
   };
