@@ -41,6 +41,24 @@ test('records: written and read per process and VM, records of ended processes s
   t.is(recs.read(process.pid, me, 'vm-a'), null);
 });
 
+test('records in a folder another user could write are not believed (a take-over then asks QEMU)', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-records-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const recs = new MemoryRecords(path.join(dir, 'memory'));
+  const rec: GuestMemoryRecord = { regions: [{ name: 'pc.ram', start: '0x7f0000000000', length: 256 * MiB, kind: 'memfd' }], guestRamBytes: 256 * MiB, memoryDevices: [] };
+  const me = startTimeOf(process.pid)!;
+  recs.write(process.pid, me, 'vm-a', rec);
+  t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec);
+  fs.chmodSync(path.join(dir, 'memory'), 0o777);
+  t.is(recs.read(process.pid, me, 'vm-a'), null, 'world-writable folder: not believed');
+  t.is(recs.vmIdOf(process.pid, me), null);
+  fs.chmodSync(path.join(dir, 'memory'), 0o700);
+  t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec, 'its own 0700 folder: believed again');
+  fs.renameSync(path.join(dir, 'memory'), path.join(dir, 'real'));
+  fs.symlinkSync(path.join(dir, 'real'), path.join(dir, 'memory'));
+  t.is(recs.read(process.pid, me, 'vm-a'), null, 'a link in its place: not believed');
+});
+
 test('memoryFromRecord: accepts exactly the RAM a pager registered, with fresh memfd paths; refuses moved or unregistered blocks', async (t) => {
   const target = await startTarget(t, { memfdMiB: 16, anonMiB: 8 });
   const store = await openStore('memory:');

@@ -38,8 +38,24 @@ export class MemoryRecords {
     return this.load(pid, startTime)?.vmId ?? null;
   }
 
-  /** This QEMU's record as written (format 1), or null. */
+  /**
+   * Whether records here can be believed: the folder is this user's own (root's), not a
+   * link, and nobody else may write in it. Beside a state file in a shared folder
+   * (`--state /tmp/x.json`) another user could create it first and plant records that
+   * send a take-over to the wrong VM's pages.
+   */
+  private trusted(): boolean {
+    try {
+      const st = fs.lstatSync(this.dir);
+      return st.isDirectory() && st.uid === (process.getuid?.() ?? st.uid) && (st.mode & 0o022) === 0;
+    } catch {
+      return false;
+    }
+  }
+
+  /** This QEMU's record as written (format 1), or null (also when the folder is not trusted). */
   private load(pid: number, startTime: number): (GuestMemoryRecord & { vmId: string }) | null {
+    if (!this.trusted()) return null;
     try {
       const doc = JSON.parse(fs.readFileSync(this.file(pid, startTime), 'utf8')) as GuestMemoryRecord & { v?: number; vmId?: unknown };
       return doc.v === 1 && typeof doc.vmId === 'string' ? (doc as GuestMemoryRecord & { vmId: string }) : null;
