@@ -20,12 +20,17 @@ import type { ElasticmemError } from '../native/errors.ts';
 
 const MiB = 2 ** 20;
 
-test('records: written and read per process and VM, records of ended processes swept', (t) => {
+/** Records in a fresh folder, one record to write, and this process's start time. */
+function freshRecords(t: { teardown(fn: () => void): void }) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-records-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const recs = new MemoryRecords(path.join(dir, 'memory'));
   const rec: GuestMemoryRecord = { regions: [{ name: 'pc.ram', start: '0x7f0000000000', length: 256 * MiB, kind: 'memfd' }], guestRamBytes: 256 * MiB, memoryDevices: [] };
-  const me = startTimeOf(process.pid)!;
+  return { dir, recs, rec, me: startTimeOf(process.pid)! };
+}
+
+test('records: written and read per process and VM, records of ended processes swept', (t) => {
+  const { dir, recs, rec, me } = freshRecords(t);
   t.is(recs.read(process.pid, me, 'vm-a'), null, 'none yet');
   recs.write(process.pid, me, 'vm-a', rec);
   t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec);
@@ -42,11 +47,7 @@ test('records: written and read per process and VM, records of ended processes s
 });
 
 test('records in a folder another user could write are not believed (a take-over then asks QEMU)', (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'em-records-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const recs = new MemoryRecords(path.join(dir, 'memory'));
-  const rec: GuestMemoryRecord = { regions: [{ name: 'pc.ram', start: '0x7f0000000000', length: 256 * MiB, kind: 'memfd' }], guestRamBytes: 256 * MiB, memoryDevices: [] };
-  const me = startTimeOf(process.pid)!;
+  const { dir, recs, rec, me } = freshRecords(t);
   recs.write(process.pid, me, 'vm-a', rec);
   t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec);
   fs.chmodSync(path.join(dir, 'memory'), 0o777);
