@@ -206,7 +206,7 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
 }
 
 PagerEvent error_event(const std::string& what, const std::exception& e) {
-  PagerEvent ev{"error", what + e.what(), {}, 0, 0};
+  PagerEvent ev{"error", what + ": " + e.what(), {}, 0, 0};
   if (auto* em = dynamic_cast<const Error*>(&e)) {
     ev.err = em->err();
     ev.syscall = em->syscall();
@@ -367,7 +367,7 @@ void Pager::add_regions(const std::vector<RegionConfig>& more) {
     try {
       scan_resident(regions_[slot], present);
     } catch (const Error& e) {  // the region is in service; only pages QEMU wrote before it was registered stay untracked
-      emit(error_event("hot-added region: ", e));
+      emit(error_event("hot-added region", e));
       present.assign(r.npages, 0);
     }
     uint64_t adopted = 0;
@@ -531,7 +531,7 @@ void Pager::wake_deferred() {
     try {
       uffd_wake(cfg_.uffd, addr_of(idx), kPageSize);
     } catch (const std::exception& e) {
-      report_throttled(error_event("waking a fault that waited on an eviction: ", e));
+      report_throttled(error_event("waking a fault that waited on an eviction", e));
     }
   }
 }
@@ -588,7 +588,7 @@ bool Pager::put_or_report(std::vector<uint64_t>& keys, std::vector<uint32_t>& ve
   try {
     return store_put(keys, vers, data);
   } catch (const std::exception& e) {
-    report_throttled(error_event("storing evicted pages failed; they stay in the guest: ", e));
+    report_throttled(error_event("storing evicted pages failed; they stay in the guest", e));
     return false;
   }
 }
@@ -721,7 +721,7 @@ void Pager::detach() {
     try {
       close_target_fd(cfg_.pid, tpipe_.target_write_fd);
     } catch (const Error& e) {
-      emit(error_event("detach: the eviction pipe stays open inside the target: ", e));
+      emit(error_event("detach: the eviction pipe stays open inside the target", e));
     }
     tpipe_.target_write_fd = -1;
   }

@@ -81,8 +81,9 @@ struct PagerEvent {
   std::string syscall;  // error: which one
 };
 
-// An "error" event: `what` went wrong because of `e`; an em::Error's errno and system
-// call go with it to TypeScript.
+// An "error" event, "what: why": `what` went wrong because of `e` (an em::Error's errno
+// and system call go with it to TypeScript), or because system call `syscall` failed
+// with `err`.
 PagerEvent error_event(const std::string& what, const std::exception& e);
 PagerEvent error_event(const std::string& what, int err, const char* syscall);
 

@@ -111,12 +111,12 @@ std::vector<uint8_t> Pager::drop_or_probe(const std::vector<uint32_t>& sorted, R
     drop_pages(sorted, stopped);
     return std::vector<uint8_t>(sorted.size(), 1);
   } catch (const std::exception& e) {
-    emit(error_event("dropping evicted pages failed: ", e));
+    emit(error_event("dropping evicted pages failed", e));
   }
   try {
     return probe_gone(sorted);
   } catch (const std::exception& pe) {
-    emit(error_event("after a failed drop: ", pe));
+    emit(error_event("after a failed drop", pe));
   }
   // Neither the drop nor the check worked. Dropping again is harmless (a punch or
   // DONTNEED of a page already gone does nothing), so try a few more times.
@@ -260,7 +260,7 @@ size_t Pager::evict_batch(size_t want) {
     }
   } catch (const Error& e) {
     stored = false;
-    emit(error_event("eviction copy-out failed: ", e));
+    emit(error_event("eviction copy-out failed", e));
   }
   if (stored && !put_keys.empty()) {
     // pack the non-zero pages to the front of buf (no copy at all when none is zero)
@@ -494,7 +494,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   } catch (const Error& e) {
     // Nothing spliced: step 2 puts every victim back, the next batch tries again.
     splice_ok = false;
-    emit(error_event("eviction: ", e));
+    emit(error_event("eviction", e));
   }
   // 0. Private pages a write would be copied out of (the zero page, KSM or shared pages:
   // copied_on_write) cannot rely on the pipe: they are write-protected first, as in
@@ -512,7 +512,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         });
       } catch (const Error& e) {
         splice_ok = false;
-        emit(error_event("eviction copy-out failed: ", e));
+        emit(error_event("eviction copy-out failed", e));
       }
     }
   }
@@ -543,7 +543,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     }
   } catch (const Error& e) {
     splice_ok = false;
-    emit(error_event("eviction copy-out failed: ", e));
+    emit(error_event("eviction copy-out failed", e));
   }
   std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
   auto read_exact = [&](int fd, uint8_t* dst, size_t bytes) {
@@ -589,7 +589,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     }
   }
   if (!splice_ok) {
-    try { read_pipe(); } catch (const Error& e) { emit(error_event("eviction: ", e)); }
+    try { read_pipe(); } catch (const Error& e) { emit(error_event("eviction", e)); }
     if (drop.empty()) return 0;
   }
   // TEST ONLY (test_skip_wp): read before the punch, as a copy-out without protection
@@ -612,7 +612,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
       read_pipe();
     } catch (const Error& e) {
       have_data = false;
-      emit(error_event("eviction: ", e));
+      emit(error_event("eviction", e));
     }
   }
   // 4. store the dirty pages that left, not zero, not discarded: packed to the front of
@@ -663,7 +663,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         CopyResult cr = uffd_copy(cfg_.uffd, addr_of(drop[i]), buf.get() + put_slot[i] * kPageSize, kPageSize, false, false, &copied);
         if (copied == kPageSize || cr == CopyResult::kExists) back[i] = kBack;
       } catch (const Error& e) {
-        report_throttled(error_event("putting back a page the store did not take: ", e));
+        report_throttled(error_event("putting back a page the store did not take", e));
       }
     }
   // 5b. commit: remote / absent / back in the guest.
@@ -772,7 +772,7 @@ void Pager::evict_loop() {
       try {
         retry_lost();
       } catch (const std::exception& e) {
-        report_throttled(error_event("asking the store again for lost pages failed: ", e));
+        report_throttled(error_event("asking the store again for lost pages failed", e));
       }
     }
     if (stop_ || evict_stop_ || draining_ || resident_ <= high_watermark()) continue;
@@ -796,7 +796,7 @@ void Pager::evict_loop() {
       try {
         got = evict_batch(want);
       } catch (const std::exception& e) {
-        report_throttled(error_event("eviction failed: ", e));
+        report_throttled(error_event("eviction failed", e));
       }
       done += got;
       if (got) evict_batches_++;

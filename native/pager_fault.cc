@@ -268,13 +268,13 @@ void Pager::fault_loop() {
       // meanwhile meets EEXIST and its thread is woken), REMOVE events not yet applied
       // are applied first, and threads of discarded ranges are woken now.
       requeue_round(msgs, n, next_msg, retrying, removed);
-      report_throttled(error_event("fault handling failed (retrying): ", e));
+      report_throttled(error_event("fault handling failed (retrying)", e));
       // Pages already discarded in this round: their stored copies still go (and the
       // evictor may take them again either way).
       try {
         discard_stored(dels);
       } catch (const std::exception& e2) {
-        report_throttled(error_event("deleting discarded pages' stored copies failed: ", e2));
+        report_throttled(error_event("deleting discarded pages' stored copies failed", e2));
       }
     }
     uint64_t dt = now_us() - t0;
