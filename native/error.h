@@ -22,6 +22,10 @@ class Error : public std::runtime_error {
   std::string syscall_;
 };
 
+// The errno a caught exception carries: an em::Error's, or a std::system_error's (thread
+// creation, ...) when its code is an errno; else 0. (For errors sent on to TypeScript.)
+int errno_of(const std::exception& e);
+
 // Throw for a failed syscall, capturing errno now: "what: syscall: strerror (errno N)".
 [[noreturn]] void throw_sys(const std::string& syscall, const std::string& what, int err = errno);
 

@@ -36,7 +36,7 @@ Napi::Value Guard(const Napi::CallbackInfo& info, const std::function<Napi::Valu
     throw MakeError(info.Env(), e.code(), e.what(), e.err(), e.syscall());
   } catch (const std::system_error& e) {
     // std::thread and friends: the errno is in the error code (e.g. EAGAIN: no thread)
-    throw MakeError(info.Env(), "EM_SYSTEM", e.what(), e.code().category() == std::generic_category() || e.code().category() == std::system_category() ? e.code().value() : 0);
+    throw MakeError(info.Env(), "EM_SYSTEM", e.what(), errno_of(e));
   } catch (const std::exception& e) {
     throw MakeError(info.Env(), "EM_INTERNAL", e.what());
   }

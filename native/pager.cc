@@ -207,10 +207,8 @@ void Pager::settle_events_then(const std::string& what, const std::function<bool
 
 PagerEvent error_event(const std::string& what, const std::exception& e) {
   PagerEvent ev{"error", what + ": " + e.what(), {}, 0, 0};
-  if (auto* em = dynamic_cast<const Error*>(&e)) {
-    ev.err = em->err();
-    ev.syscall = em->syscall();
-  }
+  ev.err = errno_of(e);
+  if (auto* em = dynamic_cast<const Error*>(&e)) ev.syscall = em->syscall();
   return ev;
 }
 

@@ -493,7 +493,7 @@ Napi::Value PagerDetach(const Napi::CallbackInfo& info) {
       } catch (const Error& e) {
         res->code = e.code(); res->message = e.what(); res->err = e.err(); res->syscall = e.syscall();
       } catch (const std::exception& e) {
-        res->code = "EM_INTERNAL"; res->message = e.what();
+        res->code = "EM_INTERNAL"; res->message = e.what(); res->err = errno_of(e);
       }
       done->post(res, [h](Napi::Env env, Napi::Function fn, DetachResult* r) {
         std::unique_ptr<DetachResult> own(r);

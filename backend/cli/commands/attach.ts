@@ -3,9 +3,7 @@ import { call } from '../client.ts';
 import { parse, printJson, UsageError, SOCKET_OPT, type Command, JSON_HELP, SOCKET_HELP } from '../command.ts';
 import { vmArg } from '../vm-arg.ts';
 import { formatSize, parseSize } from '../../size.ts';
-import { parseStoreUri } from '../../../kvstore/uri.ts';
-import { loadKeyFile } from '../../../kvstore/envelope.ts';
-import { checkCaFile, optionMisfit } from '../../daemon/store-setup.ts';
+import { checkStoreOptions } from '../store-options.ts';
 
 /** " (pages encrypted at rest; compressed)" or nothing. */
 function storeNotes(r: Record<string, unknown>): string {
@@ -71,23 +69,13 @@ const cmd: Command = {
       parseSize(values.local, '--local');
       req.local = values.local;
     }
-    if (values.store !== undefined) {
-      parseStoreUri(values.store);
-      const misfit = optionMisfit(values.store, { keyFile: values['store-key'], tlsCaFile: values['tls-ca'] });
-      if (misfit) throw new UsageError(misfit);
-      req.store = values.store;
-    }
-    if (values['store-key'] !== undefined) {
-      loadKeyFile(values['store-key']);
-      // The daemon runs elsewhere: it gets the key file's absolute path, never the key.
-      req.storeKey = path.resolve(values['store-key']);
-    }
+    await checkStoreOptions({ store: values.store, keyFile: values['store-key'], tlsCaFile: values['tls-ca'] });
+    if (values.store !== undefined) req.store = values.store;
+    // The daemon runs elsewhere: it gets the key and CA files' absolute paths, never the key.
+    if (values['store-key'] !== undefined) req.storeKey = path.resolve(values['store-key']);
     if (values.compress && values['no-compress']) throw new UsageError('--compress and --no-compress contradict each other: give one');
     if (values.compress || values['no-compress']) req.compress = !!values.compress;
-    if (values['tls-ca'] !== undefined) {
-      checkCaFile(values['tls-ca']);
-      req.tlsCa = path.resolve(values['tls-ca']);
-    }
+    if (values['tls-ca'] !== undefined) req.tlsCa = path.resolve(values['tls-ca']);
     const r = (await call('attach', req, { socket: values.socket })) as Record<string, unknown>;
     if (values.json) printJson(r);
     else {

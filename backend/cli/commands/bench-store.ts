@@ -5,9 +5,8 @@
  */
 import { parse, printJson, UsageError, type Command } from '../command.ts';
 import { progressBar } from '../render.ts';
-import { parseStoreUri } from '../../../kvstore/index.ts';
 import { runStoreBench, BATCH_SIZES, type StoreBenchResult } from '../../bench/store-bench.ts';
-import { checkCaFile, checkKeyFile, optionMisfit } from '../../daemon/store-setup.ts';
+import { checkStoreOptions } from '../store-options.ts';
 
 const usage = `usage: elasticmem bench store --store URI [--json] [--store-key FILE] [--tls-ca FILE] [--compress] [--seconds S]
 
@@ -72,13 +71,9 @@ const cmd: Command = {
     const { values, help } = parse('bench store', args, OPTIONS, { min: 0, max: 0, names: '' });
     if (help) { process.stdout.write(usage); return 0; }
     if (!values.store) throw new UsageError('bench store: --store URI is required, e.g. --store redis://127.0.0.1:6379');
-    parseStoreUri(values.store); // BAD_STORE_URI before anything else
-    // The same refusals as attach: a key or CA the store cannot use would be measured as
-    // silently ignored, an unreadable one would only fail after connecting.
-    const misfit = optionMisfit(values.store, { keyFile: values['store-key'], tlsCaFile: values['tls-ca'] });
-    if (misfit) throw new UsageError(`bench store: ${misfit}`);
-    if (values['store-key'] !== undefined) await checkKeyFile(values['store-key']);
-    if (values['tls-ca'] !== undefined) checkCaFile(values['tls-ca']);
+    // The same refusals as attach, before connecting: a key or CA the store cannot use
+    // would be measured as silently ignored, an unreadable one would fail only later.
+    await checkStoreOptions({ store: values.store, keyFile: values['store-key'], tlsCaFile: values['tls-ca'] }, 'bench store: ');
     let seconds: number | undefined;
     if (values.seconds !== undefined) {
       seconds = Number(values.seconds);
