@@ -32,8 +32,10 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
   t.teardown(() => fs.rmSync(storeDir, { recursive: true, force: true }));
   const fileUri = `file://${storeDir}`;
-  const [dom, d1] = await Promise.all([
+  const [dom, other, d1] = await Promise.all([
     bootDomain(t, { memMiB: 256, maxMemMiB: 384, template: 'memfd', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 31, passes: 0, pauseMs: 100 } }),
+    // (a second VM, attached in step 3 while the first one's take-over is in progress)
+    bootDomain(t, { memMiB: 160, template: 'private', workload: { sizeMiB: 32, pattern: 'seq', write: 0, seed: 1, passes: 0, pauseMs: 1000 } }),
     startDaemon(t),
   ]);
   const con = dom.console;
@@ -91,12 +93,13 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
 
   // 3. Again, and the take-over fails (its store cannot be opened): the VM is listed as
   // waiting, kept in the state file, its pages are not deleted by a detach, and an
-  // attach without options retries the take-over with the saved store.
+  // attach without options retries the take-over with the saved store. Each take-over
+  // is held for a while (a TEST-ONLY setting) to look at the state file meanwhile.
   await d3.kill9();
   const aside = `${storeDir}.aside`;
   fs.renameSync(storeDir, aside);
   fs.writeFileSync(storeDir, 'not a store');
-  const d4 = await d3.restart();
+  const d4 = await d3.restart({ EM_TEST_TAKEOVER_PAUSE_MS: '6000' });
   await d4.waitLog(new RegExp(`\\[${dom.name}\\] re-attach failed: `), 30_000);
   const listed = JSON.parse((await d4.cli('list', '--json')).stdout).vms;
   t.is(listed.length, 1);
@@ -108,13 +111,25 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.true(holdsUffd(dom.pid), 'still waiting on its userfaultfd');
   fs.rmSync(storeDir);
   fs.renameSync(aside, storeDir);
-  const retry = await d4.cli('attach', dom.name, '--json');
+  let retryDone = false;
+  const retrying = d4.cli('attach', dom.name, '--json').finally(() => { retryDone = true; });
+  await d4.waitLog(new RegExp(`take-over held[^]*\\[${dom.name}\\] take-over held`));
+  // Another VM's attach writes the state file while the take-over is in progress: the
+  // VM being taken over stays in it (a daemon killed now leaves it to the next one).
+  const b = await d4.cli('attach', other.name, '--local', '64M');
+  t.is(b.code, 0, b.stderr);
+  t.false(retryDone, 'the second attach finished while the take-over was held');
+  const during = fs.readFileSync(d4.state, 'utf8');
+  t.regex(during, new RegExp(other.uuid), 'the state file was written by the second attach');
+  t.regex(during, new RegExp(dom.uuid), 'the VM being taken over stays in the state file');
+  const retry = await retrying;
   t.is(retry.code, 0, retry.stderr);
   t.true(JSON.parse(retry.stdout).tookOver);
   t.is(JSON.parse(retry.stdout).localBytes, 64 << 20, 'the saved cap');
   await progresses(con, d4, dom.name, 3);
 
   // Detach leaves the VM whole.
+  t.is((await d4.cli('detach', other.name)).code, 0);
   const det = await d4.cli('detach', dom.name);
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(dom.pid));

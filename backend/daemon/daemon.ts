@@ -45,6 +45,11 @@ const STOP_INFLIGHT_MS = 60_000;
 const STOP_DRAIN_STALL_MS = Number(process.env.EM_STOP_DRAIN_STALL_MS) > 0 ? Number(process.env.EM_STOP_DRAIN_STALL_MS) : 60_000;
 /** After stop: if something still holds the event loop this long, say what, and exit anyway. */
 const EXIT_WATCHDOG_MS = 3000;
+/**
+ * TEST-ONLY: hold each take-over this long before it starts, so that a test can look
+ * at the state file while one is in progress (test/vm-restart.test.ts). 0 in use.
+ */
+const TEST_TAKEOVER_PAUSE_MS = Math.max(0, Number(process.env.EM_TEST_TAKEOVER_PAUSE_MS) || 0);
 
 export class Daemon {
   private sessions = new Map<string, Session>();
@@ -155,7 +160,7 @@ export class Daemon {
    * config says: a take-over of a VM attached without). expect: the take-over of a
    * state-file entry must find that very QEMU.
    */
-  async attach(spec: string, local: string | undefined, storeArgs: StoreArgs, expect?: { vmId: string; pid: number }): Promise<unknown> {
+  async attach(spec: string, local: string | undefined, storeArgs: StoreArgs, expect?: { vmId: string; pid: number; replacing: Session }): Promise<unknown> {
     // Validate everything that needs no VM first: bad input changes nothing.
     const localArg = local !== undefined ? parseSize(local, '--local') : undefined;
     if (storeArgs.uri !== undefined) parseStoreUri(storeArgs.uri);
@@ -181,7 +186,7 @@ export class Daemon {
     if (existing && (existing.state === 'crashed' || existing.state === 'orphaned')) {
       throw new ElasticmemError(`VM '${existing.name}' has pages kept from an earlier QEMU that ended (${existing.state}); delete them first with: elasticmem detach ${existing.target.spec}`, 'ALREADY_ATTACHED');
     }
-    if (existing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeShown}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
+    if (existing && existing !== expect?.replacing) throw new ElasticmemError(`VM '${existing.name}' is already attached (store ${existing.storeShown}, local ${formatSize(existing.capBytes)}); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
     if (this.attaching.has(spec)) throw new ElasticmemError(`VM '${spec}' is being attached right now`, 'ALREADY_ATTACHED');
     this.attaching.add(spec);
     try {
@@ -192,9 +197,10 @@ export class Daemon {
         throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
       }
       // (same process: pid and start time; a crashed entry's pid may belong to a new QEMU by now)
-      const dup = [...this.sessions.values()].find((s) => s.vmId === target.vmId || (s.target.pid === target.pid && s.target.startTime === target.startTime));
+      // (the waiting entry a take-over replaces aside)
+      const dup = [...this.sessions.values()].find((s) => s !== expect?.replacing && (s.vmId === target.vmId || (s.target.pid === target.pid && s.target.startTime === target.startTime)));
       if (dup) throw new ElasticmemError(`VM '${target.name}' is already attached (as '${dup.name}'); use resize to change the cap, or detach first`, 'ALREADY_ATTACHED');
-      const live = [...this.sessions.values()].filter((s) => s.state !== 'crashed' && s.state !== 'orphaned').length;
+      const live = [...this.sessions.values()].filter((s) => s !== expect?.replacing && s.state !== 'crashed' && s.state !== 'orphaned').length;
       if (live >= this.config.limits.maxVms) throw new ElasticmemError(`${live} VMs are attached, the limit is ${this.config.limits.maxVms} (limits.maxVms in the config)`, 'TOO_MANY_VMS');
       // Per-VM settings from the config, under whichever name the operator used there.
       const override = this.config.vms[spec] ?? this.config.vms[target.name] ?? this.config.vms[target.vmId];
@@ -224,7 +230,7 @@ export class Daemon {
       }
       const memory = session.memory;
       session.state = 'attached';
-      this.sessions.set(target.vmId, session);
+      this.sessions.set(target.vmId, session);  // (a take-over: in place of its waiting entry)
       this.wire(session);
       this.saveState();
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
@@ -321,13 +327,22 @@ export class Daemon {
    * unless told otherwise; on failure it stays waiting, with the reason.
    */
   private async takeOver(w: Session, spec: string, local?: string, storeArgs: StoreArgs = {}): Promise<unknown> {
-    this.sessions.delete(w.vmId);
+    // The waiting entry stays in the map (so in every state file written meanwhile, by
+    // other VMs' requests) until the attach replaces it: a daemon killed during a
+    // take-over must leave the VM listed for the next one.
+    if (w.takingOver) throw new ElasticmemError(`VM '${w.name}' is being taken over right now`, 'ALREADY_ATTACHED');
+    w.takingOver = true;
     try {
-      return await this.attach(spec, local ?? String(w.capBytes), takeOverArgs(w.storeSetup, storeArgs), { vmId: w.vmId, pid: w.target.pid });
+      if (TEST_TAKEOVER_PAUSE_MS > 0) {
+        log(w.name, 'take-over held', `${TEST_TAKEOVER_PAUSE_MS} ms (EM_TEST_TAKEOVER_PAUSE_MS, for tests)`);
+        await new Promise((r) => setTimeout(r, TEST_TAKEOVER_PAUSE_MS));
+      }
+      return await this.attach(spec, local ?? String(w.capBytes), takeOverArgs(w.storeSetup, storeArgs), { vmId: w.vmId, pid: w.target.pid, replacing: w });
     } catch (e) {
       w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
-      if (!this.sessions.has(w.vmId)) this.sessions.set(w.vmId, w);
       throw e;
+    } finally {
+      w.takingOver = false;
     }
   }
 

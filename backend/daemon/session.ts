@@ -43,6 +43,8 @@ export class Session {
   recordText = '';
   /** Taken over from that record, without asking QEMU. */
   memoryRecorded = false;
+  /** A waiting VM whose take-over is in progress (one at a time). */
+  takingOver = false;
 
   /** The store URI as shown (CLI, --json, stats, logs): the password masked. */
   readonly storeShown: string;

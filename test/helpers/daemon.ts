@@ -57,8 +57,8 @@ export interface DaemonHandle {
   waitLog(re: RegExp, timeoutMs?: number): Promise<RegExpMatchArray>;
   kill9(): Promise<void>;
   stop(): Promise<number | null>;
-  /** Start a new daemon process on the same socket, state and config. */
-  restart(): Promise<DaemonHandle>;
+  /** Start a new daemon process on the same socket, state and config (and environment, unless given). */
+  restart(env?: Record<string, string>): Promise<DaemonHandle>;
 }
 
 function waitSocket(sock: string, proc: ChildProcess, logs: () => string, timeoutMs: number): Promise<void> {
@@ -126,9 +126,9 @@ export async function startDaemon(t: TeardownContext, o: { config?: string; dir?
       proc.kill('SIGTERM');
       return exited;
     },
-    async restart() {
+    async restart(env = o.env) {
       owned = false;
-      const next = await startDaemon(t, { config: o.config, dir, extraArgs: o.extraArgs, removeDir: true, env: o.env });
+      const next = await startDaemon(t, { config: o.config, dir, extraArgs: o.extraArgs, removeDir: true, env });
       return next;
     },
   };
