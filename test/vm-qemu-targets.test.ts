@@ -5,8 +5,9 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { bootQemu, qmpCommand } from './helpers/qemu.ts';
+import { bootQemu } from './helpers/qemu.ts';
 import { startDaemon, holdsUffd, BIN } from './helpers/daemon.ts';
+import { QmpClient } from '../backend/targets/qmp.ts';
 
 /** Collect `n` JSON lines of `stats --watch --json`, then stop it as Ctrl-C would. */
 function watchSamples(socket: string, vm: string, n: number): Promise<Record<string, any>[]> {
@@ -82,11 +83,20 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   await p.console.waitForMemTotal(withVmem + 120 * 1024, 60_000);
 
   // A DIMM added behind the daemon's back, straight on QEMU's QMP socket (no libvirt
-  // event exists for it): the daemon sees the new mapping and pages its RAM block.
+  // event exists for it): the daemon sees the new mapping and pages its RAM block. The
+  // client that adds it keeps QEMU's one QMP connection a while: the daemon's first
+  // try to learn the new RAM block times out, and it tries again by itself.
   const qPages = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
   const qMem = q.console.memTotalKb!;
-  await qmpCommand(q.qmpPath, 'object-add', { 'qom-type': 'memory-backend-memfd', id: 'side-mem', size: 128 * 2 ** 20, share: true });
-  await qmpCommand(q.qmpPath, 'device_add', { driver: 'pc-dimm', id: 'side', memdev: 'side-mem' });
+  const side = await QmpClient.connect(q.qmpPath);
+  try {
+    await side.execute('object-add', { 'qom-type': 'memory-backend-memfd', id: 'side-mem', size: 128 * 2 ** 20, share: true });
+    await side.execute('device_add', { driver: 'pc-dimm', id: 'side', memdev: 'side-mem' });
+    await d.waitLog(/\] error: after QEMU mapped new memory: .*no greeting.*; trying again in 2 s/, 30_000);
+  } finally {
+    side.close();
+  }
+  t.is(JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages, qPages, 'not paged while QMP was taken');
   let qNow = qPages;
   for (const end = Date.now() + 20_000; qNow === qPages && Date.now() < end;) {
     await new Promise((r) => setTimeout(r, 250));

@@ -236,7 +236,7 @@ export class Daemon {
       log(target.name, left ? 'attached (took over the userfaultfd left by a previous daemon)' : 'attached',
         `pid ${target.pid}, ${memory.regions.length} RAM blocks${session.memoryRecorded ? ' as recorded by the previous daemon' : ''} (${describeBlocks(memory.regions)}), local ${formatSize(capBytes)} of ${formatSize(memory.guestRamBytes)}, store ${session.storeShown}${describeOptions(setup)}`);
       // Taken over from the record: QEMU may have gained RAM while no daemon watched.
-      if (left && session.memoryRecorded) pageAddedRam(this.growth, session, 'found after the take-over', 'the take-over');
+      if (left && session.memoryRecorded) void pageAddedRam(this.growth, session, 'found after the take-over', 'the take-over');
       return { ...session.summary(), tookOver: left, regions: memory.regions.map((r) => ({ name: r.name, bytes: r.length, kind: r.kind })) };
     } finally {
       this.attaching.delete(spec);
@@ -349,7 +349,7 @@ export class Daemon {
   /** A device was added to a libvirt domain behind our back: page its RAM if it has any. */
   private onDeviceAdded(ev: LifecycleEvent): void {
     const s = [...this.sessions.values()].find((x) => x.target.kind === 'libvirt' && x.name === ev.domain);
-    if (s) pageAddedRam(this.growth, s, ev.event, `device ${ev.event} was added`);
+    if (s) void pageAddedRam(this.growth, s, ev.event, `device ${ev.event} was added`);
   }
 
   async detach(spec: string, ctx: RequestContext): Promise<unknown> {

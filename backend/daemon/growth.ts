@@ -131,36 +131,64 @@ async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise
   return fresh;
 }
 
+/** Back-off between tries to page RAM found by ram-watch.ts: doubling, from and up to. */
+const RAM_RETRY_FIRST_MS = 2000;
+const RAM_RETRY_MAX_MS = 60_000;
+
 /**
  * A pid:/qmp: QEMU has no event stream the daemon can hold (ram-watch.ts): a new
  * large mapping outside the paged RAM is the sign of a DIMM added behind our back.
+ * Handled once paged (or found not to be RAM); a try that failed for a reason that may
+ * pass (QMP busy with another client) is repeated, backing off, so the DIMM does not
+ * stay outside the cap after one bad moment.
  */
 export function checkRamMappings(host: GrowthHost, s: Session): void {
-  if (s.target.kind === 'libvirt' || s.state !== 'attached' || !s.pager || !s.memory) return;
+  const w = s.ramWatch;
+  if (s.target.kind === 'libvirt' || s.state !== 'attached' || !s.pager || !s.memory || w.busy || Date.now() < w.retryAt) return;
   let now: string;
   try {
     now = unpagedLargeMappings(s.target.pid, s.memory.regions);
   } catch {
     return;  // QEMU is gone: its exit is handled on its own
   }
-  if (now === s.unpagedMappings) return;
-  s.unpagedMappings = now;
-  if (now) pageAddedRam(host, s, 'QEMU mapped new memory', 'QEMU mapped new memory');
+  if (now === w.seen) return;
+  if (!now) { w.seen = now; return; }
+  w.busy = true;
+  const backoff = Math.min(RAM_RETRY_MAX_MS, w.backoffMs ? w.backoffMs * 2 : RAM_RETRY_FIRST_MS);
+  void pageAddedRam(host, s, 'QEMU mapped new memory', 'QEMU mapped new memory', backoff).then((done) => {
+    if (done) {
+      // (what is still outside the paged RAM now: not RAM, e.g. TCG's code buffer)
+      try { w.seen = unpagedLargeMappings(s.target.pid, s.memory!.regions); } catch { w.seen = now; }
+      w.backoffMs = 0; w.retryAt = 0;
+    } else {
+      w.backoffMs = backoff;
+      w.retryAt = Date.now() + backoff;
+    }
+  }).finally(() => { w.busy = false; });
 }
+
+/** Errors after which paging new RAM is not tried again by itself: retrying cannot help. */
+const FINAL_GROWTH_ERRORS = new Set(['RAM_CHANGED']);
 
 /**
  * Put RAM blocks added behind our back under the VM's pager (same cap), and say so:
- * `source` heads the log line, `after` names the cause in an error.
+ * `source` heads the log line, `after` names the cause in an error. Resolves true when
+ * handled (paged, nothing new, or an error retrying cannot mend), false when a retry
+ * may succeed (the caller's, in `retryInMs`, said in the log line).
  */
-export function pageAddedRam(host: GrowthHost, s: Session, source: string, after: string): void {
-  if (host.closing()) return;
-  void s.serial(async () => {
-    if (s.state !== 'attached' || !s.pager) return;
+export function pageAddedRam(host: GrowthHost, s: Session, source: string, after: string, retryInMs?: number): Promise<boolean> {
+  if (host.closing()) return Promise.resolve(true);
+  return s.serial(async () => {
+    if (s.state !== 'attached' || !s.pager) return true;
     try {
       const fresh = await pageNewRam(host, s, s.target as Target);
       if (fresh.length) log(s.name, 'memory added', `${source}: ${describeBlocks(fresh)} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+      return true;
     } catch (e) {
-      log(s.name, 'error', `after ${after}: ${s.scrub((e as Error).message)}`);
+      const final = FINAL_GROWTH_ERRORS.has((e as ElasticmemError).code);
+      const again = retryInMs !== undefined && !final ? `; trying again in ${Math.round(retryInMs / 1000)} s` : '';
+      log(s.name, 'error', `after ${after}: ${s.scrub((e as Error).message)}${again}`);
+      return final;
     }
-  }).catch(() => undefined);
+  }).catch(() => true);
 }

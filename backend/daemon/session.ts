@@ -35,10 +35,11 @@ export class Session {
    */
   ended = false;
   /**
-   * Large mappings of QEMU outside the paged RAM at the last look (ram-watch.ts): a
-   * pid:/qmp: VM's RAM is re-discovered when this changes.
+   * ram-watch.ts, for a pid:/qmp: VM: `seen`, the large mappings of QEMU outside the
+   * paged RAM as last handled (its RAM is re-discovered when they change); a paging of
+   * new RAM that failed (QMP busy) is tried again from `retryAt`, backing off.
    */
-  unpagedMappings = '';
+  ramWatch = { seen: '', busy: false, retryAt: 0, backoffMs: 0 };
   /** The record of its RAM blocks last written (memory-records.ts). */
   recordText = '';
   /** Taken over from that record, without asking QEMU. */
