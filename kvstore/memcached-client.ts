@@ -13,6 +13,7 @@
  */
 import net from 'node:net';
 import { ElasticmemError, unavailable } from './errors.ts';
+import { HeldRequests } from './held-requests.ts';
 import type { NetTimeouts } from './raw.ts';
 import { arenaOnRead } from './read-arena.ts';
 
@@ -44,6 +45,8 @@ export class McConn {
   private sock: net.Socket | null = null;
   private connecting: Promise<net.Socket> | null = null;
   private queue: Batch[] = [];
+  /** Sent once the timed-out batches at the head of `queue` are answered. */
+  private readonly held = new HeldRequests();
   private buf: Buffer = EMPTY;
   private opaque = 1;
   private closed = false;
@@ -147,8 +150,14 @@ export class McConn {
     return new ElasticmemError(`${this.where}: ${op} failed with status 0x${status.toString(16)}`, 'STORE_ERROR');
   }
 
-  private async send(req: Buffer, noop: number, onReply: Batch['onReply']): Promise<void> {
+  private async send(req: Buffer, noop: number, onReply: Batch['onReply'], timeoutMs = this.t.opTimeoutMs): Promise<void> {
     if (this.closed) throw new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED');
+    if (this.sock && (this.held.size > 0 || this.queue[0]?.abandoned)) {
+      // Wedged (held-requests.ts): sent once the server answers again.
+      return new Promise<void>((resolve, reject) => this.held.hold(this.t.opTimeoutMs,
+        (msLeft) => { this.send(req, noop, onReply, msLeft).then(resolve, reject); },
+        reject, () => unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms (still answering older requests; this one was not sent)`)));
+    }
     const sock = this.sock ?? (await this.connect());
     return new Promise<void>((resolve, reject) => {
       // On timeout the batch is rejected but stays queued, and the connection is kept:
@@ -160,7 +169,7 @@ export class McConn {
         timer: setTimeout(() => {
           b.abandoned = true;
           reject(unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms`));
-        }, this.t.opTimeoutMs),
+        }, timeoutMs),
       };
       this.queue.push(b);
       sock.write(req);
@@ -206,6 +215,7 @@ export class McConn {
     if (s) s.destroy();
     const q = this.queue;
     this.queue = [];
+    this.held.failAll(e);
     for (const b of q) { clearTimeout(b.timer); if (!b.abandoned) b.reject(e); }
   }
 
@@ -249,6 +259,7 @@ export class McConn {
       o += HDR + body;
       if (opcode === OP_NOOP && opaque === head.noop) {
         this.queue.shift();
+        if (this.held.size > 0 && !this.queue[0]?.abandoned) this.held.release();
         clearTimeout(head.timer);
         if (!head.abandoned) head.resolve();
       } else if (!head.abandoned) {

@@ -18,6 +18,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { ElasticmemError, unavailable, describe } from './errors.ts';
+import { HeldRequests } from './held-requests.ts';
 import type { NetTimeouts } from './raw.ts';
 import { arenaOnRead } from './read-arena.ts';
 
@@ -295,6 +296,8 @@ export class RespClient {
   private readonly parser = new RespParser((v) => this.onReply(v));
   private frame: Buffer = Buffer.allocUnsafe(64 * 1024);
   private frameFree = true;
+  /** Sent once the timed-out commands at the head of `queue` are answered. */
+  private readonly held = new HeldRequests();
 
   constructor(readonly o: RespOptions, private readonly t: NetTimeouts) {}
 
@@ -313,6 +316,13 @@ export class RespClient {
   send(args: readonly RespArg[]): Promise<RespValue> {
     if (this.closed) return Promise.reject(new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED'));
     const sock = this.sock;
+    if (sock && (this.held.size > 0 || this.queue[this.head]?.abandoned)) {
+      // Wedged (held-requests.ts): encoded now, sent once the server answers again.
+      const frame = encodeCommand(args);
+      return new Promise<RespValue>((resolve, reject) => this.held.hold(this.t.opTimeoutMs,
+        (msLeft) => { if (this.sock) this.enqueue(this.sock, frame, msLeft).then(resolve, reject); else reject(unavailable(`${this.where}: the connection was lost`)); },
+        reject, () => unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms (still answering older requests; this one was not sent)`)));
+    }
     if (sock && this.frameFree) {
       // Encode into the reusable frame: fewer large allocations, less GC per batch.
       const frame = encodeCommand(args, this.frame);
@@ -340,14 +350,14 @@ export class RespClient {
     this.drop(new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED'));
   }
 
-  private enqueue(sock: net.Socket, frame: Buffer): Promise<RespValue> {
+  private enqueue(sock: net.Socket, frame: Buffer, timeoutMs = this.t.opTimeoutMs): Promise<RespValue> {
     return new Promise<RespValue>((resolve, reject) => {
       const p: Pending = { resolve, reject, timer: undefined, abandoned: false };
       p.timer = setTimeout(() => {
         p.abandoned = true;
         p.timer = undefined;
         reject(unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms`));
-      }, this.t.opTimeoutMs);
+      }, timeoutMs);
       this.queue.push(p);
       sock.write(frame);
     });
@@ -368,6 +378,7 @@ export class RespClient {
       this.drop(unavailable(`${this.where} sent a reply nobody asked for`));
       return;
     }
+    if (this.held.size > 0 && !this.queue[this.head]?.abandoned) this.held.release();
     if (p.abandoned) return;
     clearTimeout(p.timer);
     if (v instanceof RespError) p.reject(v);
@@ -383,6 +394,7 @@ export class RespClient {
     const q = this.queue.slice(this.head);
     this.queue = [];
     this.head = 0;
+    this.held.failAll(e);
     for (const p of q) {
       if (!p || p.abandoned) continue;
       clearTimeout(p.timer);

@@ -215,7 +215,12 @@ void require_process(pid_t pid) {
   if (kill(pid, 0) != 0 && errno == ESRCH) throw_gone(pid, "");
   char state = 0;
   unsigned long flags = 0;
-  if (!task_stat(pid, pid, &state, &flags)) throw_gone(pid, "");
+  if (!task_stat(pid, pid, &state, &flags)) {
+    // Gone meanwhile, or /proc could not be read (EMFILE, ENOMEM): only the first is the target's doing.
+    int err = errno;
+    if (err == 0 || err == ENOENT || err == ESRCH) throw_gone(pid, "");
+    throw_sys("open", "reading /proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/stat", err);
+  }
   if (state == 'Z' || state == 'X') throw_gone(pid, "(it is a zombie)");
   std::string tgid = status_field(pid, "Tgid");
   if (!tgid.empty() && std::atoi(tgid.c_str()) != pid)

@@ -1,5 +1,6 @@
 // Which thread of a target to borrow for an injection (see inject.h).
 #include <dirent.h>
+#include <errno.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,11 +29,23 @@ std::vector<pid_t> thread_candidates(pid_t pid) {
   require_process(pid);
   std::vector<pid_t> tids;
   std::string dir = "/proc/" + std::to_string(pid) + "/task";
-  if (DIR* d = opendir(dir.c_str())) {
-    while (struct dirent* e = readdir(d))
-      if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(std::atoi(e->d_name));
-    closedir(d);
+  // Only a folder that is not there means the process is gone: a read that fails for
+  // another reason (EMFILE, ENOMEM) must say so, not blame the target.
+  DIR* d = opendir(dir.c_str());
+  if (!d) {
+    if (errno == ENOENT || errno == ESRCH) throw_gone(pid, "");
+    throw_sys("opendir", "listing the threads of process " + std::to_string(pid) + " (" + dir + ")");
   }
+  for (;;) {
+    errno = 0;
+    struct dirent* e = readdir(d);
+    if (!e) break;
+    if (e->d_name[0] >= '0' && e->d_name[0] <= '9') tids.push_back(std::atoi(e->d_name));
+  }
+  int read_err = errno;
+  closedir(d);  // (read-only directory stream: nothing to lose)
+  if (read_err != 0 && read_err != ENOENT && read_err != ESRCH)
+    throw_sys("readdir", "listing the threads of process " + std::to_string(pid) + " (" + dir + ")", read_err);
   if (tids.empty()) throw_gone(pid, "");
   bool our_child = std::atoi(status_field(pid, "PPid").c_str()) == getpid();
   auto rank = [&](pid_t tid) {

@@ -119,6 +119,7 @@ class BridgeBackend : public StoreBackend {
     cancelled_ = true;
     for (auto& kv : pending_) {
       std::lock_guard<std::mutex> pg(kv.second->mu);
+      if (kv.second->done) continue;  // answered: its caller reads it now
       kv.second->done = true;
       kv.second->err = "STORE_CANCELLED: the pager is stopping";
       kv.second->cv.notify_all();
@@ -136,6 +137,7 @@ class BridgeBackend : public StoreBackend {
       p = it->second;
     }
     std::lock_guard<std::mutex> pg(p->mu);
+    if (p->done) return;  // (answered twice, or cancelled meanwhile: the first word stands)
     if (!err.empty()) {
       p->err = err;
     } else if (data) {
@@ -208,12 +210,17 @@ class BridgeBackend : public StoreBackend {
       }
       fn.Call({o});
     });
-    std::unique_lock<std::mutex> lk(p->mu);
-    bool ok = p->cv.wait_for(lk, std::chrono::seconds(kTimeoutSec), [&] { return p->done; });
+    bool ok;
+    {
+      std::unique_lock<std::mutex> lk(p->mu);
+      ok = p->cv.wait_for(lk, std::chrono::seconds(kTimeoutSec), [&] { return p->done; });
+    }  // (p->mu released before mu_ is taken: cancel() takes mu_, then each p->mu)
     {
       std::lock_guard<std::mutex> g(mu_);
       pending_.erase(id);
     }
+    // Done: complete() and cancel() write a Pending only while it is not done, so what
+    // is read of it below (and by get()) no longer changes.
     if (!ok) throw Error("STORE_TIMEOUT", std::string("the store did not answer a ") + op + " of " + std::to_string(n) + " pages within 30 s");
     if (!p->err.empty()) {
       std::string code = p->err.substr(0, p->err.find(':'));

@@ -1,17 +1,31 @@
 // Reading /proc (procfs.h).
 #include "procfs.h"
 
-#include <fstream>
+#include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <sstream>
 
 namespace em {
 
 std::string read_file(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return "";
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return "";  // (errno says why)
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof buf);
+    if (n > 0) {
+      out.append(buf, static_cast<size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    int err = n < 0 ? errno : 0;
+    close(fd);  // (read-only: nothing to lose)
+    errno = err;
+    return err ? "" : out;
+  }
 }
 
 // Field of /proc/PID/status ("TracerPid", "Tgid", "PPid", "NSpid"); "" if absent.

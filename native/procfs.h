@@ -8,12 +8,14 @@
 
 namespace em {
 
-// The whole file ("" when it cannot be read).
+// The whole file; "" when it cannot be read, with errno saying why (ENOENT or ESRCH: the
+// process or thread is gone), errno 0 after a read that succeeded.
 std::string read_file(const std::string& path);
 // Field of /proc/PID/status ("TracerPid", "Tgid", "PPid", "NSpid"), leading blanks
 // stripped; "" if absent.
 std::string status_field(pid_t pid, const char* key);
-// State letter, flags and (if asked) parent of /proc/PID/task/TID/stat.
+// State letter, flags and (if asked) parent of /proc/PID/task/TID/stat; false (errno
+// from read_file) when it cannot be read or parsed.
 bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags, long* parent = nullptr);
 // Field `field` (1-based, as in proc(5); from 3 on) of /proc/PID/stat, or of
 // /proc/PID/task/TID/stat when tid != 0; "" when the task or the field is missing.

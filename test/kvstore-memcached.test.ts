@@ -11,7 +11,7 @@ const shared = sharedServer(test, (ctx) => startMemcached(ctx));
 runConformance(test, 'memcached', async (t, { fresh }) => {
   const servers = fresh ? await startMemcached(t, { memoryMb: 64 }) : await shared();
   return serverFixture(t, servers, servers.uri, false); // memcached keeps nothing across a restart
-}, { server: true, envelope: true });
+}, { server: true, envelope: true, inOrder: true });
 
 /** Items on one memcached server (stats curr_items). */
 async function items(port: number): Promise<number> {

@@ -10,7 +10,7 @@ runConformance(test, 'redis', async (t, { fresh }) => {
   // Fresh servers (restart / down / freeze tests) run with the AOF, fsync always.
   const server = fresh ? await startRedis(t, { persistence: true, appendfsync: 'always' }) : await shared();
   return serverFixture(t, server, `${server.uri}/0`, true);
-}, { server: true, envelope: true });
+}, { server: true, envelope: true, inOrder: true });
 
 test.serial('redis: killed (SIGKILL) and restarted with appendfsync always: no acknowledged page lost', async (t) => {
   t.timeout(60_000);
