@@ -105,13 +105,13 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
  * A QEMU with no guest (the firmware idles) and RAM from the given backend, reachable
  * on a QMP socket: enough for what attach checks before touching anything.
  */
-async function bareQemu(t: ExecutionContext, backend: string): Promise<{ pid: number; qmp: string; dir: string }> {
+async function bareQemu(t: ExecutionContext, backend: string, extra: string[] = []): Promise<{ pid: number; qmp: string; dir: string }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'embare-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const qmp = path.join(dir, 'qmp.sock');
   const q = spawn('qemu-system-x86_64', ['-machine', 'q35,accel=tcg', '-m', '128M', '-nodefaults', '-display', 'none',
     '-object', backend.replace('@DIR@', dir), '-numa', 'node,memdev=ram0',
-    '-qmp', `unix:${qmp},server=on,wait=off`], { stdio: 'ignore' });
+    '-qmp', `unix:${qmp},server=on,wait=off`, ...extra.map((a) => a.replace('@DIR@', dir))], { stdio: 'ignore' });
   const exited = new Promise((r) => q.once('exit', r));
   t.teardown(async () => { q.kill('SIGKILL'); await exited; });
   for (let i = 0; i < 100 && !fs.existsSync(qmp); i++) await new Promise((r) => setTimeout(r, 100));
@@ -127,4 +127,19 @@ test('a QEMU whose RAM is file-backed is refused with an explanation (qmp: targe
   t.regex(r.stderr, /RAM block 'ram0' is backed by a file \(.*\/ram.*memory-backend-file\); elasticmem supports a shared memfd/);
   t.true(r.stderr.includes('[UNSUPPORTED_MEMORY]'));
   t.false(holdsUffd(q.pid!));
+});
+
+test("qmp: naming QEMU's human monitor (-monitor) instead of its QMP socket: refused at once, saying which socket to give", async (t) => {
+  const q = await bareQemu(t, 'memory-backend-memfd,id=ram0,size=128M,share=on', ['-monitor', 'unix:@DIR@/hmp.sock,server=on,wait=off']);
+  const d = await startDaemon(t);
+  const t0 = Date.now();
+  const r = await d.cli('attach', `qmp:${q.dir}/hmp.sock`, '--local', '64M');
+  t.is(r.code, 1, r.stderr);
+  t.regex(r.stderr, /hmp\.sock is not a QMP socket \(QEMU's human monitor, -monitor\): it greeted with "QEMU .*monitor.*"; give the socket of QEMU's -qmp/);
+  t.true(r.stderr.includes('[NOT_QMP]'));
+  t.true(Date.now() - t0 < 8000, 'not left waiting for a greeting');
+  t.false(holdsUffd(q.pid));
+  // The daemon is not left holding the name: the right socket attaches.
+  const ok = await d.cli('attach', `qmp:${q.qmp}`, '--local', '64M');
+  t.is(ok.code, 0, ok.stderr);
 });

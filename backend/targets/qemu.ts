@@ -12,7 +12,7 @@ import net from 'node:net';
 import fs from 'node:fs';
 import { ElasticmemError } from '../../native/errors.ts';
 import { peerCred } from '../daemon/peercred.ts';
-import { QmpClient } from './qmp.ts';
+import { QmpClient, notQmp } from './qmp.ts';
 import { discoverGuestMemory, type Monitor } from './ramblocks.ts';
 import { cmdlineOf, isQemu, startTimeOf } from './proc.ts';
 import type { Target, TargetKind } from './target.ts';
@@ -76,7 +76,12 @@ async function pidOfQmpSocket(path: string): Promise<number> {
     // for the QMP greeting, which QEMU sends once the connection is its own.
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new ElasticmemError(`QMP socket ${path} sent no greeting within 10 s (is another client connected to it?)`, 'QMP_TIMEOUT')), 10_000);
-      sock.once('data', () => { clearTimeout(t); resolve(); });
+      sock.once('data', (d: Buffer) => {
+        clearTimeout(t);
+        // (a QMP greeting is one JSON object: {"QMP": ...})
+        const text = d.toString('utf8').trimStart();
+        if (text.startsWith('{')) resolve(); else reject(notQmp(path, text.split(/\r?\n/)[0] ?? ''));
+      });
       sock.once('close', () => { clearTimeout(t); reject(new ElasticmemError(`QMP socket ${path} closed the connection`, 'QMP_UNREACHABLE')); });
     });
     const cred = await peerCred(sock);

@@ -14,7 +14,8 @@ export class QmpClient extends EventEmitter {
   private buf = '';
   private nextId = 1;
   private pending = new Map<string, { resolve: (v: unknown) => void; reject: (e: Error) => void; cmd: string }>();
-  private greeting?: (v: unknown) => void;
+  /** While the greeting is awaited. */
+  private greeting?: { resolve: (v: unknown) => void; reject: (e: Error) => void };
   version?: { qemu: { major: number; minor: number; micro: number } };
 
   constructor(readonly path: string, readonly timeoutMs = 10_000) { super(); }
@@ -36,17 +37,21 @@ export class QmpClient extends EventEmitter {
     const sock = net.connect(this.path);
     this.sock = sock;
     sock.setEncoding('utf8');
+    // Settled by the greeting itself, a first line that is not one, an error, the
+    // connection closing, or the time-out: never left waiting.
     const greeted = new Promise<unknown>((resolve, reject) => {
-      this.greeting = resolve;
-      const t = setTimeout(() => reject(new ElasticmemError(`QMP socket ${this.path} sent no greeting within ${this.timeoutMs} ms (is another client connected to it?)`, 'QMP_TIMEOUT')), this.timeoutMs);
+      const t = setTimeout(() => fail(new ElasticmemError(`QMP socket ${this.path} sent no greeting within ${this.timeoutMs} ms (is another client connected to it?)`, 'QMP_TIMEOUT')), this.timeoutMs);
+      const fail = (e: Error) => { clearTimeout(t); this.greeting = undefined; reject(e); };
+      this.greeting = { resolve: (v) => { clearTimeout(t); this.greeting = undefined; resolve(v); }, reject: fail };
       sock.once('error', (e: NodeJS.ErrnoException) => {
-        clearTimeout(t);
-        reject(new ElasticmemError(`cannot connect to QMP socket ${this.path}: ${e.code ?? e.message}`, e.code === 'ENOENT' ? 'VM_NOT_FOUND' : 'QMP_UNREACHABLE', 0, 'connect'));
+        this.greeting?.reject(new ElasticmemError(`cannot connect to QMP socket ${this.path}: ${e.code ?? e.message}`, e.code === 'ENOENT' ? 'VM_NOT_FOUND' : 'QMP_UNREACHABLE', 0, 'connect'));
       });
-      sock.once('data', () => clearTimeout(t));
     });
     sock.on('data', (chunk: string) => this.onData(chunk));
-    sock.on('close', () => this.failAll(new ElasticmemError(`QMP connection ${this.path} closed`, 'QMP_CLOSED')));
+    sock.on('close', () => {
+      this.greeting?.reject(new ElasticmemError(`QMP socket ${this.path} closed the connection before its greeting`, 'QMP_UNREACHABLE'));
+      this.failAll(new ElasticmemError(`QMP connection ${this.path} closed`, 'QMP_CLOSED'));
+    });
     sock.on('error', () => { /* reported through close */ });
     const g = (await greeted) as { QMP?: { version?: QmpClient['version'] } };
     this.version = g.QMP?.version;
@@ -60,9 +65,14 @@ export class QmpClient extends EventEmitter {
       const line = this.buf.slice(0, nl).trim();
       this.buf = this.buf.slice(nl + 1);
       if (!line) continue;
-      let msg: Record<string, unknown>;
-      try { msg = JSON.parse(line); } catch { continue; }
-      if ('QMP' in msg) { this.greeting?.(msg); this.greeting = undefined; continue; }
+      let msg: Record<string, unknown> | null = null;
+      try { msg = JSON.parse(line); } catch { /* not JSON */ }
+      if (this.greeting) {
+        if (msg && typeof msg === 'object' && 'QMP' in msg) this.greeting.resolve(msg);
+        else this.greeting.reject(notQmp(this.path, line));
+        continue;
+      }
+      if (!msg || typeof msg !== 'object') continue;
       if ('event' in msg) { this.emit('event', msg as unknown as QmpEvent); continue; }
       const id = String(msg.id ?? '');
       const p = this.pending.get(id);
@@ -103,4 +113,11 @@ export class QmpClient extends EventEmitter {
   close(): void {
     this.sock?.destroy();
   }
+}
+
+/** The first line a socket sent was not a QMP greeting (an HMP `-monitor` socket, say). */
+export function notQmp(path: string, firstLine: string): ElasticmemError {
+  const shown = firstLine.length > 60 ? `${firstLine.slice(0, 60)}...` : firstLine;
+  const hmp = /^QEMU .*monitor/.test(firstLine) ? " (QEMU's human monitor, -monitor)" : '';
+  return new ElasticmemError(`${path} is not a QMP socket${hmp}: it greeted with ${JSON.stringify(shown)}; give the socket of QEMU's -qmp (or -chardev ...,id=X -mon X,mode=control) option`, 'NOT_QMP');
 }
