@@ -43,7 +43,26 @@ test('pid: target, private RAM: the daemon dies, QEMU\'s main thread waits on a 
   t.deepEqual(listed.map((v: { vm: string; state: string }) => [v.vm, v.state]), [[vmId, 'attached']], 'the same VM id (pid + start time), from the record');
   await con.waitForPasses(con.passes.length + 3, 120_000);
 
-  const det = await d2.cli('detach', `pid:${q.pid}`);
+  // 2. A QEMU that is not running any more (its RAM migrated away: status postmigrate)
+  // but holds a userfaultfd left by a monitor that died waits for a monitor all the
+  // same: it is taken over whatever its run state (a fresh attach would be refused).
+  await qmpCommand(q.qmp2Path!, 'stop');
+  await qmpCommand(q.qmp2Path!, 'migrate-set-parameters', { 'max-bandwidth': 4 * 2 ** 30 });
+  await qmpCommand(q.qmp2Path!, 'migrate', { uri: 'exec:cat > /dev/null' });
+  for (const end = Date.now() + 120_000; ;) {
+    const m = await qmpCommand(q.qmp2Path!, 'query-migrate') as { status?: string };
+    if (m.status === 'completed') break;
+    if (m.status === 'failed' || Date.now() > end) return t.fail(`migration: ${JSON.stringify(m)}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  t.is((await qmpCommand(q.qmp2Path!, 'query-status') as { status: string }).status, 'postmigrate');
+  await d2.kill9();
+  const d3 = await d2.restart();
+  await d3.waitLog(new RegExp(`\\[pid:${q.pid}\\] attached \\(took over the userfaultfd left by a previous daemon\\)`), 90_000);
+  await qmpCommand(q.qmp2Path!, 'cont');
+  await con.waitForPasses(con.passes.length + 3, 120_000);
+
+  const det = await d3.cli('detach', `pid:${q.pid}`);
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(q.pid));
   await con.waitForPasses(con.passes.length + 2, 60_000);

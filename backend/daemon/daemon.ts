@@ -192,7 +192,7 @@ export class Daemon {
     try {
       // A QEMU left holding the uffd of a daemon that died may not answer its monitor
       // (its main thread waiting on a page): then the record names the VM.
-      const target = await resolveTarget(spec, (pid, start) => (holdsLeftUffd(pid) ? this.records.vmIdOf(pid, start) : null));
+      const target = await resolveTarget(spec, (pid, start) => (holdsLeftUffd(pid) ? this.records.vmIdOf(pid, start) : null), holdsLeftUffd);
       if (expect && (target.vmId !== expect.vmId || target.pid !== expect.pid)) {
         throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
       }

@@ -43,23 +43,30 @@ export function libvirtDomainOfPid(pid: number): string | null {
   return null;
 }
 
-export async function resolveLibvirt(spec: string): Promise<Target> {
+/**
+ * leftUffd: does this QEMU hold a userfaultfd a monitor that died left it (a take-over)?
+ * Such a QEMU waits for a monitor whatever its run state ('in shutdown', 'crashed' with
+ * on_crash=preserve...): only that it is alive matters.
+ */
+export async function resolveLibvirt(spec: string, leftUffd?: (pid: number) => boolean): Promise<Target> {
   if (!/^[A-Za-z0-9_.:+-]{1,200}$/.test(spec)) {
     throw new ElasticmemError(`'${spec}' is not a VM: name a libvirt domain (name or UUID), pid:<PID> or qmp:<socket path>`, 'VM_NOT_FOUND');
   }
   const uuid = (await virsh(['domuuid', spec])).trim();
   const name = (await virsh(['domname', uuid])).trim();
   const st = await domState(name);
-  if (st.state !== 'running' && st.state !== 'paused') {
-    throw new ElasticmemError(`domain '${name}' is not running (state: ${st.state}${st.reason ? `, ${st.reason}` : ''}); start it with: virsh start ${name}`, 'VM_NOT_RUNNING');
-  }
+  // (pmsuspended: the guest sleeps in RAM, which is there to page)
+  const runs = st.state === 'running' || st.state === 'paused' || st.state === 'pmsuspended';
+  const notRunning = () => new ElasticmemError(`domain '${name}' is not running (state: ${st.state}${st.reason ? `, ${st.reason}` : ''}); start it with: virsh start ${name}`, 'VM_NOT_RUNNING');
   let pid: number;
   try {
     pid = Number(fs.readFileSync(`${LIBVIRT_RUN_DIR}/${name}.pid`, 'utf8').trim());
   } catch (e) {
+    if (!runs) throw notRunning();
     throw new ElasticmemError(`domain '${name}' is running but its QEMU pid file ${LIBVIRT_RUN_DIR}/${name}.pid cannot be read (${(e as Error).message}); is it a QEMU domain on qemu:///system?`, 'VM_NOT_RUNNING');
   }
-  const startTime = startTimeOf(pid);
+  const startTime = pid > 0 ? startTimeOf(pid) : null;
+  if (!runs && !(startTime !== null && leftUffd?.(pid))) throw notRunning();
   if (!pid || startTime === null) throw new ElasticmemError(`domain '${name}': QEMU pid ${pid} is not alive`, 'VM_NOT_RUNNING');
   return {
     kind: 'libvirt',

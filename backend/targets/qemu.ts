@@ -100,7 +100,8 @@ async function pidOfQmpSocket(path: string): Promise<number> {
  */
 export type SilentVmId = (pid: number, startTime: number) => string | null;
 
-async function build(kind: TargetKind, pid: number, qmpPath: string, silentVmId?: SilentVmId): Promise<Target> {
+/** leftUffd: as for resolveLibvirt (a QEMU to take over is taken over in any run state). */
+async function build(kind: TargetKind, pid: number, qmpPath: string, silentVmId?: SilentVmId, leftUffd?: (pid: number) => boolean): Promise<Target> {
   const startTime = startTimeOf(pid);
   if (startTime === null) throw new ElasticmemError(`process ${pid} is not running`, 'VM_NOT_RUNNING');
   const open = async () => socketMonitor(await QmpClient.connect(qmpPath));
@@ -110,7 +111,8 @@ async function build(kind: TargetKind, pid: number, qmpPath: string, silentVmId?
     let uuid: string;
     try {
       const status = await mon.qmp<{ status: string }>('query-status');
-      if (status.status !== 'running' && status.status !== 'paused' && status.status !== 'prelaunch') {
+      const runs = ['running', 'paused', 'prelaunch', 'suspended'].includes(status.status);
+      if (!runs && !leftUffd?.(pid)) {
         throw new ElasticmemError(`QEMU pid ${pid} is not running (status: ${status.status})`, 'VM_NOT_RUNNING');
       }
       uuid = (await mon.qmp<{ UUID: string }>('query-uuid')).UUID;
@@ -169,17 +171,17 @@ async function build(kind: TargetKind, pid: number, qmpPath: string, silentVmId?
   };
 }
 
-export async function resolvePid(pidText: string, silentVmId?: SilentVmId): Promise<Target> {
+export async function resolvePid(pidText: string, silentVmId?: SilentVmId, leftUffd?: (pid: number) => boolean): Promise<Target> {
   if (!/^\d+$/.test(pidText) || Number(pidText) <= 0) throw new ElasticmemError(`pid:${pidText}: not a process id; e.g. pid:12345`, 'VM_NOT_FOUND');
   const pid = Number(pidText);
   if (!fs.existsSync(`/proc/${pid}`)) throw new ElasticmemError(`pid:${pid}: no such process; give the pid of the running QEMU (pgrep -a qemu-system)`, 'VM_NOT_FOUND');
   if (!isQemu(pid)) throw new ElasticmemError(`pid:${pid} is not a QEMU process (${cmdlineOf(pid)[0] ?? 'unknown'})`, 'NOT_QEMU');
   const path = qmpSocketFromCmdline(cmdlineOf(pid));
   if (!path) throw new ElasticmemError(`pid:${pid} has no QMP Unix socket on its command line; start QEMU with -qmp unix:/path/qmp.sock,server=on,wait=off and attach qmp:/path/qmp.sock`, 'NO_QMP');
-  return build('pid', pid, path, silentVmId);
+  return build('pid', pid, path, silentVmId, leftUffd);
 }
 
-export async function resolveQmp(path: string, silentVmId?: SilentVmId): Promise<Target> {
+export async function resolveQmp(path: string, silentVmId?: SilentVmId, leftUffd?: (pid: number) => boolean): Promise<Target> {
   if (!path.startsWith('/')) throw new ElasticmemError(`qmp:${path}: give the absolute path of the QMP socket, e.g. qmp:/run/vm1/qmp.sock`, 'VM_NOT_FOUND');
-  return build('qmp', await pidOfQmpSocket(path), path, silentVmId);
+  return build('qmp', await pidOfQmpSocket(path), path, silentVmId, leftUffd);
 }
