@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadNative, ElasticmemError, type RegionSpec, type PagerStatsRaw, type PagerEvent, type BridgeRequest, type AcquiredUffd, type PagerTestHooks } from './index.ts';
 import type { PageStore } from '../kvstore/types.ts';
-import { startTimeOf } from './proc-start.ts';
+import { startTimeOf, processEnded } from './proc-start.ts';
 import { shmemThpMessage, shmemThpRisk } from './shmem-thp.ts';
 
 /** Refuse memfd RAM that huge pages can back (see shmem-thp.ts): before anything is touched. */
@@ -280,7 +280,7 @@ function lockTarget(pid: number, dir = '/run/elasticmem/locks'): number {
 function removeStaleLocks(dir: string): void {
   for (const f of fs.readdirSync(dir)) {
     const m = /^(\d+)-(\d+)\.lock$/.exec(f);
-    if (m && startTimeOf(Number(m[1])) !== Number(m[2])) fs.rmSync(path.join(dir, f), { force: true });
+    if (m && processEnded(Number(m[1]), Number(m[2]))) fs.rmSync(path.join(dir, f), { force: true });
   }
 }
 

@@ -10,7 +10,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { startTimeOf } from '../../native/proc-start.ts';
+import { processEnded } from '../../native/proc-start.ts';
 import type { GuestMemoryRecord } from '../targets/ramblocks.ts';
 import { writePrivateFile } from './state.ts';
 
@@ -74,7 +74,7 @@ export class MemoryRecords {
     try { names = fs.readdirSync(this.dir); } catch { return; }
     for (const f of names) {
       const m = /^(\d+)-(\d+)\.json(\.\d+\.tmp)?$/.exec(f);
-      if (m && startTimeOf(Number(m[1])) !== Number(m[2])) fs.rmSync(path.join(this.dir, f), { force: true });
+      if (m && processEnded(Number(m[1]), Number(m[2]))) fs.rmSync(path.join(this.dir, f), { force: true });
     }
   }
 }

@@ -2,6 +2,7 @@
 import fs from 'node:fs';
 
 // (the pager's lock files name processes by it too, below this layer)
+import { processEnded } from '../../native/proc-start.ts';
 export { startTimeOf } from '../../native/proc-start.ts';
 
 /**
@@ -11,15 +12,7 @@ export { startTimeOf } from '../../native/proc-start.ts';
  * dead would abandon its pager and leave the guest waiting on its userfaultfd.
  */
 export function processAlive(pid: number, startTime: number): boolean {
-  let stat: string;
-  try {
-    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    return !(code === 'ENOENT' || code === 'ESRCH');
-  }
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return rest[0] !== 'Z' && rest[0] !== 'X' && Number(rest[19]) === startTime;
+  return !processEnded(pid, startTime);
 }
 
 export function cmdlineOf(pid: number): string[] {
