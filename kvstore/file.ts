@@ -3,8 +3,9 @@
  *
  * Why LMDB: a memory-mapped copy-on-write B+tree with ACID transactions. A batch of
  * pages is one transaction, and put() resolves only after that transaction committed
- * and was flushed (synchronous commits, no noSync): invariant 3 (store before drop)
- * holds even across a host crash. Because committed pages live in the file, not in
+ * and was flushed (no noSync; lmdb's overlapping sync flushes after the commit, and
+ * write() waits for that flush too): invariant 3 (store before drop) holds even
+ * across a host crash. Because committed pages live in the file, not in
  * the monitor, they survive a monitor crash and restart (invariant 4); LMDB never
  * needs recovery or a write-ahead log replay, and readers (faults) never block the
  * writer (evictions). Reads are served from the page cache through the map with one
@@ -122,7 +123,12 @@ export class FileStore implements RawStore {
 
   private async write(fn: () => void): Promise<void> {
     try {
-      await this.db().transaction(fn);
+      const db = this.db();
+      await db.transaction(fn);
+      // lmdb commits with overlappingSync on Linux by default: the transaction resolves
+      // once committed (visible), its flush to disk follows. A put is acknowledged (and
+      // its pages dropped from the guest) only once durable.
+      await db.flushed;
     } catch (e) {
       if (e instanceof ElasticmemError) throw e;
       const full = /MDB_MAP_FULL|ENOSPC/.test(String((e as Error).message));

@@ -76,14 +76,16 @@ export class RedisStore implements RawStore {
 
   static async open(uri: string, spec: RedisSpec, t: NetTimeouts = DEFAULT_TIMEOUTS): Promise<RedisStore> {
     const conn = spec.cluster ? await connectCluster(spec, t) : spec.client === 'node-redis' ? await connectSingle(spec, t) : await connectResp(spec, t);
-    // Persistence is asked, not guessed: AOF on means acknowledged writes survive a restart.
+    // Persistence is asked, not guessed: AOF on means acknowledged writes survive a
+    // restart. Of every master of a cluster: pages spread over all of them.
     let persistent = false;
     try {
-      const m = await conn.masters();
-      const r = await withTimeout(m[0]!.send<unknown>(undefined, true, ['CONFIG', 'GET', 'appendonly']), t.opTimeoutMs, 'CONFIG GET');
-      // RESP2 gives [name, value], RESP3 / the client's transform a map.
-      const v = Array.isArray(r) ? r[1] : (r as Record<string, unknown>)?.appendonly;
-      persistent = String(v) === 'yes';
+      const answers = await Promise.all((await conn.masters()).map(async (m) => {
+        const r = await withTimeout(m.send<unknown>(undefined, true, ['CONFIG', 'GET', 'appendonly']), t.opTimeoutMs, 'CONFIG GET');
+        // RESP2 gives [name, value], RESP3 / the client's transform a map.
+        return String(Array.isArray(r) ? r[1] : (r as Record<string, unknown>)?.appendonly);
+      }));
+      persistent = answers.length > 0 && answers.every((v) => v === 'yes');
     } catch {
       persistent = false; // CONFIG disabled (managed Redis): do not claim persistence
     }

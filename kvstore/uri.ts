@@ -106,6 +106,15 @@ function parseFile(rest: string) {
   return { kind: 'file' as const, path: path.length > 1 ? path.replace(/\/+$/, '') : path };
 }
 
+/**
+ * Where the path starts after "[user:pass@]hosts": the first '/' after the credentials,
+ * which end at the last '@' (a password may hold '/' and '@', as splitAuth and
+ * redactUri read it); -1 when there is none.
+ */
+function pathStart(body: string): number {
+  return body.indexOf('/', body.lastIndexOf('@') + 1);
+}
+
 /** Split "user:pass@rest" (credentials are %-decoded). */
 function splitAuth(authority: string, example: string): { username?: string; password?: string; hosts: string } {
   const at = authority.lastIndexOf('@');
@@ -160,7 +169,7 @@ function parseRedis(rest: string, tls: boolean) {
   if (!rest.startsWith('//')) throw badUri(`expected '//' after 'redis:', got 'redis:${rest}'`, ex);
   noQuery(rest, ex);
   const body = rest.slice(2);
-  const slash = body.indexOf('/');
+  const slash = pathStart(body);
   const authority = slash < 0 ? body : body.slice(0, slash);
   const path = slash < 0 ? '' : body.slice(slash + 1);
   const { username, password, hosts } = splitAuth(authority, ex);
@@ -180,7 +189,7 @@ function parseRedisCluster(rest: string, tls: boolean) {
   noQuery(rest, ex);
   let body = rest.slice(2);
   if (body.endsWith('/')) body = body.slice(0, -1);
-  if (body.includes('/')) throw badUri('a Redis Cluster has no database number (only db 0 exists in cluster mode)', ex);
+  if (pathStart(body) >= 0) throw badUri('a Redis Cluster has no database number (only db 0 exists in cluster mode)', ex);
   const { username, password, hosts } = splitAuth(body, ex);
   return { kind: 'redis-cluster' as const, tls, nodes: parseHostList(hosts, DEFAULT_PORTS['redis+cluster']!, ex), username, password };
 }
@@ -201,7 +210,7 @@ function parseAerospike(rest: string) {
   if (!rest.startsWith('//')) throw badUri(`expected '//' after 'aerospike:'`, ex);
   noQuery(rest, ex);
   const body = rest.slice(2);
-  const slash = body.indexOf('/');
+  const slash = pathStart(body);
   if (slash < 0) throw badUri('an Aerospike store needs a namespace after the hosts', ex);
   const { username, password, hosts } = splitAuth(body.slice(0, slash), ex);
   const parts = body.slice(slash + 1).split('/').filter((p, i, a) => !(p === '' && i === a.length - 1));

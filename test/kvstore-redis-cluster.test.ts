@@ -105,3 +105,23 @@ test.serial('redis-cluster: a slot being migrated is followed for moved keys (AS
   t.is(await cli(src, 'DBSIZE'), String(GROUP - 1), 'not recreated on the old owner');
   t.is(await cli(dst, 'DBSIZE'), '1', 'still one key on the importing node');
 });
+
+test.serial('redis-cluster: persistent only when every master keeps an append-only file (pages spread over all of them)', async (t) => {
+  const cluster = await shared();
+  const run = promisify(execFile);
+  const aof = (port: number, on: boolean) => run('redis-cli', ['-p', String(port), 'CONFIG', 'SET', 'appendonly', on ? 'yes' : 'no']);
+  const persistent = async () => {
+    const s = await openStore(cluster.uri);
+    try { return s.capabilities.persistent; } finally { await s.close(); }
+  };
+  t.teardown(async () => { for (const p of cluster.ports) await aof(p, false); });
+  for (const p of cluster.ports) await aof(p, false);
+  t.false(await persistent(), 'no master keeps an AOF');
+  for (const p of cluster.ports) await aof(p, true);
+  t.true(await persistent(), 'every master keeps an AOF');
+  for (const p of cluster.ports) {
+    await aof(p, false);
+    t.false(await persistent(), `master :${p} without an AOF: its pages would not survive its restart`);
+    await aof(p, true);
+  }
+});

@@ -56,8 +56,13 @@ test('passwords never appear in store.uri', (t) => {
   t.is(redactUri('redis://u:p@ss@h:1'), 'redis://u:***@h:1');
   t.is(parseStoreUri('redis://u:p@ss@h:1').kind, 'redis');
   t.is(redactUri('file:///var/lib/a@b'), 'file:///var/lib/a@b', 'a path is not a password');
+  // A '/' in a password (not %-encoded) belongs to the password, not to the path.
+  t.like(parseStoreUri('redis://u:pa/ss@h:6379/3'), { kind: 'redis', host: 'h', port: 6379, db: 3, username: 'u', password: 'pa/ss' });
+  t.like(parseStoreUri('rediss+cluster://:pa/ss@h1:7000,h2:7001'), { kind: 'redis-cluster', password: 'pa/ss', nodes: [{ host: 'h1', port: 7000 }, { host: 'h2', port: 7001 }] });
+  t.like(parseStoreUri('aerospike://u:pa/ss@h1:3000/ns/set'), { kind: 'aerospike', password: 'pa/ss', namespace: 'ns', set: 'set' });
+  t.is(redactUri('redis://u:pa/ss@h:6379/3'), 'redis://u:***@h:6379/3');
   // A URI that does not parse: its error never quotes the password.
-  for (const bad of ['redis:u:hunter2@h', 'redis://u:hunter2@h:nope', 'memcached://u:hun@ter2@h:x']) {
+  for (const bad of ['redis:u:hunter2@h', 'redis://u:hunter2@h:nope', 'memcached://u:hun@ter2@h:x', 'redis://u:hun/ter2@h:nope', 'redis+cluster://u:hun/ter2@h1:x']) {
     const e = t.throws(() => parseStoreUri(bad)) as Error;
     t.notRegex(e.message, /hunter2|hun@ter2|ter2/, bad);
   }
