@@ -1,6 +1,7 @@
 // Which thread of a target to borrow for an injection (see inject.h).
 #include <dirent.h>
 #include <errno.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -74,6 +75,16 @@ std::vector<pid_t> thread_candidates(pid_t pid) {
 
 pid_t pick_thread(pid_t pid) { return thread_candidates(pid).front(); }
 
+namespace {
+// The process is there and not a zombie (a thread of it may have exited).
+bool process_alive(pid_t pid) {
+  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char state = 0;
+  unsigned long flags = 0;
+  return !task_stat(pid, pid, &state, &flags) ? errno != ENOENT && errno != ESRCH : state != 'Z' && state != 'X';
+}
+}  // namespace
+
 std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
   // Fast path, the common case: the main thread is fine; ranking every thread of a
   // QEMU (dozens) reads three /proc files each.
@@ -99,13 +110,18 @@ std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
     if (leader_error) throw *leader_error;  // the only thread: its own reason says most
     throw Error("EM_PTRACE", "no thread of process " + std::to_string(pid) + " could be stopped", ETIMEDOUT);
   }
-  // A thread that does not stop costs timeout_ms: try a few, best first.
-  const size_t tries = std::min<size_t>(cands.size(), 3);
+  // A thread that does not stop costs timeout_ms: try a few, best first. One that exited
+  // since the listing (a pool worker's idle end) costs nothing: go on to the next, as
+  // long as the process itself is there.
+  const size_t max_timeouts = 3;
+  size_t timeouts = 0;
   for (size_t i = 0;; i++) {
     try {
       return std::make_unique<RemoteTask>(cands[i], timeout_ms);
     } catch (const Error& e) {
-      if (e.err() != ETIMEDOUT || i + 1 >= tries) throw;
+      bool thread_gone = e.err() == ESRCH && cands[i] != pid && process_alive(pid);
+      if (thread_gone && i + 1 < cands.size()) continue;
+      if (e.err() != ETIMEDOUT || ++timeouts >= max_timeouts || i + 1 >= cands.size()) throw;
     }
   }
 }

@@ -301,6 +301,28 @@ test.serial('injection works while the target thread waits in a userfaultfd faul
   t.is(await tg.cmd('ping'), 'ok');
 });
 
+test.serial("injections while the main thread waits in a fault and other threads come and go: a thread that exits before it is borrowed is passed over, not taken for the process gone", async (t) => {
+  const tg = await startTarget(t, { memfdMiB: 2, anonMiB: 2 });
+  const a = native.acquireUffd(tg.pid);
+  closeLater(t, a.fd);
+  const srv = await serve(t, a.fd, tg.anon.start, tg.anon.length, false, true);
+  // Threads living 200 us each, 4 at a time, for 6 s (QEMU's pool workers come and go
+  // too); the main thread waits in a fault, so a short-lived thread is borrowed.
+  t.is(await tg.cmd('threads 6000 200'), 'ok');
+  const pending = tg.cmd('read anon 3', { timeoutMs: 30_000 });
+  await srv.waitFor(/^fault /);
+  let n = 0;
+  for (const end = Date.now() + 4000; Date.now() < end; n++) {
+    testOnly._testMadviseDontneed(tg.pid, tg.memfd.start, PAGE * 16);
+    await sleep(1);
+  }
+  t.log(`${n} injections into short-lived threads`);
+  t.true(n > 100);
+  srv.release();
+  t.is((await pending).split('sum=')[1], servedSum(BigInt(tg.anon.start) + 3n * BigInt(PAGE)));
+  t.is(await tg.cmd('ping'), 'ok');
+});
+
 test.serial('bad input: dead, kernel, own and malformed pids, threads, foreign fds', async (t) => {
   const tg = await startTarget(t, { memfdMiB: 1, anonMiB: 1 });
   const pid = tg.pid;
