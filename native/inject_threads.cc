@@ -76,6 +76,16 @@ std::vector<pid_t> thread_candidates(pid_t pid) {
 pid_t pick_thread(pid_t pid) { return thread_candidates(pid).front(); }
 
 namespace {
+constexpr unsigned long kPF_EXITING = 0x00000004;  // include/linux/sched.h
+
+// Thread `tid` of `pid` has exited, or is exiting.
+bool thread_ended(pid_t pid, pid_t tid) {
+  char state = 0;
+  unsigned long flags = 0;
+  if (!task_stat(pid, tid, &state, &flags)) return errno == ENOENT || errno == ESRCH;
+  return state == 'Z' || state == 'X' || (flags & kPF_EXITING) != 0;
+}
+
 // The process is there and not a zombie (a thread of it may have exited).
 bool process_alive(pid_t pid) {
   if (kill(pid, 0) != 0 && errno == ESRCH) return false;
@@ -119,7 +129,9 @@ std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
     try {
       return std::make_unique<RemoteTask>(cands[i], timeout_ms);
     } catch (const Error& e) {
-      bool thread_gone = e.err() == ESRCH && cands[i] != pid && process_alive(pid);
+      // (a thread in its exit refuses PTRACE_SEIZE with EPERM, one gone answers ESRCH)
+      bool thread_gone = (e.err() == ESRCH || e.err() == EPERM) && cands[i] != pid && thread_ended(pid, cands[i]) &&
+                         process_alive(pid);
       if (thread_gone && i + 1 < cands.size()) continue;
       if (e.err() != ETIMEDOUT || ++timeouts >= max_timeouts || i + 1 >= cands.size()) throw;
     }
