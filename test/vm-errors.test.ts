@@ -143,3 +143,22 @@ test("qmp: naming QEMU's human monitor (-monitor) instead of its QMP socket: ref
   const ok = await d.cli('attach', `qmp:${q.qmp}`, '--local', '64M');
   t.is(ok.code, 0, ok.stderr);
 });
+
+test('persistent memory (nvdimm, virtio-pmem) and a backend no device uses yet are left unpaged; the RAM is attached', async (t) => {
+  const q = await bareQemu(t, 'memory-backend-memfd,id=ram0,size=128M,share=on', [
+    '-m', '128M,slots=2,maxmem=1G', '-machine', 'nvdimm=on',
+    '-object', 'memory-backend-file,id=pmem0,share=on,mem-path=@DIR@/pmem,size=128M', '-device', 'virtio-pmem-pci,memdev=pmem0,id=vpmem0',
+    '-object', 'memory-backend-memfd,id=nvm,size=128M,share=on', '-device', 'nvdimm,memdev=nvm,id=nv0',
+    '-object', 'memory-backend-memfd,id=orphan,size=128M,share=on',
+  ]);
+  const d = await startDaemon(t);
+  const r = await d.cli('attach', `qmp:${q.qmp}`, '--local', '64M', '--json');
+  t.is(r.code, 0, r.stderr);
+  const j = JSON.parse(r.stdout);
+  t.deepEqual(j.regions.map((x: { name: string }) => x.name.replace(/^.*\//, '')), ['ram0'], 'only the RAM is paged');
+  t.is(j.guestRamBytes, 128 * 2 ** 20, 'persistent memory is not guest RAM');
+  // The backend no device uses: the daemon says it waits for one (pid:/qmp: VMs have no device events).
+  await d.waitLog(/memory pending: QEMU has memory backend orphan that no guest address uses yet/, 15_000);
+  t.is((await d.cli('detach', `qmp:${q.qmp}`)).code, 0);
+  t.false(holdsUffd(q.pid));
+});

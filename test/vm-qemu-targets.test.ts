@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { spawn } from 'node:child_process';
-import { bootQemu } from './helpers/qemu.ts';
+import { bootQemu, qmpCommand } from './helpers/qemu.ts';
 import { startDaemon, holdsUffd, BIN } from './helpers/daemon.ts';
 import { QmpClient } from '../backend/targets/qmp.ts';
 
@@ -37,7 +37,7 @@ function watchSamples(socket: string, vm: string, n: number): Promise<Record<str
 test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0', async (t) => {
   const [p, q, d] = await Promise.all([
     bootQemu(t, { memMiB: 256, maxMemMiB: 512, dimmMiB: 128, memory: 'private', workload: { sizeMiB: 96, pattern: 'random', write: 0.25, seed: 51, passes: 0, pauseMs: 100 } }),
-    bootQemu(t, { memMiB: 256, maxMemMiB: 512, dimmMiB: 128, memory: 'memfd', workload: { sizeMiB: 96, pattern: 'seq', write: 0.25, seed: 52, passes: 0, pauseMs: 100 } }),
+    bootQemu(t, { memMiB: 256, maxMemMiB: 512, dimmMiB: 256, memory: 'memfd', workload: { sizeMiB: 96, pattern: 'seq', write: 0.25, seed: 52, passes: 0, pauseMs: 100 } }),
     startDaemon(t),
   ]);
   await Promise.all([p.console.waitForPasses(1, 120_000), q.console.waitForPasses(1, 120_000)]);
@@ -105,6 +105,21 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   t.is(qNow, qPages + 32768, 'the side-added DIMM is under the pager');
   t.regex(d.log(), /memory added.*QEMU mapped new memory.*side-mem/);
   await q.console.waitForMemTotal(qMem + 120 * 1024, 60_000);
+
+  // A backend added first and used by a device only later (object-add, some seconds,
+  // device_add): its mapping appears at object-add and does not change at device_add,
+  // so the daemon keeps looking until a device uses it.
+  await qmpCommand(q.qmpPath, 'object-add', { 'qom-type': 'memory-backend-memfd', id: 'late-mem', size: 128 * 2 ** 20, share: true });
+  await d.waitLog(/memory pending: QEMU has memory backend late-mem that no guest address uses yet/, 20_000);
+  await new Promise((r) => setTimeout(r, 3000));
+  await qmpCommand(q.qmpPath, 'device_add', { driver: 'pc-dimm', id: 'late', memdev: 'late-mem' });
+  let qLate = qNow;
+  for (const end = Date.now() + 40_000; qLate === qNow && Date.now() < end;) {
+    await new Promise((r) => setTimeout(r, 250));
+    qLate = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
+  }
+  t.is(qLate, qNow + 32768, 'the DIMM whose device came after its backend is under the pager');
+  t.regex(d.log(), /memory added.*QEMU mapped new memory.*late-mem/);
 
   await p.console.waitForPasses(p.console.passes.length + 2, 120_000);
   const det = await d.cli('detach', `pid:${p.pid}`);

@@ -88,7 +88,7 @@ export async function growVm(host: GrowthHost, s: Session, bytes: number, wait: 
 async function growByDimm(host: GrowthHost, s: Session, target: Target, bytes: number): Promise<unknown> {
   if (bytes % DIMM_ALIGN !== 0) throw new ElasticmemError(dimmSizeMessage(bytes, s.target.spec), 'BAD_SIZE');
   await target.addDimm(bytes, s.memory!.backing === 'anon' ? 'anon' : 'memfd');
-  const fresh = await pageNewRam(host, s, target);
+  const { fresh } = await pageNewRam(host, s, target);
   if (fresh.length === 0) throw new ElasticmemError(`QEMU added the DIMM to '${s.name}' but no new RAM block appeared in x-query-ramblock; its memory is not under the pager`, 'GROW_FAILED');
   log(s.name, 'grown', `DIMM added (${describeBlocks(fresh)}), under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
   return { name: s.name, device: fresh.map((r) => r.name).join(','), kind: 'dimm', requestedBytes: bytes, pluggedBytes: bytes, guestRamBytes: s.memory!.guestRamBytes, complete: true };
@@ -96,9 +96,10 @@ async function growByDimm(host: GrowthHost, s: Session, target: Target, bytes: n
 
 /**
  * RAM blocks QEMU has now that the pager does not (hot-added DIMMs): put under the
- * pager, same cap. Returns them (none: nothing new). Runs inside s.serial.
+ * pager, same cap. Returns them (none: nothing new), and the backends no guest address
+ * uses yet (unplaced: their device_add may follow). Runs inside s.serial.
  */
-async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise<RegionSpec[]> {
+async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise<{ fresh: RegionSpec[]; unplaced: string[] }> {
   const known = new Map(s.memory!.regions.map((r) => [r.name, r]));
   const mem = await target.discover();
   // A block the pager has must still be there, at the same place: RAM that was
@@ -119,7 +120,7 @@ async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise
       s.memory!.memoryDevices = mem.memoryDevices;
       host.saveState();
     }
-    return [];
+    return { fresh: [], unplaced: mem.unplaced ?? [] };
   }
   try {
     s.pager!.addRegions(fresh);
@@ -128,7 +129,7 @@ async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise
   }
   s.memory = mem;
   host.saveState();
-  return fresh;
+  return { fresh, unplaced: mem.unplaced ?? [] };
 }
 
 /** Back-off between tries to page RAM found by ram-watch.ts: doubling, from and up to. */
@@ -181,8 +182,14 @@ export function pageAddedRam(host: GrowthHost, s: Session, source: string, after
   return s.serial(async () => {
     if (s.state !== 'attached' || !s.pager) return true;
     try {
-      const fresh = await pageNewRam(host, s, s.target as Target);
+      const { fresh, unplaced } = await pageNewRam(host, s, s.target as Target);
       if (fresh.length) log(s.name, 'memory added', `${source}: ${describeBlocks(fresh)} under the pager within the same cap; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
+      if (unplaced.length && retryInMs !== undefined) {
+        // A backend whose device is not there yet (object-add, then device_add): its
+        // mapping will not change when the device comes, so look again until it has.
+        if (s.ramWatch.backoffMs === 0) log(s.name, 'memory pending', `QEMU has memory backend ${unplaced.join(', ')} that no guest address uses yet; paged once a device uses it (looking again, less often over time)`);
+        return false;
+      }
       return true;
     } catch (e) {
       const final = FINAL_GROWTH_ERRORS.has((e as ElasticmemError).code);

@@ -65,7 +65,18 @@ export interface GuestMemory {
   memoryDevices: MemoryDevice[];
   /** 'memfd', 'anon' or 'mixed' for messages. */
   backing: string;
+  /**
+   * Memory backends QEMU has that no guest address uses yet (an object-add whose
+   * device_add has not come): not paged; the daemon looks again later (ram-watch).
+   * Only from QMP discovery.
+   */
+  unplaced?: string[];
+  /** Backends of memory devices that are not RAM (nvdimm, virtio-pmem): left unpaged. */
+  notRam?: string[];
 }
+
+/** Memory devices whose backend the guest does not use as RAM: persistent memory, SGX. */
+const NOT_RAM_DEVICES = new Set(['nvdimm', 'virtio-pmem', 'sgx-epc']);
 
 const lastComponent = (s: string) => s.slice(s.lastIndexOf('/') + 1);
 
@@ -205,8 +216,11 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
   const mtree = parseMtreeRam(await mon.hmp('info mtree -f'));
   const memdevIds = new Set(memdevs.map((d) => d.id).filter((x): x is string => !!x));
   const deviceMemdevs = new Set(devices.map((d) => (d.data.memdev ? lastComponent(d.data.memdev) : '')).filter(Boolean));
+  const notRam = new Set(devices.filter((d) => NOT_RAM_DEVICES.has(d.type) && d.data.memdev).map((d) => lastComponent(d.data.memdev!)));
+  // (a backend no device uses and no guest address maps: its RAM block has no name yet)
+  const unplaced = [...memdevIds].filter((id) => !notRam.has(id) && !deviceMemdevs.has(id) && !mtree.has(id) && !blocks.some((b) => lastComponent(b.name) === id));
 
-  const guestBlocks = blocks.filter((b) => memdevIds.has(lastComponent(b.name)) || b.name === 'pc.ram');
+  const guestBlocks = blocks.filter((b) => (memdevIds.has(lastComponent(b.name)) && !notRam.has(lastComponent(b.name))) || b.name === 'pc.ram');
   if (guestBlocks.length === 0) throw new ElasticmemError(`QEMU pid ${pid} reports no guest RAM block (ramblocks: ${blocks.map((b) => b.name).join(', ')})`, 'EM_ATTACH_NO_REGION');
 
   const maps = readMaps(pid);
@@ -226,6 +240,6 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
     if (!deviceMemdevs.has(mrName)) bootBytes += b.used;
   }
   regions.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
-  const plugged = devices.reduce((s, d) => s + (d.data.size ?? 0), 0);
-  return guestMemoryOf(regions, pid, bootBytes + plugged, devices);
+  const plugged = devices.reduce((s, d) => s + (NOT_RAM_DEVICES.has(d.type) ? 0 : d.data.size ?? 0), 0);
+  return { ...guestMemoryOf(regions, pid, bootBytes + plugged, devices), unplaced, notRam: [...notRam] };
 }
