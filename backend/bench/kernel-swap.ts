@@ -186,8 +186,7 @@ async function releaseEntry(e: StateEntry): Promise<string[]> {
 export async function sweepStaleKernelSwap(): Promise<void> {
   for (const e of readState()) {
     if (e.owner === process.pid || alive(e.owner)) continue;
-    await releaseEntry(e);
-    dropState(e.owner);
+    if ((await releaseEntry(e)).length === 0) dropState(e.owner);
   }
 }
 
@@ -206,7 +205,8 @@ export async function setupKernelSwap(opts: KernelSwapOptions): Promise<KernelSw
   const undo = async (): Promise<void> => {
     entry = readState().find((x) => x.owner === owner) ?? entry;
     const problems = await releaseEntry(entry);
-    dropState(owner);
+    // (kept while something is left: the next run's sweep tries again once this one ended)
+    if (!problems.length) dropState(owner);
     if (problems.length) throw new ElasticmemError(`kernel-swap baseline cleanup incomplete: ${problems.join('; ')}`, 'EM_BENCH_CLEANUP');
   };
   try {

@@ -400,6 +400,7 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
   const proc = await launchLineProcess(bin, args, { cpus: pinned(opts) });
   const unhook = killOnAbort(proc, opts.signal);
   let pager: Pager | undefined;
+  const vmId = `bench-${proc.pid}`;
   try {
     // Private memory has no name to find it by: the workload's ready line says where it is.
     const ready = JSON.parse(proc.first) as { mode: string; start: string; length: number };
@@ -407,7 +408,6 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
       ? [{ start: ready.start, length: ready.length, kind: 'anon' as const, name: 'bench-private' }]
       : findMemfdRegions(proc.pid, MEMFD_NAME);
     const capPages = opts.localBytes / PAGE;
-    const vmId = `bench-${proc.pid}`;
     const t0 = Date.now();
     const others = allowedCpus().filter((c) => c !== opts.pinCpu);
     const cpus = opts.pinCpu === undefined ? {} : { faultCpus: [opts.pinCpu], ...(others.length ? { evictCpus: others } : {}) };
@@ -438,7 +438,6 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
     p.on('progress', (e: { done?: number; total?: number }) => progress({ phase: 'detach', done: e.done ?? 0, total: e.total ?? 1 }));
     await p.detach();
     const detachSeconds = (Date.now() - td) / 1000;
-    await store.dropVm(vmId).catch(() => {});
     // Invariant 6 for free: after the drain every page must still be right.
     progress({ phase: 'verify', done: 0, total: 1 });
     proc.send('verify');
@@ -454,6 +453,8 @@ async function pagerPhase(bin: string, args: string[], store: PageStore, opts: P
     unhook();
     if (pager && !pager.isClosed) pager.abandon();
     await proc.kill();
+    // The run's pages, on success (obsolete after the drain) and on failure alike.
+    await store.dropVm(vmId).catch(() => {});
   }
 }
 

@@ -43,9 +43,12 @@ export async function measureFloor(kind: 'anon' | 'memfd', faults = 4000, cpu?: 
   }
 }
 
+/** The median (of an even count: the mean of the two middle values). */
 const median = (xs: number[]): number => {
   const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? 0;
+  if (s.length === 0) return 0;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
 /** One floor sample of each kind. */

@@ -288,7 +288,8 @@ async function provideStores(cl: Cleanup, stores: StoreChoice[], dir: string): P
 
 /** Plan the progress units: passes. */
 function plannedPasses(o: VmBenchOptions): number {
-  return o.passes + o.warmup + o.stores.length * o.fractions.length * (o.warmup + 2 * o.passes);
+  // (each baseline waits out one settling pass first: baselinePasses)
+  return o.passes + 1 + o.warmup + o.stores.length * o.fractions.length * (o.warmup + 2 * o.passes + 1);
 }
 
 export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenchResult> {
@@ -331,6 +332,16 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
   /** Passes reported so far. Polls first: the reader only sees what it has read. */
   const seenPasses = () => { con.poll(); return con.passes.length; };
 
+  /**
+   * `n` unattached passes for a baseline, after the one in progress: that one began
+   * earlier, maybe still attached or while a detach drained pages back.
+   */
+  const baselinePasses = async (n: number, label: string): Promise<WorkloadPass[]> => {
+    const from = seenPasses();
+    await passesAfter(from, 1, `${label} (settling)`);
+    return passesAfter(from + 1, n, label);
+  };
+
   // The first pass includes the fill; warm-up passes settle the guest.
   const boot = seenPasses();
   await passesAfter(boot, o.warmup, 'guest warm-up (not attached)');
@@ -351,7 +362,7 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
         const capBytes = f === 1 ? o.guestMiB * MiB : Math.max(4 * MiB, Math.round(f * footprintPages) * PAGE);
         // The paired baseline: this guest, unattached, right before this phase. Other load
         // on the host drifts over minutes; a baseline taken next to each phase cancels it.
-        const paired = (await passesAfter(seenPasses(), o.passes, `${label}: baseline, not attached`)).map((p) => p.ms);
+        const paired = (await baselinePasses(o.passes, `${label}: baseline, not attached`)).map((p) => p.ms);
         unattached.push(...paired);
         progress(`${label}: attaching`);
         const ta = Date.now();
@@ -433,7 +444,7 @@ export async function runVmBench(o: VmBenchOptions, cl: Cleanup): Promise<VmBenc
     }
   }
 
-  const after = (await passesAfter(seenPasses(), o.passes, 'baseline: not attached')).map((p) => p.ms);
+  const after = (await baselinePasses(o.passes, 'baseline: not attached')).map((p) => p.ms);
   unattached.push(...after);
 
   con.poll();

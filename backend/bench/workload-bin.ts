@@ -13,6 +13,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ElasticmemError } from '../../native/errors.ts';
 import { spawnGrandchild, type Grandchild } from '../proc/grandchild.ts';
+import { cachePath } from '../vm/guest.ts';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.join(here, '..', '..');
@@ -20,7 +21,7 @@ const root = path.join(here, '..', '..');
 /** Compile workloads/<name>.c into .cache/bin/em-bench-<name> if missing or older than its source. */
 export function buildBenchProgram(name: 'workload' | 'uffd-floor'): string {
   const source = path.join(here, 'workloads', `${name}.c`);
-  const bin = path.join(root, '.cache', 'bin', `em-bench-${name}`);
+  const bin = cachePath('bin', `em-bench-${name}`);
   const srcTime = fs.statSync(source).mtimeMs;
   let fresh = false;
   try {
