@@ -4,6 +4,7 @@
 #include "inject.h"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -160,6 +161,7 @@ class Tracer {
     // such sleep overshot to ~70 µs, all of it time the target's thread stays stopped.
     // (best effort: the default slack only makes the stops longer)
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    pthread_setname_np(pthread_self(), "em-tracer");  // (not its creator's name; failure is harmless)
     block_process_signals();  // (each stop of its tracee raises a SIGCHLD: not for this thread)
     std::unique_lock<std::mutex> lk(mu_);
     for (;;) {
@@ -583,10 +585,13 @@ void RemoteTask::Impl::prepare() {
   slot = pick_slot();
   crash_point("armed");
   if (seal) {
-    // Code page writable no longer: through the trampoline, so crash-safe. Should it
-    // fail, the page stays rwx and still works (find_trampoline accepts both).
+    // Code page writable no longer, slot pages executable no longer (created rwx in one
+    // mmap): through the trampoline, so crash-safe. Should either fail, the pages keep
+    // their rights and still work (find_trampoline accepts both).
     long p[6] = {static_cast<long>(code), static_cast<long>(kTrampCodeLen), PROT_READ | PROT_EXEC, 0, 0, 0};
     run_call(tramp + kTailOffset, SYS_mprotect, p);
+    long d[6] = {static_cast<long>(code + kTrampCodeLen), static_cast<long>(kTrampDataLen), PROT_READ | PROT_WRITE, 0, 0, 0};
+    run_call(tramp + kTailOffset, SYS_mprotect, d);
   }
 }
 

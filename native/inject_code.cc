@@ -9,6 +9,8 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "error.h"
 #include "inject_internal.h"
@@ -172,12 +174,22 @@ bool is_trampoline(pid_t pid, uint64_t code) {
 
 // A trampoline left in `pid` by an earlier session or an earlier monitor: an
 // anonymous r-x mapping holding our exact code page (checked page by page in case
-// the kernel merged it with a neighbour). 0 if none. *writable: still rwx (a monitor
-// died between creating and sealing it).
+// the kernel merged it with a neighbour). 0 if none. *writable: not sealed yet (a
+// monitor died between creating and sealing it, or an older one sealed the code page
+// only): its code page still rwx, or its slot pages executable.
 uint64_t find_trampoline(pid_t pid, bool* writable) {
   std::ifstream maps("/proc/" + std::to_string(pid) + "/maps");
-  std::string line;
-  while (std::getline(maps, line)) {
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(maps, l);) lines.push_back(l);
+  auto executable_at = [&](uint64_t addr) {
+    for (const auto& l : lines) {
+      unsigned long lo, hi;
+      char perm[8] = {0};
+      if (sscanf(l.c_str(), "%lx-%lx %7s", &lo, &hi, perm) == 3 && lo <= addr && addr < hi) return perm[2] == 'x';
+    }
+    return false;
+  };
+  for (const std::string& line : lines) {
     unsigned long lo, hi, off, inode;
     char perm[8] = {0}, dev[16] = {0};
     int n = 0;
@@ -189,7 +201,7 @@ uint64_t find_trampoline(pid_t pid, bool* writable) {
     for (uint64_t p = lo; p < hi; p += kTrampCodeLen) {
       if (p >= lo + 16 * kTrampCodeLen && p + 16 * (kTrampCodeLen + kTrampDataLen) < hi) continue;
       if (is_trampoline(pid, p)) {
-        *writable = perm[1] == 'w';
+        *writable = perm[1] == 'w' || executable_at(p + kTrampCodeLen);
         return p;
       }
     }

@@ -21,6 +21,12 @@ function refuseShmemThp(pid: number, regions: RegionSpec[]): void {
 
 export interface PagerAttachOptions extends PagerTestHooks {
   pid: number;
+  /**
+   * The target's start time when it was found (/proc/PID/stat field 22): if the pid
+   * names another process by the time of the attach (the VM ended and its pid was
+   * reused), the attach is refused instead of paging a stranger.
+   */
+  startTime?: number;
   /** Stable id of the VM: keys in the store are per VM. */
   vmId: string;
   regions: RegionSpec[];
@@ -81,7 +87,7 @@ export class Pager extends EventEmitter {
     const native = loadNative();
     validate(opts);
     refuseShmemThp(opts.pid, opts.regions);
-    const lockFd = lockTarget(opts.pid, opts.lockDir);
+    const lockFd = lockTarget(opts.pid, opts.lockDir, opts.startTime);
     try {
       return await Pager.attachLocked(opts, lockFd);
     } catch (e) {
@@ -264,11 +270,14 @@ function validateCpus(cpus: number[] | undefined, what: string): void {
     );
 }
 
-function lockTarget(pid: number, dir = '/run/elasticmem/locks'): number {
+function lockTarget(pid: number, dir = '/run/elasticmem/locks', expectStart?: number): number {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // The process start time makes the lock name unique even if the pid is reused.
   const start = startTimeOf(pid);
   if (start === null) throw new ElasticmemError(`no process with pid ${pid}: check the pid (it may have exited)`, 'EM_NO_PROCESS', 3);
+  if (expectStart !== undefined && start !== expectStart) {
+    throw new ElasticmemError(`process ${pid} is not the one that was found (it started at another time: that one ended and its pid was reused); nothing was attached`, 'EM_NO_PROCESS', 3);
+  }
   removeStaleLocks(dir);
   return loadNative().targetLock(path.join(dir, `${pid}-${start}.lock`));
 }

@@ -31,11 +31,12 @@ fi
 # redis-server and memcached are store back ends the tests start themselves;
 # liblz4-dev, g++, make and python3 (node-gyp) build the native addon; iproute2 gives
 # `ss -xlp`, to see who listens on and connects to the control socket (the daemon
-# itself checks its clients with SO_PEERCRED and needs no ss).
+# itself checks its clients with SO_PEERCRED and needs no ss); strace: a test watches
+# the system calls an injection makes.
 PKGS=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev
   busybox-static redis-server memcached liblz4-dev cpio zstd xz-utils kmod
-  gcc g++ make python3 procps util-linux iproute2
+  gcc g++ make python3 procps util-linux iproute2 strace
 )
 declare -A state=()
 # One dpkg-query for all; "ii" = installed. (Packages dpkg never heard of are simply absent.)
@@ -59,6 +60,28 @@ command -v node >/dev/null || die "Node.js 20 is required (Debian 12 ships 18: i
 node_major="$(node -p 'process.versions.node.split(".")[0]')"
 (( node_major >= 20 )) || die "Node.js >= 20 required, found $(node --version) (install nodejs 20 from NodeSource)"
 [[ -f /usr/include/node/node_api.h ]] || die "Node headers missing in /usr/include/node (the native build uses --nodedir=/usr; install the nodejs package that ships them, e.g. NodeSource's)"
+
+# --- where built artefacts live --------------------------------------------------------
+# QEMU runs as libvirt-qemu and some tests run their target as nobody: both open files
+# under .cache (the guest kernel and initramfs, test binaries). In a checkout those
+# users cannot reach (root's home is mode 700), .cache becomes a link to a folder of its
+# own under /var/cache/elasticmem; the code names such files by the link's target
+# (cachePath in backend/vm/guest.ts).
+others_reach() {
+  local d="$1"
+  while [[ "$d" != / ]]; do
+    (( 8#$(stat -c %a "$d") & 1 )) || return 1
+    d="$(dirname "$d")"
+  done
+}
+if [[ ! -L .cache ]] && ! others_reach "$root"; then
+  away="/var/cache/elasticmem/$(printf %s "$root" | sha256sum | cut -c1-12)"
+  mkdir -p "$away"
+  chmod 755 /var/cache/elasticmem "$away"
+  if [[ -d .cache ]]; then cp -a .cache/. "$away"/ && rm -rf .cache; fi
+  ln -s "$away" .cache
+  say "other users cannot reach $root (QEMU runs as libvirt-qemu): .cache is a link to $away"
+fi
 
 mkdir -p "$stamps"
 
@@ -100,6 +123,17 @@ if vm-configs/build-guest.sh --check; then
 else
   say "building test guest image"
   vm-configs/build-guest.sh || die "test guest build failed (output above)"
+fi
+
+# --- the elasticmem command ----------------------------------------------------------
+# On PATH as /usr/local/bin/elasticmem, a link to this checkout's bin/elasticmem.js;
+# one that names another checkout that still exists is left alone.
+cmd=/usr/local/bin/elasticmem
+if [[ ! -e "$cmd" ]]; then
+  ln -sfn "$root/bin/elasticmem.js" "$cmd"
+  say "the elasticmem command: $cmd -> $root/bin/elasticmem.js"
+elif [[ "$(readlink -f "$cmd")" != "$root/bin/elasticmem.js" ]]; then
+  say "note: $cmd is $(readlink -f "$cmd"); this checkout's command is $root/bin/elasticmem.js"
 fi
 
 # --- kernel features the monitor needs ---------------------------------------------

@@ -93,14 +93,24 @@ interface Trampoline {
   used: number;
   /** Code page mapped r-x (not writable). */
   sealed: boolean;
+  /** Permissions of the slots' pages (after the code page): never executable once sealed. */
+  dataPerm: string;
 }
 
 /** Trampolines in `pid` (anonymous r-x mappings starting with inject_code.cc's signature), read through /proc/PID/mem. */
 function trampolines(pid: number): Trampoline[] {
   const out: Trampoline[] = [];
   const fd = fs.openSync(`/proc/${pid}/mem`, 'r');
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n');
+  const permAt = (addr: bigint) => {
+    for (const l of maps) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+)/.exec(l);
+      if (m && BigInt('0x' + m[1]) <= addr && addr < BigInt('0x' + m[2])) return m[3]!;
+    }
+    return '';
+  };
   try {
-    for (const l of fs.readFileSync(`/proc/${pid}/maps`, 'utf8').split('\n')) {
+    for (const l of maps) {
       const m = /^([0-9a-f]+)-([0-9a-f]+) (r-xp|rwxp) 00000000 00:00 0\s*$/.exec(l);
       if (!m) continue;
       const code = BigInt('0x' + m[1]);
@@ -115,7 +125,7 @@ function trampolines(pid: number): Trampoline[] {
         if (data.readUInt32LE(i * 256) !== 0) used++;
         if (data.readUInt32LE(i * 256 + 4) !== 0) armed++;
       }
-      out.push({ code, armed, used, sealed: m[3] === 'r-xp' });
+      out.push({ code, armed, used, sealed: m[3] === 'r-xp', dataPerm: permAt(code + 4096n) });
     }
   } finally {
     fs.closeSync(fd);
@@ -183,6 +193,7 @@ test.serial('a monitor killed during a 3 s injected nanosleep: the target thread
   await sleep(900);
   t.is(await tg.cmd('ping'), 'ok', 'read(2) restarted after the tail restored the thread');
   t.is(trampolines(tg.pid).length, 1, 'one trampoline, reused by the second monitor');
+  t.like(trampolines(tg.pid)[0], { sealed: true, dataPerm: 'rw-p' }, 'code r-x, slots rw-: nothing writable and executable');
 });
 
 /** test/fixtures/regs-spin.c as a grandchild (like every target): its main thread spins checking all its registers. */
@@ -347,6 +358,7 @@ test.serial('a monitor killed at every window of an injection (seized, armed, re
   const trs = trampolines(tg.pid);
   t.is(trs.length, 1, 'one trampoline for the whole life of the target, found again by every new monitor');
   t.true(trs[0].sealed, 'a trampoline left writable by a monitor killed right after creating it was sealed r-x by the next');
+  t.is(trs[0].dataPerm, 'rw-p', 'its slots are not executable');
   t.log(`${kills} monitors killed at named points; trampoline slots used ${trs[0].used}, still armed ${trs[0].armed}`);
   // A monitor killed while the thread has its own registers but the slot is armed
   // (after arming, or after restoring, before disarming) leaves that slot armed: it is

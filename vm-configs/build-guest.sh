@@ -47,8 +47,11 @@ done
 [[ $(id -u) == 0 ]] || { echo "build-guest.sh: must run as root (mknod /dev/console in the initramfs)" >&2; exit 1; }
 
 pkg="${EM_GUEST_KERNEL_PKG:-}"
+kernel_pkg() { apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -1; }
 if [[ -z "$pkg" ]]; then
-  pkg="$(apt-cache search --names-only '^linux-image-6\.1\.0-[0-9]+-amd64$' | awk '{print $1}' | sort -V | tail -1)"
+  pkg="$(kernel_pkg)"
+  # Package lists cleaned (container images) while every package is installed: fetch them once.
+  if [[ -z "$pkg" ]]; then apt-get update -q >&2; pkg="$(kernel_pkg)"; fi
 fi
 [[ -n "$pkg" ]] || { echo "build-guest.sh: no linux-image-6.1.0-*-amd64 package known to apt; run 'apt-get update' first" >&2; exit 1; }
 

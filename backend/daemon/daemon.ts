@@ -223,7 +223,7 @@ export class Daemon {
         this.checkCap(capBytes, memory.guestRamBytes, target.name);
         session.memory = memory;
         session.store = store;
-        session.pager = await Pager.attach({ pid: target.pid, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: left, ...this.config.pager });
+        session.pager = await Pager.attach({ pid: target.pid, startTime: target.startTime, vmId: target.vmId, regions: memory.regions, capPages: capPagesOf(capBytes), store, reattach: left, ...this.config.pager });
       } catch (e) {
         await this.stores.release(setup);
         throw e;

@@ -11,7 +11,20 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-export const GUEST_DIR = path.join(REPO_ROOT, '.cache', 'guest');
+/**
+ * A path under the checkout's .cache folder, its link resolved. In a checkout other
+ * users cannot reach (root's home, mode 700) scripts/bootstrap.sh makes .cache a link
+ * to a folder under /var/cache/elasticmem: files that libvirt's QEMU (user
+ * libvirt-qemu) or a target run as nobody open must be named by a path that does not
+ * pass through the checkout.
+ */
+export function cachePath(...parts: string[]): string {
+  let dir = path.join(REPO_ROOT, '.cache');
+  try { dir = fs.realpathSync(dir); } catch { /* not made yet */ }
+  return path.join(dir, ...parts);
+}
+
+export const GUEST_DIR = cachePath('guest');
 
 export type AccessPattern = 'seq' | 'random' | 'zipf';
 

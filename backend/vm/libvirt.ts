@@ -47,11 +47,13 @@ async function libvirtReady(): Promise<boolean> {
 
 /**
  * Runs the start script under flock with stdio on /dev/null: a daemon that kept our
- * pipes open would make us wait for it forever.
+ * pipes open would make us wait for it forever. -o: the lock's descriptor is not passed
+ * on to the script, so the daemons it starts do not hold the lock for their lifetime
+ * (a later start, after a libvirtd crash, would wait on it for ever).
  */
 function startDaemons(script: string): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('flock', ['/tmp/em-libvirtd.lock', 'sh', '-c', script], { stdio: 'ignore' });
+    const child = spawn('flock', ['-o', '/tmp/em-libvirtd.lock', 'sh', '-c', script], { stdio: 'ignore' });
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
       reject(new Error('starting virtlogd/libvirtd took more than 30 s'));

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { QmpClient } from '../../backend/targets/qmp.ts';
+import { cachePath } from '../../backend/vm/guest.ts';
 import type { TeardownContext } from './target.ts';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -19,7 +20,7 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 export function buildInjectCheck(): string {
   const srcs = ['test/fixtures/inject-check.cc', 'native/inject.cc', 'native/inject_code.cc', 'native/inject_threads.cc', 'native/procfs.cc', 'native/error.cc', 'native/wake_signal.cc'].map((f) => path.join(root, f));
   const deps = [...srcs, ...['inject.h', 'inject_internal.h', 'procfs.h', 'error.h', 'wake_signal.h'].map((h) => path.join(root, 'native', h))];
-  const bin = path.join(root, '.cache', 'bin', 'inject-check');
+  const bin = cachePath('bin', 'inject-check');
   const built = fs.existsSync(bin) ? fs.statSync(bin).mtimeMs : 0;
   if (deps.some((d) => fs.statSync(d).mtimeMs > built)) {
     fs.mkdirSync(path.dirname(bin), { recursive: true });

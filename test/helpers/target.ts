@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { RegionSpec } from '../../native/index.ts';
 import { spawnGrandchild, type Grandchild } from '../../backend/proc/grandchild.ts';
+import { cachePath } from '../../backend/vm/guest.ts';
 
 const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -19,7 +20,7 @@ const root = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
  */
 export function buildFixture(name: string, binName = name): string {
   const source = path.join(root, 'test', 'fixtures', `${name}.c`);
-  const bin = path.join(root, '.cache', 'bin', binName);
+  const bin = cachePath('bin', binName);
   const src = fs.statSync(source);
   let fresh = false;
   try {
