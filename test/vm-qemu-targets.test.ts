@@ -86,7 +86,17 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   // event exists for it): the daemon sees the new mapping and pages its RAM block. The
   // client that adds it keeps QEMU's one QMP connection a while: the daemon's first
   // try to learn the new RAM block times out, and it tries again by itself.
-  const qPages = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
+  const qTotal = async (): Promise<number> => JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
+  /** The qmp: VM's paged pages once they differ from `was` (or `was` after the time-out). */
+  const pagesOnceChanged = async (was: number, timeoutMs: number): Promise<number> => {
+    let now = was;
+    for (const end = Date.now() + timeoutMs; now === was && Date.now() < end;) {
+      await new Promise((r) => setTimeout(r, 250));
+      now = await qTotal();
+    }
+    return now;
+  };
+  const qPages = await qTotal();
   const qMem = q.console.memTotalKb!;
   const side = await QmpClient.connect(q.qmpPath);
   try {
@@ -96,12 +106,8 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   } finally {
     side.close();
   }
-  t.is(JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages, qPages, 'not paged while QMP was taken');
-  let qNow = qPages;
-  for (const end = Date.now() + 20_000; qNow === qPages && Date.now() < end;) {
-    await new Promise((r) => setTimeout(r, 250));
-    qNow = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
-  }
+  t.is(await qTotal(), qPages, 'not paged while QMP was taken');
+  const qNow = await pagesOnceChanged(qPages, 20_000);
   t.is(qNow, qPages + 32768, 'the side-added DIMM is under the pager');
   t.regex(d.log(), /memory added.*QEMU mapped new memory.*side-mem/);
   await q.console.waitForMemTotal(qMem + 120 * 1024, 60_000);
@@ -113,11 +119,7 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   await d.waitLog(/memory pending: QEMU has memory backend late-mem that no guest address uses yet/, 20_000);
   await new Promise((r) => setTimeout(r, 3000));
   await qmpCommand(q.qmpPath, 'device_add', { driver: 'pc-dimm', id: 'late', memdev: 'late-mem' });
-  let qLate = qNow;
-  for (const end = Date.now() + 40_000; qLate === qNow && Date.now() < end;) {
-    await new Promise((r) => setTimeout(r, 250));
-    qLate = JSON.parse((await d.cli('stats', `qmp:${q.qmpPath}`, '--json')).stdout).totalPages;
-  }
+  const qLate = await pagesOnceChanged(qNow, 40_000);
   t.is(qLate, qNow + 32768, 'the DIMM whose device came after its backend is under the pager');
   t.regex(d.log(), /memory added.*QEMU mapped new memory.*late-mem/);
 
