@@ -149,7 +149,12 @@ test('wall time per page fault: total touch time over faulting touches, pager an
   const [row] = perFaultRows([p]);
   t.is(row!.store, 'memory:');
   t.is(row!.localPercent, Math.round((100 * p.localBytes) / p.sizeBytes));
+  // (a result saved without slowTouches: the pager's own fault count)
+  t.is(p.slowTouches, undefined);
   t.is(row!.pagerUsPerFault, Math.round((p.usPerTouch * p.touches / p.pager.faults) * 100) / 100);
+  // With slowTouches, both sides divide by the touches that faulted, as the workload times them.
+  const [same] = perFaultRows([{ ...p, slowTouches: 1000 }]);
+  t.is(same!.pagerUsPerFault, Math.round((p.usPerTouch * p.touches / 1000) * 100) / 100);
   t.is(row!.kernelUsPerFault, Math.round((p.kernelSwap.usPerTouch * p.touches / p.kernelSwap.slowTouches) * 100) / 100);
   t.is(row!.pagerOverKernel, Math.round((row!.pagerUsPerFault / row!.kernelUsPerFault!) * 100) / 100);
   // Without a kernel-swap baseline the kernel columns are empty, not invented.

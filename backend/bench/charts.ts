@@ -404,7 +404,9 @@ export function perFaultRows(pager: PagerBenchResult[]): PerFaultRow[] {
     const totalUs = p.usPerTouch * p.touches;
     const k = p.kernelSwap;
     const kernelUs = k && k.slowTouches > 0 ? round(k.usPerTouch * p.touches / k.slowTouches, 2) : null;
-    const pagerUs = round(totalUs / p.pager.faults, 2);
+    // Both sides per touch that faulted, as the workload times them (over 2 µs); results
+    // saved before slowTouches was recorded fall back to the pager's own fault count.
+    const pagerUs = round(totalUs / (p.slowTouches && p.slowTouches > 0 ? p.slowTouches : p.pager.faults), 2);
     return {
       workload: p.workload,
       store: storeLabel(p.store),

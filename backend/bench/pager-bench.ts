@@ -122,6 +122,8 @@ export interface PagerBenchResult {
   runs?: RepeatResult[];
   /** Median over the repeats; pager, touchFaultUs, hitRate and the integrity details are those of the median run. */
   usPerTouch: number;
+  /** The median run's touches slower than 2 µs (those that faulted), as the kernel-swap side counts them. */
+  slowTouches?: number;
   /** Median over the repeats; kernelSwap is the median run's detail. */
   kernelSwapUsPerTouch?: number;
   /** Median of each repeat's own ratio (its pager run against the kernel run right after it). */
@@ -315,6 +317,7 @@ export async function runPagerBench(opts: PagerBenchOptions): Promise<PagerBench
     repeats: runCount,
     ...(runCount > 1 ? { runs } : {}),
     usPerTouch: wl.usPerTouch,
+    slowTouches: wl.slowTouches,
     ...(kernel ? { kernelSwapUsPerTouch: kernel.usPerTouch, ratioVsKernelSwap: round(medianRun(pairRatios, (x) => x)) } : {}),
     uffdFloorUs: floor.floorUs,
     uffdFloorMemfdUs: floor.memfdFloorUs,
