@@ -133,6 +133,10 @@ std::unique_ptr<RemoteTask> borrow_thread(pid_t pid, int timeout_ms) {
       bool thread_gone = (e.err() == ESRCH || e.err() == EPERM) && cands[i] != pid && thread_ended(pid, cands[i]) &&
                          process_alive(pid);
       if (thread_gone && i + 1 < cands.size()) continue;
+      if (thread_gone)
+        throw Error("EM_PTRACE",
+                    "no thread of process " + std::to_string(pid) + " could be stopped: the candidates exited meanwhile",
+                    ETIMEDOUT);
       if (e.err() != ETIMEDOUT || ++timeouts >= max_timeouts || i + 1 >= cands.size()) throw;
     }
   }

@@ -74,6 +74,10 @@ others_reach() {
     d="$(dirname "$d")"
   done
 }
+if [[ -L .cache && ! -e .cache ]]; then
+  mkdir -p "$(readlink .cache)"  # (its folder was removed: start it again, empty)
+  chmod 755 "$(readlink .cache)"
+fi
 if [[ ! -L .cache ]] && ! others_reach "$root"; then
   away="/var/cache/elasticmem/$(printf %s "$root" | sha256sum | cut -c1-12)"
   mkdir -p "$away"

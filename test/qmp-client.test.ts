@@ -65,3 +65,10 @@ test('a real greeting, then answers matched by id', async (t) => {
   t.is(q.version?.qemu.major, 7);
   t.deepEqual(await q.execute('query-status'), { status: 'running' });
 });
+
+test('a QMP socket with pretty=on (its greeting over many lines): NOT_QMP, saying so', async (t) => {
+  const sock = await peer(t, (c) => { c.write('{\n    "QMP": {\n        "version": {}\n    }\n}\n'); t.teardown(() => c.destroy()); });
+  const e = await QmpClient.connect(sock, 5000).then(() => null, (x: Error & { code?: string }) => x);
+  t.is(e?.code, 'NOT_QMP');
+  t.regex(e?.message ?? '', /pretty=on/);
+});

@@ -138,3 +138,39 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.deepEqual(con.passes.filter((p) => p.corrupt !== 0), []);
   t.true(con.passes.every((p) => p.verified === p.pages));
 });
+
+test('a VM waiting for its take-over whose QEMU is destroyed keeps its pages (listed as crashed); the other VM on the same store is taken over and untouched', async (t) => {
+  const storeDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-'));
+  t.teardown(() => fs.rmSync(storeDir, { recursive: true, force: true }));
+  const fileUri = `file://${storeDir}`;
+  const wl = (seed: number) => ({ sizeMiB: 48, pattern: 'random' as const, write: 0.25, seed, passes: 0, pauseMs: 100 });
+  const [a, b, d1] = await Promise.all([
+    bootDomain(t, { memMiB: 160, template: 'memfd', workload: wl(71) }),
+    bootDomain(t, { memMiB: 160, template: 'memfd', workload: wl(72) }),
+    startDaemon(t),
+  ]);
+  await Promise.all([a.console.waitForPasses(1, 120_000), b.console.waitForPasses(1, 120_000)]);
+  for (const dom of [a, b]) {
+    const r = await d1.cli('attach', dom.name, '--local', '24M', '--store', fileUri);
+    t.is(r.code, 0, r.stderr);
+  }
+  await Promise.all([a, b].map((dom) => dom.console.waitForPasses(dom.console.passes.length + 1, 120_000)));
+  await d1.kill9();
+  // The next daemon takes them over one at a time, each held a while (TEST-ONLY): A's
+  // QEMU is destroyed while A waits.
+  const d2 = await d1.restart({ EM_TEST_TAKEOVER_PAUSE_MS: '5000' });
+  await d2.waitLog(new RegExp(`\\[${a.name}\\] take-over held`), 30_000);
+  await execFileP('virsh', ['-c', 'qemu:///system', 'destroy', a.name]);
+  await d2.waitLog(new RegExp(`\\[${a.name}\\] QEMU ended while waiting for a take-over`), 30_000);
+  await d2.waitLog(new RegExp(`\\[${b.name}\\] re-attached after daemon restart: tookOver=true`), 60_000);
+  const listed = JSON.parse((await d2.cli('list', '--json')).stdout).vms as { name: string; state: string }[];
+  t.deepEqual(listed.map((v) => [v.name, v.state]).sort(), [[a.name, 'crashed'], [b.name, 'attached']].sort(), 'A kept (its pages are in the store), B taken over');
+  await progresses(b.console, d2, b.name, 3);
+  const da = await d2.cli('detach', a.name, '--json');
+  t.is(da.code, 0, da.stderr);
+  t.true(JSON.parse(da.stdout).deletedStoredPages);
+  const db = await d2.cli('detach', b.name);
+  t.is(db.code, 0, db.stderr);
+  await b.console.waitForPasses(b.console.passes.length + 1, 60_000);
+  t.deepEqual(b.console.passes.filter((p) => p.corrupt !== 0), []);
+});

@@ -11,7 +11,7 @@ import type { PagerEvent } from '../../native/index.ts';
 import type { Request } from '../protocol.ts';
 import { resolveTarget, type Target } from '../targets/index.ts';
 import { domState } from '../targets/libvirt.ts';
-import { processAlive } from '../targets/proc.ts';
+import { processAlive, startTimeOf } from '../targets/proc.ts';
 import { formatSize, parseSize } from '../size.ts';
 import { statsStream } from '../stats/stream.ts';
 import type { Config } from './config.ts';
@@ -192,7 +192,16 @@ export class Daemon {
     try {
       // A QEMU left holding the uffd of a daemon that died may not answer its monitor
       // (its main thread waiting on a page): then the record names the VM.
-      const target = await resolveTarget(spec, (pid, start) => (holdsLeftUffd(pid) ? this.records.vmIdOf(pid, start) : null), holdsLeftUffd);
+      // A QEMU that is not running is attached only to be taken over: one this daemon's
+      // predecessor served (the state file's entry, or its record of the RAM), holding
+      // the uffd it left (not, say, QEMU's own for an incoming postcopy migration).
+      const servedBefore = (pid: number) => {
+        if (!holdsLeftUffd(pid)) return false;
+        if (expect?.pid === pid) return true;
+        const start = startTimeOf(pid);
+        return start !== null && this.records.vmIdOf(pid, start) !== null;
+      };
+      const target = await resolveTarget(spec, (pid, start) => (holdsLeftUffd(pid) ? this.records.vmIdOf(pid, start) : null), servedBefore);
       if (expect && (target.vmId !== expect.vmId || target.pid !== expect.pid)) {
         throw new ElasticmemError(`'${spec}' now names QEMU pid ${target.pid} (${target.vmId}), not pid ${expect.pid} (${expect.vmId}) that the previous daemon served; not taking it over`, 'VM_CHANGED');
       }
@@ -436,25 +445,36 @@ export class Daemon {
     for (const s of this.sessions.values()) {
       if ((s.state === 'attached' || s.state === 'detaching') && !processAlive(s.target.pid, s.target.startTime)) void this.onTargetGone(s);
       checkRamMappings(this.growth, s);
-      if (s.state === 'waiting' && !processAlive(s.target.pid, s.target.startTime)) {
-        s.state = 'crashed';
-        s.note = `QEMU pid ${s.target.pid} ended before it was taken over; stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
-        this.saveState();
-        log(s.name, 'QEMU ended while waiting for a take-over', s.note);
-      }
+      if (s.state === 'waiting' && !processAlive(s.target.pid, s.target.startTime)) this.endedBeforeTakeOver(s);
     }
   }
 
-  private handlingExit = new Map<string, Promise<void>>();
+  /**
+   * The QEMU of a VM waiting to be taken over ended: its pages stay in the store (this
+   * daemon holds no reference to it for this VM) until a detach deletes them.
+   */
+  private endedBeforeTakeOver(s: Session): void {
+    s.state = 'crashed';
+    s.note = `QEMU pid ${s.target.pid} ended before it was taken over; stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
+    this.saveState();
+    log(s.name, 'QEMU ended while waiting for a take-over', s.note);
+  }
+
+  /** (per session: a take-over's new session is not the waiting one it replaced) */
+  private handlingExit = new Map<Session, Promise<void>>();
 
   /** QEMU is gone. A normal shutdown deletes the VM's pages; a crash keeps them. */
   private onTargetGone(s: Session): Promise<void> {
-    if (s.state === 'crashed' || this.closing) return Promise.resolve();
-    const running = this.handlingExit.get(s.vmId);
-    if (running) return running;
+    if (s.state === 'crashed' || s.state === 'orphaned' || this.closing) return Promise.resolve();
     if (processAlive(s.target.pid, s.target.startTime)) return Promise.resolve();
-    const p = this.handleTargetGone(s).finally(() => this.handlingExit.delete(s.vmId));
-    this.handlingExit.set(s.vmId, p);
+    if (s.state === 'waiting') {
+      this.endedBeforeTakeOver(s);
+      return Promise.resolve();
+    }
+    const running = this.handlingExit.get(s);
+    if (running) return running;
+    const p = this.handleTargetGone(s).finally(() => this.handlingExit.delete(s));
+    this.handlingExit.set(s, p);
     return p;
   }
 
@@ -484,8 +504,10 @@ export class Daemon {
       if (normal) {
         s.ended = true;
         await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
-        await this.stores.release(s.storeSetup);
-        this.sessions.delete(s.vmId);
+        // (only the reference this session holds: the pool shares the store with other VMs)
+        if (s.store) await this.stores.release(s.storeSetup);
+        s.store = undefined;
+        if (this.sessions.get(s.vmId) === s) this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'domain shut down', `reason ${reason}; detached and its stored pages deleted`);
       } else {

@@ -158,8 +158,10 @@ export function checkRamMappings(host: GrowthHost, s: Session): void {
   const backoff = Math.min(RAM_RETRY_MAX_MS, w.backoffMs ? w.backoffMs * 2 : RAM_RETRY_FIRST_MS);
   void pageAddedRam(host, s, 'QEMU mapped new memory', 'QEMU mapped new memory', backoff).then((done) => {
     if (done) {
-      // (what is still outside the paged RAM now: not RAM, e.g. TCG's code buffer)
-      try { w.seen = unpagedLargeMappings(s.target.pid, s.memory!.regions); } catch { w.seen = now; }
+      // The mappings as seen before this try: one that appeared during it (another
+      // client's DIMM) differs at the next look and is discovered then. (A DIMM paged
+      // now leaves the unpaged mappings: one more look at QMP, which finds nothing new.)
+      w.seen = now;
       w.backoffMs = 0; w.retryAt = 0;
     } else {
       w.backoffMs = backoff;
@@ -169,7 +171,7 @@ export function checkRamMappings(host: GrowthHost, s: Session): void {
 }
 
 /** Errors after which paging new RAM is not tried again by itself: retrying cannot help. */
-const FINAL_GROWTH_ERRORS = new Set(['RAM_CHANGED']);
+const FINAL_GROWTH_ERRORS = new Set(['RAM_CHANGED', 'UNSUPPORTED_MEMORY', 'EM_BAD_REGION', 'EM_SHMEM_THP']);
 
 /**
  * Put RAM blocks added behind our back under the VM's pager (same cap), and say so:

@@ -118,6 +118,9 @@ export class QmpClient extends EventEmitter {
 /** The first line a socket sent was not a QMP greeting (an HMP `-monitor` socket, say). */
 export function notQmp(path: string, firstLine: string): ElasticmemError {
   const shown = firstLine.length > 60 ? `${firstLine.slice(0, 60)}...` : firstLine;
+  if (firstLine.trim() === '{') {
+    return new ElasticmemError(`${path} is a QMP socket with pretty=on (one JSON object over many lines), which elasticmem does not read; use a QMP socket without pretty=on`, 'NOT_QMP');
+  }
   const hmp = /^QEMU .*monitor/.test(firstLine) ? " (QEMU's human monitor, -monitor)" : '';
   return new ElasticmemError(`${path} is not a QMP socket${hmp}: it greeted with ${JSON.stringify(shown)}; give the socket of QEMU's -qmp (or -chardev ...,id=X -mon X,mode=control) option`, 'NOT_QMP');
 }
