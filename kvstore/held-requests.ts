@@ -10,22 +10,24 @@
  * answers its backlog in milliseconds); one that is still held at its time-out fails
  * unsent. What is held is bounded by the callers waiting, each for one time-out.
  */
+import { unavailable } from './errors.ts';
+
 export class HeldRequests {
   private held: { send: (msLeft: number) => void; fail: (e: Error) => void; deadline: number; timer: NodeJS.Timeout }[] = [];
 
   get size(): number { return this.held.length; }
 
   /**
-   * Hold a request: `send(msLeft)` writes it (with what is left of its time-out) when
-   * released; `fail` rejects it on time-out (with `timedOut()`) or when the connection
-   * is dropped.
+   * Hold a request to server `where`: `send(msLeft)` writes it (with what is left of its
+   * time-out) when released; `fail` rejects it on time-out or when the connection is
+   * dropped.
    */
-  hold(timeoutMs: number, send: (msLeft: number) => void, fail: (e: Error) => void, timedOut: () => Error): void {
+  hold(where: string, timeoutMs: number, send: (msLeft: number) => void, fail: (e: Error) => void): void {
     const entry = {
       send, fail, deadline: Date.now() + timeoutMs,
       timer: setTimeout(() => {
         this.held = this.held.filter((h) => h !== entry);
-        fail(timedOut());
+        fail(unavailable(`${where} did not answer within ${timeoutMs} ms (still answering older requests; this one was not sent)`));
       }, timeoutMs),
     };
     this.held.push(entry);

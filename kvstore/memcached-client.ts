@@ -154,9 +154,9 @@ export class McConn {
     if (this.closed) throw new ElasticmemError(`${this.where}: the store is closed`, 'STORE_CLOSED');
     if (this.sock && (this.held.size > 0 || this.queue[0]?.abandoned)) {
       // Wedged (held-requests.ts): sent once the server answers again.
-      return new Promise<void>((resolve, reject) => this.held.hold(this.t.opTimeoutMs,
+      return new Promise<void>((resolve, reject) => this.held.hold(this.where, this.t.opTimeoutMs,
         (msLeft) => { this.send(req, noop, onReply, msLeft).then(resolve, reject); },
-        reject, () => unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms (still answering older requests; this one was not sent)`)));
+        reject));
     }
     const sock = this.sock ?? (await this.connect());
     return new Promise<void>((resolve, reject) => {

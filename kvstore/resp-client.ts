@@ -319,9 +319,9 @@ export class RespClient {
     if (sock && (this.held.size > 0 || this.queue[this.head]?.abandoned)) {
       // Wedged (held-requests.ts): encoded now, sent once the server answers again.
       const frame = encodeCommand(args);
-      return new Promise<RespValue>((resolve, reject) => this.held.hold(this.t.opTimeoutMs,
+      return new Promise<RespValue>((resolve, reject) => this.held.hold(this.where, this.t.opTimeoutMs,
         (msLeft) => { if (this.sock) this.enqueue(this.sock, frame, msLeft).then(resolve, reject); else reject(unavailable(`${this.where}: the connection was lost`)); },
-        reject, () => unavailable(`${this.where} did not answer within ${this.t.opTimeoutMs} ms (still answering older requests; this one was not sent)`)));
+        reject));
     }
     if (sock && this.frameFree) {
       // Encode into the reusable frame: fewer large allocations, less GC per batch.

@@ -1,7 +1,6 @@
 // Which thread of a target to borrow for an injection (see inject.h).
 #include <dirent.h>
 #include <errno.h>
-#include <signal.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -86,12 +85,15 @@ bool thread_ended(pid_t pid, pid_t tid) {
   return state == 'Z' || state == 'X' || (flags & kPF_EXITING) != 0;
 }
 
-// The process is there and not a zombie (a thread of it may have exited).
+// The process is there and not a zombie (a thread of it may have exited): what
+// require_process checks, as a yes or no (a /proc read that fails otherwise is a yes).
 bool process_alive(pid_t pid) {
-  if (kill(pid, 0) != 0 && errno == ESRCH) return false;
-  char state = 0;
-  unsigned long flags = 0;
-  return !task_stat(pid, pid, &state, &flags) ? errno != ENOENT && errno != ESRCH : state != 'Z' && state != 'X';
+  try {
+    require_process(pid);
+    return true;
+  } catch (const Error& e) {
+    return e.err() != ESRCH;
+  }
 }
 }  // namespace
 

@@ -71,8 +71,6 @@ export interface GuestMemory {
    * Only from QMP discovery.
    */
   unplaced?: string[];
-  /** Backends of memory devices that are not RAM (nvdimm, virtio-pmem): left unpaged. */
-  notRam?: string[];
 }
 
 /** Memory devices whose backend the guest does not use as RAM: persistent memory, SGX. */
@@ -241,5 +239,5 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
   }
   regions.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
   const plugged = devices.reduce((s, d) => s + (NOT_RAM_DEVICES.has(d.type) ? 0 : d.data.size ?? 0), 0);
-  return { ...guestMemoryOf(regions, pid, bootBytes + plugged, devices), unplaced, notRam: [...notRam] };
+  return { ...guestMemoryOf(regions, pid, bootBytes + plugged, devices), unplaced };
 }
