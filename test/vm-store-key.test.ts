@@ -86,13 +86,17 @@ test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad
   const st = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
   t.true(st.remotePages > 0 && st.storeWrites > 0, 'pages went to the store');
 
-  const s1 = await sample(fileUri, dom.uuid, { none: undefined, key1, key2 });
+  // (as below: a sample can find every listed page faulted back meanwhile; take another)
+  let s1 = await sample(fileUri, dom.uuid, { none: undefined, key1, key2 });
+  for (let i = 0; i < 3 && !s1.values.some(Boolean); i++) s1 = await sample(fileUri, dom.uuid, { none: undefined, key1, key2 });
   t.true(s1.pages.length > 0, 'pages stored for the VM');
   let clear = 0;
+  let checked = 0;
   s1.pages.forEach((p, i) => {
     const v = s1.values[i];
     const plain = s1.decoded.key1![i]!;
     if (!v) return; // faulted back and rewritten meanwhile
+    checked++;
     t.true(Buffer.isBuffer(plain) && plain.length === 4096, `page ${p} decrypts with key1: ${String(plain)}`);
     t.regex(String(s1.decoded.none![i]), /is encrypted but no store key was given/, `page ${p} without a key`);
     t.regex(String(s1.decoded.key2![i]), /failed authentication \(wrong key/, `page ${p} with another key`);
@@ -100,8 +104,9 @@ test('attach --store-key: pages at rest are AES-256-GCM under that key only; bad
     const p32 = (plain as Buffer).subarray(1024, 1056);
     if (!p32.equals(Buffer.alloc(32)) && v.includes(p32)) clear++;
   });
+  t.true(checked > 0, 'some stored values were read and checked');
   t.is(clear, 0, 'no stored value holds its page in clear');
-  t.log(`${s1.pages.length} stored pages checked: encrypted, key1 only`);
+  t.log(`${checked} of ${s1.pages.length} stored pages checked: encrypted, key1 only`);
 
   // kill -9: the next daemon takes the VM over from the state file, with the same key.
   await d.kill9();

@@ -34,6 +34,20 @@ function threadWaits(pid: number): Map<number, string> {
 }
 
 /**
+ * True once at least `n` threads of `pid` sleep in a userfaultfd fault in 20 samples in a
+ * row (5 ms apart) within `timeoutMs`: they wait for a monitor, not merely run slowly.
+ */
+export async function threadsWaitOnUffd(pid: number, n: number, timeoutMs = 10_000): Promise<boolean> {
+  let inARow = 0;
+  for (const end = Date.now() + timeoutMs; Date.now() < end; await new Promise((r) => setTimeout(r, 5))) {
+    const waiting = [...threadWaits(pid).values()].filter((w) => /userfault/.test(w)).length;
+    inARow = waiting >= n ? inARow + 1 : 0;
+    if (inARow >= 20) return true;
+  }
+  return false;
+}
+
+/**
  * Waits until QEMU's monitor is stuck behind a userfaultfd fault: its main thread (which
  * executes monitor commands) sleeps in a fault itself, or sleeps on a lock (QEMU's big
  * lock, held by a vCPU thread that faulted while emulating a device) while another of its
