@@ -7,7 +7,7 @@ import test, { type ExecutionContext } from 'ava';
 import fs from 'node:fs';
 import { execFileSync, spawn } from 'node:child_process';
 import { startTarget, parseReply, type Target } from './helpers/target.ts';
-import { threadsWaitOnUffd } from './helpers/proc.ts';
+import { mappedPages, threadsWaitOnUffd } from './helpers/proc.ts';
 import { startTimeOf } from '../native/proc-start.ts';
 import { Pager, type PagerEvent } from '../native/pager.ts';
 import { openStore } from '../kvstore/index.ts';
@@ -560,6 +560,43 @@ test('invariant 2: a store that kept an older copy of a page (a put acknowledged
   t.is(parseReply(await reading).corrupt, 0, 'the page read back is its newest version');
   t.is(pager.stats().lostPages, 0);
 });
+
+for (const kind of ['memfd', 'anon'] as const) {
+  test(`invariant 3, ${kind}: no page leaves the target while the store has not acknowledged its put; once it has, they do`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 16 : 1, anonMiB: kind === 'anon' ? 16 : 1 });
+    await target.cmd(`fill ${kind} 67`);
+    const inner = await memoryStore(t);
+    let release!: () => void;
+    const released = new Promise<void>((r) => { release = r; });
+    let heldPuts = 0;
+    // A store (through the TypeScript bridge) that answers no put until released.
+    const store: PageStore = {
+      uri: 'test:held-puts',
+      capabilities: { persistent: false, maxBatch: 256, native: false },
+      get: (vm, pages, versions) => inner.get(vm, pages, versions),
+      put: async (vm, pages, data, versions) => { heldPuts++; await released; return inner.put(vm, pages, data, versions); },
+      delete: (vm, pages) => inner.delete(vm, pages),
+      dropVm: (vm) => inner.dropVm(vm),
+      list: (vm) => inner.list(vm),
+      usage: (vm) => inner.usage(vm),
+      close: async () => {},
+    };
+    t.teardown(() => release());
+    const r = region(target, kind);
+    const pages = r.length / PAGE;
+    t.is(mappedPages(target.pid, r.start), pages, 'filled: every page in the target');
+    const pager = await attach(t, target, [r], 256, store);
+    await waitFor(() => heldPuts > 0, 10000);
+    let least = pages;
+    for (const end = Date.now() + 1500; Date.now() < end; await new Promise((res) => setTimeout(res, 20)))
+      least = Math.min(least, mappedPages(target.pid, r.start));
+    t.is(least, pages, 'every page stayed in the target while its put was unanswered');
+    release();
+    await waitFor(() => pager.stats().residentPages <= 256, 30000);
+    t.true(mappedPages(target.pid, r.start) <= 256, 'acknowledged: the pages left the target');
+    t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0);
+  });
+}
 
 test('an attach that fails after registering one region leaves the target as it was: nothing registered, its uffd closed', async (t) => {
   const store = await memoryStore(t);

@@ -70,6 +70,22 @@ export async function qemuMonitorStuckOnUffd(pid: number, timeoutMs = 30_000): P
   return { stuck: false, detail: `after ${timeoutMs} ms, threads and their wait channels: ${[...last].map(([tid, w]) => `${tid}:${w || '-'}`).join(' ')}` };
 }
 
+/**
+ * Pages of `pid`'s mapping that starts at `start` (hex) present in its page tables
+ * (smaps' Rss): what the target still holds in host memory, whatever the pager counts.
+ */
+export function mappedPages(pid: number, start: string): number {
+  const head = `${BigInt(start).toString(16)}-`;
+  const lines = fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n');
+  const at = lines.findIndex((l) => l.startsWith(head));
+  if (at < 0) throw new Error(`process ${pid} has no mapping at ${start}`);
+  for (let i = at + 1; i < lines.length && !/^[0-9a-f]+-/.test(lines[i]!); i++) {
+    const m = /^Rss:\s+(\d+) kB/.exec(lines[i]!);
+    if (m) return Number(m[1]) / 4;
+  }
+  throw new Error(`no Rss for the mapping at ${start} of process ${pid}`);
+}
+
 /** The fields of /proc/PID/stat after "(comm)" (state first; comm may hold spaces), or null once it is gone. */
 function statFields(pid: number): string[] | null {
   try {
