@@ -603,6 +603,44 @@ for (const kind of ['memfd', 'anon'] as const) {
   });
 }
 
+test('invariant 5: a store that fails every request at once is retried with backoff, not in a loop; the churn resumes intact when it answers', async (t) => {
+  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+  await target.cmd('fill memfd 71');
+  const inner = await memoryStore(t);
+  let down = false;
+  const refuse = () => { throw Object.assign(new Error('connection refused (test store is down)'), { code: 'STORE_ERROR' }); };
+  // A store (through the TypeScript bridge) that, while down, fails at once, as a
+  // server refusing connections does.
+  const store: PageStore = {
+    uri: 'test:refusing',
+    capabilities: { persistent: false, maxBatch: 256, native: false },
+    get: async (vm, pages, versions) => (down ? refuse() : inner.get(vm, pages, versions)),
+    put: async (vm, pages, data, versions) => (down ? refuse() : inner.put(vm, pages, data, versions)),
+    delete: async (vm, pages) => (down ? refuse() : inner.delete(vm, pages)),
+    dropVm: (vm) => inner.dropVm(vm),
+    list: (vm) => inner.list(vm),
+    usage: (vm) => inner.usage(vm),
+    close: async () => {},
+  };
+  const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+  await waitFor(() => pager.stats().residentPages <= 256);
+  down = true;
+  const churn = target.cmd('churn memfd 3000 2 0.5', { timeoutMs: 60_000 });
+  await waitFor(() => pager.stats().storeState === 'retrying', 10_000);
+  const before = pager.stats().storeRetries;
+  await new Promise((r) => setTimeout(r, 2000));
+  const retries = pager.stats().storeRetries - before;
+  // Backoff from 50 ms, doubling: at most 6 tries in 2 s for each waiting thread (the
+  // fault thread, the evictor). Without it each would retry thousands of times a second.
+  t.log({ retriesIn2s: retries });
+  t.true(retries > 0 && retries <= 20, `${retries} retries in 2 s`);
+  down = false;
+  t.is(parseReply(await churn).corrupt, 0);
+  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0);
+  t.is(pager.stats().storeState, 'ok');
+  t.is(pager.stats().lostPages, 0);
+});
+
 test('an attach that fails after registering one region leaves the target as it was: nothing registered, its uffd closed', async (t) => {
   const store = await memoryStore(t);
   const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
