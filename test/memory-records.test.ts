@@ -32,13 +32,15 @@ function freshRecords(t: { teardown(fn: () => void): void }) {
 test('records: written and read per process and VM, records of ended processes swept', (t) => {
   const { dir, recs, rec, me } = freshRecords(t);
   t.is(recs.read(process.pid, me, 'vm-a'), null, 'none yet');
-  recs.write(process.pid, me, 'vm-a', rec);
+  recs.write(process.pid, me, 'vm-a', rec, 'file:///var/lib/em');
   t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec);
+  t.is(recs.storeOf(process.pid, me, 'vm-a'), 'file:///var/lib/em', 'and the store its pages go to');
+  t.is(recs.storeOf(process.pid, me, 'vm-b'), null);
   t.is(fs.statSync(path.join(dir, 'memory', `${process.pid}-${me}.json`)).mode & 0o777, 0o600);
   t.is(recs.read(process.pid, me, 'vm-b'), null, 'another VM id: not this record');
   t.is(recs.read(process.pid, me + 1, 'vm-a'), null, 'another process with the same pid: not this record');
   // A record of a process that ended (pid 999999 with a start time nobody has) goes.
-  recs.write(999999, 12345, 'vm-c', rec);
+  recs.write(999999, 12345, 'vm-c', rec, 'memory:');
   recs.sweep();
   t.false(fs.existsSync(path.join(dir, 'memory', '999999-12345.json')));
   t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec, 'a live process keeps its record');
@@ -48,7 +50,7 @@ test('records: written and read per process and VM, records of ended processes s
 
 test('records in a folder another user could write are not believed (a take-over then asks QEMU)', (t) => {
   const { dir, recs, rec, me } = freshRecords(t);
-  recs.write(process.pid, me, 'vm-a', rec);
+  recs.write(process.pid, me, 'vm-a', rec, 'file:///var/lib/em');
   t.deepEqual(recs.read(process.pid, me, 'vm-a'), rec);
   fs.chmodSync(path.join(dir, 'memory'), 0o777);
   t.is(recs.read(process.pid, me, 'vm-a'), null, 'world-writable folder: not believed');

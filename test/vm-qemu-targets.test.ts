@@ -124,9 +124,16 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
   t.regex(d.log(), /memory added.*QEMU mapped new memory.*late-mem/);
 
   await p.console.waitForPasses(p.console.passes.length + 2, 120_000);
+  // A watch running while the VM is detached elsewhere ends with why, not as a Ctrl-C.
+  const watching = d.cli('stats', `pid:${p.pid}`, '--watch', '--json');
+  await new Promise((r) => setTimeout(r, 1500));
   const det = await d.cli('detach', `pid:${p.pid}`);
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(p.pid));
+  const watched = await watching;
+  t.is(watched.code, 1, watched.stderr);
+  t.regex(watched.stderr, new RegExp(`VM 'pid:${p.pid}' is no longer paged: it was detached`));
+  t.true(watched.stdout.trim().split('\n').length >= 1, 'samples came before the end');
   // Stopping the daemon (SIGTERM) with a VM on memory: drains it back first: its pages
   // would die with the daemon.
   await q.console.waitForPasses(q.console.passes.length + 2, 120_000);

@@ -84,6 +84,14 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   const wrong = await d3.cli('attach', dom.name, '--local', '64M', '--store', 'memory:');
   t.is(wrong.code, 1);
   t.regex(wrong.stderr, /still holds a userfaultfd from a monitor that died.*\[NEEDS_PREVIOUS_STORE\]/s);
+  // So would another persistent store that holds none of its pages: the record of its
+  // RAM says which store the previous daemon used.
+  const emptyDir = fs.mkdtempSync(path.join(os.tmpdir(), 'emfile-empty-'));
+  t.teardown(() => fs.rmSync(emptyDir, { recursive: true, force: true }));
+  const other1 = await d3.cli('attach', dom.name, '--local', '64M', '--store', `file://${emptyDir}`);
+  t.is(other1.code, 1);
+  t.regex(other1.stderr, new RegExp(`kept the evicted pages of '${dom.name}' in ${fileUri}.*\\[WRONG_STORE\\]`, 's'));
+  t.true(holdsUffd(dom.pid), 'refused: QEMU still waits on its userfaultfd');
   const r = await d3.cli('attach', dom.name, '--local', '64M', '--store', fileUri, '--json');
   t.is(r.code, 0, r.stderr);
   t.true(JSON.parse(r.stdout).tookOver);
@@ -111,6 +119,11 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.true(holdsUffd(dom.pid), 'still waiting on its userfaultfd');
   fs.rmSync(storeDir);
   fs.renameSync(aside, storeDir);
+  // The state file's entry names the store too: another one holding none of the pages is refused.
+  const other2 = await d4.cli('attach', dom.name, '--store', `file://${emptyDir}`);
+  t.is(other2.code, 1);
+  t.regex(other2.stderr, /\[WRONG_STORE\]/);
+  t.is(JSON.parse((await d4.cli('list', '--json')).stdout).vms[0].state, 'waiting', 'still waiting for its take-over');
   let retryDone = false;
   const retrying = d4.cli('attach', dom.name, '--json').finally(() => { retryDone = true; });
   await d4.waitLog(new RegExp(`take-over held[^]*\\[${dom.name}\\] take-over held`));

@@ -65,7 +65,23 @@ test('SIGSTOP on redis-server stalls the guest; SIGCONT resumes it with corrupt=
   await redis.cli('ACL', 'SETUSER', 'default', '+unlink');
   const again = await d.cli('attach', dom.name, '--local', '48M', '--store', redis.uri);
   t.is(again.code, 0, again.stderr);
-  const det2 = await d.cli('detach', dom.name);
+  await con.waitForPasses(con.passes.length + 1, 120_000);
+  // A detach that waits on a stopped store: the VM's other requests fail at once
+  // instead of queueing silently behind it.
+  redis.pause();
+  resumed = false;
+  const draining = d.cli('detach', dom.name);
+  for (let i = 0; i < 100 && JSON.parse((await d.cli('list', '--json')).stdout).vms[0]?.state !== 'detaching'; i++) await sleep(100);
+  const t0 = Date.now();
+  const busy = await d.cli('resize', dom.name, '--local', '64M');
+  t.is(busy.code, 1);
+  t.regex(busy.stderr, /is being detached.*\[VM_BUSY\]/s);
+  const twice = await d.cli('detach', dom.name);
+  t.regex(twice.stderr, /is being detached.*\[VM_BUSY\]/s);
+  t.true(Date.now() - t0 < 10_000, 'refused at once');
+  redis.resume();
+  resumed = true;
+  const det2 = await draining;
   t.is(det2.code, 0, det2.stderr);
   t.notRegex(det2.stderr, /warning/);
   t.is((await redis.cli('DBSIZE')).trim(), '0', 'the next attach and detach deleted them');

@@ -8,6 +8,7 @@ import { ElasticmemError, syscallNote } from '../../native/errors.ts';
 import { loadNative } from '../../native/index.ts';
 import { Pager } from '../../native/pager.ts';
 import type { PagerEvent } from '../../native/index.ts';
+import type { PageStore } from '../../kvstore/types.ts';
 import type { Request } from '../protocol.ts';
 import { resolveTarget, type Target } from '../targets/index.ts';
 import { domState } from '../targets/libvirt.ts';
@@ -55,6 +56,8 @@ export class Daemon {
   private sessions = new Map<string, Session>();
   /** Specs with an attach in flight: a second attach of the same VM is refused at once. */
   private attaching = new Set<string>();
+  /** Attach requests in flight: a stop waits for them, so none ends after the state file was written. */
+  private attachesInFlight = new Set<Promise<unknown>>();
   private stores = new StorePool();
   private records: MemoryRecords;
   private server: ControlServer;
@@ -118,8 +121,13 @@ export class Daemon {
     switch (req.op) {
       case 'ping': return { pid: process.pid, vms: this.sessions.size, protocol: 1 };
       case 'list': return { vms: [...this.sessions.values()].map((s) => s.summary()) };
-      case 'attach': return this.attach(a.vm as string, a.local as string | undefined,
-        { uri: a.store as string | undefined, keyFile: a.storeKey as string | undefined, compress: a.compress as boolean | undefined, tlsCaFile: a.tlsCa as string | undefined });
+      case 'attach': {
+        if (this.closing) throw new ElasticmemError('the daemon is stopping; attach once it (or the next one) runs', 'DAEMON_STOPPING');
+        const p = this.attach(a.vm as string, a.local as string | undefined,
+          { uri: a.store as string | undefined, keyFile: a.storeKey as string | undefined, compress: a.compress as boolean | undefined, tlsCaFile: a.tlsCa as string | undefined });
+        this.attachesInFlight.add(p);
+        return p.finally(() => this.attachesInFlight.delete(p));
+      }
       case 'resize': return this.resize(a.vm as string, a.local as string, ctx);
       case 'grow': return this.grow(a.vm as string, a.size as string, a.wait !== false, a.dimm === true);
       case 'detach': return this.detach(a.vm as string, ctx);
@@ -220,6 +228,12 @@ export class Daemon {
       const storeUri = setup.uri;
       // A QEMU that already holds a userfaultfd was attached by a daemon that died: take it over.
       const left = holdsLeftUffd(target.pid);
+      if (expect && !left) {
+        // The previous daemon had drained it back (it died while deleting the obsolete
+        // copies, or after): the VM runs without elasticmem. Attaching it again would
+        // squeeze a VM its operator detached.
+        throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' holds no userfaultfd of a previous daemon: its detach had finished; nothing to take over`, 'NOTHING_TO_TAKE_OVER');
+      }
       const store = await this.stores.acquire(setup);
       const session = new Session(target, setup, capBytes);
       try {
@@ -228,6 +242,7 @@ export class Daemon {
           // fresh non-persistent store is empty: those pages would come back as zeros.
           throw new ElasticmemError(`QEMU pid ${target.pid} of '${target.name}' still holds a userfaultfd from a monitor that died; its evicted pages are in the store that monitor used. Take it over with that (persistent) store: elasticmem attach ${spec} --local SIZE --store <the same URI> (and the same --store-key if its pages were encrypted, --tls-ca for a private CA). ${shownUri(storeUri)} cannot hold pages across daemons`, 'NEEDS_PREVIOUS_STORE');
         }
+        if (left) await this.refuseAnotherStore(target, spec, storeUri, store, expect?.replacing);
         const memory = left ? await this.memoryToTakeOver(session) : await target.discover();
         this.checkCap(capBytes, memory.guestRamBytes, target.name);
         session.memory = memory;
@@ -271,9 +286,19 @@ export class Daemon {
     p.on('target-exited', () => void this.onTargetGone(s));
   }
 
+  /**
+   * Requests that queue behind a VM's operations fail at once while it is being
+   * detached: a drain waiting on a store that is down could hold them, silently, for as
+   * long as the store stays down.
+   */
+  private notDetaching(s: Session): Session {
+    if (s.state === 'detaching') throw new ElasticmemError(`VM '${s.name}' is being detached (its pages are coming back; see elasticmem list); try again once that has finished`, 'VM_BUSY');
+    return s;
+  }
+
   async resize(spec: string, local: string, ctx: RequestContext): Promise<unknown> {
     const bytes = parseSize(local, '--local');
-    const s = this.find(spec, true);
+    const s = this.notDetaching(this.find(spec, true));
     return s.serial(async () => {
       if (s.state !== 'attached') throw new ElasticmemError(`VM '${s.name}' is ${s.state}; cannot resize now`, 'VM_BUSY');
       this.checkCap(bytes, s.memory!.guestRamBytes, s.name);
@@ -303,7 +328,7 @@ export class Daemon {
 
   async grow(spec: string, sizeText: string, wait: boolean, dimm = false): Promise<unknown> {
     const bytes = parseSize(sizeText, 'SIZE');
-    return growVm(this.growth, this.find(spec, true), bytes, wait, dimm);
+    return growVm(this.growth, this.notDetaching(this.find(spec, true)), bytes, wait, dimm);
   }
 
   /**
@@ -311,6 +336,20 @@ export class Daemon {
    * (memory-records.ts), checked against the process, without asking QEMU, whose
    * main thread may be waiting on a page right now; else from QMP (which may then time out).
    */
+  /**
+   * A take-over trusts its store for every page QEMU does not hold: one that holds no
+   * page of the VM, while the previous daemon used another (the state file's entry, else
+   * the record of QEMU's RAM says which), would turn every evicted page into zeros. A
+   * store given under another URI that does hold the VM's pages (the same server
+   * written differently, or pages moved) is taken.
+   */
+  private async refuseAnotherStore(target: Target, spec: string, uri: string, store: PageStore, waiting?: Session): Promise<void> {
+    const before = waiting ? waiting.storeUri : this.records.storeOf(target.pid, target.startTime, target.vmId);
+    if (before === null || before === uri) return;
+    if ((await store.list(target.vmId)).length > 0) return;
+    throw new ElasticmemError(`the previous daemon kept the evicted pages of '${target.name}' in ${shownUri(before)}; ${shownUri(uri)} holds none of them, and taking over with it would turn every one into zeros. Take it over with that store: elasticmem attach ${spec} --local SIZE --store ${shownUri(before)} (with its --store-key, if any)`, 'WRONG_STORE');
+  }
+
   private async memoryToTakeOver(s: Session): Promise<GuestMemory> {
     const t = s.target as Target;
     const rec = this.records.read(t.pid, t.startTime, t.vmId);
@@ -348,11 +387,28 @@ export class Daemon {
       }
       return await this.attach(spec, local ?? String(w.capBytes), takeOverArgs(w.storeSetup, storeArgs), { vmId: w.vmId, pid: w.target.pid, replacing: w });
     } catch (e) {
+      if ((e as ElasticmemError).code === 'NOTHING_TO_TAKE_OVER') {
+        await this.forgetDetached(w);
+        throw e;
+      }
       w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
       throw e;
     } finally {
       w.takingOver = false;
     }
+  }
+
+  /** A state-file entry whose VM had been detached after all: dropped, with any stored copies left. */
+  private async forgetDetached(w: Session): Promise<void> {
+    if (this.sessions.get(w.vmId) === w) this.sessions.delete(w.vmId);
+    this.saveState();
+    try {
+      const store = await this.stores.acquire(w.storeSetup);
+      try { await store.dropVm(w.vmId); } finally { await this.stores.release(w.storeSetup); }
+    } catch (e) {
+      log(w.name, 'warning', `could not delete its obsolete stored pages: ${w.scrub((e as Error).message)}`);
+    }
+    log(w.name, 'not taken over', 'its detach had finished before the previous daemon ended; the VM runs without elasticmem');
   }
 
   /** A device was added to a libvirt domain behind our back: page its RAM if it has any. */
@@ -362,7 +418,7 @@ export class Daemon {
   }
 
   async detach(spec: string, ctx: RequestContext): Promise<unknown> {
-    const s = this.find(spec);
+    const s = this.notDetaching(this.find(spec));
     return s.serial(async () => {
       // A detach queued behind another one (the user ran it twice) finds the session gone.
       if (this.sessions.get(s.vmId) !== s) throw new ElasticmemError(`VM '${spec}' is not attached (detached meanwhile); see: elasticmem list`, 'NOT_ATTACHED');
@@ -408,6 +464,7 @@ export class Daemon {
         log(s.name, 'warning', `could not delete stored pages: ${storedPagesLeft}`);
       });
       await this.stores.release(s.storeSetup);
+      s.endedHow = 'it was detached';
       this.sessions.delete(s.vmId);
       this.records.remove(s.target.pid, s.target.startTime);
       this.saveState();
@@ -420,6 +477,8 @@ export class Daemon {
   private async watch(spec: string, intervalMs: number, ctx: RequestContext): Promise<unknown> {
     const s = this.find(spec, true);
     if (!(intervalMs >= 100 && intervalMs <= 60_000)) throw new ElasticmemError('intervalMs must be within 100..60000', 'BAD_REQUEST');
+    // (a client that left while the request waited for the restore: its abort has fired)
+    if (ctx.signal.aborted) return { name: s.name, ended: 'client' };
     await new Promise<void>((resolve) => {
       const sub = statsStream(() => s.stats(), intervalMs).subscribe({
         next: (sample) => {
@@ -430,7 +489,9 @@ export class Daemon {
       });
       ctx.signal.addEventListener('abort', () => { sub.unsubscribe(); resolve(); }, { once: true });
     });
-    return { name: s.name, ended: this.sessions.has(s.vmId) ? 'client' : 'detached' };
+    // ended: 'client' (it stopped watching), else 'vm' with why the VM's paging ended.
+    if (ctx.signal.aborted) return { name: s.name, ended: 'client' };
+    return { name: s.name, ended: 'vm', why: s.endedHow || s.note || `it is ${s.state}` };
   }
 
   // ---------------------------------------------------------------- lifecycle
@@ -507,6 +568,7 @@ export class Daemon {
         // (only the reference this session holds: the pool shares the store with other VMs)
         if (s.store) await this.stores.release(s.storeSetup);
         s.store = undefined;
+        s.endedHow = `its QEMU ended (${reason}); it was detached`;
         if (this.sessions.get(s.vmId) === s) this.sessions.delete(s.vmId);
         this.saveState();
         log(s.name, 'domain shut down', `reason ${reason}; detached and its stored pages deleted`);
@@ -514,6 +576,7 @@ export class Daemon {
         s.state = 'crashed';
         s.pager = undefined;
         s.note = `QEMU pid ${s.target.pid} ended (${reason}); stored pages kept in ${s.storeShown} until: elasticmem detach ${s.target.spec}`;
+        s.endedHow = `its QEMU crashed: ${s.note}`;
         this.saveState();
         log(s.name, reason === 'unknown' && this.closing ? 'QEMU ended while the daemon stopped' : 'QEMU crashed', s.note);
       }
@@ -533,10 +596,10 @@ export class Daemon {
     for (const s of this.sessions.values()) {
       if (s.state !== 'attached' || !s.memory) continue;
       const rec = recordOf(s.memory);
-      const text = JSON.stringify(rec);
+      const text = JSON.stringify([rec, s.storeUri]);
       if (text === s.recordText) continue;
       try {
-        this.records.write(s.target.pid, s.target.startTime, s.vmId, rec);
+        this.records.write(s.target.pid, s.target.startTime, s.vmId, rec, s.storeUri);
         s.recordText = text;
       } catch (e) {
         log(s.name, 'warning', `cannot write the record of its RAM blocks in ${this.records.dir}: ${(e as Error).message}; a take-over will have to ask QEMU`);
@@ -602,6 +665,9 @@ export class Daemon {
     await Promise.all([this.events.stop(), this.deviceEvents.stop(), this.server.close()]);
     // A QEMU that ended just before the signal: let its handling finish (briefly).
     await settleWithin([...this.handlingExit.values()], STOP_STEP_MS);
+    // An attach in flight (its client is gone with the server) finishes first, so its VM
+    // is drained or left for the next daemon like the others, and in the state file.
+    await settleWithin([...this.attachesInFlight], STOP_INFLIGHT_MS);
     // Operations in flight finish first: a detach drains on (its store must stay open
     // until every page is back; it ends at once if QEMU dies), resize and grow stop
     // following their VM now that their client is gone.
@@ -610,9 +676,20 @@ export class Daemon {
     // daemon like the others (its pages are in the store or already back).
     await settleWithin([...this.sessions.values()].map((s) => s.serial(async () => undefined)), STOP_INFLIGHT_MS);
     for (const s of [...this.sessions.values()]) {
-      if (s.state === 'detaching' && s.pager && !s.pager.isClosed && s.store?.capabilities.persistent) {
+      if (s.state !== 'detaching' || !s.pager || s.pager.isClosed) continue;
+      if (s.store?.capabilities.persistent) {
         s.pager.abandon();
         log(s.name, 'left for the next daemon', `its detach had not finished after ${STOP_INFLIGHT_MS / 1000} s; QEMU keeps its userfaultfd, pages stay in ${s.storeShown}`);
+        continue;
+      }
+      // Its pages die with this process: the detach goes on for as long as it brings
+      // pages back, as the drain of an attached VM below does.
+      log(s.name, 'finishing its detach before daemon exit', 'its store does not outlive the daemon');
+      try {
+        await untilStalled(s.pager, s.serial(async () => undefined), STOP_DRAIN_STALL_MS);
+      } catch (e) {
+        s.pager.abandon();
+        log(s.name, 'left for the next daemon', s.scrub((e as Error).message));
       }
     }
     for (const s of [...this.sessions.values()]) {
@@ -637,7 +714,12 @@ export class Daemon {
         // If QEMU dies meanwhile, the pager sees it (pidfd) and the drain ends at once.
         try {
           await drainUnlessStalled(s.pager, STOP_DRAIN_STALL_MS);
-          await s.store?.dropVm(s.vmId); this.sessions.delete(s.vmId); this.records.remove(s.target.pid, s.target.startTime); log(s.name, 'detached');
+          // Drained: detached, whatever becomes of the obsolete copies (a store that
+          // refuses their deletion must not leave the VM listed as attached).
+          this.sessions.delete(s.vmId);
+          this.records.remove(s.target.pid, s.target.startTime);
+          await s.store?.dropVm(s.vmId).catch((e: Error) => log(s.name, 'warning', `could not delete stored pages: ${s.scrub(e.message)}`));
+          log(s.name, 'detached');
         } catch (e) {
           if ((e as ElasticmemError).code === 'DRAIN_STALLED') {
             // QEMU keeps its userfaultfd and waits; the pages stay in the store, which may
@@ -672,6 +754,11 @@ export function isNormalEnd(reason: string): boolean {
 
 /** Drain the pager back into its VM; DRAIN_STALLED when no page came back for `stallMs`. */
 async function drainUnlessStalled(pager: Pager, stallMs: number): Promise<void> {
+  return untilStalled(pager, pager.detach(), stallMs);
+}
+
+/** Wait for `drain` (a detach of `pager`); DRAIN_STALLED when no page came back for `stallMs`. */
+async function untilStalled(pager: Pager, drain: Promise<unknown>, stallMs: number): Promise<void> {
   let last = Date.now();
   const onProgress = () => { last = Date.now(); };
   pager.on('progress', onProgress);
@@ -681,7 +768,6 @@ async function drainUnlessStalled(pager: Pager, stallMs: number): Promise<void> 
       if (Date.now() - last >= stallMs) reject(new ElasticmemError(`the drain brought no page back for ${Math.round(stallMs / 1000)} s (is its store down?); QEMU keeps its userfaultfd and the pages stay in the store`, 'DRAIN_STALLED'));
     }, Math.min(1000, stallMs));
   });
-  const drain = pager.detach();
   try {
     await Promise.race([drain, stalled]);
   } finally {

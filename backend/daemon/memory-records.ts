@@ -21,9 +21,16 @@ export class MemoryRecords {
     return path.join(this.dir, `${pid}-${startTime}.json`);
   }
 
-  write(pid: number, startTime: number, vmId: string, rec: GuestMemoryRecord): void {
+  /** `store`: the URI its pages go to, as given (the file is root's, mode 0600, like the state file). */
+  write(pid: number, startTime: number, vmId: string, rec: GuestMemoryRecord, store: string): void {
     fs.mkdirSync(this.dir, { recursive: true, mode: 0o700 });
-    writePrivateFile(this.file(pid, startTime), JSON.stringify({ v: 1, vmId, ...rec }) + '\n');
+    writePrivateFile(this.file(pid, startTime), JSON.stringify({ v: 1, vmId, store, ...rec }) + '\n');
+  }
+
+  /** The store this QEMU's pages went to for this VM, or null (no record, or one written before stores were recorded). */
+  storeOf(pid: number, startTime: number, vmId: string): string | null {
+    const doc = this.load(pid, startTime) as { vmId: string; store?: unknown } | null;
+    return doc && doc.vmId === vmId && typeof doc.store === 'string' ? doc.store : null;
   }
 
   /** The record of this QEMU for this VM, or null (none, unreadable, another VM's). */

@@ -47,6 +47,9 @@ export class ControlServer {
         server.once('error', reject);
         server.listen(this.socketPath, () => { server.off('error', reject); resolve(); });
       });
+      // Once listening, an error is a failed accept (EMFILE, ENFILE): unhandled, it would
+      // end the daemon, and with it the pages of every VM on memory:. Log it and go on.
+      server.on('error', (e) => log('-', 'warning', `control socket: ${e.message}`));
     } finally {
       process.umask(oldMask);
     }

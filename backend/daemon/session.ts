@@ -34,6 +34,8 @@ export class Session {
    * reference and the session alone (releasing twice would close a store other VMs use).
    */
   ended = false;
+  /** How it ended, for a client following it (stats --watch): 'detached', 'QEMU ended (shutdown)'... */
+  endedHow = '';
   /**
    * ram-watch.ts, for a pid:/qmp: VM: `seen`, the large mappings of QEMU outside the
    * paged RAM as last handled (its RAM is re-discovered when they change); a paging of

@@ -56,9 +56,10 @@ const cmd: Command = {
     const abort = new AbortController();
     const onSig = () => abort.abort();
     process.once('SIGINT', onSig);
+    let end: { ended?: string; why?: string } = {};
     const samples = new Observable<StatsSample>((sub) => {
       call('watch', { vm }, { socket: values.socket, signal: abort.signal, onStream: (d) => sub.next(d as StatsSample) })
-        .then(() => sub.complete(), (e) => sub.error(e));
+        .then((r) => { end = (r ?? {}) as typeof end; sub.complete(); }, (e) => sub.error(e));
     });
     const tty = process.stdout.isTTY;
     const view = new WatchView();
@@ -69,6 +70,12 @@ const cmd: Command = {
         error: (e) => reject(e),
       });
     }).finally(() => process.off('SIGINT', onSig));
+    // The VM's paging ended under the watch (detached elsewhere, QEMU gone): say so, and
+    // not with the exit status of a Ctrl-C.
+    if (end.ended === 'vm') {
+      process.stderr.write(`${tty && !values.json ? '\n' : ''}elasticmem stats: VM '${positionals[0]}' is no longer paged: ${end.why ?? 'it ended'}\n`);
+      return 1;
+    }
     return 0;
   },
 };
