@@ -438,11 +438,13 @@ void Pager::start_unguarded(size_t& registered) {
     // messages it had read: unprotect everything (resident pages are treated as dirty)
     // and wake every waiter so each fault is delivered again to us. A discard by QEMU
     // meanwhile can still hold the mm changing (EAGAIN): its event is applied first.
-    for (auto& r : regions()) {
+    for (auto& r : regions())
       settle_events_then("unprotecting '" + r.name + "' after a take-over",
                          [&] { return uffd_writeprotect(cfg_.uffd, r.start, r.length, false, false, OnAgain::kReturn); });
-      uffd_wake(cfg_.uffd, r.start, r.length);
-    }
+    // Wake only once every region is unprotected: a settle loop drops the fault messages
+    // it reads, so a thread woken before a later region's settle could fault again into
+    // it and never be woken. From here on the fault thread reads every message.
+    for (auto& r : regions()) uffd_wake(cfg_.uffd, r.start, r.length);
   }
   if (sched_getaffinity(0, sizeof allowed_cpus_, &allowed_cpus_) != 0) cfg_.follow_faults = false;
   if (!cfg_.fault_cpus.empty()) cfg_.follow_faults = false;
@@ -587,6 +589,16 @@ bool Pager::put_or_report(std::vector<uint64_t>& keys, std::vector<uint32_t>& ve
     return store_put(keys, vers, data);
   } catch (const std::exception& e) {
     report_throttled(error_event("storing evicted pages failed; they stay in the guest", e));
+    return false;
+  }
+}
+// The evictor's store_del: false also when it fails in a way retrying cannot mend, so a
+// batch never ends half-way (its victims left evicting, its deferred faults unwoken).
+bool Pager::del_or_report(std::vector<uint64_t>& keys) {
+  try {
+    return store_del(keys);
+  } catch (const std::exception& e) {
+    report_throttled(error_event("deleting stored copies failed", e));
     return false;
   }
 }

@@ -191,6 +191,7 @@ class Pager {
   bool store_put(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
   bool put_or_report(std::vector<uint64_t>& keys, std::vector<uint32_t>& vers, const uint8_t* data);
   bool store_del(std::vector<uint64_t>& keys);
+  bool del_or_report(std::vector<uint64_t>& keys);  // the evictor's: reports instead of throwing
   template <class F> bool with_retry(const char* what, F&& op);
   // --- helpers ---
   int region_of(uint64_t addr) const;

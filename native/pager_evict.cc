@@ -258,7 +258,7 @@ size_t Pager::evict_batch(size_t want) {
         put_vers.push_back(m.version + 1);
       }
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     stored = false;
     emit(error_event("eviction copy-out failed", e));
   }
@@ -271,7 +271,7 @@ size_t Pager::evict_batch(size_t want) {
       }
     stored = put_or_report(put_keys, put_vers, buf.get());
   }
-  if (stored) stored = store_del(del_keys);
+  if (stored) stored = del_or_report(del_keys);
   // Phase 3a: commit the drop for pages nobody touched meanwhile.
   std::vector<uint32_t> drop;
   std::vector<uint8_t> drop_zero;
@@ -349,7 +349,7 @@ size_t Pager::evict_batch(size_t want) {
       left++;
     }
   }
-  if (!discarded_keys.empty()) store_del(discarded_keys);  // (this thread's later puts follow it)
+  if (!discarded_keys.empty()) del_or_report(discarded_keys);  // (this thread's later puts follow it)
   wake_deferred();
   evicted_cv_.notify_all();
   return left;
@@ -491,7 +491,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     // Each pipe must start empty: its bytes are read back as this batch's pages, in order.
     if (cfg_.test_stale_pipe != 2) discard_stale_pipe(pipe_r_, "the eviction pipe");
     if (tpipe_.read_fd >= 0) discard_stale_pipe(tpipe_.read_fd, "the eviction pipe in the target");
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     // Nothing spliced: step 2 puts every victim back, the next batch tries again.
     splice_ok = false;
     emit(error_event("eviction", e));
@@ -510,7 +510,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         for_runs(wp, [&](const Run& run) {
           uffd_writeprotect(cfg_.uffd, addr_of(run.first), (uint64_t)run.count * kPageSize, true, true);
         });
-      } catch (const Error& e) {
+      } catch (const std::exception& e) {
         splice_ok = false;
         emit(error_event("eviction copy-out failed", e));
       }
@@ -541,7 +541,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
       task = borrow_thread(cfg_.pid);
       remote_vmsplice(cfg_.pid, tpipe_.target_write_fd, priv.data(), priv.size(), &tspliced_bytes, task.get());
     }
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     splice_ok = false;
     emit(error_event("eviction copy-out failed", e));
   }
@@ -589,7 +589,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     }
   }
   if (!splice_ok) {
-    try { read_pipe(); } catch (const Error& e) { emit(error_event("eviction", e)); }
+    try { read_pipe(); } catch (const std::exception& e) { emit(error_event("eviction", e)); }
     if (drop.empty()) return 0;
   }
   // TEST ONLY (test_skip_wp): read before the punch, as a copy-out without protection
@@ -610,7 +610,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
   if (splice_ok && !read_done) {
     try {
       read_pipe();
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       have_data = false;
       emit(error_event("eviction", e));
     }
@@ -662,7 +662,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
       try {
         CopyResult cr = uffd_copy(cfg_.uffd, addr_of(drop[i]), buf.get() + put_slot[i] * kPageSize, kPageSize, false, false, &copied);
         if (copied == kPageSize || cr == CopyResult::kExists) back[i] = kBack;
-      } catch (const Error& e) {
+      } catch (const std::exception& e) {
         report_throttled(error_event("putting back a page the store did not take", e));
       }
     }
@@ -716,7 +716,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
       left++;
     }
   }
-  if (!del_keys.empty()) store_del(del_keys);
+  if (!del_keys.empty()) del_or_report(del_keys);
   wake_deferred();
   evicted_cv_.notify_all();
   return left;

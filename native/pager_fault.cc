@@ -495,7 +495,15 @@ void Pager::plan_fetch(std::vector<uint32_t>& faulted, bool prefetch, const std:
   for (uint32_t idx : faulted) {
     if (table_[idx].state != kRemote) continue;
     if (!unrecoverable_.empty() && unrecoverable_.count(idx)) continue;  // (its fault stays held)
-    if (!plan.want.empty() && idx <= plan.want.back()) continue;  // already covered by a prefetch run
+    if (!plan.want.empty() && idx <= plan.want.back()) {
+      // Already in another fault's prefetch run: it is a fault all the same (mapped
+      // writable if written, counted as a fetch, and retried if the copy meets EAGAIN:
+      // its thread waits on it).
+      size_t at = (size_t)(std::lower_bound(plan.want.begin(), plan.want.end(), idx) - plan.want.begin());
+      if (at < plan.want.size() && plan.want[at] == idx && plan.mark[at] >= kMarkPrefetch)
+        plan.mark[at] = is_write(idx) ? kMarkWrite : kMarkFault;
+      continue;
+    }
     plan.want.push_back(idx);
     plan.mark.push_back(is_write(idx) ? kMarkWrite : kMarkFault);
     if (!prefetch || cfg_.prefetch_max == 0) continue;

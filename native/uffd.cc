@@ -67,6 +67,10 @@ CopyResult uffd_copy(int uffd, uint64_t dst, const void* src, uint64_t len, bool
       if (copied) *copied = done;
       return CopyResult::kExists;
     }
+    // A copy that stopped part-way also answers EAGAIN, with the bytes it did copy (a
+    // later page of the range exists, a signal): go on from there, and the next call
+    // says why (EEXIST) instead of reading as "the mm is changing".
+    if (err == EAGAIN && c.copy > 0) continue;
     if (err == EAGAIN && again == OnAgain::kReturn) {
       if (copied) *copied = done;
       return CopyResult::kAgain;
