@@ -45,6 +45,29 @@ test('unknown command and unknown option: exit 2 with the name of the problem', 
   t.is(c.code, 2);
 });
 
+test('options given twice or empty, a numeric --socket, options before the command, a pid past pid_max: exit 2, naming the problem', async (t) => {
+  for (const [args, re] of [
+    [['resize', 'vm1', '--local', '1G', '--local', '2G'], /--local given twice \("1G", "2G"\): give it once/],
+    [['attach', 'vm1', '--local', '64M', '--store', 'redis://a:1', '--store', 'memory:'], /--store given twice/],
+    [['attach', 'vm1', '--local', '64M', '--store-key', ''], /--store-key needs a value, not an empty string/],
+    [['daemon', '--config', ''], /--config needs a value/],
+    [['list', '--socket', '1234'], /--socket 1234: give the path of a Unix socket.*\[BAD_SOCKET\]/s],
+    [['--socket', '/x', 'list'], /'--socket' comes before the command: options go after it/],
+    [['bench', '--store', 'memory:', 'store'], /'--store' comes before the benchmark/],
+    [['stats', 'pid:99999999999999999999'], /Linux process ids are at most 4194304/],
+  ] as const) {
+    const r = await runCli([...args]);
+    t.is(r.code, 2, args.join(' '));
+    t.regex(r.stderr, re, args.join(' '));
+  }
+  // --json: a command-line mistake is one JSON object on stdout too.
+  for (const args of [['lst', '--json'], ['bench', 'nosuch', '--json']]) {
+    const r = await runCli(args);
+    t.is(r.code, 2, args.join(' '));
+    t.is(JSON.parse(r.stdout).error.code, 'USAGE', args.join(' '));
+  }
+});
+
 test('missing and extra positionals are usage errors', async (t) => {
   for (const [args, re] of [
     [['attach', '--local', '64M'], /missing the VM/],
@@ -76,7 +99,7 @@ test('a size that is not a size is refused before contacting the daemon (exit 2,
     t.is(r.code, 2, args.join(' '));
     t.regex(r.stderr, /\[BAD_SIZE\]/, args.join(' '));
     t.true(r.stderr.includes(`'${bad}'`), r.stderr);
-    t.regex(r.stderr, /e\.g\. 512M/);
+    t.regex(r.stderr, /e\.g\. 512M|the nearest is \d+K/, 'an example, or the nearest size that is right');
     t.regex(r.stderr, new RegExp(`\\(see: elasticmem ${args[0]} --help\\)`));
     t.notRegex(r.stderr, /DAEMON_NOT_RUNNING|ambiguous/);
   }

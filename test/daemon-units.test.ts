@@ -35,6 +35,12 @@ test('parseSize: binary suffixes, page-aligned bytes, errors that name the value
   t.regex((t.throws(() => parseSize('1000')) as Error).message, /not a multiple of the 4 KiB page size/);
   t.is(formatSize(384 * 2 ** 20), '384M');
   t.is(formatSize(1.5 * 2 ** 30), '1.5G');
+  // Exact, so that a size a message suggests is taken back: never a rounded "1.3G".
+  for (const [bytes, text] of [[1280 * 2 ** 20, '1.25G'], [2047 * 2 ** 20, '2047M'], [102404 * 1024, '102404K'], [12345 * 4096, '49380K']] as const) {
+    t.is(formatSize(bytes), text);
+    t.is(parseSize(text), bytes, text);
+  }
+  t.regex((t.throws(() => parseSize('1.5K', '--local')) as Error).message, /not a multiple of the 4 KiB page size; the nearest is 4K/);
 });
 
 test('parseConfig: defaults, overrides, limits', (t) => {

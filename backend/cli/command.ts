@@ -1,4 +1,5 @@
 /** The shape of one CLI command (one file per command in commands/), and shared helpers. */
+import path from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { ElasticmemError } from '../../native/errors.ts';
 
@@ -52,10 +53,22 @@ export function parse<O extends Options>(cmd: string, args: string[], options: O
   args = joinNegativeValues(options, args);
   let parsed;
   try {
-    parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
+    parsed = parseArgs({ args, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true, tokens: true });
   } catch (e) {
     throw new UsageError(`${cmd}: ${parseArgsMessage((e as Error).message, args)}`);
   }
+  // A value given twice would silently be the last one (--store a --store b): say so. An
+  // empty one ('--store-key ""' from an unset variable) would read as not given.
+  const given = new Map<string, string>();
+  for (const tok of parsed.tokens ?? []) {
+    if (tok.kind !== 'option' || tok.value === undefined) continue;
+    const prev = given.get(tok.name);
+    if (prev !== undefined) throw new UsageError(`${cmd}: --${tok.name} given twice (${JSON.stringify(prev)}, ${JSON.stringify(tok.value)}): give it once`);
+    if (tok.value.trim() === '') throw new UsageError(`${cmd}: --${tok.name} needs a value, not an empty string`);
+    given.set(tok.name, tok.value);
+  }
+  const sock = (parsed.values as Record<string, unknown>).socket;
+  if (typeof sock === 'string') (parsed.values as Record<string, unknown>).socket = socketPath(cmd, sock);
   const help = !!(parsed.values as Record<string, unknown>).help;
   if (!help) {
     const n = parsed.positionals.length;
@@ -63,6 +76,15 @@ export function parse<O extends Options>(cmd: string, args: string[], options: O
     if (n > positionals.max) throw new UsageError(`${cmd}: unexpected argument '${parsed.positionals[positionals.max]}'`);
   }
   return { values: parsed.values as { [K in keyof O]?: O[K] extends { type: 'boolean' } ? boolean : string } & { help?: boolean }, positionals: parsed.positionals, help };
+}
+
+/**
+ * --socket: a Unix socket path, absolute (the daemon may run elsewhere). Node would take
+ * an all-digit value for a TCP port: a daemon would listen on the network.
+ */
+function socketPath(cmd: string, value: string): string {
+  if (/^\d+$/.test(value.trim())) throw new UsageError(`--socket ${value}: give the path of a Unix socket, e.g. /run/elasticmem/elasticmem.sock (a number is not one)`, 'BAD_SOCKET');
+  return path.resolve(value);
 }
 
 /** parseArgs' message, told the way a user of this command needs it. */

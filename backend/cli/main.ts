@@ -29,7 +29,7 @@ export function overview(): string {
     `  ${'help'.padEnd(w)}  show this text, or: elasticmem help <command>`,
     '',
     'VMs are named by libvirt domain name or UUID, pid:<PID>, or qmp:<socket path>.',
-    'Sizes take K, M, G suffixes (binary): 512M, 2G. Commands talk to the daemon over',
+    'Sizes take K, M, G, T suffixes (binary; 512M = 512MiB = 512MB): 512M, 1.5G. Commands talk to the daemon over',
     '/run/elasticmem/elasticmem.sock (root only); --socket PATH to change.',
     '',
   ].join('\n');
@@ -54,10 +54,20 @@ export async function main(argv: string[]): Promise<number> {
   if (name === '--version' || name === 'version') { process.stdout.write('elasticmem 0.1.0\n'); return 0; }
   const cmd = COMMANDS.find((c) => c.name === name);
   if (!cmd) {
-    process.stderr.write(`elasticmem: unknown command '${name}'; commands: ${COMMANDS.map((c) => c.name).join(', ')}, help\n`);
+    const message = name.startsWith('-')
+      ? `'${name}' comes before the command: options go after it (elasticmem <command> ${name} ...)`
+      : `unknown command '${name}'; commands: ${COMMANDS.map((c) => c.name).join(', ')}, help`;
+    if (wantsJson(rest)) printJson({ error: { code: 'USAGE', message } });
+    process.stderr.write(`elasticmem: ${message}\n`);
     return EXIT_USAGE;
   }
-  return report(cmd, await runCommand(cmd, rest), rest.includes('--json'));
+  return report(cmd, await runCommand(cmd, rest), wantsJson(rest));
+}
+
+/** --json among the options (not after `--`, where it would be an argument). */
+function wantsJson(args: string[]): boolean {
+  const end = args.indexOf('--');
+  return (end < 0 ? args : args.slice(0, end)).includes('--json');
 }
 
 async function runCommand(cmd: Command, args: string[]): Promise<number | Error> {

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { EXIT_USAGE, tagCommand, type Command } from '../command.ts';
+import { EXIT_USAGE, UsageError, tagCommand, type Command } from '../command.ts';
 import { ElasticmemError } from '../../../native/errors.ts';
 
 const SUBS: Record<string, { file: string; summary: string }> = {
@@ -30,7 +30,11 @@ const cmd: Command = {
     const [sub, ...rest] = args;
     if (!sub || sub === '--help' || sub === '-h') { (sub ? process.stdout : process.stderr).write(usage); return sub ? 0 : EXIT_USAGE; }
     const s = SUBS[sub];
-    if (!s) { process.stderr.write(`elasticmem bench: unknown benchmark '${sub}'; choose store, pager or vm, or charts to draw their results\n`); return EXIT_USAGE; }
+    if (!s) {
+      throw new UsageError(sub.startsWith('-')
+        ? `bench: '${sub}' comes before the benchmark: name it first, e.g. elasticmem bench store ${sub} ...`
+        : `bench: unknown benchmark '${sub}'; choose store, pager or vm, or charts to draw their results`);
+    }
     const url = new URL(s.file, import.meta.url);
     if (!fs.existsSync(fileURLToPath(url))) {
       throw new ElasticmemError(`'bench ${sub}' is not available yet in this build (${fileURLToPath(url).replace(/^.*\/backend\//, 'backend/')} does not exist)`, 'NOT_AVAILABLE');

@@ -37,7 +37,11 @@ examples:
 
 const BIN = fileURLToPath(new URL('../../../bin/elasticmem.js', import.meta.url));
 
-function say(msg: string): void { process.stdout.write(`\n\x1b[1m== ${msg}\x1b[0m\n`); }
+/** ANSI style `code` around `text` on a terminal only (NO_COLOR honoured): a log file gets plain text. */
+function styled(code: string, text: string): string {
+  return process.stdout.isTTY && !process.env.NO_COLOR ? `\x1b[${code}m${text}\x1b[0m` : text;
+}
+function say(msg: string): void { process.stdout.write(`\n${styled('1', `== ${msg}`)}\n`); }
 
 /** Run the real CLI, echo the command and its output. */
 function em(args: string[], socket: string, timeoutMs = 90_000): Promise<{ code: number; out: string }> {
@@ -80,7 +84,7 @@ const cmd: Command = {
       cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
       const socket = path.join(dir, 'run', 'em.sock');
       daemon = spawn(process.execPath, [BIN, 'daemon', '--socket', socket, '--state', path.join(dir, 'state.json')], { stdio: ['ignore', 'inherit', 'pipe'] });
-      daemon.stderr!.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l) process.stdout.write(`  \x1b[2mdaemon | ${l}\x1b[0m\n`); });
+      daemon.stderr!.on('data', (d: Buffer) => { for (const l of d.toString().split('\n')) if (l) process.stdout.write(`  ${styled('2', `daemon | ${l}`)}\n`); });
       const dexit = new Promise<void>((r) => daemon!.once('exit', () => r()));
       cleanups.push(async () => { if (daemon!.exitCode === null) { daemon!.kill('SIGTERM'); await Promise.race([dexit, sleep(30_000)]); daemon!.kill('SIGKILL'); } });
       for (let i = 0; !fs.existsSync(socket); i++) {
@@ -99,7 +103,7 @@ const cmd: Command = {
         con.poll();
         for (; shown < con.passes.length; shown++) {
           const p = con.passes[shown]!;
-          process.stdout.write(`  \x1b[36mguest | pass ${p.pass}: ${p.verified}/${p.pages} pages verified, corrupt=${p.corrupt}, ${p.ms} ms\x1b[0m\n`);
+          process.stdout.write(`  ${styled('36', `guest | pass ${p.pass}: ${p.verified}/${p.pages} pages verified, corrupt=${p.corrupt}, ${p.ms} ms`)}\n`);
         }
       };
       const ticker = setInterval(showPasses, 250);

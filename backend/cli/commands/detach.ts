@@ -28,17 +28,17 @@ const cmd: Command = {
     if (help) { process.stdout.write(usage); return 0; }
     const tty = process.stderr.isTTY;
     let last = -1;
+    let shown = false;
     const r = (await call('detach', { vm: vmArg(positionals[0]!) }, {
       socket: values.socket,
       onStream: (d) => {
         const p = (d as { progress?: { done: number; total: number } }).progress;
         if (!p) return;
         const pct = p.total ? Math.floor((100 * p.done) / p.total) : 100;
-        if (tty) process.stderr.write(`\r${progressBar(p.done, p.total, 30)} ${pct}% ${p.done}/${p.total} pages`);
+        if (tty) { shown = true; process.stderr.write(`\r${progressBar(p.done, p.total, 30)} ${pct}% ${p.done}/${p.total} pages`); }
         else if (last < 0 || pct >= last + 10 || p.done === p.total) { process.stderr.write(`drain ${pct}% ${p.done}/${p.total} pages\n`); last = pct; }
       },
-    })) as Record<string, unknown>;
-    if (tty) process.stderr.write('\n');
+    }).finally(() => { if (shown) process.stderr.write('\n'); })) as Record<string, unknown>;  // (an error goes on its own line)
     if (values.json) printJson(r);
     else process.stdout.write(r.drained ? `detached ${r.name}: every page is back (${r.ms} ms)\n` : `detached ${r.name}: QEMU was gone, its stored pages were deleted\n`);
     if (r.storedPagesLeft)

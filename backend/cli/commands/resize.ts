@@ -40,8 +40,7 @@ const cmd: Command = {
         shown = true;
         process.stderr.write(`\revicting ${progressBar(p.done, p.total, 30)} ${p.done}/${p.total} pages`);
       },
-    })) as Record<string, unknown>;
-    if (shown) process.stderr.write('\n');
+    }).finally(() => { if (shown) process.stderr.write('\n'); })) as Record<string, unknown>;  // (an error goes on its own line)
     if (values.json) printJson(r);
     else process.stdout.write(`resized ${r.name}: local ${formatSize(r.previousLocalBytes as number)} -> ${formatSize(r.localBytes as number)}${r.reachedCap ? '' : ' (still evicting down to the new cap)'}\n`);
     return 0;
