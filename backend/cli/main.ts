@@ -29,8 +29,9 @@ export function overview(): string {
     `  ${'help'.padEnd(w)}  show this text, or: elasticmem help <command>`,
     '',
     'VMs are named by libvirt domain name or UUID, pid:<PID>, or qmp:<socket path>.',
-    'Sizes take K, M, G, T suffixes (binary; 512M = 512MiB = 512MB): 512M, 1.5G. Commands talk to the daemon over',
-    '/run/elasticmem/elasticmem.sock (root only); --socket PATH to change.',
+    'Sizes take K, M, G, T suffixes, binary (512M = 512MiB = 512MB): 512M, 1.5G.',
+    'Commands talk to the daemon over /run/elasticmem/elasticmem.sock (root only);',
+    '--socket PATH to change.',
     '',
   ].join('\n');
 }
