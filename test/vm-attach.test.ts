@@ -63,9 +63,15 @@ test('attach at 25%, squeeze, resize down and up, grow, detach: corrupt=0 throug
   mark = con.passes.length;
   await con.waitForPasses(mark + 3, 120_000);
 
-  // Grow by 128M: the guest plugs it and reports the bigger MemTotal.
+  // Grow by 64M without waiting, then by 64M more: the guest plugs both and reports
+  // the bigger MemTotal; the second grow counts the first's blocks the guest plugged
+  // after it returned.
   const before = con.memTotalKb!;
-  const g = await d.cli('grow', dom.name, '128M', '--json');
+  const g0 = await d.cli('grow', dom.name, '64M', '--no-wait', '--json');
+  t.is(g0.code, 0, g0.stderr);
+  t.is(JSON.parse(g0.stdout).requestedBytes, 64 << 20);
+  await con.waitForMemTotal(before + 56 * 1024, 60_000);
+  const g = await d.cli('grow', dom.name, '64M', '--json');
   t.is(g.code, 0, g.stderr);
   const grown = JSON.parse(g.stdout);
   t.is(grown.requestedBytes, 128 << 20);
@@ -74,6 +80,7 @@ test('attach at 25%, squeeze, resize down and up, grow, detach: corrupt=0 throug
   const after = await con.waitForMemTotal(before + 120 * 1024, 60_000);
   t.true(after >= before + 120 * 1024, `MemTotal ${before} -> ${after} kB`);
   await d.waitLog(new RegExp(`\\[${dom.name}\\] grown: guest plugged 128M of 128M`));
+  t.is(JSON.parse((await d.cli('list', '--json')).stdout).vms[0].guestRamBytes, 384 << 20, 'list agrees');
 
   // Squeeze again below the grown size: the hot-added memory is paged like the rest.
   t.is((await d.cli('resize', dom.name, '--local', '64M')).code, 0);

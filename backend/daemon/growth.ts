@@ -7,6 +7,7 @@
 import { ElasticmemError } from '../../native/errors.ts';
 import type { RegionSpec } from '../../native/index.ts';
 import type { Target } from '../targets/index.ts';
+import { withDevices, type MemoryDevice } from '../targets/ramblocks.ts';
 import { DIMM_ALIGN, dimmSizeMessage } from '../targets/target.ts';
 import { formatSize } from '../size.ts';
 import type { Session } from './session.ts';
@@ -66,14 +67,13 @@ export async function growVm(host: GrowthHost, s: Session, bytes: number, wait: 
     for (;;) {
       const m = await target.openMonitor();
       try {
-        const devs = await m.qmp<{ type: string; data: Record<string, number | string | undefined> }[]>('query-memory-devices');
+        const devs = await m.qmp<MemoryDevice[]>('query-memory-devices');
         plugged = Number(devs.find((d) => d.data.id === dev.id)?.data.size ?? plugged);
+        withDevices(s.memory!, devs);
       } finally { m.close(); }
       if (plugged >= newReq || Date.now() >= deadline || host.closing()) break;
       await new Promise((r) => setTimeout(r, 500));
     }
-    const bootBytes = s.memory!.guestRamBytes - dev.plugged;
-    s.memory!.guestRamBytes = bootBytes + plugged;
     host.saveState();  // (the record of its RAM: a take-over checks caps against it)
     log(s.name, plugged >= newReq ? 'grown' : 'grow pending', `guest plugged ${formatSize(plugged)} of ${formatSize(newReq)}; guest RAM now ${formatSize(s.memory!.guestRamBytes)}`);
     return { name: s.name, device: dev.id, requestedBytes: newReq, pluggedBytes: plugged, guestRamBytes: s.memory!.guestRamBytes, complete: plugged >= newReq };

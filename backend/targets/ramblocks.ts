@@ -54,7 +54,7 @@ export function parseMtreeRam(text: string): Map<string, { gpa: bigint; offset: 
 }
 
 interface MemdevInfo { id?: string; size: number; share?: boolean }
-interface MemoryDevice { type: string; data: { id?: string; memdev?: string; memaddr?: number; size?: number; 'max-size'?: number; 'requested-size'?: number; 'block-size'?: number } }
+export interface MemoryDevice { type: string; data: { id?: string; memdev?: string; memaddr?: number; size?: number; 'max-size'?: number; 'requested-size'?: number; 'block-size'?: number } }
 
 export interface GuestMemory {
   regions: RegionSpec[];
@@ -75,6 +75,23 @@ export interface GuestMemory {
 
 /** Memory devices whose backend the guest does not use as RAM: persistent memory, SGX. */
 const NOT_RAM_DEVICES = new Set(['nvdimm', 'virtio-pmem', 'sgx-epc']);
+
+/** Guest RAM the memory devices have plugged (not nvdimm and the like). */
+export function pluggedBytes(devices: MemoryDevice[]): number {
+  return devices.reduce((s, d) => s + (NOT_RAM_DEVICES.has(d.type) ? 0 : d.data.size ?? 0), 0);
+}
+
+/**
+ * `m` with QEMU's memory devices as they are now: its guest RAM is its boot RAM (what
+ * the devices it knew do not explain) plus what these have plugged. Guest RAM and the
+ * device list always change together, so a grow whose blocks the guest plugs later
+ * (grow --no-wait) is counted right by the next look.
+ */
+export function withDevices(m: GuestMemory, devices: MemoryDevice[]): void {
+  const boot = m.guestRamBytes - pluggedBytes(m.memoryDevices);
+  m.memoryDevices = devices;
+  m.guestRamBytes = boot + pluggedBytes(devices);
+}
 
 const lastComponent = (s: string) => s.slice(s.lastIndexOf('/') + 1);
 
@@ -238,6 +255,5 @@ export async function discoverGuestMemory(pid: number, mon: Monitor): Promise<Gu
     if (!deviceMemdevs.has(mrName)) bootBytes += b.used;
   }
   regions.sort((x, y) => (x.name < y.name ? -1 : x.name > y.name ? 1 : 0));
-  const plugged = devices.reduce((s, d) => s + (NOT_RAM_DEVICES.has(d.type) ? 0 : d.data.size ?? 0), 0);
-  return { ...guestMemoryOf(regions, pid, bootBytes + plugged, devices), unplaced };
+  return { ...guestMemoryOf(regions, pid, bootBytes + pluggedBytes(devices), devices), unplaced };
 }
