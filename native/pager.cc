@@ -678,6 +678,51 @@ void Pager::drain_chunk(std::vector<uint32_t> chunk) {
 // Invariant 6: bring every page back, unprotect, unregister, and close the target's
 // uffd; the fault thread keeps serving the guest until the range is unregistered.
 void Pager::detach() {
+  if (unregistered_upto_ == 0) drain_all();
+  // Unregister region by region. A detach run again after a failure here goes on from the
+  // region that failed (one already unregistered would answer ENOENT). Once one region is
+  // unregistered the evictor stays stopped: every page is resident, and a page it evicted
+  // from an unregistered region would come back as zeros.
+  try {
+    const auto& rs = regions();
+    for (; unregistered_upto_ < rs.size(); unregistered_upto_++) {
+      uffd_writeprotect(cfg_.uffd, rs[unregistered_upto_].start, rs[unregistered_upto_].length, false);
+      uffd_unregister(cfg_.uffd, rs[unregistered_upto_].start, rs[unregistered_upto_].length);  // wakes every waiter
+    }
+  } catch (const Error& e) {
+    std::lock_guard<std::mutex> j(join_mu_);
+    bool paging = unregistered_upto_ == 0 && !stop_ && !evict_stop_ && !evict_thread_.joinable();
+    if (paging) {
+      draining_ = false;
+      start_evictor();
+    }
+    throw Error(e.code(), std::string(e.what()) + (paging ? "; the VM stays attached" : "; every page is back but the VM is only partly detached (no eviction meanwhile): detach again to finish"), e.err(), e.syscall());
+  }
+  stop_threads();
+  if (tpipe_.target_write_fd >= 0) {  // the eviction pipe's end inside the target
+    // Every page is back: a descriptor left open in the target is reported, not a reason
+    // to keep the VM attached.
+    try {
+      close_target_fd(cfg_.pid, tpipe_.target_write_fd);
+    } catch (const Error& e) {
+      emit(error_event("detach: the eviction pipe stays open inside the target", e));
+    }
+    tpipe_.target_write_fd = -1;
+  }
+  if (cfg_.target_uffd >= 0) {
+    // The target held its own reference for crash safety; the VM is whole again, so close
+    // it, through whichever of its threads can be stopped (its main thread may sleep
+    // uninterruptibly). On failure a detach run again only tries this again.
+    close_target_fd(cfg_.pid, cfg_.target_uffd);
+    cfg_.target_uffd = -1;
+  }
+  close(cfg_.uffd);
+  cfg_.uffd = -1;
+}
+
+// Detach, first part: stop the evictor and bring every remote page back. On failure the
+// VM stays attached, with its evictor again.
+void Pager::drain_all() {
   draining_ = true;
   evict_cv_.notify_all();
   {
@@ -720,29 +765,6 @@ void Pager::detach() {
     }
     throw;
   }
-  for (auto& r : regions()) {
-    uffd_writeprotect(cfg_.uffd, r.start, r.length, false);
-    uffd_unregister(cfg_.uffd, r.start, r.length);  // wakes every waiter
-  }
-  stop_threads();
-  if (tpipe_.target_write_fd >= 0) {  // the eviction pipe's end inside the target
-    // Every page is back: a descriptor left open in the target is reported, not a reason
-    // to keep the VM attached.
-    try {
-      close_target_fd(cfg_.pid, tpipe_.target_write_fd);
-    } catch (const Error& e) {
-      emit(error_event("detach: the eviction pipe stays open inside the target", e));
-    }
-    tpipe_.target_write_fd = -1;
-  }
-  if (cfg_.target_uffd >= 0) {
-    // The target held its own reference for crash safety; the VM is whole again, so close it.
-    RemoteTask task(cfg_.pid);
-    long rc = task.syscall(SYS_close, cfg_.target_uffd);
-    if (rc < 0) throw Error("EM_SYSCALL", "closing the userfaultfd inside the target failed", (int)-rc, "close");
-  }
-  close(cfg_.uffd);
-  cfg_.uffd = -1;
 }
 
 void Pager::abandon() {

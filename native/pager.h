@@ -109,7 +109,7 @@ class Pager {
   void start();                           // UFFDIO_API/REGISTER (or take over), build state, start threads
   PagerStats stats();
   void set_cap(uint32_t pages);
-  void detach();                          // blocking: drain every page back, unregister, close (throws on failure)
+  void detach();                          // blocking: drain every page back, unregister, close (throws on failure; may be run again)
   void abandon();                         // stop serving; the target keeps its uffd and waits
   // Put more guest RAM under the pager while it runs (hot-added memory). Checked first:
   // on bad input nothing changes.
@@ -169,6 +169,7 @@ class Pager {
   void fetch_planned(FetchPlan& plan);
   bool map_in_place(FetchPlan& plan);
   void unmark_lost(PageMeta& m);  // mu_ held: a page held as lost was mapped after all
+  void drain_all();               // detach's first part: evictor stopped, every remote page back
   void retry_lost();              // ask the store again for pages held as lost (evictor thread)
   void drain_chunk(std::vector<uint32_t> chunk);  // detach: bring these remote pages in
   // --- evictor ---
@@ -236,6 +237,7 @@ class Pager {
     Region* begin() const { return b; }
     Region* end() const { return e; }
     size_t size() const { return (size_t)(e - b); }
+    Region& operator[](size_t i) const { return b[i]; }
   };
   RegionSpan regions() const { return {regions_.get(), regions_.get() + nregions_.load(std::memory_order_acquire)}; }
   int pidfd_ = -1;
@@ -318,6 +320,7 @@ class Pager {
 
   // sequential-fault detection for prefetch
   uint64_t last_lost_retry_us_ = 0;  // evictor thread only
+  size_t unregistered_upto_ = 0;     // detach: regions [0, this) are unregistered (a retry goes on from here)
   // Pages whose stored copy the fault thread is deleting (discarded by QEMU, then maybe
   // written again): the evictor leaves them alone until the delete is done, so a late
   // delete can never remove a newer copy it stored meanwhile. mu_.
