@@ -122,10 +122,22 @@ async function pageNewRam(host: GrowthHost, s: Session, target: Target): Promise
     }
     return { fresh: [], unplaced: mem.unplaced ?? [] };
   }
+  // One block at a time: when one cannot be put under the pager, those before it are,
+  // and must be in the record (a take-over registers what the record lists).
+  const added: RegionSpec[] = [];
   try {
-    s.pager!.addRegions(fresh);
+    for (const r of fresh) {
+      s.pager!.addRegions([r]);
+      added.push(r);
+    }
   } catch (e) {
-    throw new ElasticmemError(`new memory of '${s.name}' (${fresh.map((r) => r.name).join(', ')}) could not be put under the pager (${(e as Error).message}); it is not capped until the VM is detached and attached again`, (e as ElasticmemError).code ?? 'GROW_FAILED');
+    if (added.length) {
+      const regions = [...s.memory!.regions, ...added];
+      s.memory = { ...mem, regions, managedBytes: regions.reduce((n, r) => n + r.length, 0) };
+      host.saveState();
+    }
+    const failed = fresh.slice(added.length).map((r) => r.name).join(', ');
+    throw new ElasticmemError(`new memory of '${s.name}' (${failed}) could not be put under the pager (${(e as Error).message}); it is not capped until the VM is detached and attached again`, (e as ElasticmemError).code ?? 'GROW_FAILED');
   }
   s.memory = mem;
   host.saveState();
