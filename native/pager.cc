@@ -686,6 +686,7 @@ void Pager::detach() {
   try {
     const auto& rs = regions();
     for (; unregistered_upto_ < rs.size(); unregistered_upto_++) {
+      if (unregistered_upto_ < gone_.size() && gone_[unregistered_upto_]) continue;
       uffd_writeprotect(cfg_.uffd, rs[unregistered_upto_].start, rs[unregistered_upto_].length, false);
       uffd_unregister(cfg_.uffd, rs[unregistered_upto_].start, rs[unregistered_upto_].length);  // wakes every waiter
     }
@@ -720,6 +721,31 @@ void Pager::detach() {
   cfg_.uffd = -1;
 }
 
+// Detach: a RAM block QEMU unmapped while attached (a DIMM unplugged) has nothing to
+// drain into and cannot be unregistered (its ioctls answer ENOENT, no mapping is
+// registered there any more). Its pages count as discarded, as if QEMU had announced it
+// (stored copies deleted), that is reported, and detach passes over the block.
+void Pager::retire_gone_regions() {
+  const auto& rs = regions();
+  gone_.resize(rs.size(), false);
+  for (size_t i = 0; i < rs.size(); i++) {
+    const Region& r = rs[i];
+    if (gone_[i] || uffd_registered_any(cfg_.pid, r.start, r.start + r.length)) continue;
+    gone_[i] = true;
+    std::vector<uint32_t> dels;
+    std::vector<std::pair<uint64_t, uint64_t>> removed;
+    uint64_t stored = 0;
+    {
+      std::lock_guard<AdaptiveMutex> g(mu_);
+      for (uint32_t p = 0; p < r.npages; p++) stored += table_[r.first + p].state == kRemote;
+      handle_remove(r.start, r.start + r.length, dels, removed);
+    }
+    discard_stored(dels);
+    emit({"error", "RAM block '" + r.name + "' is no longer mapped in the target (unplugged while attached): its " + std::to_string(stored) +
+                       " evicted pages had nowhere to come back to and were dropped; detach passes over it", {}, 0, 0});
+  }
+}
+
 // Detach, first part: stop the evictor and bring every remote page back. On failure the
 // VM stays attached, with its evictor again.
 void Pager::drain_all() {
@@ -730,6 +756,7 @@ void Pager::drain_all() {
     if (evict_thread_.joinable()) evict_thread_.join();  // no eviction in flight from here on
   }
   try {
+    retire_gone_regions();
     std::vector<uint32_t> remote;
     {
       std::lock_guard<AdaptiveMutex> g(mu_);

@@ -1,9 +1,13 @@
 // Reading /proc (procfs.h).
 #include "procfs.h"
+#include "error.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <unistd.h>
+
+#include <cctype>
+#include <cstdio>
 
 #include <sstream>
 
@@ -79,6 +83,27 @@ std::string comm_of(pid_t pid) {
   std::string c = read_file("/proc/" + std::to_string(pid) + "/comm");
   while (!c.empty() && c.back() == '\n') c.pop_back();
   return c;
+}
+
+bool uffd_registered_any(pid_t pid, uint64_t start, uint64_t end) {
+  std::string text = read_file("/proc/" + std::to_string(pid) + "/smaps");
+  if (text.empty()) throw_sys("read", "reading /proc/" + std::to_string(pid) + "/smaps", errno ? errno : EIO);
+  bool overlaps = false;
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t nl = text.find('\n', at);
+    if (nl == std::string::npos) nl = text.size();
+    std::string line = text.substr(at, nl - at);
+    at = nl + 1;
+    unsigned long lo = 0, hi = 0;
+    // a VMA header ("lo-hi perms ..."); its fields follow, VmFlags last
+    if (!line.empty() && isxdigit((unsigned char)line[0]) && sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
+      overlaps = lo < end && hi > start;
+      continue;
+    }
+    if (overlaps && line.compare(0, 8, "VmFlags:") == 0 && (" " + line.substr(8) + " ").find(" um ") != std::string::npos) return true;
+  }
+  return false;
 }
 
 }  // namespace em

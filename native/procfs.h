@@ -4,6 +4,7 @@
 #pragma once
 #include <sys/types.h>
 
+#include <cstdint>
 #include <string>
 
 namespace em {
@@ -23,5 +24,8 @@ bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags, long* pa
 std::string stat_field(pid_t pid, pid_t tid, int field);
 // /proc/PID/comm without its newline.
 std::string comm_of(pid_t pid);
+// Whether any mapping of `pid` overlapping [start, end) is registered with a userfaultfd
+// for missing faults (smaps VmFlags "um"). Throws EM_SYSCALL when smaps cannot be read.
+bool uffd_registered_any(pid_t pid, uint64_t start, uint64_t end);
 
 }  // namespace em
