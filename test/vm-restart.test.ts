@@ -147,6 +147,16 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(dom.pid));
   t.deepEqual(fs.readdirSync(path.join(path.dirname(d4.state), 'memory')), [], 'its record of RAM blocks went with the detach');
+
+  // A state file that still lists both VMs after their detach had finished (a daemon
+  // killed while it deleted the stored copies): the next daemon leaves them alone.
+  await d4.kill9();
+  fs.writeFileSync(d4.state, during, { mode: 0o600 });
+  const d5 = await d4.restart();
+  for (const n of [dom.name, other.name]) await d5.waitLog(new RegExp(`\\[${n}\\] not taken over: its detach had finished`), 30_000);
+  t.deepEqual(JSON.parse((await d5.cli('list', '--json')).stdout), { vms: [] });
+  t.false(holdsUffd(dom.pid), 'not attached again');
+  t.false(holdsUffd(other.pid));
   await con.waitForPasses(con.passes.length + 2, 60_000);
   t.deepEqual(con.passes.filter((p) => p.corrupt !== 0), []);
   t.true(con.passes.every((p) => p.verified === p.pages));

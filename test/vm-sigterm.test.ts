@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { bootDomain, virsh } from './helpers/libvirt.ts';
-import { startDaemon, type DaemonHandle } from './helpers/daemon.ts';
+import { startDaemon, holdsUffd, type DaemonHandle } from './helpers/daemon.ts';
 import { startMemcached } from './helpers/servers.ts';
 
 const WORKLOAD = { sizeMiB: 64, pattern: 'random' as const, write: 0.25, seed: 51, passes: 0, pauseMs: 100 };
@@ -79,4 +79,35 @@ test.serial('store memcached paused (SIGSTOP): SIGTERM gives up the drain after 
   t.regex(d.log(), /left for the next daemon: the drain brought no page back for 3 s \(is its store down\?\)/);
   const state = JSON.parse(fs.readFileSync(d.state, 'utf8'));
   t.true(JSON.stringify(state).includes(dom.name) || JSON.stringify(state).includes(s.vm), `the state file keeps the VM for the next daemon: ${JSON.stringify(state).slice(0, 300)}`);
+});
+
+// A detach in progress at SIGTERM on a store that dies with the daemon (memcached here is
+// not persistent) goes on past the limit for operations in flight (60 s; 1 s here) while
+// it brings pages back: given up, the VM would wait on its userfaultfd for pages gone
+// with the daemon's last word.
+test.serial('a detach in progress at SIGTERM on a non-persistent store finishes before the daemon exits', async (t) => {
+  const mc = await startMemcached(t, { count: 1, memoryMb: 256 });
+  const [dom, d] = await Promise.all([
+    bootDomain(t, { memMiB: 192, maxMemMiB: 320, template: 'memfd', workload: WORKLOAD }),
+    startDaemon(t, { env: { EM_STOP_INFLIGHT_MS: '1000', EM_STOP_DRAIN_STALL_MS: '20000' } }),
+  ]);
+  await dom.console.waitForPasses(1, 120_000);
+  const a = await d.cli('attach', dom.name, '--local', '32M', '--store', mc.uri);
+  t.is(a.code, 0, a.stderr);
+  await dom.console.waitForPasses(dom.console.passes.length + 1, 120_000);
+  t.true(JSON.parse((await d.cli('stats', dom.name, '--json')).stdout).remotePages > 0, 'the drain has work to do');
+  mc.pause();
+  t.teardown(() => mc.resume());
+  const detaching = d.cli('detach', dom.name);
+  for (let i = 0; i < 100 && JSON.parse((await d.cli('list', '--json')).stdout).vms[0]?.state !== 'detaching'; i++) await new Promise((r) => setTimeout(r, 100));
+  const stopped = stopWithin(t, d, 60_000);
+  await new Promise((r) => setTimeout(r, 3000));  // past the 1 s limit
+  mc.resume();
+  await stopped;
+  await detaching.catch(() => undefined);  // (its client saw the daemon go)
+  t.regex(d.log(), /finishing its detach before daemon exit/);
+  t.regex(d.log(), new RegExp(`\\[${dom.name}\\] detached: all pages drained back`));
+  t.false(holdsUffd(dom.pid), 'QEMU holds no userfaultfd: the VM is whole');
+  await dom.console.waitForPasses(dom.console.passes.length + 1, 60_000);
+  t.deepEqual(dom.console.passes.filter((p) => p.corrupt !== 0), []);
 });

@@ -36,8 +36,11 @@ const EXIT_REASON_WAIT_MS = 3000;
 const RESIZE_WAIT_MS = 30_000;
 /** At stop: how long to let the handling of a QEMU that just ended finish, and to close each store. */
 const STOP_STEP_MS = 2000;
-/** How long a stopping daemon lets operations in flight (a detach draining) finish. */
-const STOP_INFLIGHT_MS = 60_000;
+/**
+ * How long a stopping daemon lets operations in flight (a detach draining) finish.
+ * (EM_STOP_INFLIGHT_MS: the tests' shorter limit.)
+ */
+const STOP_INFLIGHT_MS = Number(process.env.EM_STOP_INFLIGHT_MS) > 0 ? Number(process.env.EM_STOP_INFLIGHT_MS) : 60_000;
 /**
  * At stop: a drain that brings no page back for this long (its store is down: the pager
  * waits on it without end) is given up and the VM left for the next daemon.
@@ -626,6 +629,11 @@ export class Daemon {
         continue;
       }
       if (e.store === 'memory:') {
+        if (!holdsLeftUffd(e.pid)) {
+          // Drained back before the previous daemon ended: nothing was lost with it.
+          log(e.name, 'not taken over', 'its detach had finished before the previous daemon ended; the VM runs without elasticmem');
+          continue;
+        }
         const s = new Session(stub, { uri: e.store }, e.capBytes);
         s.state = 'orphaned';
         s.note = `the previous daemon kept this VM's evicted pages in its own memory (memory:), which died with it; the VM cannot be resumed safely. Use a persistent store (file://, redis://) to survive daemon restarts`;
@@ -645,6 +653,7 @@ export class Daemon {
         const r = await this.takeOver(w, e.spec);
         log(e.name, 're-attached after daemon restart', `tookOver=${(r as { tookOver: boolean }).tookOver}`);
       } catch (err) {
+        if ((err as ElasticmemError).code === 'NOTHING_TO_TAKE_OVER') continue;  // (forgetDetached said so)
         log(e.name, 're-attach failed', `${(err as Error).message}; it waits on its userfaultfd: retry with elasticmem attach ${e.spec}`);
       }
     }
