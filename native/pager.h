@@ -170,7 +170,7 @@ class Pager {
   bool map_in_place(FetchPlan& plan);
   void unmark_lost(PageMeta& m);  // mu_ held: a page held as lost was mapped after all
   void drain_all();               // detach's first part: evictor stopped, every remote page back
-  void retire_gone_regions();     // detach: RAM blocks QEMU unmapped count as discarded
+  void retire_gone_regions();     // RAM blocks QEMU unmapped count as discarded (evictor thread, or detach after it)
   void retry_lost();              // ask the store again for pages held as lost (evictor thread)
   void drain_chunk(std::vector<uint32_t> chunk);  // detach: bring these remote pages in
   // --- evictor ---
@@ -322,7 +322,7 @@ class Pager {
   // sequential-fault detection for prefetch
   uint64_t last_lost_retry_us_ = 0;  // evictor thread only
   size_t unregistered_upto_ = 0;     // detach: regions [0, this) are unregistered (a retry goes on from here)
-  std::vector<bool> gone_;           // detach: regions QEMU unmapped (retire_gone_regions)
+  std::vector<bool> gone_;           // regions QEMU unmapped (retire_gone_regions): evictor thread, then detach
   // Pages whose stored copy the fault thread is deleting (discarded by QEMU, then maybe
   // written again): the evictor leaves them alone until the delete is done, so a late
   // delete can never remove a newer copy it stored meanwhile. mu_.

@@ -797,6 +797,13 @@ void Pager::evict_loop() {
         got = evict_batch(want);
       } catch (const std::exception& e) {
         report_throttled(error_event("eviction failed", e));
+        // ENOENT: no registered mapping where a victim was: QEMU unmapped a RAM block
+        // (a DIMM unplugged). Its pages leave the lists, or every batch would fail on them.
+        if (errno_of(e) == ENOENT) try {
+            retire_gone_regions();
+          } catch (const std::exception& re) {
+            report_throttled(error_event("looking for RAM blocks the target unmapped", re));
+          }
       }
       done += got;
       if (got) evict_batches_++;

@@ -453,23 +453,31 @@ for (const kind of ['memfd', 'anon'] as const) {
   });
 }
 
-test('a RAM block unmapped while attached (a DIMM unplugged): detach passes over it, says so, and brings every other page back', async (t) => {
-  const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
-  await target.cmd('fill memfd 73');
-  const pager = await attach(t, target, [region(target, 'memfd')], 256, await memoryStore(t));
-  const extra = await target.addRegion('memfd', 8);
-  pager.addRegions([extra]);
-  await target.cmd('fill extra 74');
-  await waitFor(() => pager.stats().residentPages <= 256);
-  t.true(pager.stats().remotePages > 2048, 'pages of both regions went out');
-  const errors: string[] = [];
-  pager.on('error', (ev: PagerEvent) => errors.push(ev.message));
-  t.regex(await target.cmd('delmem'), /^ok/);
-  await pager.detach();
-  t.true(errors.some((m) => /RAM block '.*' is no longer mapped in the target \(unplugged while attached\): its \d+ evicted pages .* dropped/.test(m)), errors.join(' | '));
-  t.is(uffdCount(target.pid), 0);
-  t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0, 'the block still mapped came back whole');
-});
+for (const path of ['splice', 'write-protect'] as const) {
+  test(`${path}: a RAM block unmapped while attached (a DIMM unplugged): eviction goes on without it, detach passes over it, says so, and brings every other page back`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
+    await target.cmd('fill memfd 73');
+    const store = path === 'splice' ? await memoryStore(t) : await raceStore(t);
+    const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
+    const extra = await target.addRegion('memfd', 8);
+    pager.addRegions([extra]);
+    await target.cmd('fill extra 74');
+    await waitFor(() => pager.stats().residentPages <= 256);
+    t.is(pager.stats().evictMode, path);
+    t.true(pager.stats().remotePages > 2048, 'pages of both regions went out');
+    const errors: string[] = [];
+    pager.on('error', (ev: PagerEvent) => errors.push(ev.message));
+    t.regex(await target.cmd('delmem'), /^ok/);
+    // The pages of the block still in the lists do not hold eviction up.
+    const churn = parseReply(await target.cmd('churn memfd 1500 2 0.5', { timeoutMs: 60_000 }));
+    t.is(churn.corrupt, 0);
+    t.true(pager.stats().residentPages <= 256 + 64, `resident ${pager.stats().residentPages} near the cap`);
+    await pager.detach();
+    t.true(errors.some((m) => /RAM block '.*' is no longer mapped in the target \(unplugged while attached\): its \d+ evicted pages .* dropped/.test(m)), errors.join(' | '));
+    t.is(uffdCount(target.pid), 0);
+    t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0, 'the block still mapped came back whole');
+  });
+}
 
 test('after a hot-add, a take-over that lists the regions in another order finds every page (store keys follow keyId, not position)', async (t) => {
   const target = await startTarget(t, { memfdMiB: 16, anonMiB: 1 });
