@@ -785,12 +785,13 @@ void Pager::evict_loop() {
     while (!stop_ && !evict_stop_ && !draining_ && cap_ == cap) {
       // (the watermarks follow the batch size, larger while run_batches_)
       low = low_watermark();
-      if (resident_ <= low) break;
+      const uint64_t resident = resident_;  // (read once: a discard on the fault thread may lower it meanwhile)
+      if (resident <= low) break;
       // A run batch costs a stop of the target whatever its size: below the high
       // watermark, wait for a whole batch to gather instead of trickling small ones
       // (when the faults come slower than the evictor goes).
       if (run_batches_ && resident_ <= high_watermark()) break;
-      size_t want = (size_t)std::min<uint64_t>(batch_pages(), resident_ - low);
+      size_t want = (size_t)std::min<uint64_t>(batch_pages(), resident - low);
       if (splice_evictions_ && !run_batches_) want = std::min(want, splice_batch_);  // fits the pipe (kSpliceBatch)
       size_t got = 0;
       try {

@@ -157,6 +157,18 @@ test('kill -9 of the daemon mid-workload: the guest waits, a new daemon takes ov
   t.deepEqual(JSON.parse((await d5.cli('list', '--json')).stdout), { vms: [] });
   t.false(holdsUffd(dom.pid), 'not attached again');
   t.false(holdsUffd(other.pid));
+
+  // A VM on memory: whose daemon dies lost its evicted pages with it: the next daemon
+  // says so and leaves it alone (listed orphaned), it does not take it over.
+  const mem = await d5.cli('attach', other.name, '--local', '64M', '--store', 'memory:');
+  t.is(mem.code, 0, mem.stderr);
+  for (let i = 0; i < 100 && JSON.parse((await d5.cli('stats', other.name, '--json')).stdout).remotePages === 0; i++) await sleep(100);
+  await d5.kill9();
+  const d6 = await d5.restart();
+  await d6.waitLog(new RegExp(`\\[${other.name}\\] CANNOT RE-ATTACH: the previous daemon kept this VM's evicted pages in its own memory`), 30_000);
+  const orphan = JSON.parse((await d6.cli('list', '--json')).stdout).vms;
+  t.deepEqual(orphan.map((v: { name: string; state: string }) => [v.name, v.state]), [[other.name, 'orphaned']]);
+  t.true(holdsUffd(other.pid), 'left alone: its userfaultfd is still the dead daemon\'s');
   await con.waitForPasses(con.passes.length + 2, 60_000);
   t.deepEqual(con.passes.filter((p) => p.corrupt !== 0), []);
   t.true(con.passes.every((p) => p.verified === p.pages));
