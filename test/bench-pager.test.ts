@@ -38,6 +38,20 @@ const benchCgroups = () => {
 };
 const swaps = () => fs.readFileSync('/proc/swaps', 'utf8').split('\n').slice(1).filter(Boolean).map((l) => l.split(/\s+/)[0]);
 
+test.serial('a page that does not verify makes the run corrupt and the command fail (TEST-ONLY damage by the workload)', async (t) => {
+  const child = spawn(process.execPath, [bin, 'bench', 'pager', '--workload', 'random', '--size', '8M', '--local', '4M', '--store', 'memory:', '--touches', '2000', '--floor-repeats', '1', '--json'], { stdio: ['ignore', 'pipe', 'pipe'], cwd: root, env: { ...process.env, EM_BENCH_TEST_CORRUPT: '7' } });
+  t.teardown(() => { if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM'); });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (d) => (stdout += d));
+  child.stderr.on('data', (d) => (stderr += d));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  t.is(code, 1, stderr);
+  const j = JSON.parse(stdout.trim());
+  t.is(j.integrity, 'corrupt');
+  t.regex(j.integrityDetail.beforeDetach, /^integrity corrupt=1 firstbad=7$/);
+});
+
 test.serial('a small bench pager run reports every field, verifies every page and cleans up', async (t) => {
   const swapsBefore = swaps();
   // pinned to CPU 0: the workload, the fault thread and the floor share it

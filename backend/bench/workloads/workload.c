@@ -334,6 +334,13 @@ static int run(int argc, char** argv) {
   }
 
   expect("verify");
+  // TEST ONLY (EM_BENCH_TEST_CORRUPT=PAGE): damage one word of that page behind the
+  // generations' back, so a test can see the benchmark report "corrupt" and fail.
+  const char* corrupt_at = getenv("EM_BENCH_TEST_CORRUPT");
+  if (corrupt_at && *corrupt_at && !floor) {
+    uint64_t p = strtoull(corrupt_at, NULL, 0) % npages;
+    ((uint64_t*)(base + p * PAGE))[WORDS - 1] ^= 1;
+  }
   for (;;) {  // verify again on request (after the pager detached), until exit or EOF
     uint64_t corrupt = 0, firstbad = (uint64_t)-1;
     for (uint64_t p = 0; p < npages; p++) {
