@@ -7,30 +7,7 @@ import test from 'ava';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { startDaemon, runCli } from './helpers/daemon.ts';
-
-/** Send raw lines, collect the JSON answers until `count` arrived or the socket closed. */
-function rawExchange(socket: string, payload: string, count: number, timeoutMs = 10_000): Promise<Record<string, any>[]> {
-  return new Promise((resolve, reject) => {
-    const s = net.connect(socket);
-    const out: Record<string, any>[] = [];
-    let buf = '';
-    const done = () => { s.destroy(); resolve(out); };
-    const timer = setTimeout(done, timeoutMs);
-    s.on('error', reject);
-    s.on('data', (d) => {
-      buf += d.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        out.push(JSON.parse(buf.slice(0, nl)));
-        buf = buf.slice(nl + 1);
-      }
-      if (out.length >= count) { clearTimeout(timer); done(); }
-    });
-    s.on('close', () => { clearTimeout(timer); resolve(out); });
-    s.write(payload);
-  });
-}
+import { startDaemon, runCli, rawExchange } from './helpers/daemon.ts';
 
 test('socket is 0600 in a 0700 directory; list and ping answer', async (t) => {
   const d = await startDaemon(t);

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import net from 'node:net';
 import { bootDomain, virsh } from './helpers/libvirt.ts';
-import { startDaemon, holdsUffd } from './helpers/daemon.ts';
+import { startDaemon, holdsUffd, rawExchange } from './helpers/daemon.ts';
 import { freePort } from './helpers/servers.ts';
 
 const WORKLOAD = { sizeMiB: 32, pattern: 'seq' as const, write: 0.25, seed: 3, passes: 0, pauseMs: 200 };
@@ -32,7 +32,7 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
 
   const cases: [string[], string, RegExp][] = [
     [['attach', 'no-such-domain', '--local', '64M'], 'VM_NOT_FOUND', /no libvirt domain 'no-such-domain'/],
-    [['attach', 'pid:999999999', '--local', '64M'], 'VM_NOT_FOUND', /pid:999999999: no such process/],
+    [['attach', 'pid:4194000', '--local', '64M'], 'VM_NOT_FOUND', /pid:4194000: no such process/],
     [['attach', `pid:${process.pid}`, '--local', '64M'], 'NOT_QEMU', /is not a QEMU process/],
     [['attach', 'qmp:/nonexistent/qmp.sock', '--local', '64M'], 'VM_NOT_FOUND', /no such socket/],
     [['attach', dom.name, '--local', '12Q'], 'BAD_SIZE', /'12Q' is not a size/],
@@ -84,8 +84,24 @@ test('bad input at attach, resize and grow: clear errors, VM untouched; a stoppe
     t.is(r.code, 1, args.join(' '));
     t.true(r.stderr.includes(`[${code}]`), `${args.join(' ')}: ${r.stderr}`);
   }
+  // Requests no CLI would send, straight on the socket: each refused, naming the problem.
+  const listed = JSON.parse((await d.cli('list', '--json')).stdout).vms[0];
+  const req = (id: string, op: string, args: Record<string, unknown>) => JSON.stringify({ v: 1, id, op, args }) + '\n';
+  const answers = await rawExchange(d.socket, [
+    req('r1', 'resize', { vm: dom.name, local: 12 }),
+    req('r2', 'resize', { vm: dom.name, local: '-1M' }),
+    req('r3', 'grow', { vm: dom.name, size: '1T' }),
+    req('r4', 'grow', { vm: dom.name }),
+    req('r5', 'attach', { vm: dom.name, local: '64M', store: 'nosuch://x' }),
+    req('r6', 'frobnicate', { vm: dom.name }),
+  ].join(''), 6);
+  t.is(answers.length, 6, JSON.stringify(answers));
+  for (const a of answers) t.truthy(a.error?.code && a.error?.message, JSON.stringify(a));
   const s = JSON.parse((await d.cli('stats', dom.name, '--json')).stdout);
   t.is(s.localCapPages, 16384, 'cap unchanged by the refused requests');
+  const after = JSON.parse((await d.cli('list', '--json')).stdout).vms[0];
+  t.is(after.guestRamBytes, listed.guestRamBytes, 'guest RAM unchanged by the refused grows');
+  t.is(after.store, listed.store, 'store unchanged');
   const mark = dom.console.passes.length;
   await dom.console.waitForPasses(mark + 2, 60_000);
   t.deepEqual(dom.console.passes.filter((p) => p.corrupt !== 0), []);

@@ -144,3 +144,26 @@ export function holdsUffd(pid: number): boolean {
   }
   return false;
 }
+
+/** Send raw lines to a daemon's socket, collect the JSON answers until `count` arrived or the socket closed. */
+export function rawExchange(socket: string, payload: string, count: number, timeoutMs = 10_000): Promise<Record<string, any>[]> {
+  return new Promise((resolve, reject) => {
+    const s = net.connect(socket);
+    const out: Record<string, any>[] = [];
+    let buf = '';
+    const done = () => { s.destroy(); resolve(out); };
+    const timer = setTimeout(done, timeoutMs);
+    s.on('error', reject);
+    s.on('data', (d) => {
+      buf += d.toString();
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        out.push(JSON.parse(buf.slice(0, nl)));
+        buf = buf.slice(nl + 1);
+      }
+      if (out.length >= count) { clearTimeout(timer); done(); }
+    });
+    s.on('close', () => { clearTimeout(timer); resolve(out); });
+    s.write(payload);
+  });
+}
