@@ -28,7 +28,7 @@ export function parseSize(input: unknown, what = 'size'): number {
   if (bytes % PAGE !== 0) {
     const near = Math.max(PAGE, Math.round(bytes / PAGE) * PAGE);
     throw new ElasticmemError(
-      `${what}: '${text}' (${bytes} bytes) is not a multiple of the 4 KiB page size; the nearest is ${formatSize(near)}`,
+      `${what}: '${text}' (${bytes} bytes) is not a multiple of the 4 KiB page size; the nearest is ${exactSize(near)}`,
       'BAD_SIZE',
     );
   }
@@ -36,13 +36,24 @@ export function parseSize(input: unknown, what = 'size'): number {
   return bytes;
 }
 
+/** Binary size for display, one decimal: 268435456 -> "256M", 1536 MiB -> "1.5G", 1280 MiB -> "1.3G". */
+export function formatSize(bytes: number): string {
+  const abs = Math.abs(bytes);
+  for (const [u, f] of [['T', UNITS.T!], ['G', UNITS.G!], ['M', UNITS.M!], ['K', UNITS.K!]] as const) {
+    if (abs >= f) {
+      const v = bytes / f;
+      return `${Number.isInteger(v) ? v : v.toFixed(1)}${u}`;
+    }
+  }
+  return `${bytes}B`;
+}
+
 /**
  * Binary size, exact, in the largest unit that shows it with at most two decimals:
- * 268435456 -> "256M", 1536 MiB -> "1.5G", 1280 MiB -> "1.25G", 2047 MiB -> "2047M".
- * Exact so that a size a message suggests is one parseSize takes back (a rounded
- * "1.3G" would be refused as no whole number of pages).
+ * 1280 MiB -> "1.25G", 2047 MiB -> "2047M". For a size a message asks the user to type
+ * (a rounded "1.3G" would be refused as no whole number of pages).
  */
-export function formatSize(bytes: number): string {
+export function exactSize(bytes: number): string {
   const abs = Math.abs(bytes);
   for (const [u, f] of [['T', UNITS.T!], ['G', UNITS.G!], ['M', UNITS.M!], ['K', UNITS.K!]] as const) {
     if (abs >= f && Number.isInteger((abs * 100) / f)) return `${bytes / f}${u}`;

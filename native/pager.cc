@@ -679,20 +679,30 @@ void Pager::drain_chunk(std::vector<uint32_t> chunk) {
 // uffd; the fault thread keeps serving the guest until the range is unregistered.
 void Pager::detach() {
   if (unregistered_upto_ == 0) drain_all();
+  else retire_gone_regions();  // (run again: a block may have been unmapped since)
   // Unregister region by region. A detach run again after a failure here goes on from the
   // region that failed (one already unregistered would answer ENOENT). Once one region is
   // unregistered the evictor stays stopped: every page is resident, and a page it evicted
   // from an unregistered region would come back as zeros.
+  auto gone = [&](size_t i) { return i < gone_.size() && gone_[i]; };
   try {
     const auto& rs = regions();
     for (; unregistered_upto_ < rs.size(); unregistered_upto_++) {
-      if (unregistered_upto_ < gone_.size() && gone_[unregistered_upto_]) continue;
-      uffd_writeprotect(cfg_.uffd, rs[unregistered_upto_].start, rs[unregistered_upto_].length, false);
-      uffd_unregister(cfg_.uffd, rs[unregistered_upto_].start, rs[unregistered_upto_].length);  // wakes every waiter
+      const size_t i = unregistered_upto_;
+      if (gone(i)) continue;
+      try {
+        uffd_writeprotect(cfg_.uffd, rs[i].start, rs[i].length, false);
+        uffd_unregister(cfg_.uffd, rs[i].start, rs[i].length);  // wakes every waiter
+        any_unregistered_ = true;
+      } catch (const Error& e) {
+        if (e.err() != ENOENT) throw;
+        retire_gone_regions();  // unmapped since the drain looked?
+        if (!gone(i)) throw;
+      }
     }
   } catch (const Error& e) {
     std::lock_guard<std::mutex> j(join_mu_);
-    bool paging = unregistered_upto_ == 0 && !stop_ && !evict_stop_ && !evict_thread_.joinable();
+    bool paging = !any_unregistered_ && !stop_ && !evict_stop_ && !evict_thread_.joinable();
     if (paging) {
       draining_ = false;
       start_evictor();
@@ -728,9 +738,15 @@ void Pager::detach() {
 void Pager::retire_gone_regions() {
   const auto& rs = regions();
   gone_.resize(rs.size(), false);
+  const auto registered = uffd_registered_ranges(cfg_.pid);  // (one read of smaps: it walks QEMU's page tables)
+  auto still_registered = [&](const Region& r) {
+    for (const auto& [lo, hi] : registered)
+      if (lo < r.start + r.length && hi > r.start) return true;
+    return false;
+  };
   for (size_t i = 0; i < rs.size(); i++) {
     const Region& r = rs[i];
-    if (gone_[i] || uffd_registered_any(cfg_.pid, r.start, r.start + r.length)) continue;
+    if (gone_[i] || still_registered(r)) continue;
     gone_[i] = true;
     std::vector<uint32_t> dels;
     std::vector<std::pair<uint64_t, uint64_t>> removed;

@@ -323,6 +323,8 @@ class Pager {
   uint64_t last_lost_retry_us_ = 0;  // evictor thread only
   size_t unregistered_upto_ = 0;     // detach: regions [0, this) are unregistered (a retry goes on from here)
   std::vector<bool> gone_;           // regions QEMU unmapped (retire_gone_regions): evictor thread, then detach
+  bool any_unregistered_ = false;    // detach: some region is unregistered (the evictor must not run again)
+  bool look_for_gone_ = false;       // evictor: a batch failed as on an unmapped block (ENOENT, EFAULT)
   // Pages whose stored copy the fault thread is deleting (discarded by QEMU, then maybe
   // written again): the evictor leaves them alone until the delete is done, so a late
   // delete can never remove a newer copy it stored meanwhile. mu_.

@@ -512,6 +512,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
         });
       } catch (const std::exception& e) {
         splice_ok = false;
+        if (errno_of(e) == ENOENT) look_for_gone_ = true;
         emit(error_event("eviction copy-out failed", e));
       }
     }
@@ -543,6 +544,7 @@ size_t Pager::evict_by_splice(const std::vector<uint32_t>& dirty, const std::vec
     }
   } catch (const std::exception& e) {
     splice_ok = false;
+    if (errno_of(e) == EFAULT || errno_of(e) == ENOENT) look_for_gone_ = true;
     emit(error_event("eviction copy-out failed", e));
   }
   std::unique_ptr<uint8_t[]> buf(new uint8_t[dirty.size() * kPageSize]);
@@ -798,13 +800,18 @@ void Pager::evict_loop() {
         got = evict_batch(want);
       } catch (const std::exception& e) {
         report_throttled(error_event("eviction failed", e));
-        // ENOENT: no registered mapping where a victim was: QEMU unmapped a RAM block
-        // (a DIMM unplugged). Its pages leave the lists, or every batch would fail on them.
-        if (errno_of(e) == ENOENT) try {
-            retire_gone_regions();
-          } catch (const std::exception& re) {
-            report_throttled(error_event("looking for RAM blocks the target unmapped", re));
-          }
+        if (errno_of(e) == ENOENT) look_for_gone_ = true;
+      }
+      // No registered mapping where a victim was (write-protect: ENOENT; vmsplice of
+      // private pages: EFAULT): QEMU may have unmapped a RAM block (a DIMM unplugged).
+      // Its pages leave the lists, or every batch would fail on them.
+      if (look_for_gone_) {
+        look_for_gone_ = false;
+        try {
+          retire_gone_regions();
+        } catch (const std::exception& re) {
+          report_throttled(error_event("looking for RAM blocks the target unmapped", re));
+        }
       }
       done += got;
       if (got) evict_batches_++;

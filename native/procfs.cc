@@ -85,25 +85,27 @@ std::string comm_of(pid_t pid) {
   return c;
 }
 
-bool uffd_registered_any(pid_t pid, uint64_t start, uint64_t end) {
+std::vector<std::pair<uint64_t, uint64_t>> uffd_registered_ranges(pid_t pid) {
   std::string text = read_file("/proc/" + std::to_string(pid) + "/smaps");
   if (text.empty()) throw_sys("read", "reading /proc/" + std::to_string(pid) + "/smaps", errno ? errno : EIO);
-  bool overlaps = false;
+  std::vector<std::pair<uint64_t, uint64_t>> out;
+  unsigned long lo = 0, hi = 0;
   size_t at = 0;
   while (at < text.size()) {
     size_t nl = text.find('\n', at);
     if (nl == std::string::npos) nl = text.size();
     std::string line = text.substr(at, nl - at);
     at = nl + 1;
-    unsigned long lo = 0, hi = 0;
+    unsigned long a = 0, b = 0;
     // a VMA header ("lo-hi perms ..."); its fields follow, VmFlags last
-    if (!line.empty() && isxdigit((unsigned char)line[0]) && sscanf(line.c_str(), "%lx-%lx", &lo, &hi) == 2 && line.find(':') > line.find(' ')) {
-      overlaps = lo < end && hi > start;
+    if (!line.empty() && isxdigit((unsigned char)line[0]) && sscanf(line.c_str(), "%lx-%lx", &a, &b) == 2 && line.find(':') > line.find(' ')) {
+      lo = a;
+      hi = b;
       continue;
     }
-    if (overlaps && line.compare(0, 8, "VmFlags:") == 0 && (" " + line.substr(8) + " ").find(" um ") != std::string::npos) return true;
+    if (line.compare(0, 8, "VmFlags:") == 0 && (" " + line.substr(8) + " ").find(" um ") != std::string::npos) out.emplace_back(lo, hi);
   }
-  return false;
+  return out;
 }
 
 }  // namespace em

@@ -6,6 +6,8 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace em {
 
@@ -24,8 +26,8 @@ bool task_stat(pid_t pid, pid_t tid, char* state, unsigned long* flags, long* pa
 std::string stat_field(pid_t pid, pid_t tid, int field);
 // /proc/PID/comm without its newline.
 std::string comm_of(pid_t pid);
-// Whether any mapping of `pid` overlapping [start, end) is registered with a userfaultfd
-// for missing faults (smaps VmFlags "um"). Throws EM_SYSCALL when smaps cannot be read.
-bool uffd_registered_any(pid_t pid, uint64_t start, uint64_t end);
+// The mappings of `pid` registered with a userfaultfd for missing faults (smaps VmFlags
+// "um"), as [start, end) ranges in address order. Throws EM_SYSCALL when smaps cannot be read.
+std::vector<std::pair<uint64_t, uint64_t>> uffd_registered_ranges(pid_t pid);
 
 }  // namespace em

@@ -4,7 +4,7 @@
  * Inputs are verbatim samples of what the real tools print on this host.
  */
 import test from 'ava';
-import { parseSize, formatSize } from '../backend/size.ts';
+import { parseSize, formatSize, exactSize } from '../backend/size.ts';
 import { syscallNote, type ElasticmemError } from '../native/errors.ts';
 import { parseConfig, stateFileFor, DEFAULT_STATE } from '../backend/daemon/config.ts';
 import { resolveStoreSetup, takeOverArgs, type StoreArgs } from '../backend/daemon/store-setup.ts';
@@ -35,9 +35,10 @@ test('parseSize: binary suffixes, page-aligned bytes, errors that name the value
   t.regex((t.throws(() => parseSize('1000')) as Error).message, /not a multiple of the 4 KiB page size/);
   t.is(formatSize(384 * 2 ** 20), '384M');
   t.is(formatSize(1.5 * 2 ** 30), '1.5G');
-  // Exact, so that a size a message suggests is taken back: never a rounded "1.3G".
-  for (const [bytes, text] of [[1280 * 2 ** 20, '1.25G'], [2047 * 2 ** 20, '2047M'], [102404 * 1024, '102404K'], [12345 * 4096, '49380K']] as const) {
-    t.is(formatSize(bytes), text);
+  t.is(formatSize(1280 * 2 ** 20), '1.3G', 'display: one decimal');
+  // Exact where a message suggests a size to type: never a rounded "1.3G".
+  for (const [bytes, text] of [[1280 * 2 ** 20, '1.25G'], [2047 * 2 ** 20, '2047M'], [102404 * 1024, '102404K'], [12345 * 4096, '49380K'], [256 * 2 ** 20, '256M']] as const) {
+    t.is(exactSize(bytes), text);
     t.is(parseSize(text), bytes, text);
   }
   t.regex((t.throws(() => parseSize('1.5K', '--local')) as Error).message, /not a multiple of the 4 KiB page size; the nearest is 4K/);

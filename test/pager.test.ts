@@ -27,6 +27,24 @@ function region(target: Target, kind: 'memfd' | 'anon'): RegionSpec {
   return target.regionSpecs().find((r) => r.kind === kind)!;
 }
 
+/**
+ * A store reached through the TypeScript bridge (not native) that passes every call to
+ * `inner` except those given in `own`: the tests' stand-ins for a store that misbehaves.
+ */
+function bridgeStore(inner: PageStore, uri: string, own: Partial<Pick<PageStore, 'get' | 'put' | 'delete'>>): PageStore {
+  return {
+    uri,
+    capabilities: { persistent: false, maxBatch: 256, native: false },
+    get: own.get ?? ((vm, pages, versions) => inner.get(vm, pages, versions)),
+    put: own.put ?? ((vm, pages, data, versions) => inner.put(vm, pages, data, versions)),
+    delete: own.delete ?? ((vm, pages) => inner.delete(vm, pages)),
+    dropVm: (vm) => inner.dropVm(vm),
+    list: (vm) => inner.list(vm),
+    usage: (vm) => inner.usage(vm),
+    close: async () => {},
+  };
+}
+
 async function attach(t: { teardown(fn: () => unknown): void }, target: Target, regions: RegionSpec[], capPages: number, store: PageStore, extra: Partial<Parameters<typeof Pager.attach>[0]> = {}) {
   const pager = await Pager.attach({ pid: target.pid, vmId: `test-${target.pid}`, regions, capPages, store, ...extra });
   t.teardown(() => pager.abandon());
@@ -453,13 +471,13 @@ for (const kind of ['memfd', 'anon'] as const) {
   });
 }
 
-for (const path of ['splice', 'write-protect'] as const) {
-  test(`${path}: a RAM block unmapped while attached (a DIMM unplugged): eviction goes on without it, detach passes over it, says so, and brings every other page back`, async (t) => {
-    const target = await startTarget(t, { memfdMiB: 8, anonMiB: 1 });
-    await target.cmd('fill memfd 73');
+for (const [kind, path] of [['memfd', 'splice'], ['memfd', 'write-protect'], ['anon', 'splice']] as const) {
+  test(`${kind}, ${path}: a RAM block unmapped while attached (a DIMM unplugged): eviction goes on without it, detach passes over it, says so, and brings every other page back`, async (t) => {
+    const target = await startTarget(t, { memfdMiB: kind === 'memfd' ? 8 : 1, anonMiB: kind === 'anon' ? 8 : 1 });
+    await target.cmd(`fill ${kind} 73`);
     const store = path === 'splice' ? await memoryStore(t) : await raceStore(t);
-    const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
-    const extra = await target.addRegion('memfd', 8);
+    const pager = await attach(t, target, [region(target, kind)], 256, store);
+    const extra = await target.addRegion(kind, 8);
     pager.addRegions([extra]);
     await target.cmd('fill extra 74');
     await waitFor(() => pager.stats().residentPages <= 256);
@@ -469,13 +487,13 @@ for (const path of ['splice', 'write-protect'] as const) {
     pager.on('error', (ev: PagerEvent) => errors.push(ev.message));
     t.regex(await target.cmd('delmem'), /^ok/);
     // The pages of the block still in the lists do not hold eviction up.
-    const churn = parseReply(await target.cmd('churn memfd 1500 2 0.5', { timeoutMs: 60_000 }));
+    const churn = parseReply(await target.cmd(`churn ${kind} 1500 2 0.5`, { timeoutMs: 60_000 }));
     t.is(churn.corrupt, 0);
     t.true(pager.stats().residentPages <= 256 + 64, `resident ${pager.stats().residentPages} near the cap`);
     await pager.detach();
     t.true(errors.some((m) => /RAM block '.*' is no longer mapped in the target \(unplugged while attached\): its \d+ evicted pages .* dropped/.test(m)), errors.join(' | '));
     t.is(uffdCount(target.pid), 0);
-    t.is(parseReply(await target.cmd('verify memfd')).corrupt, 0, 'the block still mapped came back whole');
+    t.is(parseReply(await target.cmd(`verify ${kind}`)).corrupt, 0, 'the block still mapped came back whole');
   });
 }
 
@@ -509,9 +527,7 @@ test('a page that fails its integrity check in a fetched batch is the only one h
   const failed: number[][] = [];
   // A store (through the TypeScript bridge) whose copy of one page fails its check:
   // every batch holding that page fails as a whole, as a real store answers.
-  const store: PageStore = {
-    uri: 'test:one-corrupt-page',
-    capabilities: { persistent: false, maxBatch: 256, native: false },
+  const store = bridgeStore(inner, 'test:one-corrupt-page', {
     get: async (vm, pages, versions) => {
       if (pages.includes(bad)) {
         failed.push([...pages]);
@@ -519,13 +535,7 @@ test('a page that fails its integrity check in a fetched batch is the only one h
       }
       return inner.get(vm, pages, versions);
     },
-    put: (vm, pages, data, versions) => inner.put(vm, pages, data, versions),
-    delete: (vm, pages) => inner.delete(vm, pages),
-    dropVm: (vm) => inner.dropVm(vm),
-    list: (vm) => inner.list(vm),
-    usage: (vm) => inner.usage(vm),
-    close: async () => {},
-  };
+  });
   const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
   const lost: number[] = [];
   pager.on('page-lost', (ev: { pages?: number[] }) => lost.push(...(ev.pages ?? [])));
@@ -548,10 +558,7 @@ test('invariant 2: a store that kept an older copy of a page (a put acknowledged
   let swallowed: { data: Buffer; version: number } | null = null;
   // A store (through the TypeScript bridge) that acknowledges the second put of one page
   // without keeping it: its older copy stays, as after a timed-out put that landed late.
-  const store: PageStore = {
-    uri: 'test:loses-one-put',
-    capabilities: { persistent: false, maxBatch: 256, native: false },
-    get: (vm, pages, versions) => inner.get(vm, pages, versions),
+  const store = bridgeStore(inner, 'test:loses-one-put', {
     put: async (vm, pages, data, versions) => {
       vmOf = vm;
       const i = pages.indexOf(bad);
@@ -560,12 +567,7 @@ test('invariant 2: a store that kept an older copy of a page (a put acknowledged
       const keep = pages.map((_, j) => j).filter((j) => j !== i);
       return inner.put(vm, keep.map((j) => pages[j]!), keep.map((j) => data[j]!), keep.map((j) => versions![j]!));
     },
-    delete: (vm, pages) => inner.delete(vm, pages),
-    dropVm: (vm) => inner.dropVm(vm),
-    list: (vm) => inner.list(vm),
-    usage: (vm) => inner.usage(vm),
-    close: async () => {},
-  };
+  });
   const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
   const lost: number[] = [];
   pager.on('page-lost', (ev: { pages?: number[] }) => lost.push(...(ev.pages ?? [])));
@@ -601,17 +603,9 @@ for (const kind of ['memfd', 'anon'] as const) {
     const released = new Promise<void>((r) => { release = r; });
     let heldPuts = 0;
     // A store (through the TypeScript bridge) that answers no put until released.
-    const store: PageStore = {
-      uri: 'test:held-puts',
-      capabilities: { persistent: false, maxBatch: 256, native: false },
-      get: (vm, pages, versions) => inner.get(vm, pages, versions),
+    const store = bridgeStore(inner, 'test:held-puts', {
       put: async (vm, pages, data, versions) => { heldPuts++; await released; return inner.put(vm, pages, data, versions); },
-      delete: (vm, pages) => inner.delete(vm, pages),
-      dropVm: (vm) => inner.dropVm(vm),
-      list: (vm) => inner.list(vm),
-      usage: (vm) => inner.usage(vm),
-      close: async () => {},
-    };
+    });
     t.teardown(() => release());
     const r = region(target, kind);
     const pages = r.length / PAGE;
@@ -637,17 +631,11 @@ test('invariant 5: a store that fails every request at once is retried with back
   const refuse = () => { throw Object.assign(new Error('connection refused (test store is down)'), { code: 'STORE_ERROR' }); };
   // A store (through the TypeScript bridge) that, while down, fails at once, as a
   // server refusing connections does.
-  const store: PageStore = {
-    uri: 'test:refusing',
-    capabilities: { persistent: false, maxBatch: 256, native: false },
+  const store = bridgeStore(inner, 'test:refusing', {
     get: async (vm, pages, versions) => (down ? refuse() : inner.get(vm, pages, versions)),
     put: async (vm, pages, data, versions) => (down ? refuse() : inner.put(vm, pages, data, versions)),
     delete: async (vm, pages) => (down ? refuse() : inner.delete(vm, pages)),
-    dropVm: (vm) => inner.dropVm(vm),
-    list: (vm) => inner.list(vm),
-    usage: (vm) => inner.usage(vm),
-    close: async () => {},
-  };
+  });
   const pager = await attach(t, target, [region(target, 'memfd')], 256, store);
   await waitFor(() => pager.stats().residentPages <= 256);
   down = true;
@@ -1073,20 +1061,12 @@ test.serial("anon: a discarded page written again is not evicted while its old s
   let release: () => void = () => {};
   const released = new Promise<void>((r) => { release = r; });
   let heldDeletes = 0;
-  const store: PageStore = {
-    uri: 'test:held-deletes',
-    capabilities: { persistent: false, maxBatch: 256, native: false },
-    get: (vm, pages, versions) => inner.get(vm, pages, versions),
-    put: (vm, pages, data, versions) => inner.put(vm, pages, data, versions),
+  const store = bridgeStore(inner, 'test:held-deletes', {
     delete: async (vm, pages) => {
       if (holdDeletes) { heldDeletes++; await released; }
       return inner.delete(vm, pages);
     },
-    dropVm: (vm) => inner.dropVm(vm),
-    list: (vm) => inner.list(vm),
-    usage: (vm) => inner.usage(vm),
-    close: async () => {},
-  };
+  });
   const pager = await attach(t, target, [region(target, 'anon')], 512, store);
   await waitFor(() => pager.stats().residentPages <= 512);
   // Page 0 resident with a stored copy; the target discards it (private RAM: no event,

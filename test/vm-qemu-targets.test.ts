@@ -125,15 +125,20 @@ test('pid: and qmp: targets: attach, watch, grow through QMP, detach, corrupt=0'
 
   await p.console.waitForPasses(p.console.passes.length + 2, 120_000);
   // A watch running while the VM is detached elsewhere ends with why, not as a Ctrl-C.
-  const watching = d.cli('stats', `pid:${p.pid}`, '--watch', '--json');
-  await new Promise((r) => setTimeout(r, 1500));
+  const watch = spawn(process.execPath, [BIN, 'stats', `pid:${p.pid}`, '--watch', '--json', '--socket', d.socket], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => { if (watch.exitCode === null) watch.kill('SIGKILL'); });
+  let wout = '';
+  let werr = '';
+  watch.stderr!.on('data', (x) => { werr += x; });
+  const firstSample = new Promise<void>((resolve) => watch.stdout!.on('data', (x) => { wout += x; if (wout.includes('\n')) resolve(); }));
+  const watchEnd = new Promise<number | null>((resolve) => watch.on('close', resolve));
+  await firstSample;
+  t.true(JSON.parse(wout.slice(0, wout.indexOf('\n'))).stats.faults >= 0, 'a sample came before the detach');
   const det = await d.cli('detach', `pid:${p.pid}`);
   t.is(det.code, 0, det.stderr);
   t.false(holdsUffd(p.pid));
-  const watched = await watching;
-  t.is(watched.code, 1, watched.stderr);
-  t.regex(watched.stderr, new RegExp(`VM 'pid:${p.pid}' is no longer paged: it was detached`));
-  t.true(watched.stdout.trim().split('\n').length >= 1, 'samples came before the end');
+  t.is(await watchEnd, 1, werr);
+  t.regex(werr, new RegExp(`VM 'pid:${p.pid}' is no longer paged: it was detached`));
   // Stopping the daemon (SIGTERM) with a VM on memory: drains it back first: its pages
   // would die with the daemon.
   await q.console.waitForPasses(q.console.passes.length + 2, 120_000);

@@ -13,7 +13,7 @@ import type { Request } from '../protocol.ts';
 import { resolveTarget, type Target } from '../targets/index.ts';
 import { domState } from '../targets/libvirt.ts';
 import { processAlive, startTimeOf } from '../targets/proc.ts';
-import { formatSize, parseSize } from '../size.ts';
+import { exactSize, formatSize, parseSize } from '../size.ts';
 import { statsStream } from '../stats/stream.ts';
 import type { Config } from './config.ts';
 import { ControlServer, type RequestContext } from './server.ts';
@@ -159,10 +159,10 @@ export class Daemon {
 
   private checkCap(bytes: number, guestRam: number, name: string): void {
     if (bytes < this.config.limits.minLocal) {
-      throw new ElasticmemError(`--local ${formatSize(bytes)} is below the minimum of ${formatSize(this.config.limits.minLocal)} (limits.minLocal); the guest kernel alone needs more`, 'CAP_TOO_SMALL');
+      throw new ElasticmemError(`--local ${formatSize(bytes)} is below the minimum of ${exactSize(this.config.limits.minLocal)} (limits.minLocal); the guest kernel alone needs more`, 'CAP_TOO_SMALL');
     }
     if (bytes > guestRam) {
-      throw new ElasticmemError(`--local ${formatSize(bytes)} is more than the ${formatSize(guestRam)} of RAM VM '${name}' has; choose at most ${formatSize(guestRam)}`, 'CAP_TOO_LARGE');
+      throw new ElasticmemError(`--local ${formatSize(bytes)} is more than the ${formatSize(guestRam)} of RAM VM '${name}' has; choose at most ${exactSize(guestRam)}`, 'CAP_TOO_LARGE');
     }
   }
 
@@ -188,7 +188,7 @@ export class Daemon {
     const existing = this.findOrNull(spec);
     if (existing && existing.state === 'waiting' && !expect) {
       try {
-        return await this.takeOver(existing, spec, local, storeArgs);
+        return await this.takeOver(existing, spec, local, storeArgs, true);
       } catch (e) {
         this.saveState();
         throw e;
@@ -350,7 +350,7 @@ export class Daemon {
     const before = waiting ? waiting.storeUri : this.records.storeOf(target.pid, target.startTime, target.vmId);
     if (before === null || before === uri) return;
     if ((await store.list(target.vmId)).length > 0) return;
-    throw new ElasticmemError(`the previous daemon kept the evicted pages of '${target.name}' in ${shownUri(before)}; ${shownUri(uri)} holds none of them, and taking over with it would turn every one into zeros. Take it over with that store: elasticmem attach ${spec} --local SIZE --store ${shownUri(before)} (with its --store-key, if any)`, 'WRONG_STORE');
+    throw new ElasticmemError(`the previous daemon kept the evicted pages of '${target.name}' in ${shownUri(before)}; ${shownUri(uri)} holds none of its pages, and taking over with it would turn every page that was evicted into zeros. Take it over with that store: elasticmem attach ${spec} --local SIZE --store ${shownUri(before)} (with its --store-key, if any)`, 'WRONG_STORE');
   }
 
   private async memoryToTakeOver(s: Session): Promise<GuestMemory> {
@@ -377,7 +377,8 @@ export class Daemon {
    * Take over a VM left `waiting` (by the previous daemon), with what that daemon used
    * unless told otherwise; on failure it stays waiting, with the reason.
    */
-  private async takeOver(w: Session, spec: string, local?: string, storeArgs: StoreArgs = {}): Promise<unknown> {
+  /** `asked`: a user's attach (not the restore at start), which goes on as a fresh attach when there is nothing to take over. */
+  private async takeOver(w: Session, spec: string, local?: string, storeArgs: StoreArgs = {}, asked = false): Promise<unknown> {
     // The waiting entry stays in the map (so in every state file written meanwhile, by
     // other VMs' requests) until the attach replaces it: a daemon killed during a
     // take-over must leave the VM listed for the next one.
@@ -390,15 +391,26 @@ export class Daemon {
       }
       return await this.attach(spec, local ?? String(w.capBytes), takeOverArgs(w.storeSetup, storeArgs), { vmId: w.vmId, pid: w.target.pid, replacing: w });
     } catch (e) {
-      if ((e as ElasticmemError).code === 'NOTHING_TO_TAKE_OVER') {
-        await this.forgetDetached(w);
+      if ((e as ElasticmemError).code !== 'NOTHING_TO_TAKE_OVER') {
+        w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
         throw e;
       }
-      w.note = `take-over failed: ${w.scrub((e as Error).message)}`;
-      throw e;
+      await this.forgetDetached(w);
+      if (!asked) throw e;
     } finally {
       w.takingOver = false;
     }
+    // The VM had been detached: what the user asked for is a fresh attach, with what they gave.
+    return this.attach(spec, local, storeArgs);
+  }
+
+  /**
+   * What a drain given up at stop leaves: a store that does not keep pages across daemons
+   * cannot be trusted by a take-over (a page it dropped would read back as zeros), so no
+   * daemon can resume the VM. Said plainly, with what is left to do.
+   */
+  private strandedNote(s: Session, e: Error): string {
+    return `${s.scrub(e.message)}. ${s.storeShown} does not keep pages across daemons, so no daemon can take this VM over: it waits on its userfaultfd for good; restart it (e.g. virsh destroy and start). A persistent store (file://, redis with AOF) avoids this`;
   }
 
   /** A state-file entry whose VM had been detached after all: dropped, with any stored copies left. */
@@ -450,6 +462,7 @@ export class Daemon {
       pager.on('progress', onProgress);
       try {
         await pager.detach();
+        s.endedHow = 'it was detached';  // (before the stored copies are deleted: a watch may ask meanwhile)
       } catch (e) {
         if (s.state === 'detaching') s.state = 'attached';
         log(s.name, 'detach failed', `${(e as Error).message}${s.state === 'attached' ? '; still attached' : ''}`);
@@ -467,7 +480,6 @@ export class Daemon {
         log(s.name, 'warning', `could not delete stored pages: ${storedPagesLeft}`);
       });
       await this.stores.release(s.storeSetup);
-      s.endedHow = 'it was detached';
       this.sessions.delete(s.vmId);
       this.records.remove(s.target.pid, s.target.startTime);
       this.saveState();
@@ -547,6 +559,7 @@ export class Daemon {
     {
       // Nothing to serve any more: stop the pager's threads (a drain in flight ends too).
       if (s.pager && !s.pager.isClosed) s.pager.abandon();
+      s.endedHow = `its QEMU (pid ${s.target.pid}) ended`;  // (made precise below, once the reason is known)
       let reason = 'unknown';
       if (s.target.kind === 'libvirt') {
         const deadline = Date.now() + EXIT_REASON_WAIT_MS;
@@ -629,7 +642,7 @@ export class Daemon {
         continue;
       }
       if (e.store === 'memory:') {
-        if (!holdsLeftUffd(e.pid)) {
+        if (!holdsLeftUffdOrGone(e.pid)) {
           // Drained back before the previous daemon ended: nothing was lost with it.
           log(e.name, 'not taken over', 'its detach had finished before the previous daemon ended; the VM runs without elasticmem');
           continue;
@@ -698,7 +711,7 @@ export class Daemon {
         await untilStalled(s.pager, s.serial(async () => undefined), STOP_DRAIN_STALL_MS);
       } catch (e) {
         s.pager.abandon();
-        log(s.name, 'left for the next daemon', s.scrub((e as Error).message));
+        log(s.name, 'DRAIN GIVEN UP', this.strandedNote(s, e as Error));
       }
     }
     for (const s of [...this.sessions.values()]) {
@@ -731,10 +744,9 @@ export class Daemon {
           log(s.name, 'detached');
         } catch (e) {
           if ((e as ElasticmemError).code === 'DRAIN_STALLED') {
-            // QEMU keeps its userfaultfd and waits; the pages stay in the store, which may
-            // come back with them (a paused server): the next daemon can take the VM over.
+            // An operator's stop must end; QEMU keeps its userfaultfd and waits.
             s.pager.abandon();
-            log(s.name, 'left for the next daemon', s.scrub((e as Error).message));
+            log(s.name, 'DRAIN GIVEN UP', this.strandedNote(s, e as Error));
           } else {
             log(s.name, 'detach failed', s.scrub((e as Error).message));
           }
@@ -812,6 +824,18 @@ function exitWatchdog(ms: number): void {
 /** How the previous daemon opened a VM's store. */
 function setupOf(e: StateEntry): StoreSetup {
   return { uri: e.store, ...(e.storeKeyFile ? { keyFile: e.storeKeyFile } : {}), ...(e.compress ? { compress: true } : {}), ...(e.tlsCaFile ? { tlsCaFile: e.tlsCaFile } : {}) };
+}
+
+/**
+ * holdsLeftUffd for a state entry at start: a QEMU that cannot be looked at (it ended
+ * meanwhile) counts as holding one, so that it is listed rather than the start failing.
+ */
+function holdsLeftUffdOrGone(pid: number): boolean {
+  try {
+    return holdsLeftUffd(pid);
+  } catch {
+    return true;
+  }
 }
 
 /** Does QEMU `pid` still hold the userfaultfd of a monitor that died? (The copy taken to look is closed again.) */

@@ -9,7 +9,7 @@ import type { RegionSpec } from '../../native/index.ts';
 import type { Target } from '../targets/index.ts';
 import { withDevices, type MemoryDevice } from '../targets/ramblocks.ts';
 import { DIMM_ALIGN, dimmSizeMessage } from '../targets/target.ts';
-import { formatSize } from '../size.ts';
+import { exactSize, formatSize } from '../size.ts';
 import type { Session } from './session.ts';
 import { log } from './log.ts';
 import { unpagedLargeMappings } from './ram-watch.ts';
@@ -50,9 +50,9 @@ export async function growVm(host: GrowthHost, s: Session, bytes: number, wait: 
       const room = cands.find((d) => d.max - d.requested >= bytes);
       if (!room) {
         const most = Math.max(...cands.map((d) => d.max - d.requested));
-        throw new ElasticmemError(`cannot grow VM '${s.name}' by ${formatSize(bytes)}: its virtio-mem device has ${formatSize(most)} left (max-size ${formatSize(cands[0]!.max)}); grow by at most ${formatSize(most)}, or add a DIMM with --dimm`, 'GROW_TOO_LARGE');
+        throw new ElasticmemError(`cannot grow VM '${s.name}' by ${formatSize(bytes)}: its virtio-mem device has ${formatSize(most)} left (max-size ${formatSize(cands[0]!.max)}); grow by at most ${exactSize(most)}, or add a DIMM with --dimm`, 'GROW_TOO_LARGE');
       }
-      if (bytes % room.block !== 0) throw new ElasticmemError(`grow size ${formatSize(bytes)} is not a multiple of the virtio-mem block size ${formatSize(room.block)}`, 'BAD_SIZE');
+      if (bytes % room.block !== 0) throw new ElasticmemError(`grow size ${formatSize(bytes)} is not a multiple of the virtio-mem block size ${exactSize(room.block)}`, 'BAD_SIZE');
       if (!room.id) throw new ElasticmemError(`the virtio-mem device of '${s.name}' has no id; cannot address it`, 'NO_HOTPLUG_DEVICE');
       dev = room;
     } finally {

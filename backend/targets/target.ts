@@ -1,13 +1,13 @@
 /** What the daemon needs from an attachable VM, whatever kind of handle names it. */
 import type { Monitor, GuestMemory } from './ramblocks.ts';
-import { formatSize } from '../size.ts';
+import { exactSize, formatSize } from '../size.ts';
 
 /** x86 memory hot-add granularity (one Linux memory block): a DIMM is a multiple of it. */
 export const DIMM_ALIGN = 128 << 20;
 
 /** Why `bytes` cannot be a DIMM, and the size that would do (checked by the CLI and the daemon). */
 export function dimmSizeMessage(bytes: number, spec: string): string {
-  return `a DIMM is added in multiples of 128M on x86; ${formatSize(bytes)} is not one (e.g. grow ${spec} ${formatSize(Math.ceil(bytes / DIMM_ALIGN) * DIMM_ALIGN)} --dimm)`;
+  return `a DIMM is added in multiples of 128M on x86; ${formatSize(bytes)} is not one (e.g. grow ${spec} ${exactSize(Math.ceil(bytes / DIMM_ALIGN) * DIMM_ALIGN)} --dimm)`;
 }
 
 export type TargetKind = 'libvirt' | 'pid' | 'qmp';
