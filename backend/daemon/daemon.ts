@@ -283,7 +283,7 @@ export class Daemon {
     });
     p.on('page-lost', (ev: { message: string; pages?: number[] }) => {
       s.storeState = 'lost'; s.storeError = s.scrub(ev.message); s.lostPages += ev.pages?.length ?? 0;
-      log(s.name, 'PAGES LOST', `${s.storeError}${ev.pages ? ` (${ev.pages.length} pages)` : ''}; the VM is paused, nothing was zero-filled`);
+      log(s.name, 'PAGES LOST', `${s.storeError}${ev.pages ? ` (${ev.pages.length} pages)` : ''}; the vCPUs that touch them wait (asked for again every 2 s), nothing was zero-filled`);
     });
     p.on('error', (ev: PagerEvent) => log(s.name, 'pager error', s.scrub(ev.message) + syscallNote(ev)));
     p.on('target-exited', () => void this.onTargetGone(s));
