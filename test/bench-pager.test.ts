@@ -162,9 +162,17 @@ test.serial('bad input is refused with exit 2 and a message naming the problem',
     [['--workload', 'seq', '--repeats', 'many'], /--repeats must be a whole number/],
     [['--workload', 'seq', '--memory', 'huge'], /unknown --memory 'huge'.*shared.*private/],
   ];
-  // parseArgs keeps the last value of a repeated option: each case overrides the base.
+  // Each case's options replace the base's (an option given twice is itself refused).
+  const withBase = (extra: string[]) => {
+    const args = [...base];
+    for (let i = 0; i < extra.length; i += 2) {
+      const at = args.indexOf(extra[i]!);
+      if (at >= 0) args.splice(at, 2);
+    }
+    return [...args, ...extra];
+  };
   for (const [extra, re] of cases) {
-    const r = await cli(t, [...base, ...extra], 30_000);
+    const r = await cli(t, withBase(extra), 30_000);
     t.is(r.code, 2, `${extra.join(' ')}: ${r.stderr}`);
     t.regex(r.stderr, re);
     t.is(r.stdout, '');
