@@ -731,10 +731,12 @@ void Pager::detach() {
   cfg_.uffd = -1;
 }
 
-// Detach: a RAM block QEMU unmapped while attached (a DIMM unplugged) has nothing to
-// drain into and cannot be unregistered (its ioctls answer ENOENT, no mapping is
-// registered there any more). Its pages count as discarded, as if QEMU had announced it
-// (stored copies deleted), that is reported, and detach passes over the block.
+// A RAM block QEMU unmapped while attached (a DIMM unplugged) has nothing to drain into
+// and cannot be unregistered (its ioctls answer ENOENT, no mapping is registered there
+// any more). Found by the evictor (a batch failing on it) or by a detach: its pages count
+// as discarded, as if QEMU had announced it (stored copies deleted), that is reported,
+// and detach passes over the block. (Regions a detach already unregistered are not
+// registered either, and are not gone: skipped.)
 void Pager::retire_gone_regions() {
   const auto& rs = regions();
   gone_.resize(rs.size(), false);
@@ -746,7 +748,7 @@ void Pager::retire_gone_regions() {
   };
   for (size_t i = 0; i < rs.size(); i++) {
     const Region& r = rs[i];
-    if (gone_[i] || still_registered(r)) continue;
+    if (gone_[i] || i < unregistered_upto_ || still_registered(r)) continue;
     gone_[i] = true;
     std::vector<uint32_t> dels;
     std::vector<std::pair<uint64_t, uint64_t>> removed;

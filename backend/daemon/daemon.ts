@@ -43,7 +43,7 @@ const STOP_STEP_MS = 2000;
 const STOP_INFLIGHT_MS = Number(process.env.EM_STOP_INFLIGHT_MS) > 0 ? Number(process.env.EM_STOP_INFLIGHT_MS) : 60_000;
 /**
  * At stop: a drain that brings no page back for this long (its store is down: the pager
- * waits on it without end) is given up and the VM left for the next daemon.
+ * waits on it without end) is given up (DRAIN GIVEN UP: the VM is stranded).
  * (EM_STOP_DRAIN_STALL_MS: the tests' shorter limit.)
  */
 const STOP_DRAIN_STALL_MS = Number(process.env.EM_STOP_DRAIN_STALL_MS) > 0 ? Number(process.env.EM_STOP_DRAIN_STALL_MS) : 60_000;
@@ -335,11 +335,6 @@ export class Daemon {
   }
 
   /**
-   * Where the RAM of a QEMU to take over is: from the record the previous daemon kept
-   * (memory-records.ts), checked against the process, without asking QEMU, whose
-   * main thread may be waiting on a page right now; else from QMP (which may then time out).
-   */
-  /**
    * A take-over trusts its store for every page QEMU does not hold: one that holds no
    * page of the VM, while the previous daemon used another (the state file's entry, else
    * the record of QEMU's RAM says which), would turn every evicted page into zeros. A
@@ -353,6 +348,11 @@ export class Daemon {
     throw new ElasticmemError(`the previous daemon kept the evicted pages of '${target.name}' in ${shownUri(before)}; ${shownUri(uri)} holds none of its pages, and taking over with it would turn every page that was evicted into zeros. Take it over with that store: elasticmem attach ${spec} --local SIZE --store ${shownUri(before)} (with its --store-key, if any)`, 'WRONG_STORE');
   }
 
+  /**
+   * Where the RAM of a QEMU to take over is: from the record the previous daemon kept
+   * (memory-records.ts), checked against the process, without asking QEMU, whose
+   * main thread may be waiting on a page right now; else from QMP (which may then time out).
+   */
   private async memoryToTakeOver(s: Session): Promise<GuestMemory> {
     const t = s.target as Target;
     const rec = this.records.read(t.pid, t.startTime, t.vmId);
@@ -375,9 +375,10 @@ export class Daemon {
 
   /**
    * Take over a VM left `waiting` (by the previous daemon), with what that daemon used
-   * unless told otherwise; on failure it stays waiting, with the reason.
+   * unless told otherwise; on failure it stays waiting, with the reason. `asked`: a
+   * user's attach (not the restore at start), which goes on as a fresh attach when there
+   * is nothing to take over.
    */
-  /** `asked`: a user's attach (not the restore at start), which goes on as a fresh attach when there is nothing to take over. */
   private async takeOver(w: Session, spec: string, local?: string, storeArgs: StoreArgs = {}, asked = false): Promise<unknown> {
     // The waiting entry stays in the map (so in every state file written meanwhile, by
     // other VMs' requests) until the attach replaces it: a daemon killed during a
